@@ -1,0 +1,170 @@
+"""``e5-embed`` / ``python -m pipeline``: the command line.
+
+Exit codes: 0 done (or nothing to do), 1 the job failed, 2 usage/config error
+(one line on stderr; ``--debug`` adds the traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from typing import Any, Callable, Sequence
+
+from pipeline import __version__
+from pipeline.config import DEVICES, DTYPES, INPUT_FORMATS, OUTPUT_DTYPES, PREFIXES, JobConfig, parse_storage_options
+from pipeline.errors import JobError, UsageError
+from pipeline.storage import scrub
+
+logger = logging.getLogger("pipeline")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _add_job_flags(p: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS  # only flags given on the command line override the --config file
+    p.add_argument("--config", metavar="YAML", default=S, help="job file whose keys mirror these flags; flags win")
+    p.add_argument("--input", dest="inputs", action="append", metavar="URI", default=S,
+                   help="input folder/prefix, glob or file (s3://, gs://, file paths, ...); repeatable")
+    p.add_argument("--output", metavar="URI", default=S, help="output folder/prefix for Parquet files")
+    p.add_argument("--model", default=S, help="Hub id or local folder (default intfloat/e5-base-v2)")
+    p.add_argument("--revision", default=S, help="Hub revision (commit/tag) to pin the model to")
+    p.add_argument("--prefix", choices=tuple(PREFIXES), default=S,
+                   help="E5 input prefix: 'passage: ' (default), 'query: ' or none")
+    p.add_argument("--max-length", type=int, default=S, help="truncate inputs at this many tokens (default 512)")
+    p.add_argument("--batch-size", type=int, default=S,
+                   help="fixed rows per forward pass (default: from the resource plan)")
+    p.add_argument("--dtype", choices=DTYPES, default=S,
+                   help="compute dtype; auto = bf16 (fp16 on GPUs without bf16) on GPU, float32 on CPU")
+    p.add_argument("--output-dtype", choices=OUTPUT_DTYPES, default=S,
+                   help="stored embedding dtype (float16 halves storage; default float32)")
+    p.add_argument("--device", choices=DEVICES, default=S, help="where to encode (default auto: GPU if the cluster has one)")
+    p.add_argument("--input-format", choices=INPUT_FORMATS, default=S,
+                   help="override format detection by extension (.txt, .jsonl/.ndjson/.json, .parquet; .gz/.zst)")
+    p.add_argument("--text-field", default=S, help="field holding the text (default 'text')")
+    p.add_argument("--id-field", default=S,
+                   help="field holding the id (default 'id'); missing ids become '<shard path>:<row>'")
+    p.add_argument("--title-field", default=S, help="optional title field, embedded as f'{title} {text}'")
+    p.add_argument("--storage-options", default=S, metavar="JSON",
+                   help="fsspec storage options as JSON (S3 already uses the AWS chain and AWS_ENDPOINT_URL)")
+    p.add_argument("--rows-per-block", type=int, default=S, help="rows per block read from a shard (default 4096)")
+    p.add_argument("--rows-per-file", type=int, default=S, help="target rows per output file (default 32768)")
+    p.add_argument("--gpu-actors", type=int, default=S, help="encode actors (default: from the plan)")
+    p.add_argument("--actors-per-gpu", type=int, default=S, help="encode actors sharing one GPU (default: plan)")
+    p.add_argument("--tokenizer-actors", type=int, default=S, help="max tokenizer actors (default: plan)")
+    p.add_argument("--gpu-memory-gb", type=float, default=S, help="VRAM per GPU, overriding the probe")
+    p.add_argument("--scheduler-config", metavar="YAML", default=S,
+                   help="per-accelerator scheduler profiles (default: cluster/scheduler.yaml when present)")
+    p.add_argument("--max-bad-fraction", type=float, default=S,
+                   help="fail (exit 1, no _SUCCESS) when more than this fraction of records is rejected (default 0.001)")
+    p.add_argument("--overwrite", action="store_true", default=S, help="delete this tool's files in --output first")
+    p.add_argument("--ray-address", default=S, help="Ray cluster address (default: RAY_ADDRESS, else start a local one)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="hide progress bars")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="e5-embed", description="Embed text corpora with E5 on a Ray cluster.")
+    parser.add_argument("--version", action="version", version=f"e5-embed {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run an embedding job", description="Embed --input shards into Parquet at --output.")
+    _add_job_flags(run)
+    _common(run)
+    run.set_defaults(handler=cmd_run)
+    demo = sub.add_parser("demo", help="offline demo: local S3 (moto), local Ray, bundled corpus and model",
+                          description="Runs the whole job on a bundled corpus through a local S3 endpoint, then "
+                                      "answers a query against the result.")
+    demo.add_argument("--query", default="how do I compress data with gzip?", help="query to search for")
+    demo.add_argument("--top-k", type=int, default=3)
+    _common(demo)
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def job_config_from_args(args: argparse.Namespace) -> JobConfig:
+    values: dict[str, Any] = {}
+    if "config" in args:
+        values.update(load_yaml(args.config))
+    for name in JobConfig.field_names():
+        if name in args:
+            values[name] = getattr(args, name)
+    if isinstance(values.get("storage_options"), str):
+        values["storage_options"] = parse_storage_options(values["storage_options"])
+    for required in ("inputs", "output"):
+        if required not in values and required.rstrip("s") not in values:
+            raise UsageError(f"--{required.rstrip('s')} is required (flag or key in --config)")
+    return JobConfig.from_mapping(values)
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise UsageError(f"cannot read --config {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise UsageError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path} must be a mapping of option: value")
+    if "input" in data and isinstance(data["input"], str):
+        data["input"] = [data["input"]]
+    return data
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.runner import run_job
+
+    config = job_config_from_args(args)
+    summary = run_job(config)
+    sys.stdout.write(summary.line() + "\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    run_demo(query=args.query, top_k=args.top_k, out=sys.stdout)
+    return 0
+
+
+def _configure_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "filelock", "werkzeug", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    options: dict[str, Any] = {}
+    try:
+        args = parser.parse_args(argv)
+        _configure_logging(debug)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except (UsageError, JobError) as e:
+        if debug:
+            traceback.print_exc()
+        label = "error" if isinstance(e, UsageError) else "job failed"
+        sys.stderr.write(f"e5-embed: {label}: {scrub(str(e), options)}\n".replace("e5-embed: error: e5-embed", "e5-embed"))
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("e5-embed: interrupted\n")
+        return 130
+    except Exception as e:  # anything unexpected is a job failure, never a silent success
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"e5-embed: job failed: {type(e).__name__}: {scrub(str(e)).splitlines()[0] if str(e) else ''}"
+                         " (rerun with --debug for the traceback)\n")
+        return 1

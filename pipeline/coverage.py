@@ -1,0 +1,77 @@
+"""Which input rows an output file covers: compact per-source row ranges.
+
+Every data and rejects file stores its coverage in its Parquet footer, and is
+named by a digest of it. A rerun reads only footers to learn what is durably
+done, and a retried write of the same rows lands on the same name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+Ranges = dict[str, list[tuple[int, int]]]  # source -> sorted, disjoint [start, end)
+
+
+def ranges_of(table: pa.Table) -> Ranges:
+    """Coverage of a table with ``source`` and ``row`` columns."""
+    if table.num_rows == 0:
+        return {}
+    order = pc.sort_indices(table, sort_keys=[("source", "ascending"), ("row", "ascending")])
+    sources = table["source"].take(order).to_numpy(zero_copy_only=False)
+    rows = table["row"].take(order).to_numpy()
+    out: Ranges = {}
+    breaks = np.flatnonzero((sources[1:] != sources[:-1]) | (rows[1:] != rows[:-1] + 1)) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(rows)]])
+    for s, e in zip(starts, ends):
+        out.setdefault(str(sources[s]), []).append((int(rows[s]), int(rows[e - 1]) + 1))
+    return out
+
+
+def merge(all_ranges: Iterable[Mapping[str, Sequence[Sequence[int]]]]) -> Ranges:
+    """Union of several coverages, as sorted disjoint ranges."""
+    collected: dict[str, list[tuple[int, int]]] = {}
+    for ranges in all_ranges:
+        for source, spans in ranges.items():
+            collected.setdefault(source, []).extend((int(a), int(b)) for a, b in spans)
+    out: Ranges = {}
+    for source, spans in collected.items():
+        spans.sort()
+        merged: list[tuple[int, int]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        out[source] = merged
+    return out
+
+
+def count(ranges: Mapping[str, Sequence[Sequence[int]]]) -> int:
+    return sum(b - a for spans in ranges.values() for a, b in spans)
+
+
+def overlap(ranges: Iterable[Mapping[str, Sequence[Sequence[int]]]]) -> int:
+    """Rows covered more than once across the given coverages (0 means exactly-once)."""
+    listed = list(ranges)
+    return sum(count(r) for r in listed) - count(merge(listed))
+
+
+def encode(ranges: Ranges) -> bytes:
+    return json.dumps({k: [list(x) for x in v] for k, v in sorted(ranges.items())}, separators=(",", ":")).encode()
+
+
+def decode(raw: bytes | None) -> Ranges:
+    if not raw:
+        return {}
+    return {k: [(int(a), int(b)) for a, b in v] for k, v in json.loads(raw).items()}
+
+
+def digest(ranges: Ranges) -> str:
+    return hashlib.sha1(encode(ranges)).hexdigest()[:20]

@@ -1,0 +1,125 @@
+"""GPU (or CPU) stage: fixed-size, length-sorted micro-batches through the encoder.
+
+TOKENIZED in, ``schemas.embedded_schema(dim)`` out. Inside each Ray batch, rows
+are sorted by token count (longest first, so an out-of-memory shows up on the
+first micro-batch), padded only to the longest row of their micro-batch, pooled
+and normalized, moved off the device inside the loop, and put back in their
+original order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import schemas
+from pipeline.model import ModelSource, resolve_device, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncodeResources:
+    """What one encode actor asks Ray for."""
+
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    actors: int = 1
+    torch_threads: int | None = None
+
+
+class EncodeStage:
+    """A Ray Data callable class: the model is loaded once per actor."""
+
+    def __init__(self, *, model: ModelSource, batch_size: int, dtype: str = "auto", device: str = "auto",
+                 output_dtype: str = "float32", torch_threads: int | None = None, pad_multiple: int | None = None):
+        import torch
+
+        self._torch = torch
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if self.device == "cpu":
+            torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+        self.model = model.load_model(dtype=self.dtype, device=self.device)
+        self.dim = int(self.model.config.hidden_size)
+        self.batch_size = batch_size
+        self.output_dtype = output_dtype
+        self.pad_multiple = pad_multiple if pad_multiple is not None else (8 if self.device == "cuda" else 1)
+        self.oom_splits = 0
+        logger.info("encode actor ready: model=%s device=%s dtype=%s batch_size=%d", model.name_or_path,
+                    self.device, self.dtype, batch_size)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ids_col = batch["input_ids"].combine_chunks() if isinstance(batch["input_ids"], pa.ChunkedArray) else batch["input_ids"]
+        ok = pc.is_valid(ids_col).to_numpy(zero_copy_only=False)
+        good = np.flatnonzero(ok)
+        embeddings = np.zeros((batch.num_rows, self.dim), dtype=np.float32)
+        if len(good):
+            offsets = ids_col.offsets.to_numpy()
+            values = ids_col.values.to_numpy()
+            embeddings[good] = self.encode_ragged(values, offsets, good)
+        out_type = np.float16 if self.output_dtype == "float16" else np.float32
+        flat = pa.array(embeddings.astype(out_type, copy=False).reshape(-1))
+        embedding = pa.FixedSizeListArray.from_arrays(flat, self.dim, mask=pa.array(~ok))
+        return pa.Table.from_arrays(
+            [batch["id"], batch["source"], batch["row"], batch["reject_reason"], embedding,
+             batch["n_tokens"], batch["truncated"]],
+            schema=schemas.embedded_schema(self.dim, self.output_dtype),
+        )
+
+    def encode_ragged(self, values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Embeddings for ``rows`` of a ragged id array, in the order of ``rows``."""
+        lengths = offsets[rows + 1] - offsets[rows]
+        order = np.argsort(-lengths, kind="stable")
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        for start in range(0, len(rows), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            input_ids, mask = self._pad([values[offsets[r] : offsets[r + 1]] for r in rows[chunk]])
+            out[chunk] = self._forward_splitting(input_ids, mask)
+        return out
+
+    def _pad(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        longest = max(len(s) for s in seqs)
+        width = -(-longest // self.pad_multiple) * self.pad_multiple
+        input_ids = np.zeros((len(seqs), width), dtype=np.int64)
+        mask = np.zeros((len(seqs), width), dtype=np.int64)
+        for i, s in enumerate(seqs):
+            input_ids[i, : len(s)] = s
+            mask[i, : len(s)] = 1
+        return input_ids, mask
+
+    def _forward_splitting(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Run a micro-batch; on a device out-of-memory, split it in halves and retry."""
+        torch = self._torch
+        try:
+            return self._forward(input_ids, mask)
+        except torch.OutOfMemoryError:
+            if len(input_ids) == 1:
+                raise
+            self.oom_splits += 1
+            if self.device == "cuda":
+                torch.cuda.empty_cache()
+            half = len(input_ids) // 2
+            logger.warning("out of memory on a batch of %d x %d tokens; retrying as %d + %d rows",
+                           len(input_ids), input_ids.shape[1], half, len(input_ids) - half)
+            return np.concatenate([self._forward_splitting(input_ids[:half], mask[:half]),
+                                   self._forward_splitting(input_ids[half:], mask[half:])])
+
+    def _forward(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        from pipeline.pooling import average_pool, l2_normalize
+
+        torch = self._torch
+        ids_t = torch.from_numpy(input_ids)
+        mask_t = torch.from_numpy(mask)
+        if self.device == "cuda":
+            ids_t = ids_t.pin_memory().to(self.device, non_blocking=True)
+            mask_t = mask_t.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+            pooled = l2_normalize(average_pool(hidden.float(), mask_t))
+        return pooled.cpu().numpy()

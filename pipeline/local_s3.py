@@ -1,0 +1,77 @@
+"""A real S3 HTTP endpoint on loopback: moto's server in a subprocess.
+
+The same way s3fs's own test suite runs it. Used by the offline demo and the
+tests; the caller holds the handle and stops it (``with LocalS3Server() as s3``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+logger = logging.getLogger(__name__)
+
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+                    "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class LocalS3Server:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, start_timeout_s: float = 30.0):
+        self.host = host
+        self.port = port or free_port(host)
+        self.start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """Environment for clients using the standard AWS chain against this endpoint."""
+        return {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint_url}
+
+    def start(self) -> "LocalS3Server":
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "MOTO_CALL_RESET_API": "true"},
+        )
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"moto server exited with code {self._proc.returncode}")
+            try:
+                urllib.request.urlopen(self.endpoint_url + "/moto-api/", timeout=1).close()
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"moto server did not answer on {self.endpoint_url} within {self.start_timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> "LocalS3Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

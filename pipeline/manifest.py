@@ -1,0 +1,83 @@
+"""``_manifest.json`` (totals plus one entry per run) and the ``_SUCCESS`` marker."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipeline.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "_manifest.json"
+SUCCESS = "_SUCCESS"
+FORMAT = "e5-embed/1"
+
+
+@dataclass(kw_only=True)
+class RunRecord:
+    run_id: str
+    started_at: str
+    ended_at: str
+    wall_s: float
+    status: str  # "complete" | "failed" | "incomplete"
+    rows_embedded: int
+    rows_rejected: int
+    rows_skipped: int
+    tokens: int
+    truncated: int
+    docs_per_s: float
+    tokens_per_s: float
+    data_files: int
+    reject_kinds: dict[str, int] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(kw_only=True)
+class Manifest:
+    format: str = FORMAT
+    metadata: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    shards: int = 0
+    complete: bool = False
+    rows_written: int = 0
+    rows_rejected: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    reject_kinds: dict[str, int] = field(default_factory=dict)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_run(self, run: RunRecord) -> None:
+        self.runs.append(asdict(run))
+        self.rows_written += run.rows_embedded
+        self.rows_rejected += run.rows_rejected
+        self.tokens += run.tokens
+        self.truncated += run.truncated
+        for kind, n in run.reject_kinds.items():
+            self.reject_kinds[kind] = self.reject_kinds.get(kind, 0) + n
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def load(cls, storage: Storage) -> "Manifest | None":
+        path = storage.join(MANIFEST)
+        if not storage.exists(path):
+            return None
+        raw = json.loads(storage.read_bytes(path))
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def save(self, storage: Storage) -> None:
+        storage.write_bytes_atomic(storage.join(MANIFEST), self.to_json())
+
+
+def mark_success(storage: Storage) -> None:
+    storage.write_bytes_atomic(storage.join(SUCCESS), b"")
+
+
+def is_complete(storage: Storage) -> bool:
+    return storage.exists(storage.join(SUCCESS))

@@ -1,0 +1,143 @@
+"""Where model weights and tokenizers come from, and how they are loaded.
+
+``ModelSource`` names a Hugging Face Hub id (optionally pinned to a revision) or
+a local folder. The driver checks it before any actor starts (fail fast, exit
+2); each actor then loads it once. Hub downloads go through the node's Hugging
+Face cache, whose file locks make it one download per node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+_FETCH_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo:
+    """The shape of a BERT-style encoder, from its config.json."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    vocab_size: int
+    max_positions: int
+
+    @property
+    def parameters(self) -> int:
+        h, f, L = self.hidden_size, self.intermediate_size, self.num_layers
+        per_layer = 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h  # attn + ffn + 2 layer norms
+        embeddings = (self.vocab_size + self.max_positions + 2) * h + 2 * h
+        return L * per_layer + embeddings
+
+    @classmethod
+    def from_config(cls, name: str, config: Any) -> "ModelInfo":
+        get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+        return cls(
+            name=name,
+            hidden_size=int(get("hidden_size")),
+            num_layers=int(get("num_hidden_layers")),
+            num_heads=int(get("num_attention_heads")),
+            intermediate_size=int(get("intermediate_size")),
+            vocab_size=int(get("vocab_size")),
+            max_positions=int(get("max_position_embeddings")),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSource:
+    name_or_path: str
+    revision: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return os.path.isdir(self.name_or_path)
+
+    def local_path(self) -> str:
+        """A local folder holding the model: the folder itself, or the node's cached Hub snapshot."""
+        if self.is_local:
+            return self.name_or_path
+        from huggingface_hub import snapshot_download
+
+        try:
+            return snapshot_download(self.name_or_path, revision=self.revision, allow_patterns=_FETCH_PATTERNS)
+        except Exception as e:  # hub errors come in many types; all mean "can't get the model"
+            raise UsageError(f"cannot fetch model {self.name_or_path!r} (revision {self.revision or 'main'}): "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+    def info(self) -> ModelInfo:
+        """Read and check config.json (driver side, before the pipeline starts)."""
+        from transformers import AutoConfig
+
+        if os.path.exists(self.name_or_path) and not self.is_local:
+            raise UsageError(f"--model {self.name_or_path!r} is a file, expected a folder or a Hub id")
+        if self.is_local and not os.path.isfile(os.path.join(self.name_or_path, "config.json")):
+            raise UsageError(f"model folder {self.name_or_path!r} has no config.json")
+        try:
+            config = AutoConfig.from_pretrained(self.local_path())
+            return ModelInfo.from_config(self.name_or_path, config)
+        except UsageError:
+            raise
+        except Exception as e:
+            raise UsageError(f"cannot read model {self.name_or_path!r}: {type(e).__name__}: {e}") from e
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        quiet_transformers()
+        tokenizer = AutoTokenizer.from_pretrained(self.local_path(), use_fast=True)
+        if not getattr(tokenizer, "is_fast", False):
+            raise UsageError(f"model {self.name_or_path!r} has no fast tokenizer (tokenizer.json)")
+        return tokenizer
+
+    def load_model(self, *, dtype: str, device: str):
+        import torch
+        from transformers import AutoModel
+
+        quiet_transformers()
+        model = AutoModel.from_pretrained(
+            self.local_path(),
+            dtype=getattr(torch, TORCH_DTYPES[dtype]),
+            attn_implementation="sdpa",
+            add_pooling_layer=False,
+        )
+        return model.to(device).eval()
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but this worker has no CUDA device")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto``: bf16 on GPUs that have it, else fp16 on GPU; float32 on CPU."""
+    if dtype != "auto":
+        return dtype
+    if device == "cuda":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def quiet_transformers() -> None:
+    """Keep per-actor model loading out of the job's log (no load reports or bars)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

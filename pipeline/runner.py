@@ -1,0 +1,194 @@
+"""The executor: checks everything cheap first, then builds and runs the Ray Data pipeline.
+
+read (tasks) -> tokenize (CPU actor pool) -> encode (GPU actor pool) -> write (tasks)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+from pipeline import coverage
+from pipeline.config import JobConfig
+from pipeline.errors import JobError, UsageError
+from pipeline.manifest import Manifest, RunRecord, is_complete, mark_success
+from pipeline.model import ModelInfo, ModelSource
+from pipeline.output import OutputState, output_metadata
+from pipeline.plan import ClusterSpec, ResourcePlan, make_plan
+from pipeline.sink import EmbeddingDatasink
+from pipeline.sources import FieldSpec, Shard, ShardDatasource, list_shards
+from pipeline.storage import Storage, scrub
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class RunSummary:
+    status: str  # complete | noop | failed
+    output: str
+    rows_embedded: int = 0
+    rows_rejected: int = 0
+    rows_skipped: int = 0
+    tokens: int = 0
+    wall_s: float = 0.0
+    message: str = ""
+
+    @property
+    def docs_per_s(self) -> float:
+        return self.rows_embedded / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s else 0.0
+
+    def line(self) -> str:
+        if self.status == "noop":
+            return f"e5-embed: {self.output} is already complete; nothing to do ({self.message})"
+        return (f"e5-embed: {self.status}: {self.rows_embedded} rows embedded, {self.rows_rejected} rejected, "
+                f"{self.rows_skipped} already done, {self.tokens} tokens in {self.wall_s:.1f}s "
+                f"({self.docs_per_s:.1f} docs/s, {self.tokens_per_s:.0f} tokens/s) -> {self.output}")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Use the Ray already initialised in this process, else connect/start one and stop it after."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        kwargs["include_dashboard"] = False
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise UsageError(f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {e}") from e
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def build_dataset(config: JobConfig, plan: ResourcePlan, model: ModelSource, shards: list[Shard],
+                  skip: coverage.Ranges):
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from pipeline.encode_stage import EncodeStage
+    from pipeline.tokenize_stage import TokenizeStage
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = config.progress
+    ctx.enable_operator_progress_bars = config.progress
+    ctx.enable_auto_log_stats = False
+
+    source = ShardDatasource(
+        shards=shards, storage_options=config.storage_options, rows_per_block=config.rows_per_block, skip=skip,
+        fields=FieldSpec(text_field=config.text_field, id_field=config.id_field, title_field=config.title_field),
+    )
+    tok = plan.tokenize_resources()
+    enc = plan.encode_resources()
+    ds = ray.data.read_datasource(source, num_cpus=plan.io_num_cpus)
+    ds = ds.map_batches(
+        TokenizeStage,
+        fn_constructor_kwargs={"model": model, "prefix": config.prefix_text, "max_length": config.max_length},
+        batch_size=min(config.rows_per_block, 1024),
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=tok.min_actors, max_size=tok.max_actors),
+        num_cpus=tok.num_cpus,
+    )
+    ds = ds.map_batches(
+        EncodeStage,
+        fn_constructor_kwargs={"model": model, "batch_size": plan.batch_size, "dtype": config.dtype,
+                               "device": plan.device, "output_dtype": config.output_dtype,
+                               "torch_threads": enc.torch_threads},
+        batch_size=plan.rows_per_encode_call,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=enc.actors),
+        num_gpus=enc.num_gpus,
+        num_cpus=enc.num_cpus,
+        # Ray Data's actor pools default to max_restarts=-1 / max_task_retries=-1:
+        # a dead encode actor is replaced and its batch retried.
+    )
+    return ds
+
+
+def run_job(config: JobConfig) -> RunSummary:
+    t0 = time.monotonic()
+    started_at = _now()
+    model = ModelSource(name_or_path=config.model, revision=config.revision)
+    info: ModelInfo = model.info()
+    shards = list_shards(config.inputs, config.storage_options, config.input_format)
+    metadata = output_metadata(config, info)
+    state = OutputState(Storage(config.output, config.storage_options))
+    manifest = state.prepare(config, metadata, shards)
+    if manifest is None:
+        done = Manifest.load(state.storage)
+        return RunSummary(status="noop", output=config.output,
+                          message=f"{done.rows_written if done else 0} rows; pass --overwrite to start over")
+    skip = state.done_ranges(shards)
+    rows_skipped = coverage.count(skip)
+    run = RunRecord(run_id=uuid.uuid4().hex[:12], started_at=started_at, ended_at="", wall_s=0.0, status="running",
+                    rows_embedded=0, rows_rejected=0, rows_skipped=rows_skipped, tokens=0, truncated=0,
+                    docs_per_s=0.0, tokens_per_s=0.0, data_files=0)
+    if rows_skipped:
+        logger.info("resuming: %d input rows are already in %s", rows_skipped, config.output)
+
+    with ray_session(config.ray_address):
+        plan = make_plan(ClusterSpec.from_ray(), info, config)
+        run.plan = plan.to_dict()
+        logger.info("%s", plan.describe())
+        sink = EmbeddingDatasink(output_uri=config.output, storage_options=config.storage_options,
+                                 metadata=metadata, dim=info.hidden_size, output_dtype=config.output_dtype,
+                                 rows_per_file=config.rows_per_file)
+        ds = build_dataset(config, plan, model, shards, skip)
+        try:
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": plan.io_num_cpus})
+        except Exception as e:
+            run.status, run.error = "failed", scrub(f"{type(e).__name__}: {e}", config.storage_options)[:2000]
+            _finish(run, t0, sink.totals)
+            manifest.add_run(run)
+            manifest.save(state.storage)
+            raise JobError(f"pipeline failed: {run.error.splitlines()[0]}") from e
+
+    _finish(run, t0, sink.totals)
+    manifest.add_run(run)
+    total = manifest.rows_written + manifest.rows_rejected
+    bad_fraction = manifest.rows_rejected / total if total else 0.0
+    manifest.complete = bad_fraction <= config.max_bad_fraction
+    run.status = "complete" if manifest.complete else "failed"
+    manifest.runs[-1]["status"] = run.status
+    manifest.save(state.storage)
+    summary = RunSummary(status=run.status, output=config.output, rows_embedded=run.rows_embedded,
+                         rows_rejected=run.rows_rejected, rows_skipped=rows_skipped, tokens=run.tokens,
+                         wall_s=run.wall_s)
+    if not manifest.complete:
+        raise JobError(f"{manifest.rows_rejected} of {total} records rejected ({bad_fraction:.4%}), more than "
+                       f"--max-bad-fraction {config.max_bad_fraction:g}; see {config.output}/_rejects/. "
+                       + summary.line())
+    mark_success(state.storage)
+    return summary
+
+
+def _finish(run: RunRecord, t0: float, totals: dict[str, Any]) -> None:
+    run.ended_at = _now()
+    run.wall_s = round(time.monotonic() - t0, 3)
+    run.rows_embedded = int(totals.get("rows_written", 0))
+    run.rows_rejected = int(totals.get("rows_rejected", 0))
+    run.tokens = int(totals.get("tokens", 0))
+    run.truncated = int(totals.get("truncated", 0))
+    run.data_files = int(totals.get("data_files", 0))
+    run.reject_kinds = dict(totals.get("reject_kinds", {}))
+    run.docs_per_s = round(run.rows_embedded / run.wall_s, 2) if run.wall_s else 0.0
+    run.tokens_per_s = round(run.tokens / run.wall_s, 1) if run.wall_s else 0.0

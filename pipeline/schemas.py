@@ -1,0 +1,74 @@
+"""Explicit Arrow schemas for every stage boundary.
+
+read ──RECORDS──▶ tokenize ──TOKENIZED──▶ encode ──embedded_schema(dim)──▶ sink
+                                                 └─ data files / _rejects files
+
+Rejected records travel with the good ones (``reject_reason`` set, no text,
+no tokens, no embedding) so the sink accounts for every input row.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+METADATA_KEY = b"e5_embed"
+COVERAGE_KEY = b"e5_embed_coverage"
+
+_KEY_FIELDS = [
+    pa.field("id", pa.string()),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("row", pa.int64(), nullable=False),
+    pa.field("reject_reason", pa.string()),
+]
+
+RECORDS = pa.schema(_KEY_FIELDS + [pa.field("text", pa.string())])
+
+TOKENIZED = pa.schema(
+    _KEY_FIELDS
+    + [
+        pa.field("input_ids", pa.list_(pa.int32())),
+        pa.field("n_tokens", pa.int32()),
+        pa.field("truncated", pa.bool_()),
+    ]
+)
+
+
+def embedding_type(dim: int, output_dtype: str = "float32") -> pa.DataType:
+    value = pa.float16() if output_dtype == "float16" else pa.float32()
+    return pa.list_(pa.field("item", value, nullable=False), dim)
+
+
+def embedded_schema(dim: int, output_dtype: str = "float32") -> pa.Schema:
+    """What the encode stage emits: tokens replaced by the embedding."""
+    return pa.schema(
+        _KEY_FIELDS
+        + [
+            pa.field("embedding", embedding_type(dim, output_dtype)),
+            pa.field("n_tokens", pa.int32()),
+            pa.field("truncated", pa.bool_()),
+        ]
+    )
+
+
+def output_schema(dim: int, output_dtype: str = "float32") -> pa.Schema:
+    """The data files' columns (the output contract)."""
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("embedding", embedding_type(dim, output_dtype), nullable=False),
+            pa.field("n_tokens", pa.int32(), nullable=False),
+            pa.field("truncated", pa.bool_(), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("row", pa.int64(), nullable=False),
+        ]
+    )
+
+
+REJECTS = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("id", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)

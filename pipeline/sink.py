@@ -1,0 +1,106 @@
+"""Writes embedded rows as Parquet data files and rejected rows under ``_rejects/``.
+
+Each ``write`` call gets a bundle of blocks (about ``rows_per_file`` rows) and
+writes at most one data file and one rejects file, each named by a digest of
+the input rows it covers and published atomically (see ``Storage``). Nothing is
+collected on the driver: write tasks return small counters only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections import Counter
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from ray.data.block import Block, BlockAccessor
+from ray.data.datasource import Datasink
+from ray.data.datasource.datasink import WriteResult
+
+from pipeline import coverage, schemas
+from pipeline.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+REJECTS_DIR = "_rejects"
+
+
+def reason_kind(reason: str) -> str:
+    """A countable category for a reject reason ("invalid JSON: ... col 5" -> "invalid JSON")."""
+    return re.sub(r"\d+", "N", reason.split(":", 1)[0]).strip()
+
+
+class EmbeddingDatasink(Datasink[dict]):
+    def __init__(self, *, output_uri: str, storage_options: Mapping[str, Any], metadata: Mapping[str, Any],
+                 dim: int, output_dtype: str, rows_per_file: int):
+        self.output_uri = output_uri
+        self.storage_options = dict(storage_options)
+        self.metadata = dict(metadata)
+        self.dim = dim
+        self.output_dtype = output_dtype
+        self.rows_per_file = rows_per_file
+        self.totals: dict[str, Any] = {}
+
+    def get_name(self) -> str:
+        return "WriteEmbeddings"
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def write(self, blocks: Iterable[Block], ctx) -> dict:
+        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        tables = [t for t in tables if t.num_rows]
+        stats = {"rows_written": 0, "rows_rejected": 0, "tokens": 0, "truncated": 0, "reject_kinds": {},
+                 "data_files": 0}
+        if not tables:
+            return stats
+        table = pa.concat_tables(tables)
+        storage = Storage(self.output_uri, self.storage_options)
+        rejected = pc.is_valid(table["reject_reason"])
+        good = table.filter(pc.invert(rejected))
+        bad = table.filter(rejected)
+        if good.num_rows:
+            data = good.select(schemas.output_schema(self.dim, self.output_dtype).names)
+            data = data.cast(schemas.output_schema(self.dim, self.output_dtype))
+            self._put(storage, "", data)
+            stats["rows_written"] = good.num_rows
+            stats["tokens"] = int(pc.sum(good["n_tokens"]).as_py() or 0)
+            stats["truncated"] = int(pc.sum(good["truncated"].cast(pa.int64())).as_py() or 0)
+            stats["data_files"] = 1
+        if bad.num_rows:
+            rejects = pa.Table.from_arrays([bad["source"], bad["row"], bad["id"], bad["reject_reason"]],
+                                           schema=schemas.REJECTS)
+            self._put(storage, REJECTS_DIR, rejects)
+            stats["rows_rejected"] = bad.num_rows
+            stats["reject_kinds"] = dict(Counter(reason_kind(r) for r in bad["reject_reason"].to_pylist()))
+        return stats
+
+    def _put(self, storage: Storage, folder: str, table: pa.Table) -> str:
+        ranges = coverage.ranges_of(table)
+        meta = dict(table.schema.metadata or {})
+        meta[schemas.METADATA_KEY] = json.dumps(self.metadata, sort_keys=True).encode()
+        meta[schemas.COVERAGE_KEY] = coverage.encode(ranges)
+        table = table.replace_schema_metadata(meta)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        name = f"part-{coverage.digest(ranges)}.parquet"
+        path = storage.join(folder, name) if folder else storage.join(name)
+        storage.write_bytes_atomic(path, buf.getvalue())
+        return path
+
+    def on_write_complete(self, write_result: WriteResult[dict]) -> None:
+        totals: dict[str, Any] = {"rows_written": 0, "rows_rejected": 0, "tokens": 0, "truncated": 0,
+                                  "data_files": 0}
+        kinds: Counter = Counter()
+        for stats in write_result.write_returns:
+            for key in totals:
+                totals[key] += stats.get(key, 0)
+            kinds.update(stats.get("reject_kinds", {}))
+        totals["reject_kinds"] = dict(kinds)
+        self.totals = totals
