@@ -1,0 +1,77 @@
+"""The command as users run it: subprocesses, exit codes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.dataset as pads
+import pytest
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
+
+
+def cli(*args, timeout=300, env=None):
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env or ENV)
+
+
+def test_help_explains_every_flag():
+    out = cli("run", "--help").stdout
+    for flag in ("--input", "--output", "--model", "--revision", "--prefix", "--max-length", "--batch-size",
+                 "--dtype", "--output-dtype", "--text-field", "--id-field", "--title-field", "--storage-options",
+                 "--config", "--overwrite", "--max-bad-fraction"):
+        assert flag in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--output", "x"], "--input is required"),
+    (["run", "--input", "/nonexistent/in", "--output", "/tmp/x", "--model", "/nonexistent/model"], "model"),
+    (["run", "--input", "/nonexistent/in", "--output", "/tmp/x", "--prefix", "doc"], "invalid choice"),
+    (["run", "--bogus"], "unrecognized arguments"),
+    (["run", "--config", "/nonexistent.yaml"], "cannot read --config"),
+])
+def test_usage_errors_exit_2_with_one_line(args, message):
+    result = cli(*args)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_missing_input_is_exit_2(tmp_path, minilm_path):
+    result = cli("run", "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o"), "--model", minilm_path)
+    assert result.returncode == 2 and "input not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = cli("run", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", str(tmp_path / "m"),
+                 "--debug")
+    assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+@pytest.mark.slow
+def test_run_from_a_yaml_job_file(tmp_path, minilm_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "docs.jsonl").write_text("".join(json.dumps({"key": f"k{i}", "body": f"text {i}"}) + "\n"
+                                               for i in range(12)))
+    job = tmp_path / "job.yaml"
+    job.write_text(f"input: {corpus}\noutput: {tmp_path / 'out'}\nmodel: {minilm_path}\n"
+                   "text-field: body\nid_field: key\nprefix: query\nprogress: false\n")
+    result = cli("run", "--config", str(job), "--batch-size", "4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "12 rows embedded, 0 rejected" in result.stdout
+    table = pads.dataset(str(tmp_path / "out"), format="parquet").to_table()
+    assert sorted(table["id"].to_pylist()) == sorted(f"k{i}" for i in range(12))
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["metadata"]["prefix"] == "query: " and manifest["runs"][0]["plan"]["batch_size"] == 4
+
+
+@pytest.mark.slow
+def test_demo_runs_offline_end_to_end():
+    result = cli("demo", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "600 rows embedded, 0 rejected" in result.stdout
+    assert "query: 'how do I compress data with gzip?'" in result.stdout
+    assert "  1. " in result.stdout
