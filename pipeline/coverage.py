@@ -75,3 +75,25 @@ def decode(raw: bytes | None) -> Ranges:
 
 def digest(ranges: Ranges) -> str:
     return hashlib.sha1(encode(ranges)).hexdigest()[:20]
+
+
+def intersect(a: Mapping[str, Sequence[Sequence[int]]], b: Mapping[str, Sequence[Sequence[int]]]) -> Ranges:
+    """Rows in both coverages."""
+    out: Ranges = {}
+    for source, spans in a.items():
+        other = b.get(source, ())
+        hits = [(max(x0, y0), min(x1, y1)) for x0, x1 in spans for y0, y1 in other if max(x0, y0) < min(x1, y1)]
+        if hits:
+            out[source] = merge([{source: hits}])[source]
+    return out
+
+
+def mask_outside(table: pa.Table, ranges: Mapping[str, Sequence[Sequence[int]]]) -> pa.Array:
+    """Boolean mask: True for rows of ``table`` (source, row) not covered by ``ranges``."""
+    sources = table["source"].to_pylist()
+    rows = table["row"].to_pylist()
+    keep = []
+    for source, row in zip(sources, rows):
+        spans = ranges.get(source, ())
+        keep.append(not any(a <= row < b for a, b in spans))
+    return pa.array(keep)

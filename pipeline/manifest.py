@@ -48,16 +48,19 @@ class Manifest:
     tokens: int = 0
     truncated: int = 0
     reject_kinds: dict[str, int] = field(default_factory=dict)
+    repaired_files: int = 0
     runs: list[dict[str, Any]] = field(default_factory=list)
 
     def add_run(self, run: RunRecord) -> None:
         self.runs.append(asdict(run))
-        self.rows_written += run.rows_embedded
-        self.rows_rejected += run.rows_rejected
-        self.tokens += run.tokens
-        self.truncated += run.truncated
-        for kind, n in run.reject_kinds.items():
-            self.reject_kinds[kind] = self.reject_kinds.get(kind, 0) + n
+
+    def set_totals(self, totals: Any) -> None:
+        """Totals are rebuilt from the output's files, so runs that crashed still count."""
+        self.rows_written = totals.rows_written
+        self.rows_rejected = totals.rows_rejected
+        self.tokens = totals.tokens
+        self.truncated = totals.truncated
+        self.reject_kinds = dict(totals.reject_kinds)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()

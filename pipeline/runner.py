@@ -159,11 +159,15 @@ def run_job(config: JobConfig) -> RunSummary:
             run.status, run.error = "failed", scrub(f"{type(e).__name__}: {e}", config.storage_options)[:2000]
             _finish(run, t0, sink.totals)
             manifest.add_run(run)
+            manifest.set_totals(state.reconcile(metadata))
             manifest.save(state.storage)
             raise JobError(f"pipeline failed: {run.error.splitlines()[0]}") from e
 
     _finish(run, t0, sink.totals)
+    totals = state.reconcile(metadata)
     manifest.add_run(run)
+    manifest.set_totals(totals)
+    manifest.repaired_files += totals.repaired_files
     total = manifest.rows_written + manifest.rows_rejected
     bad_fraction = manifest.rows_rejected / total if total else 0.0
     manifest.complete = bad_fraction <= config.max_bad_fraction

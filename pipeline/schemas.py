@@ -13,6 +13,7 @@ import pyarrow as pa
 
 METADATA_KEY = b"e5_embed"
 COVERAGE_KEY = b"e5_embed_coverage"
+STATS_KEY = b"e5_embed_stats"
 
 _KEY_FIELDS = [
     pa.field("id", pa.string()),

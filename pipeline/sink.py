@@ -35,6 +35,32 @@ def reason_kind(reason: str) -> str:
     return re.sub(r"\d+", "N", reason.split(":", 1)[0]).strip()
 
 
+def file_stats(table: pa.Table) -> dict[str, Any]:
+    """Counters stored in a file's footer, so totals can be rebuilt from the files alone."""
+    if "reason" in table.column_names:
+        return {"rows": table.num_rows,
+                "reject_kinds": dict(Counter(reason_kind(r) for r in table["reason"].to_pylist()))}
+    return {"rows": table.num_rows, "tokens": int(pc.sum(table["n_tokens"]).as_py() or 0),
+            "truncated": int(pc.sum(table["truncated"].cast(pa.int64())).as_py() or 0)}
+
+
+def put_file(storage: Storage, folder: str, table: pa.Table, metadata: Mapping[str, Any],
+             stats: Mapping[str, Any]) -> str:
+    """Publish one data/rejects file atomically, named by the input rows it covers."""
+    ranges = coverage.ranges_of(table)
+    meta = dict(table.schema.metadata or {})
+    meta[schemas.METADATA_KEY] = json.dumps(dict(metadata), sort_keys=True).encode()
+    meta[schemas.COVERAGE_KEY] = coverage.encode(ranges)
+    meta[schemas.STATS_KEY] = json.dumps(dict(stats), sort_keys=True).encode()
+    table = table.replace_schema_metadata(meta)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    name = f"part-{coverage.digest(ranges)}.parquet"
+    path = storage.join(folder, name) if folder else storage.join(name)
+    storage.write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
 class EmbeddingDatasink(Datasink[dict]):
     def __init__(self, *, output_uri: str, storage_options: Mapping[str, Any], metadata: Mapping[str, Any],
                  dim: int, output_dtype: str, rows_per_file: int):
@@ -62,37 +88,23 @@ class EmbeddingDatasink(Datasink[dict]):
             return stats
         table = pa.concat_tables(tables)
         storage = Storage(self.output_uri, self.storage_options)
-        rejected = pc.is_valid(table["reject_reason"])
-        good = table.filter(pc.invert(rejected))
-        bad = table.filter(rejected)
+        is_reject = pc.is_valid(table["reject_reason"])
+        good = table.filter(pc.invert(is_reject))
+        bad = table.filter(is_reject)
         if good.num_rows:
-            data = good.select(schemas.output_schema(self.dim, self.output_dtype).names)
-            data = data.cast(schemas.output_schema(self.dim, self.output_dtype))
-            self._put(storage, "", data)
-            stats["rows_written"] = good.num_rows
-            stats["tokens"] = int(pc.sum(good["n_tokens"]).as_py() or 0)
-            stats["truncated"] = int(pc.sum(good["truncated"].cast(pa.int64())).as_py() or 0)
-            stats["data_files"] = 1
+            schema = schemas.output_schema(self.dim, self.output_dtype)
+            data = good.select(schema.names).cast(schema)
+            written = file_stats(data)
+            put_file(storage, "", data, self.metadata, written)
+            stats.update(rows_written=written["rows"], tokens=written["tokens"], truncated=written["truncated"],
+                         data_files=1)
         if bad.num_rows:
             rejects = pa.Table.from_arrays([bad["source"], bad["row"], bad["id"], bad["reject_reason"]],
                                            schema=schemas.REJECTS)
-            self._put(storage, REJECTS_DIR, rejects)
-            stats["rows_rejected"] = bad.num_rows
-            stats["reject_kinds"] = dict(Counter(reason_kind(r) for r in bad["reject_reason"].to_pylist()))
+            rejected = file_stats(rejects)
+            put_file(storage, REJECTS_DIR, rejects, self.metadata, rejected)
+            stats.update(rows_rejected=rejected["rows"], reject_kinds=rejected["reject_kinds"])
         return stats
-
-    def _put(self, storage: Storage, folder: str, table: pa.Table) -> str:
-        ranges = coverage.ranges_of(table)
-        meta = dict(table.schema.metadata or {})
-        meta[schemas.METADATA_KEY] = json.dumps(self.metadata, sort_keys=True).encode()
-        meta[schemas.COVERAGE_KEY] = coverage.encode(ranges)
-        table = table.replace_schema_metadata(meta)
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
-        name = f"part-{coverage.digest(ranges)}.parquet"
-        path = storage.join(folder, name) if folder else storage.join(name)
-        storage.write_bytes_atomic(path, buf.getvalue())
-        return path
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:
         totals: dict[str, Any] = {"rows_written": 0, "rows_rejected": 0, "tokens": 0, "truncated": 0,
