@@ -52,7 +52,7 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-options", default=S, metavar="JSON",
                    help="fsspec storage options as JSON (S3 already uses the AWS chain and AWS_ENDPOINT_URL)")
     p.add_argument("--rows-per-block", type=int, default=S, help="rows per block read from a shard (default 4096)")
-    p.add_argument("--rows-per-file", type=int, default=S, help="target rows per output file (default 32768)")
+    p.add_argument("--rows-per-file", type=int, default=S, help="most rows per output file; also the unit of work redone after a crash (default 32768)")
     p.add_argument("--gpu-actors", type=int, default=S, help="encode actors (default: from the plan)")
     p.add_argument("--actors-per-gpu", type=int, default=S, help="encode actors sharing one GPU (default: plan)")
     p.add_argument("--tokenizer-actors", type=int, default=S, help="max tokenizer actors (default: plan)")

@@ -142,6 +142,8 @@ class OutputState:
         live: list[OutputFile] = []
         repaired = 0
         for f in sorted(files, key=lambda f: (f.is_rejects, -f.stats.get("rows", 0), f.path)):
+            if any(f.path == k.path for k in live):
+                continue  # a rewrite below produced this very file (same rows, same name)
             seen = coverage.merge(kept)
             dup = coverage.count(coverage.intersect(f.ranges, seen))
             if dup:

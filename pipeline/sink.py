@@ -1,9 +1,10 @@
 """Writes embedded rows as Parquet data files and rejected rows under ``_rejects/``.
 
-Each ``write`` call gets a bundle of blocks (about ``rows_per_file`` rows) and
-writes at most one data file and one rejects file, each named by a digest of
-the input rows it covers and published atomically (see ``Storage``). Nothing is
-collected on the driver: write tasks return small counters only.
+Each ``write`` call gets a bundle of blocks (at least ``rows_per_file`` rows,
+often one encode output block), sorts it by input position and writes files of
+at most ``rows_per_file`` rows, each named by a digest of the input rows it
+covers and published atomically (see ``Storage``). Nothing is collected on the
+driver: write tasks return small counters only.
 """
 
 from __future__ import annotations
@@ -82,28 +83,34 @@ class EmbeddingDatasink(Datasink[dict]):
     def write(self, blocks: Iterable[Block], ctx) -> dict:
         tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
         tables = [t for t in tables if t.num_rows]
-        stats = {"rows_written": 0, "rows_rejected": 0, "tokens": 0, "truncated": 0, "reject_kinds": {},
-                 "data_files": 0}
+        stats: dict[str, Any] = {"rows_written": 0, "rows_rejected": 0, "tokens": 0, "truncated": 0,
+                                 "reject_kinds": Counter(), "data_files": 0}
         if not tables:
             return stats
-        table = pa.concat_tables(tables)
+        # Sorted by input position, so each file covers few, contiguous row ranges.
+        table = pa.concat_tables(tables).sort_by([("source", "ascending"), ("row", "ascending")])
         storage = Storage(self.output_uri, self.storage_options)
         is_reject = pc.is_valid(table["reject_reason"])
-        good = table.filter(pc.invert(is_reject))
+        schema = schemas.output_schema(self.dim, self.output_dtype)
+        good = table.filter(pc.invert(is_reject)).select(schema.names).cast(schema)
         bad = table.filter(is_reject)
-        if good.num_rows:
-            schema = schemas.output_schema(self.dim, self.output_dtype)
-            data = good.select(schema.names).cast(schema)
-            written = file_stats(data)
-            put_file(storage, "", data, self.metadata, written)
-            stats.update(rows_written=written["rows"], tokens=written["tokens"], truncated=written["truncated"],
-                         data_files=1)
-        if bad.num_rows:
-            rejects = pa.Table.from_arrays([bad["source"], bad["row"], bad["id"], bad["reject_reason"]],
-                                           schema=schemas.REJECTS)
-            rejected = file_stats(rejects)
-            put_file(storage, REJECTS_DIR, rejects, self.metadata, rejected)
-            stats.update(rows_rejected=rejected["rows"], reject_kinds=rejected["reject_kinds"])
+        rejects = pa.Table.from_arrays([bad["source"], bad["row"], bad["id"], bad["reject_reason"]],
+                                       schema=schemas.REJECTS)
+        for start in range(0, good.num_rows, self.rows_per_file):
+            chunk = good.slice(start, self.rows_per_file)
+            written = file_stats(chunk)
+            put_file(storage, "", chunk, self.metadata, written)
+            stats["rows_written"] += written["rows"]
+            stats["tokens"] += written["tokens"]
+            stats["truncated"] += written["truncated"]
+            stats["data_files"] += 1
+        for start in range(0, rejects.num_rows, self.rows_per_file):
+            chunk = rejects.slice(start, self.rows_per_file)
+            rejected = file_stats(chunk)
+            put_file(storage, REJECTS_DIR, chunk, self.metadata, rejected)
+            stats["rows_rejected"] += rejected["rows"]
+            stats["reject_kinds"].update(rejected["reject_kinds"])
+        stats["reject_kinds"] = dict(stats["reject_kinds"])
         return stats
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:

@@ -59,6 +59,8 @@ class Storage:
         if self.protocol in ("s3", "s3a"):
             for k, v in _s3_env_options().items():
                 options.setdefault(k, v)
+            # Transient errors (503 SlowDown, resets, timeouts) are retried with backoff.
+            options.setdefault("config_kwargs", {"retries": {"max_attempts": 10, "mode": "standard"}})
         return options
 
     @property

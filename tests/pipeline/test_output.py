@@ -1,0 +1,53 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import coverage, schemas
+from pipeline.output import OutputState
+from pipeline.sink import file_stats, put_file
+from pipeline.storage import Storage
+
+
+def data_table(source, rows, dim=4):
+    n = len(rows)
+    emb = pa.FixedSizeListArray.from_arrays(pa.array([0.5] * (n * dim), pa.float32()), dim)
+    return pa.Table.from_arrays(
+        [pa.array([f"{source}:{r}" for r in rows]), emb, pa.array([3] * n, pa.int32()), pa.array([False] * n),
+         pa.array([source] * n), pa.array(rows, pa.int64())],
+        schema=schemas.output_schema(dim))
+
+
+def test_coverage_ranges_and_digest_are_order_independent():
+    t = data_table("s", [5, 1, 2, 3, 9])
+    assert coverage.ranges_of(t) == {"s": [(1, 4), (5, 6), (9, 10)]}
+    shuffled = t.take([4, 3, 2, 1, 0])
+    assert coverage.digest(coverage.ranges_of(t)) == coverage.digest(coverage.ranges_of(shuffled))
+    assert coverage.overlap([{"s": [(0, 5)]}, {"s": [(3, 8)]}]) == 2
+    assert coverage.intersect({"s": [(0, 5), (7, 9)]}, {"s": [(3, 8)]}) == {"s": [(3, 5), (7, 8)]}
+
+
+def test_reconcile_repairs_overlapping_files(tmp_path):
+    storage = Storage(str(tmp_path))
+    meta = {"model": "m"}
+    for rows in ([0, 1, 2, 3], [2, 3, 4, 5], [4, 5]):  # overlaps: 2,3 then 4,5 (fully covered)
+        t = data_table("s", rows)
+        put_file(storage, "", t, meta, file_stats(t))
+    totals = OutputState(storage).reconcile(meta)
+    files = sorted(tmp_path.glob("part-*.parquet"))
+    got = sorted(r for f in files for r in pq.read_table(f)["row"].to_pylist())
+    assert got == [0, 1, 2, 3, 4, 5]  # every row once
+    assert totals.rows_written == 6 and totals.tokens == 18 and totals.repaired_files >= 1
+    for f in files:  # footers still describe their files
+        table = pq.read_table(f)
+        assert coverage.decode(table.schema.metadata[schemas.COVERAGE_KEY]) == coverage.ranges_of(table)
+        assert json.loads(table.schema.metadata[schemas.STATS_KEY])["rows"] == table.num_rows
+
+
+def test_retried_write_of_same_rows_overwrites_the_same_name(tmp_path):
+    storage = Storage(str(tmp_path))
+    t = data_table("s", [0, 1, 2])
+    a = put_file(storage, "", t, {}, file_stats(t))
+    b = put_file(storage, "", t.take([2, 0, 1]), {}, file_stats(t))
+    assert a == b and len(list(tmp_path.glob("part-*.parquet"))) == 1
+    assert not list(tmp_path.glob(".*"))  # no temp files left behind
