@@ -147,7 +147,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     parser = build_parser()
-    options: dict[str, Any] = {}
     try:
         args = parser.parse_args(argv)
         _configure_logging(debug)
@@ -157,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         label = "error" if isinstance(e, UsageError) else "job failed"
-        sys.stderr.write(f"e5-embed: {label}: {scrub(str(e), options)}\n".replace("e5-embed: error: e5-embed", "e5-embed"))
+        sys.stderr.write(f"e5-embed: {label}: {scrub(str(e))}\n".replace("e5-embed: error: e5-embed", "e5-embed"))
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("e5-embed: interrupted\n")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from pipeline.errors import UsageError
+from pipeline.storage import register_secrets
 
 PREFIXES = {"passage": "passage: ", "query": "query: ", "none": ""}
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -84,6 +85,7 @@ class JobConfig:
         if not isinstance(self.storage_options, Mapping):
             raise UsageError("--storage-options must be a JSON object")
         object.__setattr__(self, "storage_options", dict(self.storage_options))
+        register_secrets(self.storage_options)
         for name in ("text_field", "id_field"):
             if not getattr(self, name):
                 raise UsageError(f"--{name.replace('_', '-')} must not be empty")

@@ -49,6 +49,8 @@ class Manifest:
     truncated: int = 0
     reject_kinds: dict[str, int] = field(default_factory=dict)
     repaired_files: int = 0
+    duplicate_ids: int = 0
+    duplicate_id_examples: list[str] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
 
     def add_run(self, run: RunRecord) -> None:

@@ -60,7 +60,7 @@ class OutputState:
         try:
             existing = Manifest.load(self.storage)
             complete = is_complete(self.storage)
-        except (PermissionError, FileNotFoundError, OSError) as e:
+        except Exception as e:  # before any work: any failure to read the output is a config error
             raise UsageError(f"cannot read output {self.storage.describe()}: {type(e).__name__}: {e}") from e
         self.remove_temp_files()
         if config.overwrite:
@@ -79,7 +79,7 @@ class OutputState:
         manifest.complete = False
         try:
             manifest.save(self.storage)  # also proves the output is writable, before GPUs spin up
-        except (PermissionError, FileNotFoundError, OSError) as e:
+        except Exception as e:
             raise UsageError(f"cannot write to output {self.storage.describe()}: {type(e).__name__}: {e}") from e
         return manifest
 
@@ -187,6 +187,7 @@ class Totals:
     data_files: int
     reject_kinds: dict[str, int]
     repaired_files: int
+    data_paths: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, files: Sequence[OutputFile], repaired: int = 0) -> "Totals":
@@ -199,4 +200,5 @@ class Totals:
                    rows_rejected=sum(f.stats.get("rows", 0) for f in files if f.is_rejects),
                    tokens=sum(f.stats.get("tokens", 0) for f in data),
                    truncated=sum(f.stats.get("truncated", 0) for f in data),
-                   data_files=len(data), reject_kinds=kinds, repaired_files=repaired)
+                   data_files=len(data), reject_kinds=kinds, repaired_files=repaired,
+                   data_paths=tuple(f.path for f in data))

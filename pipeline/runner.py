@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 from pipeline import coverage
 from pipeline.config import JobConfig
+from pipeline.duplicates import find_duplicate_ids
 from pipeline.errors import JobError, UsageError
 from pipeline.manifest import Manifest, RunRecord, is_complete, mark_success
 from pipeline.model import ModelInfo, ModelSource
@@ -37,6 +38,7 @@ class RunSummary:
     rows_skipped: int = 0
     tokens: int = 0
     wall_s: float = 0.0
+    duplicate_ids: int = 0
     message: str = ""
 
     @property
@@ -52,7 +54,8 @@ class RunSummary:
             return f"e5-embed: {self.output} is already complete; nothing to do ({self.message})"
         return (f"e5-embed: {self.status}: {self.rows_embedded} rows embedded, {self.rows_rejected} rejected, "
                 f"{self.rows_skipped} already done, {self.tokens} tokens in {self.wall_s:.1f}s "
-                f"({self.docs_per_s:.1f} docs/s, {self.tokens_per_s:.0f} tokens/s) -> {self.output}")
+                f"({self.docs_per_s:.1f} docs/s, {self.tokens_per_s:.0f} tokens/s)"
+                + (f", {self.duplicate_ids} duplicate ids" if self.duplicate_ids else "") + f" -> {self.output}")
 
 
 def _now() -> str:
@@ -163,11 +166,17 @@ def run_job(config: JobConfig) -> RunSummary:
             manifest.save(state.storage)
             raise JobError(f"pipeline failed: {run.error.splitlines()[0]}") from e
 
-    _finish(run, t0, sink.totals)
     totals = state.reconcile(metadata)
+    duplicates = find_duplicate_ids(state.storage, totals.data_paths, totals.rows_written)
+    if duplicates.duplicate_ids:
+        logger.warning("%d id(s) occur more than once in %s (all rows kept), e.g. %s", duplicates.duplicate_ids,
+                       config.output, ", ".join(duplicates.examples[:3]))
+    _finish(run, t0, sink.totals)
     manifest.add_run(run)
     manifest.set_totals(totals)
     manifest.repaired_files += totals.repaired_files
+    manifest.duplicate_ids = duplicates.duplicate_ids
+    manifest.duplicate_id_examples = duplicates.examples
     total = manifest.rows_written + manifest.rows_rejected
     bad_fraction = manifest.rows_rejected / total if total else 0.0
     manifest.complete = bad_fraction <= config.max_bad_fraction
@@ -176,7 +185,7 @@ def run_job(config: JobConfig) -> RunSummary:
     manifest.save(state.storage)
     summary = RunSummary(status=run.status, output=config.output, rows_embedded=run.rows_embedded,
                          rows_rejected=run.rows_rejected, rows_skipped=rows_skipped, tokens=run.tokens,
-                         wall_s=run.wall_s)
+                         wall_s=run.wall_s, duplicate_ids=duplicates.duplicate_ids)
     if not manifest.complete:
         raise JobError(f"{manifest.rows_rejected} of {total} records rejected ({bad_fraction:.4%}), more than "
                        f"--max-bad-fraction {config.max_bad_fraction:g}; see {config.output}/_rejects/. "

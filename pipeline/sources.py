@@ -87,7 +87,9 @@ def list_shards(inputs: Sequence[str], storage_options: Mapping[str, Any], input
                 found = {path: fs.info(path)}
             else:
                 raise UsageError(f"input not found: {uri}")
-        except (FileNotFoundError, PermissionError, OSError) as e:
+        except UsageError:
+            raise
+        except Exception as e:  # listing happens before any work: every failure here is the input's
             raise UsageError(f"cannot list input {uri}: {type(e).__name__}: {e}") from e
         skipped = 0
         for p, info in sorted(found.items()):

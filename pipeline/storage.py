@@ -120,9 +120,18 @@ def glob_root(path: str) -> str:
     return head.rsplit("/", 1)[0] if "/" in head else ""
 
 
+_REGISTERED_SECRETS: set[str] = set()
+
+
+def register_secrets(storage_options: Mapping[str, Any]) -> None:
+    """Remember secret-looking option values so ``scrub`` can remove them from any message."""
+    _REGISTERED_SECRETS.update(v for k, v in storage_options.items() if _SECRET_KEY.search(str(k)) and isinstance(v, str))
+
+
 def scrub(text: str, storage_options: Mapping[str, Any] | None = None) -> str:
     """Remove known secret values (storage options, AWS env) from a message."""
     secrets = [v for k, v in (storage_options or {}).items() if _SECRET_KEY.search(str(k)) and isinstance(v, str)]
+    secrets += list(_REGISTERED_SECRETS)
     secrets += [v for k, v in os.environ.items() if k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN")]
     for secret in secrets:
         if len(secret) >= 4:

@@ -75,3 +75,41 @@ def test_demo_runs_offline_end_to_end():
     assert "600 rows embedded, 0 rejected" in result.stdout
     assert "query: 'how do I compress data with gzip?'" in result.stdout
     assert "  1. " in result.stdout
+
+
+def test_missing_buckets_fail_fast_naming_the_resource(s3_server, s3fs_client, bucket, minilm_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
+    result = cli("run", "--input", "s3://no-such-bucket-in/x/", "--output", f"s3://{bucket}/o/", "--model",
+                 minilm_path, env=env)
+    assert result.returncode == 2 and "no-such-bucket-in" in result.stderr and "Traceback" not in result.stderr
+    s3fs_client.pipe(f"{bucket}/in/a.txt", b"hello\n")
+    result = cli("run", "--input", f"s3://{bucket}/in/", "--output", "s3://no-such-bucket-out/o/", "--model",
+                 minilm_path, env=env)
+    assert result.returncode == 2 and "cannot write to output s3://no-such-bucket-out/o/" in result.stderr
+
+
+@pytest.mark.slow
+def test_secrets_never_reach_logs_outputs_or_metadata(s3_server, s3fs_client, bucket, minilm_path):
+    secret = "sEcReT-value-that-must-not-leak-0123456789"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({"HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "", "AWS_DEFAULT_REGION": "us-east-1"})
+    options = json.dumps({"key": "AKIAFAKEKEYID", "secret": secret, "endpoint_url": s3_server.endpoint_url})
+    s3fs_client.pipe(f"{bucket}/in/a.jsonl", b'{"text": "hello"}\n{"text": 1}\n')
+    result = cli("run", "--input", f"s3://{bucket}/in/", "--output", f"s3://{bucket}/out/", "--model", minilm_path,
+                 "--storage-options", options, "--max-bad-fraction", "0.9", "--debug", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    s3fs_client.invalidate_cache()
+    everything = result.stdout + result.stderr
+    for path in s3fs_client.find(f"{bucket}/out/"):
+        everything += s3fs_client.cat(path).decode("latin-1")
+    assert "sEcReT" not in everything and "AKIAFAKEKEYID" not in everything
+    # failing runs' messages are scrubbed too: an unreachable endpoint, and an error that echoes the value
+    dead = json.dumps({"key": "AKIAFAKEKEYID", "secret": secret, "endpoint_url": "http://127.0.0.1:9",
+                       "config_kwargs": {"retries": {"max_attempts": 1}}})
+    bad = cli("run", "--input", f"s3://{bucket}/in/", "--output", f"s3://{bucket}/out2/", "--model", minilm_path,
+              "--storage-options", dead, env=env)
+    assert bad.returncode == 2 and "cannot list input" in bad.stderr and secret not in bad.stdout + bad.stderr
+    echo = json.dumps({"secret": secret, "endpoint_url": s3_server.endpoint_url, "default_block_size": secret})
+    bad = cli("run", "--input", f"s3://{bucket}/in/", "--output", f"s3://{bucket}/out3/", "--model", minilm_path,
+              "--storage-options", echo, env=env)
+    assert bad.returncode != 0 and secret not in bad.stdout + bad.stderr

@@ -118,20 +118,23 @@ def test_messy_corpus_finishes_with_every_record_accounted_for(ray_cluster, tmp_
     good = [json.dumps({"id": f"g{i}", "text": f"fine text {i}"}).encode() for i in range(40)]
     bad = [b"{broken", json.dumps({"id": "nt"}).encode(), json.dumps({"id": "e", "text": " "}).encode(),
            b'{"id": "u", "text": "\xff"}']
-    (corpus / "mixed.jsonl").write_bytes(b"\n".join(good[:20] + bad + good[20:]) + b"\n")
+    dup = [json.dumps({"id": "g0", "text": "same id, other text"}).encode()]
+    (corpus / "mixed.jsonl").write_bytes(b"\n".join(good[:20] + bad + good[20:] + dup) + b"\n")
     (corpus / "empty.txt").write_text("")
     (corpus / "corrupt.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00garbage-not-gzip")
     config = JobConfig(inputs=(str(corpus),), output=str(tmp_path / "out"), model=minilm_path, progress=False,
                        max_bad_fraction=0.2)
     summary = run_job(config)
     assert summary.status == "complete"
-    assert summary.rows_embedded == 40 and summary.rows_rejected == 5
+    assert summary.rows_embedded == 41 and summary.rows_rejected == 5
+    assert summary.duplicate_ids == 1 and "1 duplicate ids" in summary.line()  # both rows kept, reported
     rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()
     # ids from the record where it had one, else the derived '<shard>:<row>'
     assert {r["id"] for r in rejects} == {"mixed.jsonl:20", "nt", "e", "mixed.jsonl:23", "corrupt.jsonl.gz:0"}
     assert all(r["reason"] and r["source"] for r in rejects)
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["rows_rejected"] == 5 and manifest["reject_kinds"]["invalid JSON"] == 1
+    assert manifest["duplicate_ids"] == 1 and manifest["duplicate_id_examples"] == ["g0"]
 
 
 def test_too_many_rejects_fail_without_success_marker(ray_cluster, tmp_path, minilm_path):

@@ -2,6 +2,7 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline import coverage, schemas
 from pipeline.output import OutputState
@@ -51,3 +52,27 @@ def test_retried_write_of_same_rows_overwrites_the_same_name(tmp_path):
     b = put_file(storage, "", t.take([2, 0, 1]), {}, file_stats(t))
     assert a == b and len(list(tmp_path.glob("part-*.parquet"))) == 1
     assert not list(tmp_path.glob(".*"))  # no temp files left behind
+
+
+def test_duplicate_ids_are_counted_with_examples(tmp_path):
+    from pipeline.duplicates import _on_cluster, find_duplicate_ids  # noqa: F401
+
+    storage = Storage(str(tmp_path))
+    a, b = data_table("s", [0, 1, 2]), data_table("t", [0, 1])
+    b = b.set_column(0, "id", pa.array(["s:1", "s:2"]))  # same ids as two rows of a
+    paths = [put_file(storage, "", t, {}, file_stats(t)) for t in (a, b)]
+    report = find_duplicate_ids(storage, paths, 5)
+    assert report.duplicate_ids == 2 and sorted(report.examples) == ["s:1", "s:2"]
+    assert find_duplicate_ids(storage, paths[:1], 3).duplicate_ids == 0
+
+
+@pytest.mark.slow
+def test_duplicate_ids_on_the_cluster_path(ray_cluster, tmp_path):
+    from pipeline.duplicates import _on_cluster
+
+    storage = Storage(str(tmp_path))
+    a = data_table("s", [0, 1, 2])
+    b = data_table("t", [0]).set_column(0, "id", pa.array(["s:0"]))
+    paths = [put_file(storage, "", t, {}, file_stats(t)) for t in (a, b)]
+    report = _on_cluster(storage, paths)
+    assert report.duplicate_ids == 1 and report.examples == ["s:0"]
