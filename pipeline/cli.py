@@ -78,6 +78,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_flags(run)
     _common(run)
     run.set_defaults(handler=cmd_run)
+    plan = sub.add_parser("plan", help="print the resource plan for the live or a described cluster",
+                          description="The GPU actor pool, batch size and tokenizer pool the job would use. "
+                                      "Without --gpus/--cpus it probes the live Ray cluster (RAY_ADDRESS).")
+    plan.add_argument("--model", default="intfloat/e5-base-v2",
+                      help="E5 family Hub id (shapes known offline) or a local folder with config.json")
+    plan.add_argument("--max-length", type=int, default=512)
+    plan.add_argument("--dtype", choices=DTYPES, default="auto")
+    plan.add_argument("--device", choices=DEVICES, default="auto")
+    plan.add_argument("--batch-size", type=int, help="check that this batch fits instead of choosing one")
+    plan.add_argument("--actors-per-gpu", type=int)
+    plan.add_argument("--gpu-actors", type=int)
+    plan.add_argument("--tokenizer-actors", type=int)
+    plan.add_argument("--gpu-memory-gb", type=float, help="VRAM per GPU (overrides probe and profile)")
+    plan.add_argument("--scheduler-config", metavar="YAML", help="default: cluster/scheduler.yaml")
+    plan.add_argument("--gpus", type=int, help="describe a cluster: total GPUs")
+    plan.add_argument("--cpus", type=float, help="describe a cluster: total CPUs")
+    plan.add_argument("--nodes", type=int, default=1, help="describe a cluster: nodes")
+    plan.add_argument("--accelerator", help="describe a cluster: accelerator type (T4, L4, A10G, A100-80G, H100, ...)")
+    plan.add_argument("--max-gpus", type=int, help="autoscaling: the most GPUs the pool may grow to")
+    plan.add_argument("--ray-address", help="live cluster address (default RAY_ADDRESS)")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    _common(plan)
+    plan.set_defaults(handler=cmd_plan)
     demo = sub.add_parser("demo", help="offline demo: local S3 (moto), local Ray, bundled corpus and model",
                           description="Runs the whole job on a bundled corpus through a local S3 endpoint, then "
                                       "answers a query against the result.")
@@ -126,6 +149,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = job_config_from_args(args)
     summary = run_job(config)
     sys.stdout.write(summary.line() + "\n")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.model import offline_info
+    from pipeline.plan import ClusterSpec, PlanRequest, make_plan
+    from pipeline.scheduler_config import load_scheduler_config
+
+    for name in ("max_length", "batch_size", "actors_per_gpu", "gpu_actors", "tokenizer_actors", "gpus", "nodes",
+                 "max_gpus"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "gpus" else 1):
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    info = offline_info(args.model)
+    request = PlanRequest(max_length=args.max_length, dtype=args.dtype, device=args.device,
+                          batch_size=args.batch_size, actors_per_gpu=args.actors_per_gpu, gpu_actors=args.gpu_actors,
+                          tokenizer_actors=args.tokenizer_actors, gpu_memory_gb=args.gpu_memory_gb)
+    scheduler = load_scheduler_config(args.scheduler_config)
+    if args.gpus is not None or args.cpus is not None:
+        cluster = ClusterSpec(gpus=args.gpus or 0, cpus=args.cpus or max(1.0, 8.0 * (args.gpus or 1)),
+                              nodes=args.nodes, accelerator=args.accelerator, max_gpus=args.max_gpus)
+    else:
+        from pipeline.runner import ray_session
+
+        with ray_session(args.ray_address):
+            cluster = ClusterSpec.from_ray()
+    plan = make_plan(cluster, info, request, scheduler)
+    if args.json:
+        out = {"model": info.name, "cluster": {k: v for k, v in vars(cluster).items()},
+               "scheduler_config": scheduler.source, **plan.to_dict()}
+        sys.stdout.write(json.dumps(out, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(f"{plan.describe()}\n")
+        for note in plan.notes:
+            sys.stdout.write(f"  note: {note}\n")
     return 0
 
 

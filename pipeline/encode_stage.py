@@ -29,7 +29,8 @@ class EncodeResources:
 
     num_gpus: float = 0.0
     num_cpus: float = 1.0
-    actors: int = 1
+    min_actors: int = 1
+    max_actors: int = 1
     torch_threads: int | None = None
 
 
@@ -37,11 +38,14 @@ class EncodeStage:
     """A Ray Data callable class: the model is loaded once per actor."""
 
     def __init__(self, *, model: ModelSource, batch_size: int, dtype: str = "auto", device: str = "auto",
-                 output_dtype: str = "float32", torch_threads: int | None = None, pad_multiple: int | None = None):
+                 output_dtype: str = "float32", torch_threads: int | None = None, pad_multiple: int | None = None,
+                 expect_gpu: bool = False):
         import torch
 
         self._torch = torch
         self.device = resolve_device(device)
+        if expect_gpu and self.device != "cuda":
+            logger.warning("this encode actor holds a Ray GPU but no CUDA device is visible; encoding on CPU")
         self.dtype = resolve_dtype(dtype, self.device)
         if self.device == "cpu":
             torch.set_num_threads(torch_threads or os.cpu_count() or 1)

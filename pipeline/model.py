@@ -54,6 +54,36 @@ class ModelInfo:
         )
 
 
+def _shape(name: str, layers: int, hidden: int, heads: int, ffn: int, vocab: int, positions: int) -> ModelInfo:
+    return ModelInfo(name=name, hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=ffn,
+                     vocab_size=vocab, max_positions=positions)
+
+
+# The E5 family's shapes, known offline (for ``e5-embed plan`` without a hub).
+KNOWN_SHAPES = {s.name: s for s in [
+    _shape("intfloat/e5-small-v2", 12, 384, 12, 1536, 30522, 512),
+    _shape("intfloat/e5-base-v2", 12, 768, 12, 3072, 30522, 512),
+    _shape("intfloat/e5-large-v2", 24, 1024, 16, 4096, 30522, 512),
+    _shape("intfloat/multilingual-e5-small", 12, 384, 12, 1536, 250037, 512),
+    _shape("intfloat/multilingual-e5-base", 12, 768, 12, 3072, 250002, 514),
+    _shape("intfloat/multilingual-e5-large", 24, 1024, 16, 4096, 250002, 514),
+]}
+
+
+def offline_info(name_or_path: str) -> ModelInfo:
+    """A model's shape without any network: the E5 table, or a local folder's config.json."""
+    import json
+
+    if name_or_path in KNOWN_SHAPES:
+        return KNOWN_SHAPES[name_or_path]
+    config = os.path.join(name_or_path, "config.json")
+    if os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            return ModelInfo.from_config(name_or_path, json.load(f))
+    raise UsageError(f"unknown model {name_or_path!r}: use one of {', '.join(KNOWN_SHAPES)} or a local folder "
+                     "with config.json")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelSource:
     name_or_path: str

@@ -11,15 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 
-E5_SHAPES = {
-    # name: (layers, hidden, heads, ffn, vocab, positions)
-    "intfloat/e5-small-v2": (12, 384, 12, 1536, 30522, 512),
-    "intfloat/e5-base-v2": (12, 768, 12, 3072, 30522, 512),
-    "intfloat/e5-large-v2": (24, 1024, 16, 4096, 30522, 512),
-    "intfloat/multilingual-e5-small": (12, 384, 12, 1536, 250037, 512),
-    "intfloat/multilingual-e5-base": (12, 768, 12, 3072, 250002, 514),
-    "intfloat/multilingual-e5-large": (24, 1024, 16, 4096, 250002, 514),
-}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
@@ -48,6 +39,9 @@ def write_random_bert(path: str, *, layers: int = 12, hidden: int = 768, heads: 
 
 
 def write_random_e5_base(path: str, seed: int = 0) -> str:
-    layers, hidden, heads, ffn, vocab, positions = E5_SHAPES["intfloat/e5-base-v2"]
-    return write_random_bert(path, layers=layers, hidden=hidden, heads=heads, ffn=ffn, vocab=vocab,
-                             positions=positions, seed=seed)
+    from pipeline.model import KNOWN_SHAPES
+
+    shape = KNOWN_SHAPES["intfloat/e5-base-v2"]
+    return write_random_bert(path, layers=shape.num_layers, hidden=shape.hidden_size, heads=shape.num_heads,
+                             ffn=shape.intermediate_size, vocab=shape.vocab_size, positions=shape.max_positions,
+                             seed=seed)

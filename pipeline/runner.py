@@ -21,7 +21,8 @@ from pipeline.errors import JobError, UsageError
 from pipeline.manifest import Manifest, RunRecord, is_complete, mark_success
 from pipeline.model import ModelInfo, ModelSource
 from pipeline.output import OutputState, output_metadata
-from pipeline.plan import ClusterSpec, ResourcePlan, make_plan
+from pipeline.plan import ClusterSpec, PlanRequest, ResourcePlan, make_plan
+from pipeline.scheduler_config import load_scheduler_config
 from pipeline.sink import EmbeddingDatasink
 from pipeline.sources import FieldSpec, Shard, ShardDatasource, list_shards
 from pipeline.storage import Storage, scrub
@@ -114,11 +115,11 @@ def build_dataset(config: JobConfig, plan: ResourcePlan, model: ModelSource, sha
     ds = ds.map_batches(
         EncodeStage,
         fn_constructor_kwargs={"model": model, "batch_size": plan.batch_size, "dtype": config.dtype,
-                               "device": plan.device, "output_dtype": config.output_dtype,
-                               "torch_threads": enc.torch_threads},
+                               "device": config.device, "output_dtype": config.output_dtype,
+                               "torch_threads": enc.torch_threads, "expect_gpu": plan.device == "cuda"},
         batch_size=plan.rows_per_encode_call,
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=enc.actors),
+        compute=ActorPoolStrategy(min_size=enc.min_actors, max_size=enc.max_actors),
         num_gpus=enc.num_gpus,
         num_cpus=enc.num_cpus,
         # Ray Data's actor pools default to max_restarts=-1 / max_task_retries=-1:
@@ -149,7 +150,8 @@ def run_job(config: JobConfig) -> RunSummary:
         logger.info("resuming: %d input rows are already in %s", rows_skipped, config.output)
 
     with ray_session(config.ray_address):
-        plan = make_plan(ClusterSpec.from_ray(), info, config)
+        plan = make_plan(ClusterSpec.from_ray(), info, PlanRequest.from_job(config),
+                         load_scheduler_config(config.scheduler_config))
         run.plan = plan.to_dict()
         logger.info("%s", plan.describe())
         sink = EmbeddingDatasink(output_uri=config.output, storage_options=config.storage_options,

@@ -67,7 +67,7 @@ def _job_processes(root: int) -> set[int]:
     return {pid for pid in found if pid in stats}
 
 
-def kill_job(proc: subprocess.Popen) -> None:
+def kill_job(proc: subprocess.Popen) -> str:
     """SIGKILL the driver and every Ray process it started, until none is left."""
     for _ in range(50):
         victims = _job_processes(proc.pid) - {os.getpid()}
@@ -79,7 +79,7 @@ def kill_job(proc: subprocess.Popen) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.1)
-    proc.communicate(timeout=60)
+    return proc.communicate(timeout=60)[1]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -93,9 +93,9 @@ def test_sigkill_anywhere_then_rerun_gives_every_id_once(tmp_path, minilm_path, 
     while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("part-*.parquet"))) < wanted:
         time.sleep(0.05)
     time.sleep(rng.uniform(0, 0.5))
-    kill_job(proc)
+    stderr = kill_job(proc)
     done_before = len(set(output_ids(out))) if list(out.glob("part-*.parquet")) else 0
-    assert 0 < done_before < len(ids), "the kill should land mid-run"
+    assert 0 < done_before < len(ids), f"the kill should land mid-run; job said: {stderr[-3000:]}"
     assert not (out / "_SUCCESS").exists()
 
     rerun = subprocess.run([sys.executable, "-m", "pipeline", "run", "--input", str(tmp_path / "corpus"),

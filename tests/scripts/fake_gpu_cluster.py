@@ -1,0 +1,34 @@
+"""Run the job on a local Ray cluster that declares GPUs it doesn't have.
+
+The plan comes from the live probe (which finds no CUDA) and the T4 profile; the encode
+actors hold Ray GPUs and encode on CPU. Prints the manifest's plan as one JSON line.
+Usage: python tests/scripts/fake_gpu_cluster.py CORPUS OUTPUT MODEL
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import ray
+
+from pipeline.config import JobConfig
+from pipeline.runner import run_job
+
+
+def main(corpus: str, output: str, model: str) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ray.init(num_cpus=4, num_gpus=2, resources={"accelerator_type:T4": 1}, include_dashboard=False,
+             logging_level="WARNING")
+    try:
+        summary = run_job(JobConfig(inputs=(corpus,), output=output, model=model, progress=False))
+    finally:
+        ray.shutdown()
+    manifest = json.loads((Path(output) / "_manifest.json").read_text())
+    print(json.dumps({"status": summary.status, "rows": summary.rows_embedded, "plan": manifest["runs"][-1]["plan"]}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
