@@ -101,6 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     _common(plan)
     plan.set_defaults(handler=cmd_plan)
+    bench = sub.add_parser("bench", help="benchmark the encode path against the model card code and "
+                                         "sentence-transformers, and the whole pipeline",
+                           description="Times, on the same texts and device: the model card's reference code, "
+                                       "sentence-transformers encode(), this project's encode stage, and the whole "
+                                       "Ray pipeline. Writes bench.json and bench.md.")
+    bench.add_argument("--docs", type=int, default=2000, help="corpus size (default 2000)")
+    bench.add_argument("--device", choices=DEVICES, default="auto")
+    bench.add_argument("--model", help="default: bundled MiniLM on CPU, e5-base-v2 architecture (random) on GPU")
+    bench.add_argument("--batch-size", type=int)
+    bench.add_argument("--max-length", type=int, default=512)
+    bench.add_argument("--rows", default=",".join(("reference", "st_encode", "encode", "pipeline")),
+                       help="comma-separated subset of reference,st_encode,encode,pipeline")
+    bench.add_argument("--memory-check", action="store_true", help="also run the pipeline on 4x the corpus")
+    bench.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
+    _common(bench)
+    bench.set_defaults(handler=cmd_bench)
     demo = sub.add_parser("demo", help="offline demo: local S3 (moto), local Ray, bundled corpus and model",
                           description="Runs the whole job on a bundled corpus through a local S3 endpoint, then "
                                       "answers a query against the result.")
@@ -186,6 +202,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{plan.describe()}\n")
         for note in plan.notes:
             sys.stdout.write(f"  note: {note}\n")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline.bench import ROWS, markdown, run_benchmark
+
+    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        raise UsageError(f"--rows: unknown {', '.join(unknown)}; valid: {', '.join(ROWS)}")
+    if args.docs < 1:
+        raise UsageError("--docs must be >= 1")
+    report = run_benchmark(docs=args.docs, device=args.device, model=args.model, batch_size=args.batch_size,
+                           max_length=args.max_length, rows=rows, memory_check=args.memory_check, out_dir=args.out)
+    sys.stdout.write(markdown(report))
     return 0
 
 

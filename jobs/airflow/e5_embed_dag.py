@@ -1,0 +1,74 @@
+"""The ``e5_embed`` DAG: one E5 embedding job on a Ray cluster per DAG run.
+
+Trigger with params (``dag_run.conf``): input, output, model, prefix, and optionally
+batch_size, dtype, config (a job YAML inside the working dir), working_dir, extra_args.
+The cluster comes from the Airflow connection ``ray_default`` (host/port: Ray dashboard,
+password: the cluster's auth token). Retries re-attach or resume; see ray_job.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from datetime import datetime, timedelta
+
+sys.path.insert(0, os.path.dirname(__file__))  # ray_job.py next to this file
+
+from ray_job import RayJobOperator  # noqa: E402
+
+try:
+    from airflow.sdk import DAG, Param
+except ImportError:  # Airflow 2
+    from airflow import DAG
+    from airflow.models.param import Param
+
+
+def build_entrypoint(params: dict) -> str:
+    args = ["python", "-m", "pipeline", "run", "--no-progress"]
+    if params.get("config"):
+        args += ["--config", params["config"]]
+    inputs = params["input"] if isinstance(params["input"], list) else [params["input"]]
+    for uri in inputs:
+        args += ["--input", uri]
+    args += ["--output", params["output"], "--model", params["model"], "--prefix", params["prefix"]]
+    if params.get("batch_size"):
+        args += ["--batch-size", str(int(params["batch_size"]))]
+    if params.get("dtype"):
+        args += ["--dtype", params["dtype"]]
+    return shlex.join(args) + (" " + params["extra_args"] if params.get("extra_args") else "")
+
+
+with DAG(
+    dag_id="e5_embed",
+    description="Embed a corpus with E5 on a Ray cluster (e5-embed)",
+    start_date=datetime(2026, 1, 1),
+    schedule=None,
+    catchup=False,
+    max_active_runs=4,
+    tags=["embeddings", "ray"],
+    params={
+        "input": Param("s3://corpus-bucket/shards/", type=["string", "array"], description="input URI(s)"),
+        "output": Param("s3://embeddings-bucket/e5/", type="string", description="output URI"),
+        "model": Param("intfloat/e5-base-v2", type="string"),
+        "prefix": Param("passage", enum=["passage", "query", "none"]),
+        "batch_size": Param(None, type=["null", "integer"], minimum=1),
+        "dtype": Param(None, type=["null", "string"], enum=[None, "auto", "float32", "float16", "bfloat16"]),
+        "config": Param(None, type=["null", "string"], description="job YAML inside the working dir"),
+        "working_dir": Param(None, type=["null", "string"],
+                             description="runtime_env working_dir (local path or s3://… zip of the project)"),
+        "extra_args": Param("", type="string", description="more e5-embed run flags"),
+        "conn_id": Param("ray_default", type="string"),
+    },
+    render_template_as_native_obj=True,
+    user_defined_filters={"build_entrypoint": build_entrypoint},
+) as dag:
+    RayJobOperator(
+        task_id="embed",
+        conn_id="{{ params.conn_id }}",
+        entrypoint="{{ params | build_entrypoint }}",
+        runtime_env="{{ {'working_dir': params.working_dir} if params.working_dir else {} }}",
+        retries=int(os.environ.get("E5_EMBED_TASK_RETRIES", "3")),
+        retry_delay=timedelta(minutes=2),
+        poll_interval=float(os.environ.get("E5_EMBED_POLL_INTERVAL", "30")),
+    )

@@ -1,0 +1,11 @@
+"""The benchmark as a script: same as ``e5-embed bench`` (see pipeline/bench.py).
+
+    python jobs/benchmark.py --docs 3000 --memory-check --out docs/bench-cpu
+"""
+
+import sys
+
+from pipeline.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main(["bench", *sys.argv[1:]]))

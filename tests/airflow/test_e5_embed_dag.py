@@ -1,0 +1,64 @@
+"""The real e5_embed DAG in a real Airflow (its own virtualenv, as an Airflow deployment would
+have), against a real token-auth Ray head; the token travels only in the Airflow connection."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+AIRFLOW_VERSION = "3.3.2"
+VENV = ROOT / ".venv-airflow"
+
+
+@pytest.fixture(scope="session")
+def airflow_python() -> str:
+    python = VENV / "bin" / "python"
+    marker = VENV / f".installed-{AIRFLOW_VERSION}"
+    if not marker.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"apache-airflow=={AIRFLOW_VERSION}",
+                        "-r", str(ROOT / "jobs" / "airflow" / "requirements.txt")], check=True, timeout=1500)
+        marker.touch()
+    return str(python)
+
+
+def test_dag_runs_the_job_fails_on_failure_and_retries_reattach(airflow_python, ray_head, tmp_path, minilm_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.jsonl").write_text("".join(json.dumps({"id": f"a{i}", "text": f"airflow text {i}"}) + "\n"
+                                            for i in range(16)))
+    common = {"model": minilm_path, "prefix": "passage", "working_dir": str(ROOT), "batch_size": 8}
+    conf = {"good": {**common, "input": str(corpus), "output": str(tmp_path / "out")},
+            "bad": {**common, "input": str(tmp_path / "missing"), "output": str(tmp_path / "out-bad")}}
+    home = tmp_path / "airflow-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AIRFLOW"))}
+    env.update({
+        "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "jobs" / "airflow"),
+        "AIRFLOW_CONN_RAY_DEFAULT": json.dumps({"conn_type": "http", "host": "127.0.0.1",
+                                                "port": ray_head.dashboard_port, "password": ray_head.token}),
+        "E5_EMBED_POLL_INTERVAL": "1", "E5_EMBED_TASK_RETRIES": "0",
+    })
+    airflow = str(Path(airflow_python).with_name("airflow"))
+    migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=600)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    result = subprocess.run([airflow_python, str(ROOT / "tests" / "scripts" / "airflow_dag_check.py"),
+                             str(ROOT / "jobs" / "airflow"), json.dumps(conf)],
+                            env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["good_state"] == "success", report
+    got = pads.dataset(str(tmp_path / "out"), format="parquet").to_table(columns=["id"])["id"].to_pylist()
+    assert sorted(got) == sorted(f"a{i}" for i in range(16))
+    assert report["bad_state"] == "failed"
+    assert report["reattached_to"] and report["jobs_for_run"] == 1
+    assert report["after_stop"].endswith("__try2")
+    assert ray_head.token not in result.stdout  # the token stays in the connection

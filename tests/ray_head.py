@@ -1,0 +1,75 @@
+"""A real Ray head started with `ray start --head --block`, token authentication on.
+
+The test holds the Popen handle and stops the head (and everything it started) with it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from pipeline.local_s3 import free_port
+
+
+class RayHead:
+    def __init__(self, tmp: Path, num_cpus: int = 2):
+        self.token = secrets.token_hex(24)
+        self.port = free_port()
+        self.dashboard_port = free_port()
+        self.num_cpus = num_cpus
+        self.tmp = tmp
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def client_env(self) -> dict[str, str]:
+        """What a Ray Jobs client needs: the address and the token (nothing else)."""
+        return {"RAY_ADDRESS": self.dashboard_url, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+
+    def start(self) -> "RayHead":
+        ray_bin = str(Path(sys.executable).with_name("ray"))
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "HF_HUB_OFFLINE": "1"}
+        env.pop("RAY_ADDRESS", None)
+        self._proc = subprocess.Popen(
+            [ray_bin, "start", "--head", "--block", f"--port={self.port}", "--node-ip-address=127.0.0.1",
+             f"--num-cpus={self.num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+             f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats"],
+            env=env, stdout=open(self.tmp / "ray-head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"ray start exited: {(self.tmp / 'ray-head.log').read_text()[-2000:]}")
+            try:
+                req = urllib.request.Request(self.dashboard_url + "/api/version",
+                                             headers={"Authorization": f"Bearer {self.token}"})
+                urllib.request.urlopen(req, timeout=2).close()
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("the Ray dashboard did not come up within 120s")
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        # SIGTERM to `ray start --block` stops the processes it started; then the session group
+        try:
+            self._proc.send_signal(signal.SIGTERM)
+            self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._proc.wait()
+        self._proc = None

@@ -1,0 +1,47 @@
+"""Runs inside the Airflow virtualenv the tests create: the real e5_embed DAG via dag.test().
+
+Usage: python airflow_dag_check.py DAG_FOLDER CONF_JSON
+The Ray cluster is reached only through the connection in AIRFLOW_CONN_RAY_DEFAULT.
+Prints one JSON line with the run's state and what the re-attach check saw.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def main(dag_folder: str, conf_json: str) -> None:
+    sys.path.insert(0, dag_folder)
+    import e5_embed_dag  # noqa: E402
+    from ray_job import RayJobOperator, job_client, submission_id_for
+
+    conf = json.loads(conf_json)
+    result: dict = {}
+    run = e5_embed_dag.dag.test(run_conf=conf["good"])
+    result["good_state"] = str(getattr(run.state, "value", run.state))
+    result["good_run_id"] = run.run_id
+
+    bad = e5_embed_dag.dag.test(run_conf=conf["bad"])
+    result["bad_state"] = str(getattr(bad.state, "value", bad.state))
+
+    # A retried task while its job still runs: re-attach, don't submit a second job.
+    client, _ = job_client("ray_default")
+    base = submission_id_for("e5_embed", "manual__retry-check")
+    client.submit_job(entrypoint="python -c 'import time; time.sleep(20)'", submission_id=base)
+    op = RayJobOperator(task_id="probe", entrypoint="echo should-not-run")
+    attached = op._attach_or_submit(client, base)
+    jobs = [j.submission_id for j in client.list_jobs() if (j.submission_id or "").startswith(base)]
+    result["reattached_to"] = attached == base
+    result["jobs_for_run"] = len(jobs)
+    client.stop_job(base)
+    time.sleep(2)
+    # after that job was stopped, a retry submits the next try (which resumes the output)
+    nxt = op._attach_or_submit(client, base)
+    result["after_stop"] = nxt
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
