@@ -37,7 +37,9 @@ class RayHead:
 
     def start(self) -> "RayHead":
         ray_bin = str(Path(sys.executable).with_name("ray"))
-        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "HF_HUB_OFFLINE": "1",
+               # as an activated virtualenv: job entrypoints' `python` is this environment's
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         env.pop("RAY_ADDRESS", None)
         self._proc = subprocess.Popen(
             [ray_bin, "start", "--head", "--block", f"--port={self.port}", "--node-ip-address=127.0.0.1",

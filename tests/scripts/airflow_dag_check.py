@@ -36,10 +36,13 @@ def main(dag_folder: str, conf_json: str) -> None:
     result["reattached_to"] = attached == base
     result["jobs_for_run"] = len(jobs)
     client.stop_job(base)
-    time.sleep(2)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and str(client.get_job_status(base)).split(".")[-1] != "STOPPED":
+        time.sleep(0.5)
     # after that job was stopped, a retry submits the next try (which resumes the output)
     nxt = op._attach_or_submit(client, base)
     result["after_stop"] = nxt
+    client.stop_job(nxt)
     print(json.dumps(result))
 
 
