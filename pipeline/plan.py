@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.encode_stage import EncodeResources
 from pipeline.errors import UsageError
 from pipeline.model import ModelInfo
-from pipeline.scheduler_config import Profile, SchedulerConfig
+from pipeline.scheduler_config import SchedulerConfig
 from pipeline.tokenize_stage import TokenizeResources
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from pipeline import coverage
 from pipeline.config import JobConfig
 from pipeline.duplicates import find_duplicate_ids
 from pipeline.errors import JobError, UsageError
-from pipeline.manifest import Manifest, RunRecord, is_complete, mark_success
+from pipeline.manifest import Manifest, RunRecord, mark_success
 from pipeline.model import ModelInfo, ModelSource
 from pipeline.output import OutputState, output_metadata
 from pipeline.plan import ClusterSpec, PlanRequest, ResourcePlan, make_plan
