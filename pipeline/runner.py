@@ -73,6 +73,9 @@ def ray_session(address: str | None) -> Iterator[None]:
         return
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
     if address is None and not os.environ.get("RAY_ADDRESS"):
+        # "local" starts a fresh cluster; a bare ray.init() would try a `ray start` cluster
+        # recorded in /tmp/ray/ray_current_cluster, which may be long gone (then it hangs).
+        address = "local"
         kwargs["include_dashboard"] = False
     try:
         ray.init(address=address, **kwargs)

@@ -1,0 +1,41 @@
+"""The benchmark runs and its numbers are well-formed (not a timed test: no speed is asserted)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.bench import ROWS, make_corpus, run_benchmark
+
+
+def test_corpus_is_real_text_with_a_length_mix():
+    docs = make_corpus(300)
+    assert len(docs) == 300 and docs == make_corpus(300)  # deterministic
+    words = sorted(len(d.split()) for d in docs)
+    assert words[0] < 40 < words[150] < 200 < words[-1]  # short, median and a long tail
+
+
+def test_unknown_row_is_a_usage_error():
+    result = subprocess.run([sys.executable, "-m", "pipeline", "bench", "--rows", "encode,warp"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown warp" in result.stderr
+
+
+@pytest.mark.slow
+def test_all_four_rows_and_memory_check_are_well_formed(tmp_path):
+    report = run_benchmark(docs=24, device="cpu", rows=ROWS, memory_check=True, out_dir=str(tmp_path))
+    assert set(report["rows"]) == set(ROWS)
+    for name, row in report["rows"].items():
+        for key in ("seconds", "docs_per_s", "tokens_per_s", "fraction_of_peak"):
+            assert math.isfinite(row[key]) and row[key] > 0, (name, key)
+        assert row["docs"] == 24
+    assert report["rows"]["reference"]["padding_overhead"] >= report["rows"]["encode"]["padding_overhead"] >= 0
+    assert report["parity"]["encode_vs_reference_min_cosine"] >= 0.99999
+    assert report["memory_check"]["docs_4x"] == 96 and report["memory_check"]["ratio_4x_over_1x"] > 0
+    assert set(report["ratios"]) >= {"encode/reference", "encode/st_encode", "pipeline/st_encode"}
+    assert report["matmul_peak_flops"] > 0 and report["versions"]["ray"]
+    assert json.loads((tmp_path / "bench.json").read_text())["rows"].keys() == report["rows"].keys()
+    table = (tmp_path / "bench.md").read_text()
+    assert all(f"| {name} |" in table for name in ROWS)
