@@ -104,6 +104,7 @@ class PlanRequest:
     gpu_actors: int | None = None
     tokenizer_actors: int | None = None
     gpu_memory_gb: float | None = None
+    rows_per_file: int | None = None  # an encode call never spans more rows than one output file
 
     @classmethod
     def from_job(cls, config: Any) -> "PlanRequest":
@@ -175,8 +176,9 @@ def estimate_peak_gpu_memory_gb(model: ModelInfo, batch: int, length: int, dtype
     return (context_gb * GB + weights + layer + pooling) / GB
 
 
-def _sort_window(batch: int) -> int:
-    return max(batch * SORT_WINDOW_BATCHES, SORT_WINDOW_MIN_ROWS)
+def _sort_window(batch: int, cap: int | None = None) -> int:
+    window = max(batch * SORT_WINDOW_BATCHES, SORT_WINDOW_MIN_ROWS)
+    return max(batch, min(window, cap)) if cap else window
 
 
 def _power_of_two_floor(n: int) -> int:
@@ -246,7 +248,7 @@ def _gpu_plan(cluster: ClusterSpec, model: ModelInfo, req: PlanRequest, schedule
     return ResourcePlan(
         device="cuda", profile=name, dtype=dtype, gpu_actors=actors, gpu_actors_min=actors,
         gpu_actors_max=actors_max, actors_per_gpu=per_gpu, num_gpus_per_actor=round(1.0 / per_gpu, 4),
-        batch_size=batch, max_length=req.max_length, rows_per_encode_call=_sort_window(batch),
+        batch_size=batch, max_length=req.max_length, rows_per_encode_call=_sort_window(batch, req.rows_per_file),
         encode_num_cpus=1.0, torch_threads=None, tokenizer_actors=tokenizers, tokenizer_num_cpus=1.0,
         io_num_cpus=0.5, gpu_memory_gb=round(memory, 2), estimated_peak_gpu_memory_gb=round(peak, 2),
         model_parameters=model.parameters, notes=tuple(notes),
@@ -262,7 +264,7 @@ def _cpu_plan(cluster: ClusterSpec, model: ModelInfo, req: PlanRequest) -> Resou
     return ResourcePlan(
         device="cpu", profile="cpu", dtype=req.dtype if req.dtype != "auto" else "float32", gpu_actors=actors,
         gpu_actors_min=actors, gpu_actors_max=actors, actors_per_gpu=1, num_gpus_per_actor=0.0, batch_size=batch,
-        max_length=req.max_length, rows_per_encode_call=_sort_window(batch),
+        max_length=req.max_length, rows_per_encode_call=_sort_window(batch, req.rows_per_file),
         encode_num_cpus=float(max(1, math.floor(cpus_per_node / 2))), torch_threads=cpus_per_node,
         tokenizer_actors=req.tokenizer_actors or cluster.nodes, tokenizer_num_cpus=0.5, io_num_cpus=0.25,
         gpu_memory_gb=None, estimated_peak_gpu_memory_gb=None, model_parameters=model.parameters,

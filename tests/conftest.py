@@ -29,7 +29,8 @@ def ray_cluster(s3_server):
     """A real local Ray cluster (2 CPUs, no GPU); workers inherit the S3 endpoint env."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # address="local": always a fresh cluster, never one recorded in /tmp/ray/ray_current_cluster
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         yield ray
     finally:

@@ -20,7 +20,7 @@ from pipeline.runner import run_job
 
 def main(corpus: str, output: str, model: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ray.init(num_cpus=4, num_gpus=2, resources={"accelerator_type:T4": 1}, include_dashboard=False,
+    ray.init(address="local", num_cpus=4, num_gpus=2, resources={"accelerator_type:T4": 1}, include_dashboard=False,
              logging_level="WARNING")
     try:
         summary = run_job(JobConfig(inputs=(corpus,), output=output, model=model, progress=False))
