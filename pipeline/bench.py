@@ -158,7 +158,9 @@ def run_st(model_path: str, texts: list[str], batch_size: int, device: str, max_
     from sentence_transformers import SentenceTransformer, models
 
     word = models.Transformer(model_path, max_seq_length=max_length)
-    pool = models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean")
+    dim = word.get_embedding_dimension() if hasattr(word, "get_embedding_dimension") \
+        else word.get_word_embedding_dimension()
+    pool = models.Pooling(dim, pooling_mode="mean")
     model = SentenceTransformer(modules=[word, pool, models.Normalize()], device=device)
     if device == "cuda":
         model.half()
