@@ -5,6 +5,7 @@
 # Leaves bench.json/bench.md and memory.json/memory.md under $OUT.
 set -euo pipefail
 out=${OUT:-gpu-check}
+mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/nvidia-smi.csv"
 python jobs/gpu_memory_check.py --out "$out/memory"
 python -m pipeline bench --device cuda --docs 20000 --out "$out/bench"
