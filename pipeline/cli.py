@@ -22,7 +22,7 @@ logger = logging.getLogger("pipeline")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
-        raise UsageError(f"{self.prog}: {message} (see --help)")
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def _add_job_flags(p: argparse.ArgumentParser) -> None:
@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         label = "error" if isinstance(e, UsageError) else "job failed"
-        sys.stderr.write(f"e5-embed: {label}: {scrub(str(e))}\n".replace("e5-embed: error: e5-embed", "e5-embed"))
+        sys.stderr.write(f"e5-embed: {label}: {scrub(str(e))}\n")
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("e5-embed: interrupted\n")

@@ -90,10 +90,17 @@ def intersect(a: Mapping[str, Sequence[Sequence[int]]], b: Mapping[str, Sequence
 
 def mask_outside(table: pa.Table, ranges: Mapping[str, Sequence[Sequence[int]]]) -> pa.Array:
     """Boolean mask: True for rows of ``table`` (source, row) not covered by ``ranges``."""
-    sources = table["source"].to_pylist()
-    rows = table["row"].to_pylist()
-    keep = []
-    for source, row in zip(sources, rows):
-        spans = ranges.get(source, ())
-        keep.append(not any(a <= row < b for a, b in spans))
+    sources = table["source"].to_numpy(zero_copy_only=False)
+    rows = table["row"].to_numpy()
+    keep = np.ones(len(rows), dtype=bool)
+    for source, spans in ranges.items():
+        here = sources == source
+        if not spans or not here.any():
+            continue
+        starts = np.array([a for a, _ in spans])
+        ends = np.array([b for _, b in spans])
+        # spans are sorted and disjoint: the candidate is the last span starting at or before the row
+        i = np.searchsorted(starts, rows[here], side="right") - 1
+        covered = (i >= 0) & (rows[here] < ends[np.maximum(i, 0)])
+        keep[np.flatnonzero(here)[covered]] = False
     return pa.array(keep)

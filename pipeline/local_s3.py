@@ -27,6 +27,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def wait_until_serving(url: str, proc: subprocess.Popen, timeout_s: float, *, what: str,
+                       headers: dict[str, str] | None = None) -> None:
+    """Poll ``url`` until it answers; raise if ``proc`` exits first or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2).close()
+            return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(0.2)
+    raise RuntimeError(f"{what} did not answer on {url} within {timeout_s:.0f}s")
+
+
 class LocalS3Server:
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, start_timeout_s: float = 30.0):
         self.host = host
@@ -47,17 +62,12 @@ class LocalS3Server:
             [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "MOTO_CALL_RESET_API": "true"},
         )
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with code {self._proc.returncode}")
-            try:
-                urllib.request.urlopen(self.endpoint_url + "/moto-api/", timeout=1).close()
-                return self
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"moto server did not answer on {self.endpoint_url} within {self.start_timeout_s:.0f}s")
+        try:
+            wait_until_serving(self.endpoint_url + "/moto-api/", self._proc, self.start_timeout_s, what="moto server")
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self._proc is None:

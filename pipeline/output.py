@@ -55,8 +55,8 @@ class OutputState:
     def __init__(self, storage: Storage):
         self.storage = storage
 
-    def prepare(self, config: JobConfig, metadata: Mapping[str, Any], shards: Sequence[Shard]) -> Manifest | None:
-        """A manifest to record this run in, or None when the output is already complete."""
+    def prepare(self, config: JobConfig, metadata: Mapping[str, Any], shards: Sequence[Shard]) -> Manifest:
+        """The manifest to record this run in; ``complete`` is set when there is nothing to do."""
         try:
             existing = Manifest.load(self.storage)
             complete = is_complete(self.storage)
@@ -73,7 +73,8 @@ class OutputState:
                 raise UsageError(f"{self.storage.describe()} was made with different settings ({diffs}); "
                                  f"use another --output or --overwrite")
             if complete:
-                return None
+                existing.complete = True
+                return existing
         manifest = existing or Manifest(metadata=dict(metadata), inputs=sorted(config.inputs))
         manifest.shards = len(shards)
         manifest.complete = False

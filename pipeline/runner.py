@@ -18,7 +18,7 @@ from pipeline import coverage
 from pipeline.config import JobConfig
 from pipeline.duplicates import find_duplicate_ids
 from pipeline.errors import JobError, UsageError
-from pipeline.manifest import Manifest, RunRecord, mark_success
+from pipeline.manifest import RunRecord, mark_success
 from pipeline.model import ModelInfo, ModelSource
 from pipeline.output import OutputState, output_metadata
 from pipeline.plan import ClusterSpec, PlanRequest, ResourcePlan, make_plan
@@ -140,10 +140,9 @@ def run_job(config: JobConfig) -> RunSummary:
     metadata = output_metadata(config, info)
     state = OutputState(Storage(config.output, config.storage_options))
     manifest = state.prepare(config, metadata, shards)
-    if manifest is None:
-        done = Manifest.load(state.storage)
+    if manifest.complete:
         return RunSummary(status="noop", output=config.output,
-                          message=f"{done.rows_written if done else 0} rows; pass --overwrite to start over")
+                          message=f"{manifest.rows_written} rows; pass --overwrite to start over")
     skip = state.done_ranges(shards)
     rows_skipped = coverage.count(skip)
     run = RunRecord(run_id=uuid.uuid4().hex[:12], started_at=started_at, ended_at="", wall_s=0.0, status="running",
@@ -177,7 +176,6 @@ def run_job(config: JobConfig) -> RunSummary:
         logger.warning("%d id(s) occur more than once in %s (all rows kept), e.g. %s", duplicates.duplicate_ids,
                        config.output, ", ".join(duplicates.examples[:3]))
     _finish(run, t0, sink.totals)
-    manifest.add_run(run)
     manifest.set_totals(totals)
     manifest.repaired_files += totals.repaired_files
     manifest.duplicate_ids = duplicates.duplicate_ids
@@ -186,7 +184,7 @@ def run_job(config: JobConfig) -> RunSummary:
     bad_fraction = manifest.rows_rejected / total if total else 0.0
     manifest.complete = bad_fraction <= config.max_bad_fraction
     run.status = "complete" if manifest.complete else "failed"
-    manifest.runs[-1]["status"] = run.status
+    manifest.add_run(run)
     manifest.save(state.storage)
     summary = RunSummary(status=run.status, output=config.output, rows_embedded=run.rows_embedded,
                          rows_rejected=run.rows_rejected, rows_skipped=rows_skipped, tokens=run.tokens,

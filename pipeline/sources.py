@@ -76,6 +76,7 @@ def list_shards(inputs: Sequence[str], storage_options: Mapping[str, Any], input
         storage = Storage(uri, storage_options)
         fs, path = storage.fs, storage.root
         try:
+            single_file = False
             if is_glob(path):
                 root = glob_root(path)
                 found = {p: info for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file"}
@@ -83,6 +84,7 @@ def list_shards(inputs: Sequence[str], storage_options: Mapping[str, Any], input
                 root = path
                 found = fs.find(path, detail=True)
             elif fs.isfile(path):
+                single_file = True
                 root = posixpath.dirname(path)
                 found = {path: fs.info(path)}
             else:
@@ -98,7 +100,7 @@ def list_shards(inputs: Sequence[str], storage_options: Mapping[str, Any], input
                 continue
             fmt, compression = detect_format(p, input_format)
             if fmt is None:
-                if len(found) == 1 and not is_glob(path) and not fs.isdir(path):
+                if single_file:
                     raise UsageError(f"cannot tell the format of {uri}; pass --input-format text|jsonl|parquet")
                 skipped += 1
                 continue

@@ -13,6 +13,7 @@ import posixpath
 import re
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
 
 import fsspec
@@ -63,13 +64,18 @@ class Storage:
             options.setdefault("config_kwargs", {"retries": {"max_attempts": 10, "mode": "standard"}})
         return options
 
+    @cached_property
+    def _resolved(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        fs, path = url_to_fs(self.uri, **self._options())
+        return fs, path.rstrip("/")
+
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
-        return url_to_fs(self.uri, **self._options())[0]
+        return self._resolved[0]
 
     @property
     def root(self) -> str:
-        return url_to_fs(self.uri, **self._options())[1].rstrip("/")
+        return self._resolved[1]
 
     def join(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)

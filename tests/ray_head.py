@@ -11,11 +11,9 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from pipeline.local_s3 import free_port
+from pipeline.local_s3 import free_port, wait_until_serving
 
 
 class RayHead:
@@ -46,19 +44,29 @@ class RayHead:
              f"--num-cpus={self.num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
              f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats"],
             env=env, stdout=open(self.tmp / "ray-head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"ray start exited: {(self.tmp / 'ray-head.log').read_text()[-2000:]}")
+        try:
+            wait_until_serving(self.dashboard_url + "/api/version", self._proc, 120, what="ray start --head",
+                               headers={"Authorization": f"Bearer {self.token}"})
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"{e}: {(self.tmp / 'ray-head.log').read_text()[-2000:]}") from e
+        self._wait_for_job_agent()
+        return self
+
+    def _wait_for_job_agent(self, timeout_s: float = 120) -> None:
+        """The dashboard answers before the node's job agent does; submit a no-op until one is taken."""
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(self.dashboard_url, headers={"Authorization": f"Bearer {self.token}"})
+        deadline = time.monotonic() + timeout_s
+        while True:
             try:
-                req = urllib.request.Request(self.dashboard_url + "/api/version",
-                                             headers={"Authorization": f"Bearer {self.token}"})
-                urllib.request.urlopen(req, timeout=2).close()
-                return self
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError("the Ray dashboard did not come up within 120s")
+                client.submit_job(entrypoint="true", submission_id="ray-head-ready-check")
+                return
+            except RuntimeError as e:
+                if "No available agent" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
 
     def stop(self) -> None:
         if self._proc is None:
