@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +25,14 @@ class RayHead:
         self.dashboard_port = free_port()
         self.num_cpus = num_cpus
         self.tmp = tmp
+        # Its own ports and temp dir: the session's in-process Ray (ray_cluster) runs beside it, and
+        # with default ports the second node's dashboard agent cannot bind 52365, so job submission
+        # lands on the other cluster's agent (seen in CI as InvalidAuthToken / "No available agent").
+        self._ports = {flag: free_port() for flag in (
+            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+            "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")}
+        # unix socket paths must stay short, so not under pytest's long tmp path
+        self._temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -33,17 +43,19 @@ class RayHead:
         """What a Ray Jobs client needs: the address and the token (nothing else)."""
         return {"RAY_ADDRESS": self.dashboard_url, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
-    def start(self) -> "RayHead":
+    def start(self) -> RayHead:
         ray_bin = str(Path(sys.executable).with_name("ray"))
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "HF_HUB_OFFLINE": "1",
                # as an activated virtualenv: job entrypoints' `python` is this environment's
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         env.pop("RAY_ADDRESS", None)
+        self._log = open(self.tmp / "ray-head.log", "w")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen(
             [ray_bin, "start", "--head", "--block", f"--port={self.port}", "--node-ip-address=127.0.0.1",
              f"--num-cpus={self.num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats"],
-            env=env, stdout=open(self.tmp / "ray-head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+             f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats", f"--temp-dir={self._temp_dir}",
+             *(f"--{flag}={port}" for flag, port in self._ports.items())],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_until_serving(self.dashboard_url + "/api/version", self._proc, 120, what="ray start --head",
                                headers={"Authorization": f"Bearer {self.token}"})
@@ -83,3 +95,5 @@ class RayHead:
             pass
         self._proc.wait()
         self._proc = None
+        self._log.close()
+        shutil.rmtree(self._temp_dir, ignore_errors=True)
