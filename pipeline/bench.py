@@ -5,6 +5,7 @@ Rows, each on the same texts, model and device:
   st_encode  sentence-transformers ``encode()`` (fp16 on GPU), mean pooling + normalize
   encode     this project's TokenizeStage + EncodeStage in-process (tokenizing timed separately)
   pipeline   the whole Ray job end to end in a subprocess, start-up included
+and, when asked for (``--rows``), ``encode_compiled``: the encode stage with ``torch.compile``.
 Offline it uses the bundled real MiniLM on CPU; on a GPU it uses e5-base-v2's architecture with
 random weights (stated in the output) unless ``--model`` names real weights.
 """
@@ -32,7 +33,8 @@ from pipeline.model import ModelInfo, ModelSource
 from pipeline.sample_text import passages
 
 logger = logging.getLogger(__name__)
-ROWS = ("reference", "st_encode", "encode", "pipeline")
+ROWS = ("reference", "st_encode", "encode", "encode_compiled", "pipeline")
+DEFAULT_ROWS = ("reference", "st_encode", "encode", "pipeline")
 
 
 @dataclass
@@ -174,7 +176,7 @@ def run_st(model_path: str, texts: list[str], batch_size: int, device: str, max_
 
 
 def run_encode_stage(model_path: str, texts: list[str], batch_size: int, device: str, dtype: str,
-                     max_length: int, window: int):
+                     max_length: int, window: int, compile_model: bool = False):
     import pyarrow as pa
 
     from pipeline import schemas
@@ -190,8 +192,10 @@ def run_encode_stage(model_path: str, texts: list[str], batch_size: int, device:
     t0 = time.perf_counter()
     tokens = tok(records)
     tokenize_s = time.perf_counter() - t0
-    enc = EncodeStage(model=source, batch_size=batch_size, dtype=dtype, device=device)
-    enc(tokens.slice(0, batch_size))  # warm-up
+    enc = EncodeStage(model=source, batch_size=batch_size, dtype=dtype, device=device, compile_model=compile_model)
+    t0 = time.perf_counter()
+    enc(tokens.slice(0, batch_size))  # warm-up (and, compiled, the compilation)
+    warmup_s = time.perf_counter() - t0
     embeddings, padded = [], 0
     with _GpuPeak(device) as gpu:
         t0 = time.perf_counter()
@@ -205,7 +209,8 @@ def run_encode_stage(model_path: str, texts: list[str], batch_size: int, device:
 
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-    return seconds, tokenize_s, np.concatenate(embeddings), padded, int(tokens["n_tokens"].to_numpy().sum()), gpu.mb
+    return (seconds, tokenize_s, warmup_s, np.concatenate(embeddings), padded, int(tokens["n_tokens"].to_numpy().sum()),
+            gpu.mb)
 
 
 def _padded_tokens(lengths: np.ndarray, batch_size: int, multiple: int) -> int:
@@ -301,7 +306,7 @@ def _device_name(device: str) -> str:
 
 
 def run_benchmark(*, docs: int, device: str = "auto", model: str | None = None, batch_size: int | None = None,
-                  max_length: int = 512, rows: tuple[str, ...] = ROWS, memory_check: bool = False,
+                  max_length: int = 512, rows: tuple[str, ...] = DEFAULT_ROWS, memory_check: bool = False,
                   out_dir: str = "bench-results", seed: int = 0) -> dict[str, Any]:
     import torch
 
@@ -330,14 +335,22 @@ def run_benchmark(*, docs: int, device: str = "auto", model: str | None = None, 
     results: dict[str, Row] = {}
     embeddings: dict[str, np.ndarray] = {}
     tokens_total = None
-    if "encode" in rows or "reference" in rows:
-        from pipeline.plan import _sort_window
+    from pipeline.plan import _sort_window
 
-        s, tok_s, emb, padded, tokens_total, gpu = run_encode_stage(model, texts, batch, device, dtype, max_length,
-                                                                    _sort_window(batch))
+    if {"encode", "reference", "st_encode"} & set(rows):  # the others need its token count
+        s, tok_s, _, emb, padded, tokens_total, gpu = run_encode_stage(model, texts, batch, device, dtype,
+                                                                       max_length, _sort_window(batch))
         results["encode"] = Row("encode", s, docs, tokens_total, padded, _host_peak_mb(), gpu,
                                 f"{dtype}; tokenizing (one CPU core, separate actors in the pipeline) took {tok_s:.2f}s")
         embeddings["encode"] = emb
+    if "encode_compiled" in rows:
+        s, _, warm_s, emb, padded, tokens_total, gpu = run_encode_stage(model, texts, batch, device, dtype,
+                                                                        max_length, _sort_window(batch),
+                                                                        compile_model=True)
+        results["encode_compiled"] = Row("encode_compiled", s, docs, tokens_total, padded, _host_peak_mb(), gpu,
+                                         f"{dtype}, torch.compile(dynamic=True); compiling took {warm_s:.1f}s "
+                                         "(not in seconds)")
+        embeddings["encode_compiled"] = emb
     if "reference" in rows:
         s, emb, padded, gpu = run_reference(model, texts, batch, device, max_length)
         results["reference"] = Row("reference", s, docs, tokens_total, padded, _host_peak_mb(), gpu,
@@ -362,9 +375,10 @@ def run_benchmark(*, docs: int, device: str = "auto", model: str | None = None, 
     mean_len = (tokens_total or 1) / docs
     fpt = flops_per_token(info, mean_len)
     parity = {}
-    if "encode" in embeddings and "reference" in embeddings:
-        a, b = embeddings["encode"], embeddings["reference"]
-        parity["encode_vs_reference_min_cosine"] = float(((a * b).sum(1)).min())
+    for name in ("encode", "encode_compiled"):
+        if name in embeddings and "reference" in embeddings:
+            a, b = embeddings[name], embeddings["reference"]
+            parity[f"{name}_vs_reference_min_cosine"] = float(((a * b).sum(1)).min())
     report = {
         "device": device, "device_name": _device_name(device), "versions": _versions(),
         "command": " ".join(["e5-embed", "bench"] + sys.argv[2:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv),
@@ -378,8 +392,8 @@ def run_benchmark(*, docs: int, device: str = "auto", model: str | None = None, 
     }
     speed = {k: v["tokens_per_s"] for k, v in report["rows"].items()}
     report["ratios"] = {f"{a}/{b}": round(speed[a] / speed[b], 3) for a, b in
-                        (("encode", "reference"), ("encode", "st_encode"), ("pipeline", "st_encode"),
-                         ("pipeline", "reference")) if a in speed and b in speed}
+                        (("encode", "reference"), ("encode", "st_encode"), ("encode_compiled", "encode"),
+                         ("pipeline", "st_encode"), ("pipeline", "reference")) if a in speed and b in speed}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
@@ -402,8 +416,8 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{r['fraction_of_peak']:.1%} | {host} | {gpu} | {r['notes']} |")
     lines.append("")
     lines.append("Ratios (tokens/s): " + ", ".join(f"{k} = {v}x" for k, v in report["ratios"].items()))
-    if report["parity"]:
-        lines.append(f"Parity: min cosine encode vs reference = {report['parity']['encode_vs_reference_min_cosine']:.6f}")
+    for key, value in report["parity"].items():
+        lines.append(f"Parity: {key.replace('_', ' ')} = {value:.6f}")
     if report["memory_check"]:
         m = report["memory_check"]
         lines.append(f"Memory: pipeline peak host {m['peak_host_mb_1x']} MB at {m['docs_1x']} docs, "

@@ -43,6 +43,8 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dtype", choices=OUTPUT_DTYPES, default=S,
                    help="stored embedding dtype (float16 halves storage; default float32)")
     p.add_argument("--device", choices=DEVICES, default=S, help="where to encode (default auto: GPU if the cluster has one)")
+    p.add_argument("--compile", action="store_true", default=S,
+                   help="torch.compile the encoder (opt-in: a warm-up per actor; measure with `e5-embed bench`)")
     p.add_argument("--input-format", choices=INPUT_FORMATS, default=S,
                    help="override format detection by extension (.txt, .jsonl/.ndjson/.json, .parquet; .gz/.zst)")
     p.add_argument("--text-field", default=S, help="field holding the text (default 'text')")
@@ -111,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", help="default: bundled MiniLM on CPU, e5-base-v2 architecture (random) on GPU")
     bench.add_argument("--batch-size", type=int)
     bench.add_argument("--max-length", type=int, default=512)
-    bench.add_argument("--rows", default=",".join(("reference", "st_encode", "encode", "pipeline")),
-                       help="comma-separated subset of reference,st_encode,encode,pipeline")
+    bench.add_argument("--rows", help="comma-separated rows: reference, st_encode, encode, encode_compiled, pipeline "
+                                      "(default: all but encode_compiled)")
     bench.add_argument("--memory-check", action="store_true", help="also run the pipeline on 4x the corpus")
     bench.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     _common(bench)
@@ -206,9 +208,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.bench import ROWS, markdown, run_benchmark
+    from pipeline.bench import DEFAULT_ROWS, ROWS, markdown, run_benchmark
 
-    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
+    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip()) if args.rows else DEFAULT_ROWS
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
         raise UsageError(f"--rows: unknown {', '.join(unknown)}; valid: {', '.join(ROWS)}")

@@ -37,6 +37,7 @@ class JobConfig:
     dtype: str = "auto"
     output_dtype: str = "float32"
     device: str = "auto"
+    compile: bool = False
     input_format: str = "auto"
     text_field: str = "text"
     id_field: str = "id"
@@ -82,6 +83,8 @@ class JobConfig:
             raise UsageError(f"--gpu-memory-gb must be > 0, got {self.gpu_memory_gb}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise UsageError(f"--max-bad-fraction must be within [0, 1], got {self.max_bad_fraction}")
+        if not isinstance(self.compile, bool):
+            raise UsageError(f"--compile must be true or false; got {self.compile!r}")
         if not isinstance(self.storage_options, Mapping):
             raise UsageError("--storage-options must be a JSON object")
         object.__setattr__(self, "storage_options", dict(self.storage_options))

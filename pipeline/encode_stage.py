@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +40,7 @@ class EncodeStage:
 
     def __init__(self, *, model: ModelSource, batch_size: int, dtype: str = "auto", device: str = "auto",
                  output_dtype: str = "float32", torch_threads: int | None = None, pad_multiple: int | None = None,
-                 expect_gpu: bool = False):
+                 expect_gpu: bool = False, compile_model: bool = False):
         import torch
 
         self._torch = torch
@@ -51,12 +52,16 @@ class EncodeStage:
             torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         self.model = model.load_model(dtype=self.dtype, device=self.device)
         self.dim = int(self.model.config.hidden_size)
+        # torch.compile with dynamic shapes: one compilation serves every (rows, width); it costs a
+        # warm-up per actor (~30 s for MiniLM on 2 CPU cores) and is opt-in (docs/benchmarks.md).
+        self.forward = torch.compile(self.model, dynamic=True) if compile_model else self.model
+        self.compiled = compile_model
         self.batch_size = batch_size
         self.output_dtype = output_dtype
         self.pad_multiple = pad_multiple if pad_multiple is not None else (8 if self.device == "cuda" else 1)
         self.oom_splits = 0
-        logger.info("encode actor ready: model=%s device=%s dtype=%s batch_size=%d", model.name_or_path,
-                    self.device, self.dtype, batch_size)
+        logger.info("encode actor ready: model=%s device=%s dtype=%s batch_size=%d compiled=%s", model.name_or_path,
+                    self.device, self.dtype, batch_size, compile_model)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids_col = batch["input_ids"].combine_chunks() if isinstance(batch["input_ids"], pa.ChunkedArray) else batch["input_ids"]
@@ -77,14 +82,25 @@ class EncodeStage:
         )
 
     def encode_ragged(self, values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Embeddings for ``rows`` of a ragged id array, in the order of ``rows``."""
+        """Embeddings for ``rows`` of a ragged id array, in the order of ``rows``.
+
+        One micro-batch stays in flight: the next one is padded and queued on the device before
+        the previous one's results are waited for, so on a GPU the host-side work overlaps the
+        device's compute (on CPU each launch simply runs to completion).
+        """
         lengths = offsets[rows + 1] - offsets[rows]
         order = np.argsort(-lengths, kind="stable")
         out = np.empty((len(rows), self.dim), dtype=np.float32)
+        in_flight: tuple[np.ndarray, _InFlight] | None = None
         for start in range(0, len(rows), self.batch_size):
             chunk = order[start : start + self.batch_size]
             input_ids, mask = self._pad([values[offsets[r] : offsets[r + 1]] for r in rows[chunk]])
-            out[chunk] = self._forward_splitting(input_ids, mask)
+            launched = self._launch_splitting(input_ids, mask)
+            if in_flight is not None:
+                out[in_flight[0]] = in_flight[1].result()
+            in_flight = (chunk, launched)
+        if in_flight is not None:
+            out[in_flight[0]] = in_flight[1].result()
         return out
 
     def _pad(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -97,11 +113,11 @@ class EncodeStage:
             mask[i, : len(s)] = 1
         return input_ids, mask
 
-    def _forward_splitting(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Run a micro-batch; on a device out-of-memory, split it in halves and retry."""
+    def _launch_splitting(self, input_ids: np.ndarray, mask: np.ndarray) -> _InFlight:
+        """Queue a micro-batch; on a device out-of-memory, split it in halves and run those now."""
         torch = self._torch
         try:
-            return self._forward(input_ids, mask)
+            return self._launch(input_ids, mask)
         except torch.OutOfMemoryError:
             if len(input_ids) == 1:
                 raise
@@ -111,19 +127,46 @@ class EncodeStage:
             half = len(input_ids) // 2
             logger.warning("out of memory on a batch of %d x %d tokens; retrying as %d + %d rows",
                            len(input_ids), input_ids.shape[1], half, len(input_ids) - half)
-            return np.concatenate([self._forward_splitting(input_ids[:half], mask[:half]),
-                                   self._forward_splitting(input_ids[half:], mask[half:])])
+            first = self._launch_splitting(input_ids[:half], mask[:half]).result()
+            second = self._launch_splitting(input_ids[half:], mask[half:]).result()
+            return _InFlight(host=np.concatenate([first, second]))
 
-    def _forward(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _launch(self, input_ids: np.ndarray, mask: np.ndarray) -> _InFlight:
+        """Queue forward, pooling and the copy back to host; on CUDA this returns before they finish."""
         from pipeline.pooling import average_pool, l2_normalize
 
         torch = self._torch
         ids_t = torch.from_numpy(input_ids)
         mask_t = torch.from_numpy(mask)
-        if self.device == "cuda":
+        with torch.inference_mode():
+            if self.device != "cuda":
+                hidden = self.forward(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+                return _InFlight(host=l2_normalize(average_pool(hidden.float(), mask_t)).numpy())
             ids_t = ids_t.pin_memory().to(self.device, non_blocking=True)
             mask_t = mask_t.pin_memory().to(self.device, non_blocking=True)
-        with torch.inference_mode():
-            hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+            hidden = self.forward(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
             pooled = l2_normalize(average_pool(hidden.float(), mask_t))
-        return pooled.cpu().numpy()
+            host = torch.empty(pooled.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(pooled, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        return _InFlight(host=host, done=done)
+
+    def _forward(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One padded micro-batch to embeddings, synchronously."""
+        return self._launch(input_ids, mask).result()
+
+
+@dataclass
+class _InFlight:
+    """A micro-batch's embeddings: ready (a numpy array), or being copied to pinned host memory."""
+
+    host: Any
+    done: Any = None  # torch.cuda.Event, recorded after the copy was queued
+
+    def result(self) -> np.ndarray:
+        if self.done is not None:
+            self.done.synchronize()
+            self.done = None
+            self.host = self.host.numpy()
+        return self.host

@@ -24,7 +24,7 @@ def test_unknown_row_is_a_usage_error():
 
 
 @pytest.mark.slow
-def test_all_four_rows_and_memory_check_are_well_formed(tmp_path):
+def test_every_row_and_memory_check_are_well_formed(tmp_path):
     report = run_benchmark(docs=24, device="cpu", rows=ROWS, memory_check=True, out_dir=str(tmp_path))
     assert set(report["rows"]) == set(ROWS)
     for name, row in report["rows"].items():
@@ -33,8 +33,11 @@ def test_all_four_rows_and_memory_check_are_well_formed(tmp_path):
         assert row["docs"] == 24
     assert report["rows"]["reference"]["padding_overhead"] >= report["rows"]["encode"]["padding_overhead"] >= 0
     assert report["parity"]["encode_vs_reference_min_cosine"] >= 0.99999
+    assert report["parity"]["encode_compiled_vs_reference_min_cosine"] >= 0.9999
+    assert "compiling took" in report["rows"]["encode_compiled"]["notes"]
     assert report["memory_check"]["docs_4x"] == 96 and report["memory_check"]["ratio_4x_over_1x"] > 0
-    assert set(report["ratios"]) >= {"encode/reference", "encode/st_encode", "pipeline/st_encode"}
+    assert set(report["ratios"]) >= {"encode/reference", "encode/st_encode", "encode_compiled/encode",
+                                     "pipeline/st_encode"}
     assert report["matmul_peak_flops"] > 0 and report["versions"]["ray"]
     assert json.loads((tmp_path / "bench.json").read_text())["rows"].keys() == report["rows"].keys()
     table = (tmp_path / "bench.md").read_text()

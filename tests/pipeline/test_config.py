@@ -43,3 +43,9 @@ def test_storage_options_must_be_json_object():
     args = build_parser().parse_args(["run", "--input", "a", "--output", "b", "--storage-options", "{nope"])
     with pytest.raises(UsageError, match="not valid JSON"):
         job_config_from_args(args)
+
+
+def test_compile_must_be_a_boolean():
+    assert JobConfig(inputs=("a",), output="b", compile=True).compile is True
+    with pytest.raises(UsageError, match="--compile must be true or false"):
+        JobConfig.from_mapping({"input": ["a"], "output": "b", "compile": "yes"})

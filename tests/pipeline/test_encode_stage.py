@@ -75,10 +75,10 @@ def test_out_of_memory_splits_the_batch_and_retries(minilm_path, caplog):
     source = ModelSource(name_or_path=minilm_path)
 
     class TightMemory(EncodeStage):
-        def _forward(self, input_ids, mask):
+        def _launch(self, input_ids, mask):
             if len(input_ids) > 2:
                 raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-            return super()._forward(input_ids, mask)
+            return super()._launch(input_ids, mask)
 
     n = len(TEXTS)
     records = pa.Table.from_pydict({"id": [str(i) for i in range(n)], "source": ["s"] * n, "row": list(range(n)),

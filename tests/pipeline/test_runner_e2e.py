@@ -109,3 +109,18 @@ def test_rerun_of_complete_output_is_a_noop_and_settings_cannot_mix(ray_cluster,
         run_job(JobConfig(**base, prefix="query"))
     assert run_job(JobConfig(**base, prefix="query", overwrite=True)).rows_embedded == 10
     assert len(json.loads((tmp_path / "out" / "_manifest.json").read_text())["runs"]) == 1
+
+
+def test_compiled_encoder_matches_the_reference(ray_cluster, tmp_path, minilm_path):
+    """--compile (torch.compile, dynamic shapes) changes speed, not the embeddings."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = [f"passage number {i} " + "more words here " * (i * 7 % 40) for i in range(24)]
+    (corpus / "a.jsonl").write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
+    summary = run_job(JobConfig(inputs=(str(corpus),), output=str(tmp_path / "out"), model=minilm_path,
+                                progress=False, compile=True, batch_size=8))
+    assert summary.status == "complete" and summary.rows_embedded == len(texts)
+    table = pads.dataset(str(tmp_path / "out"), format="parquet").to_table().sort_by("id")
+    ours = np.asarray(table["embedding"].to_pylist(), dtype=np.float32)
+    ref, _ = reference_embeddings(minilm_path, ["passage: " + texts[int(i)] for i in table["id"].to_pylist()])
+    assert (ours * ref).sum(1).min() >= 0.9999
