@@ -277,7 +277,26 @@ def run_pipeline(model_path: str, texts: list[str], batch_size: int | None, work
     if proc.returncode != 0:
         raise RuntimeError(f"pipeline run failed ({proc.returncode}): {stderr[-2000:]}")
     manifest = json.loads((out / "_manifest.json").read_text())
+    manifest["steady_tokens_per_s"] = steady_tokens_per_s(out)
     return seconds, manifest, peak[0]
+
+
+def steady_tokens_per_s(out: Path) -> float | None:
+    """Tokens/s between the first and the last data file landing: the rate once start-up is paid.
+
+    The tokens of the first file are left out (they were encoded before its timestamp). None with
+    fewer than three files, too few intervals to mean anything.
+    """
+    import pyarrow.parquet as pq
+
+    from pipeline import schemas
+
+    files = sorted(out.glob("part-*.parquet"), key=lambda f: f.stat().st_mtime)
+    if len(files) < 3:
+        return None
+    tokens = [json.loads(pq.read_schema(f).metadata[schemas.STATS_KEY])["tokens"] for f in files]
+    elapsed = files[-1].stat().st_mtime - files[0].stat().st_mtime
+    return sum(tokens[1:]) / elapsed if elapsed > 0 else None
 
 
 def _versions() -> dict[str, str]:
@@ -362,10 +381,16 @@ def run_benchmark(*, docs: int, device: str = "auto", model: str | None = None, 
                                    "float16" if device == "cuda" else "float32")
         embeddings["st_encode"] = emb
     memory: dict[str, Any] = {}
+    steady_state: dict[str, Any] = {}
     if "pipeline" in rows:
         s, manifest, rss = run_pipeline(model, texts, batch_size, workdir)
+        tokens_total = tokens_total or manifest["tokens"]  # pipeline alone: its own count
+        steady = manifest["steady_tokens_per_s"]
         results["pipeline"] = Row("pipeline", s, manifest["rows_written"], manifest["tokens"], None, rss, None,
-                                  "whole job incl. Ray start-up; peak host = sum of RSS over the job's processes")
+                                  "whole job incl. Ray start-up; peak host = sum of RSS over the job's processes"
+                                  + (f"; steady state (between output files) {steady:.0f} tokens/s" if steady else ""))
+        steady_state = {"pipeline_tokens_per_s": round(steady, 1) if steady else None,
+                        "how": "tokens of output files 2..n / time from the first file to the last"}
         if memory_check:
             s4, manifest4, rss4 = run_pipeline(model, make_corpus(4 * docs, seed + 1), batch_size, workdir)
             memory = {"docs_1x": docs, "peak_host_mb_1x": round(rss, 1), "docs_4x": 4 * docs,
@@ -388,7 +413,7 @@ def run_benchmark(*, docs: int, device: str = "auto", model: str | None = None, 
         "batch_size": batch, "max_length": max_length, "matmul_peak_flops": peak_flops, "matmul_peak_how": peak_how,
         "flops_per_token": fpt,
         "rows": {k: results[k].to_dict(fpt, peak_flops) for k in ROWS if k in results},
-        "parity": parity, "memory_check": memory,
+        "parity": parity, "memory_check": memory, "steady_state": steady_state,
     }
     speed = {k: v["tokens_per_s"] for k, v in report["rows"].items()}
     report["ratios"] = {f"{a}/{b}": round(speed[a] / speed[b], 3) for a, b in
@@ -415,7 +440,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {r['seconds']:.2f} | {r['docs_per_s']:.1f} | {r['tokens_per_s']:.0f} | {pad} | "
                      f"{r['fraction_of_peak']:.1%} | {host} | {gpu} | {r['notes']} |")
     lines.append("")
-    lines.append("Ratios (tokens/s): " + ", ".join(f"{k} = {v}x" for k, v in report["ratios"].items()))
+    if report["ratios"]:
+        lines.append("Ratios (tokens/s): " + ", ".join(f"{k} = {v}x" for k, v in report["ratios"].items()))
+    if report["steady_state"].get("pipeline_tokens_per_s"):
+        lines.append(f"Pipeline steady state: {report['steady_state']['pipeline_tokens_per_s']:.0f} tokens/s "
+                     f"({report['steady_state']['how']})")
     for key, value in report["parity"].items():
         lines.append(f"Parity: {key.replace('_', ' ')} = {value:.6f}")
     if report["memory_check"]:

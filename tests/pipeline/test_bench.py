@@ -42,3 +42,24 @@ def test_every_row_and_memory_check_are_well_formed(tmp_path):
     assert json.loads((tmp_path / "bench.json").read_text())["rows"].keys() == report["rows"].keys()
     table = (tmp_path / "bench.md").read_text()
     assert all(f"| {name} |" in table for name in ROWS)
+
+
+def test_steady_state_rate_leaves_out_start_up(tmp_path):
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import schemas
+    from pipeline.bench import steady_tokens_per_s
+
+    def part(name, tokens, mtime):
+        table = pa.table({"x": [1]}).replace_schema_metadata({schemas.STATS_KEY: json.dumps({"tokens": tokens})})
+        pq.write_table(table, tmp_path / name)
+        os.utime(tmp_path / name, (mtime, mtime))
+
+    part("part-a.parquet", 1000, 100.0)  # landed after start-up: its tokens are not counted
+    part("part-b.parquet", 300, 102.0)
+    assert steady_tokens_per_s(tmp_path) is None  # two files: too few
+    part("part-c.parquet", 500, 104.0)
+    assert steady_tokens_per_s(tmp_path) == (300 + 500) / 4.0
