@@ -59,6 +59,12 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actors-per-gpu", type=int, default=S, help="encode actors sharing one GPU (default: plan)")
     p.add_argument("--tokenizer-actors", type=int, default=S, help="max tokenizer actors (default: plan)")
     p.add_argument("--gpu-memory-gb", type=float, default=S, help="VRAM per GPU, overriding the probe")
+    p.add_argument("--min-gpus", type=int, default=S,
+                   help="autoscaling clusters: ask for and wait until this many GPUs have joined (see --gpu-wait-s)")
+    p.add_argument("--max-gpus", type=int, default=S,
+                   help="autoscaling clusters: the encode pool may grow to this many GPUs (implies --min-gpus 1)")
+    p.add_argument("--gpu-wait-s", type=float, default=S,
+                   help="how long --min-gpus waits before the job fails with exit 1 (default 900)")
     p.add_argument("--scheduler-config", metavar="YAML", default=S,
                    help="per-accelerator scheduler profiles (default: cluster/scheduler.yaml when present)")
     p.add_argument("--max-bad-fraction", type=float, default=S,

@@ -49,6 +49,9 @@ class JobConfig:
     actors_per_gpu: int | None = None
     tokenizer_actors: int | None = None
     gpu_memory_gb: float | None = None
+    min_gpus: int | None = None
+    max_gpus: int | None = None
+    gpu_wait_s: float = 900.0
     scheduler_config: str | None = None
     max_bad_fraction: float = 0.001
     overwrite: bool = False
@@ -75,10 +78,16 @@ class JobConfig:
             _int_range("batch-size", self.batch_size, 1, 1 << 16)
         _int_range("rows-per-block", self.rows_per_block, 1, 1 << 22)
         _int_range("rows-per-file", self.rows_per_file, 1, 1 << 24)
-        for name in ("gpu_actors", "actors_per_gpu", "tokenizer_actors"):
+        for name in ("gpu_actors", "actors_per_gpu", "tokenizer_actors", "max_gpus"):
             value = getattr(self, name)
             if value is not None:
                 _int_range(name.replace("_", "-"), value, 1, 1 << 16)
+        if self.min_gpus is not None:
+            _int_range("min-gpus", self.min_gpus, 0, 1 << 16)
+        if self.max_gpus is not None and self.min_gpus is not None and self.min_gpus > self.max_gpus:
+            raise UsageError(f"--min-gpus {self.min_gpus} is more than --max-gpus {self.max_gpus}")
+        if isinstance(self.gpu_wait_s, bool) or not isinstance(self.gpu_wait_s, (int, float)) or not self.gpu_wait_s > 0:
+            raise UsageError(f"--gpu-wait-s must be a number of seconds > 0; got {self.gpu_wait_s!r}")
         if self.gpu_memory_gb is not None and not self.gpu_memory_gb > 0:
             raise UsageError(f"--gpu-memory-gb must be > 0, got {self.gpu_memory_gb}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
@@ -92,6 +101,13 @@ class JobConfig:
         for name in ("text_field", "id_field"):
             if not getattr(self, name):
                 raise UsageError(f"--{name.replace('_', '-')} must not be empty")
+
+    @property
+    def gpus_to_wait_for(self) -> int:
+        """--min-gpus; with only --max-gpus, 1: a job meant to grow onto GPUs must not plan for CPUs."""
+        if self.min_gpus is not None:
+            return self.min_gpus
+        return 1 if self.max_gpus else 0
 
     @property
     def prefix_text(self) -> str:

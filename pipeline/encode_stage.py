@@ -53,9 +53,8 @@ class EncodeStage:
         self.model = model.load_model(dtype=self.dtype, device=self.device)
         self.dim = int(self.model.config.hidden_size)
         # torch.compile with dynamic shapes: one compilation serves every (rows, width); it costs a
-        # warm-up per actor (~30 s for MiniLM on 2 CPU cores) and is opt-in (docs/benchmarks.md).
+        # warm-up per actor (12-30 s for MiniLM on 2 CPU cores) and is opt-in (docs/benchmarks.md).
         self.forward = torch.compile(self.model, dynamic=True) if compile_model else self.model
-        self.compiled = compile_model
         self.batch_size = batch_size
         self.output_dtype = output_dtype
         self.pad_multiple = pad_multiple if pad_multiple is not None else (8 if self.device == "cuda" else 1)

@@ -5,6 +5,7 @@ read (tasks) -> tokenize (CPU actor pool) -> encode (GPU actor pool) -> write (t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -15,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 from pipeline import coverage
+from pipeline.capacity import GpuCapacity
 from pipeline.config import JobConfig
 from pipeline.duplicates import find_duplicate_ids
 from pipeline.errors import JobError, UsageError
@@ -152,9 +154,11 @@ def run_job(config: JobConfig) -> RunSummary:
     if rows_skipped:
         logger.info("resuming: %d input rows are already in %s", rows_skipped, config.output)
 
-    with ray_session(config.ray_address):
-        plan = make_plan(ClusterSpec.from_ray(), info, PlanRequest.from_job(config),
-                         load_scheduler_config(config.scheduler_config))
+    with ray_session(config.ray_address), GpuCapacity(min_gpus=config.gpus_to_wait_for,
+                                                      timeout_s=config.gpu_wait_s) as capacity:
+        capacity.wait()
+        cluster = dataclasses.replace(ClusterSpec.from_ray(), max_gpus=config.max_gpus)
+        plan = make_plan(cluster, info, PlanRequest.from_job(config), load_scheduler_config(config.scheduler_config))
         run.plan = plan.to_dict()
         logger.info("%s", plan.describe())
         sink = EmbeddingDatasink(output_uri=config.output, storage_options=config.storage_options,

@@ -59,10 +59,13 @@ class RayHead:
         try:
             wait_until_serving(self.dashboard_url + "/api/version", self._proc, 120, what="ray start --head",
                                headers={"Authorization": f"Bearer {self.token}"})
-        except RuntimeError as e:
+            self._wait_for_job_agent()
+        except Exception as e:  # whatever failed, the head started here is stopped here
             self.stop()
             raise RuntimeError(f"{e}: {(self.tmp / 'ray-head.log').read_text()[-2000:]}") from e
-        self._wait_for_job_agent()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _wait_for_job_agent(self, timeout_s: float = 120) -> None:

@@ -39,6 +39,11 @@ def test_kuberay_rayjob():
     for ref in reference["workerGroupSpecs"]:  # same pod shapes as the long-lived cluster
         ours = groups[ref["groupName"]]["template"]["spec"]["containers"][0]["resources"]
         assert ours == ref["template"]["spec"]["containers"][0]["resources"]
+    job_file = yaml.safe_load((ROOT / spec["entrypoint"].split("--config ")[1].split()[0]).read_text())
+    gpu_group = next(g for g in cluster["workerGroupSpecs"] if g["rayStartParams"].get("num-gpus"))
+    # the encode pool may grow exactly as far as the GPU group autoscales
+    assert job_file["max_gpus"] == gpu_group["maxReplicas"] * int(gpu_group["rayStartParams"]["num-gpus"])
+    assert job_file["min_gpus"] >= 1 and gpu_group["minReplicas"] == 0
 
 
 def test_airflow_requirements_have_no_torch():

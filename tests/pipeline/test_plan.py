@@ -141,13 +141,14 @@ def test_live_probe_on_a_fake_gpu_cluster_and_the_job_uses_the_plan(tmp_path, mi
     corpus.mkdir()
     (corpus / "a.txt").write_text("".join(f"line {i}\n" for i in range(20)))
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / "fake_gpu_cluster.py"), str(corpus),
-                             str(tmp_path / "out"), minilm_path], capture_output=True, text=True, timeout=600,
+                             str(tmp_path / "out"), minilm_path, "4"], capture_output=True, text=True, timeout=600,
                             cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "", "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     plan = report["plan"]
     assert report["status"] == "complete" and report["rows"] == 20
     assert plan["device"] == "cuda" and plan["profile"] == "T4" and plan["gpu_actors"] == 2
+    assert (plan["gpu_actors_min"], plan["gpu_actors_max"]) == (2, 4)  # --max-gpus 4: room to grow
     assert plan["gpu_memory_gb"] == 16  # the probe found no CUDA device: the T4 profile's table
     assert "plan: 2 GPU actor(s)" in result.stderr  # logged
     assert "no CUDA device is visible" in result.stderr  # the actors say they encode on CPU
