@@ -235,7 +235,9 @@ def _gpu_plan(cluster: ClusterSpec, model: ModelInfo, req: PlanRequest, schedule
         batch = req.batch_size
     else:
         batch = _power_of_two_floor(min(wanted_batch, fit))
-    actors = req.gpu_actors or cluster.gpus * per_gpu
+    # --max-gpus bounds the pool both ways: room to grow, and a cap on a bigger (shared) cluster
+    usable = min(cluster.gpus, cluster.max_gpus) if cluster.max_gpus else cluster.gpus
+    actors = req.gpu_actors or usable * per_gpu
     actors_max = max(actors, (cluster.max_gpus or cluster.gpus) * per_gpu)
     peak = estimate_peak_gpu_memory_gb(model, batch, req.max_length, dtype, prof.cuda_context_gb)
 

@@ -152,3 +152,14 @@ def test_live_probe_on_a_fake_gpu_cluster_and_the_job_uses_the_plan(tmp_path, mi
     assert plan["gpu_memory_gb"] == 16  # the probe found no CUDA device: the T4 profile's table
     assert "plan: 2 GPU actor(s)" in result.stderr  # logged
     assert "no CUDA device is visible" in result.stderr  # the actors say they encode on CPU
+
+
+def test_max_gpus_bounds_the_pool_both_ways(scheduler):
+    def bounds(gpus, max_gpus):
+        cluster = ClusterSpec(gpus=gpus, cpus=64.0, accelerator="H100", max_gpus=max_gpus)
+        plan = make_plan(cluster, BASE, PlanRequest(), scheduler)
+        return plan.gpu_actors_min // plan.actors_per_gpu, plan.gpu_actors_max // plan.actors_per_gpu
+
+    assert bounds(2, None) == (2, 2)  # fixed cluster: what is there
+    assert bounds(2, 8) == (2, 8)  # autoscaling: start with 2 GPUs, grow to 8
+    assert bounds(8, 2) == (2, 2)  # a bigger, shared cluster: use at most 2
