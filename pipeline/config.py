@@ -86,7 +86,8 @@ class JobConfig:
             _int_range("min-gpus", self.min_gpus, 0, 1 << 16)
         if self.max_gpus is not None and self.min_gpus is not None and self.min_gpus > self.max_gpus:
             raise UsageError(f"--min-gpus {self.min_gpus} is more than --max-gpus {self.max_gpus}")
-        if isinstance(self.gpu_wait_s, bool) or not isinstance(self.gpu_wait_s, (int, float)) or not self.gpu_wait_s > 0:
+        wait = self.gpu_wait_s
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
             raise UsageError(f"--gpu-wait-s must be a number of seconds > 0; got {self.gpu_wait_s!r}")
         if self.gpu_memory_gb is not None and not self.gpu_memory_gb > 0:
             raise UsageError(f"--gpu-memory-gb must be > 0, got {self.gpu_memory_gb}")
