@@ -62,7 +62,8 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-gpus", type=int, default=S,
                    help="autoscaling clusters: ask for and wait until this many GPUs have joined (see --gpu-wait-s)")
     p.add_argument("--max-gpus", type=int, default=S,
-                   help="autoscaling clusters: the encode pool may grow to this many GPUs (implies --min-gpus 1)")
+                   help="the most GPUs the encode pool uses: room to grow on autoscaling clusters, a cap on "
+                        "bigger ones (implies --min-gpus 1)")
     p.add_argument("--gpu-wait-s", type=float, default=S,
                    help="how long --min-gpus waits before the job fails with exit 1 (default 900)")
     p.add_argument("--scheduler-config", metavar="YAML", default=S,

@@ -138,13 +138,13 @@ class EncodeStage:
         ids_t = torch.from_numpy(input_ids)
         mask_t = torch.from_numpy(mask)
         with torch.inference_mode():
-            if self.device != "cuda":
-                hidden = self.forward(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
-                return _InFlight(host=l2_normalize(average_pool(hidden.float(), mask_t)).numpy())
-            ids_t = ids_t.pin_memory().to(self.device, non_blocking=True)
-            mask_t = mask_t.pin_memory().to(self.device, non_blocking=True)
+            if self.device == "cuda":
+                ids_t = ids_t.pin_memory().to(self.device, non_blocking=True)
+                mask_t = mask_t.pin_memory().to(self.device, non_blocking=True)
             hidden = self.forward(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
             pooled = l2_normalize(average_pool(hidden.float(), mask_t))
+            if self.device != "cuda":
+                return _InFlight(host=pooled.numpy())
             host = torch.empty(pooled.shape, dtype=torch.float32, pin_memory=True)
             host.copy_(pooled, non_blocking=True)
             done = torch.cuda.Event()

@@ -46,7 +46,7 @@ class ClusterSpec:
     probe: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_ray(cls, *, probe_gpus: bool = True) -> "ClusterSpec":
+    def from_ray(cls, *, probe_gpus: bool = True, max_gpus: int | None = None) -> "ClusterSpec":
         import ray
 
         resources = ray.cluster_resources()
@@ -56,7 +56,7 @@ class ClusterSpec:
         probe = probe_gpu_nodes(nodes) if gpus and probe_gpus else {}
         return cls(gpus=gpus, cpus=float(resources.get("CPU", 1)), nodes=max(1, len(nodes)),
                    accelerator=probe.get("accelerator") or accel, gpu_memory_gb=probe.get("gpu_memory_gb"),
-                   probe=probe)
+                   max_gpus=max_gpus, probe=probe)
 
 
 def probe_gpu_nodes(nodes: list[dict], timeout_s: float = 60.0) -> dict[str, Any]:

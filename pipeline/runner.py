@@ -5,7 +5,6 @@ read (tasks) -> tokenize (CPU actor pool) -> encode (GPU actor pool) -> write (t
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -157,7 +156,7 @@ def run_job(config: JobConfig) -> RunSummary:
     with ray_session(config.ray_address), GpuCapacity(min_gpus=config.gpus_to_wait_for,
                                                       timeout_s=config.gpu_wait_s) as capacity:
         capacity.wait()
-        cluster = dataclasses.replace(ClusterSpec.from_ray(), max_gpus=config.max_gpus)
+        cluster = ClusterSpec.from_ray(max_gpus=config.max_gpus)
         plan = make_plan(cluster, info, PlanRequest.from_job(config), load_scheduler_config(config.scheduler_config))
         run.plan = plan.to_dict()
         logger.info("%s", plan.describe())
