@@ -6,6 +6,7 @@ tests; the caller holds the handle and stops it (``with LocalS3Server() as s3``)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -21,10 +22,17 @@ FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "te
                     "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free ports: all sockets are held open until every port is picked."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
 
 
 def wait_until_serving(url: str, proc: subprocess.Popen, timeout_s: float, *, what: str,

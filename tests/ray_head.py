@@ -15,22 +15,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.local_s3 import free_port, wait_until_serving
+from pipeline.local_s3 import free_ports, wait_until_serving
 
 
 class RayHead:
     def __init__(self, tmp: Path, num_cpus: int = 2):
         self.token = secrets.token_hex(24)
-        self.port = free_port()
-        self.dashboard_port = free_port()
-        self.num_cpus = num_cpus
-        self.tmp = tmp
         # Its own ports and temp dir: the session's in-process Ray (ray_cluster) runs beside it, and
         # with default ports the second node's dashboard agent cannot bind 52365, so job submission
         # lands on the other cluster's agent (seen in CI as InvalidAuthToken / "No available agent").
-        self._ports = {flag: free_port() for flag in (
-            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-            "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")}
+        # Picked together so no two components get the same port (Ray refuses to start then).
+        flags = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                 "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")
+        self.port, self.dashboard_port, *others = free_ports(2 + len(flags))
+        self._ports = dict(zip(flags, others))
+        self.num_cpus = num_cpus
+        self.tmp = tmp
         # unix socket paths must stay short, so not under pytest's long tmp path
         self._temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")
         self._proc: subprocess.Popen | None = None
