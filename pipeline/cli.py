@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 from pipeline import __version__
 from pipeline.config import DEVICES, DTYPES, INPUT_FORMATS, OUTPUT_DTYPES, PREFIXES, JobConfig, parse_storage_options
 from pipeline.errors import JobError, UsageError
-from pipeline.storage import scrub
+from pipeline.storage import ScrubFilter, scrub
 
 logger = logging.getLogger("pipeline")
 
@@ -52,7 +52,8 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
                    help="field holding the id (default 'id'); missing ids become '<shard path>:<row>'")
     p.add_argument("--title-field", default=S, help="optional title field, embedded as f'{title} {text}'")
     p.add_argument("--storage-options", default=S, metavar="JSON",
-                   help="fsspec storage options as JSON (S3 already uses the AWS chain and AWS_ENDPOINT_URL)")
+                   help="fsspec storage options as JSON, or @FILE holding it (keeps secrets out of process "
+                        "listings); S3 already uses the AWS chain and AWS_ENDPOINT_URL")
     p.add_argument("--rows-per-block", type=int, default=S, help="rows per block read from a shard (default 4096)")
     p.add_argument("--rows-per-file", type=int, default=S, help="most rows per output file; also the unit of work redone after a crash (default 32768)")
     p.add_argument("--gpu-actors", type=int, default=S, help="encode actors (default: from the plan)")
@@ -70,7 +71,21 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
                    help="per-accelerator scheduler profiles (default: cluster/scheduler.yaml when present)")
     p.add_argument("--max-bad-fraction", type=float, default=S,
                    help="fail (exit 1, no _SUCCESS) when more than this fraction of records is rejected (default 0.001)")
-    p.add_argument("--overwrite", action="store_true", default=S, help="delete this tool's files in --output first")
+    p.add_argument("--skip-corrupt-remainders", action="store_true", default=S,
+                   help="complete the job even when a compressed shard breaks off part-way (what decodes is "
+                        "embedded; the shards are listed in the manifest). Default: such a shard fails the job")
+    p.add_argument("--max-record-bytes", type=int, default=S,
+                   help="reject a record (line) longer than this without reading it whole (default 16 MiB)")
+    p.add_argument("--lease-wait-s", type=float, default=S,
+                   help="when another run holds the output, wait this long for it before exit 1 (default 0)")
+    p.add_argument("--lease-ttl-s", type=float, default=S,
+                   help="the output lease expires this long after its last renewal, so a retry after a "
+                        "crash proceeds (default 120)")
+    p.add_argument("--shared-local-path", action="store_true", default=S,
+                   help="local paths are on storage every node shares (NFS, ...); without it a multi-node "
+                        "cluster refuses local --input/--output")
+    p.add_argument("--overwrite", action="store_true", default=S,
+                   help="start over: remove _SUCCESS, then delete the files this tool wrote in --output")
     p.add_argument("--ray-address", default=S, help="Ray cluster address (default: RAY_ADDRESS, else start a local one)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=S, help="hide progress bars")
 
@@ -239,6 +254,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _configure_logging(debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # every line this process logs is scrubbed of secrets
+        if not any(isinstance(f, ScrubFilter) for f in handler.filters):
+            handler.addFilter(ScrubFilter())
     for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3", "filelock", "werkzeug", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -54,6 +54,11 @@ class JobConfig:
     gpu_wait_s: float = 900.0
     scheduler_config: str | None = None
     max_bad_fraction: float = 0.001
+    skip_corrupt_remainders: bool = False
+    max_record_bytes: int = 16 << 20
+    lease_wait_s: float = 0.0
+    lease_ttl_s: float = 120.0
+    shared_local_path: bool = False
     overwrite: bool = False
     ray_address: str | None = None
     progress: bool = True
@@ -86,19 +91,21 @@ class JobConfig:
             _int_range("min-gpus", self.min_gpus, 0, 1 << 16)
         if self.max_gpus is not None and self.min_gpus is not None and self.min_gpus > self.max_gpus:
             raise UsageError(f"--min-gpus {self.min_gpus} is more than --max-gpus {self.max_gpus}")
-        wait = self.gpu_wait_s
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
-            raise UsageError(f"--gpu-wait-s must be a number of seconds > 0; got {self.gpu_wait_s!r}")
+        _seconds("gpu-wait-s", self.gpu_wait_s, allow_zero=False)
         if self.gpu_memory_gb is not None and not self.gpu_memory_gb > 0:
             raise UsageError(f"--gpu-memory-gb must be > 0, got {self.gpu_memory_gb}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise UsageError(f"--max-bad-fraction must be within [0, 1], got {self.max_bad_fraction}")
-        if not isinstance(self.compile, bool):
-            raise UsageError(f"--compile must be true or false; got {self.compile!r}")
+        for name in ("compile", "skip_corrupt_remainders", "shared_local_path", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"--{name.replace('_', '-')} must be true or false; got {getattr(self, name)!r}")
+        _int_range("max-record-bytes", self.max_record_bytes, 1024, 1 << 31)
+        _seconds("lease-wait-s", self.lease_wait_s, allow_zero=True)
+        _seconds("lease-ttl-s", self.lease_ttl_s, allow_zero=False)
         if not isinstance(self.storage_options, Mapping):
             raise UsageError("--storage-options must be a JSON object")
         object.__setattr__(self, "storage_options", dict(self.storage_options))
-        register_secrets(self.storage_options)
+        register_secrets(self.storage_options, (*self.inputs, self.output, self.model))
         for name in ("text_field", "id_field"):
             if not getattr(self, name):
                 raise UsageError(f"--{name.replace('_', '-')} must not be empty")
@@ -142,6 +149,13 @@ class JobConfig:
 
 
 def parse_storage_options(text: str) -> dict[str, Any]:
+    """JSON text, or ``@path`` to read it from a file (keeps secrets out of process listings)."""
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise UsageError(f"cannot read --storage-options file {text[1:]}: {e.strerror}") from e
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
@@ -154,6 +168,12 @@ def parse_storage_options(text: str) -> dict[str, Any]:
 def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise UsageError(f"--{name} must be one of {', '.join(valid)}; got {value!r}")
+
+
+def _seconds(name: str, value: Any, *, allow_zero: bool) -> None:
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 if allow_zero else value > 0)
+    if bad or value != value or value == float("inf"):
+        raise UsageError(f"--{name} must be a number of seconds {'>= 0' if allow_zero else '> 0'}; got {value!r}")
 
 
 def _int_range(name: str, value: Any, low: int, high: int) -> None:

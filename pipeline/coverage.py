@@ -104,3 +104,13 @@ def mask_outside(table: pa.Table, ranges: Mapping[str, Sequence[Sequence[int]]])
         covered = (i >= 0) & (rows[here] < ends[np.maximum(i, 0)])
         keep[np.flatnonzero(here)[covered]] = False
     return pa.array(keep)
+
+
+def first_of_each_row(table: pa.Table) -> pa.Array:
+    """Indices of the first occurrence of each (source, row) in ``table``, in table order."""
+    if table.num_rows == 0:
+        return pa.array([], pa.int64())
+    keys = pa.table({"source": table["source"], "row": table["row"],
+                     "i": pa.array(np.arange(table.num_rows, dtype=np.int64))})
+    firsts = keys.group_by(["source", "row"], use_threads=False).aggregate([("i", "min")])
+    return pa.array(np.sort(firsts["i_min"].to_numpy()))

@@ -1,11 +1,14 @@
-"""``_manifest.json`` (totals plus one entry per run) and the ``_SUCCESS`` marker."""
+"""``_manifest.json`` (state, input fingerprints, totals, one entry per run) and the ``_SUCCESS`` marker.
+
+Only the lease holder writes either (see :mod:`pipeline.lease`); callers pass the lease's fence.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.storage import Storage
 
@@ -31,6 +34,7 @@ class RunRecord:
     docs_per_s: float
     tokens_per_s: float
     data_files: int
+    new_shards: int = 0  # input shards this run found that earlier runs had not (incremental runs)
     reject_kinds: dict[str, int] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -42,7 +46,14 @@ class Manifest:
     metadata: dict[str, Any] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
     shards: int = 0
+    # in_progress: a run is (or was) filling the output; complete: _SUCCESS was proven;
+    # clearing: an --overwrite started deleting and did not finish (only --overwrite may go on)
+    state: str = "in_progress"
     complete: bool = False
+    # one entry per input shard: path (as the ``source`` column holds it), size, version
+    # (ETag/generation/mtime) and, once proven, rows; a changed or vanished shard is refused
+    input_shards: list[dict[str, Any]] = field(default_factory=list)
+    corrupt_remainders: list[dict[str, Any]] = field(default_factory=list)
     rows_written: int = 0
     rows_rejected: int = 0
     tokens: int = 0
@@ -76,12 +87,19 @@ class Manifest:
         known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
-    def save(self, storage: Storage) -> None:
+    def save(self, storage: Storage, fence: Callable[[], None]) -> None:
+        fence()
         storage.write_bytes_atomic(storage.join(MANIFEST), self.to_json())
 
 
-def mark_success(storage: Storage) -> None:
+def mark_success(storage: Storage, fence: Callable[[], None]) -> None:
+    fence()
     storage.write_bytes_atomic(storage.join(SUCCESS), b"")
+
+
+def remove_success(storage: Storage, fence: Callable[[], None]) -> None:
+    fence()
+    storage.delete(storage.join(SUCCESS))
 
 
 def is_complete(storage: Storage) -> bool:

@@ -14,6 +14,7 @@ import pyarrow as pa
 METADATA_KEY = b"e5_embed"
 COVERAGE_KEY = b"e5_embed_coverage"
 STATS_KEY = b"e5_embed_stats"
+PRODUCER = "e5-embed"  # every file this tool writes says so in its metadata; nothing else is touched
 
 _KEY_FIELDS = [
     pa.field("id", pa.string()),

@@ -24,6 +24,7 @@ from ray.data.datasource import Datasink
 from ray.data.datasource.datasink import WriteResult
 
 from pipeline import coverage, schemas
+from pipeline.lease import LeaseFence
 from pipeline.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def put_file(storage: Storage, folder: str, table: pa.Table, metadata: Mapping[s
     """Publish one data/rejects file atomically, named by the input rows it covers."""
     ranges = coverage.ranges_of(table)
     meta = dict(table.schema.metadata or {})
-    meta[schemas.METADATA_KEY] = json.dumps(dict(metadata), sort_keys=True).encode()
+    meta[schemas.METADATA_KEY] = json.dumps({**metadata, "producer": schemas.PRODUCER}, sort_keys=True).encode()
     meta[schemas.COVERAGE_KEY] = coverage.encode(ranges)
     meta[schemas.STATS_KEY] = json.dumps(dict(stats), sort_keys=True).encode()
     table = table.replace_schema_metadata(meta)
@@ -64,7 +65,8 @@ def put_file(storage: Storage, folder: str, table: pa.Table, metadata: Mapping[s
 
 class EmbeddingDatasink(Datasink[dict]):
     def __init__(self, *, output_uri: str, storage_options: Mapping[str, Any], metadata: Mapping[str, Any],
-                 dim: int, output_dtype: str, rows_per_file: int):
+                 dim: int, output_dtype: str, rows_per_file: int, fence: LeaseFence | None = None):
+        self.fence = fence  # a write task of a run that lost its lease writes nothing
         self.output_uri = output_uri
         self.storage_options = dict(storage_options)
         self.metadata = dict(metadata)
@@ -89,6 +91,8 @@ class EmbeddingDatasink(Datasink[dict]):
             return stats
         # Sorted by input position, so each file covers few, contiguous row ranges.
         table = pa.concat_tables(tables).sort_by([("source", "ascending"), ("row", "ascending")])
+        if self.fence is not None:
+            self.fence.check()
         storage = Storage(self.output_uri, self.storage_options)
         is_reject = pc.is_valid(table["reject_reason"])
         schema = schemas.output_schema(self.dim, self.output_dtype)

@@ -12,7 +12,9 @@ import gzip
 import io
 import json
 import logging
+import fnmatch
 import posixpath
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -24,7 +26,8 @@ from ray.data.datasource import Datasource, ReadTask
 
 from pipeline import schemas
 from pipeline.errors import UsageError
-from pipeline.storage import Storage, glob_root, is_glob
+from pipeline.shard_log import ShardLog, ShardRecord
+from pipeline.storage import Storage, has_pattern, strip_uri_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +44,15 @@ class Shard:
     format: str
     compression: str | None
     protocol: str = "file"
+    version: str = ""  # ETag / generation / mtime at listing time: (size, version) is the fingerprint
 
     @property
     def uri(self) -> str:
         return f"{self.protocol}://{self.path}"
+
+    @property
+    def fingerprint(self) -> tuple[int, str]:
+        return (self.size, self.version)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,30 +77,47 @@ def _is_side_file(path: str) -> bool:
     return any(part.startswith(("_", ".")) for part in path.split("/") if part)
 
 
+def _version(info: Mapping[str, Any]) -> str:
+    """What changes when an object is rewritten: its ETag (S3), generation (GCS) or mtime (local)."""
+    for key in ("ETag", "etag", "generation", "version_id", "VersionId", "mtime", "LastModified", "last_modified",
+                "created"):
+        value = info.get(key)
+        if value not in (None, ""):
+            return f"{key}:{value.isoformat() if hasattr(value, 'isoformat') else value}".replace('"', "")
+    return ""
+
+
+def _list_input(storage: Storage) -> tuple[str, dict[str, Any], bool]:
+    """(root, {path: info}, single_file) for one --input, literally.
+
+    A folder/prefix is walked; a file is itself. Only when neither exists and the last path
+    component holds ``*``, ``?`` or ``[`` is that component a name pattern, matched against the
+    listing of its (literal) parent folder: the path itself is never expanded as a glob.
+    """
+    fs, path = storage.fs, storage.root
+    fs.invalidate_cache()
+    if fs.isdir(path):
+        return path, fs.find(path, detail=True), False
+    if fs.isfile(path):
+        return posixpath.dirname(path), {path: fs.info(path)}, True
+    parent, name = posixpath.split(path)
+    if has_pattern(name) and fs.isdir(parent):
+        listed = {i["name"]: i for i in fs.ls(parent, detail=True) if i.get("type") == "file"}
+        return parent, {p: i for p, i in listed.items() if fnmatch.fnmatchcase(posixpath.basename(p), name)}, False
+    raise UsageError(f"input not found: {strip_uri_credentials(storage.uri)}")
+
+
 def list_shards(inputs: Sequence[str], storage_options: Mapping[str, Any], input_format: str = "auto") -> list[Shard]:
-    """Expand folders/prefixes, globs and files into a sorted, de-duplicated shard list."""
+    """Expand folders/prefixes, name patterns and files into a sorted, de-duplicated shard list."""
     shards: dict[str, Shard] = {}
     for uri in inputs:
         storage = Storage(uri, storage_options)
-        fs, path = storage.fs, storage.root
         try:
-            single_file = False
-            if is_glob(path):
-                root = glob_root(path)
-                found = {p: info for p, info in fs.glob(path, detail=True).items() if info.get("type") == "file"}
-            elif fs.isdir(path):
-                root = path
-                found = fs.find(path, detail=True)
-            elif fs.isfile(path):
-                single_file = True
-                root = posixpath.dirname(path)
-                found = {path: fs.info(path)}
-            else:
-                raise UsageError(f"input not found: {uri}")
+            root, found, single_file = _list_input(storage)
         except UsageError:
             raise
         except Exception as e:  # listing happens before any work: every failure here is the input's
-            raise UsageError(f"cannot list input {uri}: {type(e).__name__}: {e}") from e
+            raise UsageError(f"cannot list input {strip_uri_credentials(uri)}: {type(e).__name__}: {e}") from e
         skipped = 0
         for p, info in sorted(found.items()):
             rel = posixpath.relpath(p, root) if root else p
@@ -101,14 +126,16 @@ def list_shards(inputs: Sequence[str], storage_options: Mapping[str, Any], input
             fmt, compression = detect_format(p, input_format)
             if fmt is None:
                 if single_file:
-                    raise UsageError(f"cannot tell the format of {uri}; pass --input-format text|jsonl|parquet")
+                    raise UsageError(f"cannot tell the format of {strip_uri_credentials(uri)}; "
+                                     "pass --input-format text|jsonl|parquet")
                 skipped += 1
                 continue
-            shards.setdefault(p, Shard(p, rel, int(info.get("size") or 0), fmt, compression, storage.protocol))
+            shards.setdefault(p, Shard(p, rel, int(info.get("size") or 0), fmt, compression, storage.protocol,
+                                       _version(info)))
         if skipped:
-            logger.warning("input %s: skipped %d file(s) with unknown extensions", uri, skipped)
+            logger.warning("input %s: skipped %d file(s) with unknown extensions", strip_uri_credentials(uri), skipped)
     if not shards:
-        raise UsageError(f"no input files found in {', '.join(inputs)}")
+        raise UsageError(f"no input files found in {', '.join(strip_uri_credentials(u) for u in inputs)}")
     return sorted(shards.values(), key=lambda s: s.path)
 
 
@@ -141,26 +168,140 @@ class _BlockBuilder:
         return table
 
 
-def _open_stream(fs, shard: Shard) -> io.BufferedIOBase:
-    raw = fs.open(shard.path, "rb")
-    if shard.compression == "gzip":
-        return io.BufferedReader(gzip.GzipFile(fileobj=raw))
-    if shard.compression == "zstd":
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
-    return raw
+# A shard is read in chunks of this many (compressed) bytes; decompressed output per step is
+# bounded by the same amount for gzip, and by one zstd block window for zstd.
+READ_CHUNK = 1 << 20
+COMPRESSED_PIECE = 16 << 10
+DEFAULT_MAX_RECORD_BYTES = 16 << 20
+TRANSIENT_ATTEMPTS = 4  # per shard, before the read task fails (and Ray retries it)
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
-def _corruption_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError, EOFError, zlib.error, gzip.BadGzipFile]
+class CorruptStream(Exception):
+    """The compressed stream cannot be decoded further: the rest of the shard is lost."""
+
+
+class ShardReadError(RuntimeError):
+    """A shard could not be read (I/O kept failing, or it changed since it was listed)."""
+
+
+def _raw_chunks(f, piece: int = READ_CHUNK) -> Iterator[bytes]:
+    while True:
+        data = f.read(READ_CHUNK)
+        if not data:
+            return
+        for i in range(0, len(data), piece):
+            yield data[i:i + piece]
+
+
+def _gzip_chunks(raw: Iterator[bytes]) -> Iterator[bytes]:
+    """Multi-member gzip; truncation or garbage raises CorruptStream (never ends quietly).
+    Output per step is bounded (``max_length``), so a small bomb cannot fill memory."""
+    d = zlib.decompressobj(wbits=31)
+    in_member = False
     try:
-        import zstandard
+        for data in raw:
+            while data:
+                if d.eof:  # a next member, or zero padding after the last one
+                    if not data.strip(b"\x00"):
+                        break
+                    d = zlib.decompressobj(wbits=31)
+                in_member = True
+                out = d.decompress(data, READ_CHUNK)
+                if out:
+                    yield out
+                data = d.unused_data if d.eof else d.unconsumed_tail
+                if d.eof:
+                    in_member = False
+        if in_member:
+            tail = d.flush()
+            if tail:
+                yield tail
+            raise CorruptStream("gzip stream ends before its end-of-stream marker (truncated)")
+    except zlib.error as e:
+        raise CorruptStream(f"gzip: {e}") from e
 
-        errors.append(zstandard.ZstdError)
-    except ImportError:  # pragma: no cover - zstandard is a dependency
-        pass
-    return tuple(errors)
+
+def _zstd_chunks(raw: Iterator[bytes]) -> Iterator[bytes]:
+    """Multi-frame zstd; a truncated last frame raises CorruptStream (zstandard's stream reader
+    would end quietly with what it had)."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    d = dctx.decompressobj()
+    in_frame = False
+    try:
+        for data in raw:
+            while data:
+                in_frame = True
+                out = d.decompress(data)
+                if out:
+                    yield out
+                if d.eof:
+                    data, d, in_frame = d.unused_data, dctx.decompressobj(), False
+                else:
+                    data = b""
+        if in_frame and not d.eof:
+            raise CorruptStream("zstd stream ends inside a frame (truncated)")
+    except zstandard.ZstdError as e:
+        raise CorruptStream(f"zstd: {e}") from e
+
+
+def _chunks(f, shard: Shard) -> Iterator[bytes]:
+    if shard.compression is None:
+        return _raw_chunks(f)
+    # Compressed input goes to the decoder in small pieces: a corrupt stream loses at most
+    # the output of one piece beyond what was already decoded.
+    raw = _raw_chunks(f, COMPRESSED_PIECE)
+    return _gzip_chunks(raw) if shard.compression == "gzip" else _zstd_chunks(raw)
+
+
+class TooLong:
+    """Stands for a line longer than the record limit (its bytes were not kept)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+
+def split_lines(chunks: Iterator[bytes], max_bytes: int) -> Iterator[bytes | TooLong]:
+    """Lines ending in ``\n``, ``\r\n`` or a lone ``\r``, without their endings. A line longer
+    than ``max_bytes`` is yielded as ``TooLong`` and never held in memory whole."""
+    buf = b""
+    skipping = 0  # > 0: inside an over-long line, this many bytes dropped so far
+    pending_cr = False  # the previous chunk ended in "\r": a "\n" starting this one belongs to it
+    for data in chunks:
+        if pending_cr:
+            pending_cr = False
+            if data[:1] == b"\n":
+                data = data[1:]
+        if not data:
+            continue
+        lines = (buf + data).splitlines(keepends=True) if not skipping else data.splitlines(keepends=True)
+        buf = b""
+        last = lines[-1]
+        complete = lines if last.endswith((b"\n", b"\r")) else lines[:-1]
+        for line in complete:
+            body = line.rstrip(b"\r\n") if line.endswith(b"\r\n") else line[:-1]
+            if skipping:
+                yield TooLong(skipping + len(body))
+                skipping = 0
+            elif len(body) > max_bytes:
+                yield TooLong(len(body))
+            else:
+                yield body
+        if last.endswith(b"\r"):
+            pending_cr = True
+        elif complete is not lines:  # an unfinished line
+            if skipping:
+                skipping += len(last)
+            elif len(last) > max_bytes:
+                skipping = len(last)
+            else:
+                buf = last
+    if skipping:
+        yield TooLong(skipping)
+    elif buf:
+        yield buf
 
 
 def _check_text(value: Any, field_name: str) -> tuple[str | None, str | None]:
@@ -198,74 +339,155 @@ def _record_from_json(obj: Any, fields: FieldSpec) -> tuple[str | None, str | No
     return record_id, text, reason
 
 
-def _lines(stream: io.BufferedIOBase) -> Iterator[bytes]:
-    for line in stream:
-        yield line.rstrip(b"\r\n") if line.endswith(b"\n") else line
+def _is_transient(e: BaseException) -> bool:
+    """I/O that may work on a retry (resets, timeouts, throttling, expired credentials)."""
+    return isinstance(e, OSError) and not isinstance(e, (gzip.BadGzipFile, FileNotFoundError))
 
 
-def parse_shard(fs, shard: Shard, fields: FieldSpec, skip: Sequence[tuple[int, int]] = ()) -> Iterator[dict]:
-    """Yield one dict per input record: id, row, text, reject_reason. Never raises on bad data."""
-    done = _RowFilter(skip)
-    if shard.format == "parquet":
-        yield from _parse_parquet(fs, shard, fields, done)
-        return
-    row = -1
-    try:
-        with _open_stream(fs, shard) as stream:
-            for row, line in enumerate(_lines(stream)):
-                if done(row):
-                    continue
-                yield _parse_line(line, row, shard, fields)
-    except _corruption_errors() as e:
-        # The remainder of a corrupt shard cannot be read; account for it with one reject.
-        yield {
-            "row": row + 1,
-            "id": None,
-            "text": None,
-            "reject_reason": f"unreadable shard after row {row + 1}: {type(e).__name__}: {e}",
-        }
+class ShardReader:
+    """Iterates one shard's records (dicts: row, id, text, reject_reason); never raises on bad data.
 
+    After iteration, ``rows`` is the shard's row count (rows before the remainder when the
+    compressed stream broke off) and ``remainder`` says why the rest could not be decoded.
+    Transient I/O errors re-open the shard and continue after the last row (``attempts``
+    times, with backoff); then ``ShardReadError``. A shard whose fingerprint differs from the
+    one it was listed with is refused (``ShardReadError``).
+    """
 
-def _parse_line(line: bytes, row: int, shard: Shard, fields: FieldSpec) -> dict:
-    try:
-        decoded = line.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return {"row": row, "id": None, "text": None, "reject_reason": f"invalid UTF-8 at byte {e.start}"}
-    if shard.format == "text":
-        text, reason = _check_text(decoded, "line")
-        return {"row": row, "id": None, "text": text, "reject_reason": reason}
-    if not decoded.strip():
-        return {"row": row, "id": None, "text": None, "reject_reason": "blank line"}
-    try:
-        obj = json.loads(decoded)
-    except json.JSONDecodeError as e:
-        return {"row": row, "id": None, "text": None, "reject_reason": f"invalid JSON: {e.msg} at column {e.colno}"}
-    record_id, text, reason = _record_from_json(obj, fields)
-    return {"row": row, "id": record_id, "text": text, "reject_reason": reason}
+    def __init__(self, fs, shard: Shard, fields: FieldSpec, skip: Sequence[tuple[int, int]] = (), *,
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, attempts: int = TRANSIENT_ATTEMPTS,
+                 backoff_s: float = 1.0, check_fingerprint: bool = True):
+        self.fs, self.shard, self.fields = fs, shard, fields
+        self.skip = tuple(skip)
+        self.max_record_bytes = max_record_bytes
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.check_fingerprint = check_fingerprint
+        self.rows: int | None = None
+        self.remainder: str | None = None
 
-
-def _parse_parquet(fs, shard: Shard, fields: FieldSpec, done: "_RowFilter") -> Iterator[dict]:
-    row = 0
-    try:
-        with fs.open(shard.path, "rb") as f:
-            pf = pq.ParquetFile(f)
-            names = set(pf.schema_arrow.names)
-            wanted = [c for c in (fields.id_field, fields.text_field, fields.title_field) if c and c in names]
-            if fields.text_field not in names:
-                for row in range(pf.metadata.num_rows):
-                    if not done(row):
-                        yield {"row": row, "id": None, "text": None,
-                               "reject_reason": f"parquet shard has no column {fields.text_field!r}"}
+    def __iter__(self) -> Iterator[dict]:
+        done = _RowFilter(self.skip)
+        next_row = 0  # rows below this were yielded (or skipped) already
+        for attempt in range(1, self.attempts + 1):
+            try:
+                if self.check_fingerprint and attempt == 1:
+                    self._verify_fingerprint()
+                for row, rec in self._rows(start=next_row):
+                    next_row = row + 1
+                    if rec is not None and not done(row):
+                        yield rec
+                self.rows = next_row
                 return
-            for batch in pf.iter_batches(columns=wanted, batch_size=8192):
+            except CorruptStream as e:
+                self.rows, self.remainder = next_row, str(e)
+                logger.warning("%s: unreadable after row %d: %s", self.shard.path, next_row, e)
+                return
+            except ShardReadError:
+                raise
+            except Exception as e:
+                if not _is_transient(e) or attempt == self.attempts:
+                    raise ShardReadError(f"cannot read shard {self.shard.uri} (after {attempt} attempt(s), "
+                                         f"row {next_row}): {type(e).__name__}: {e}") from e
+                logger.warning("%s: %s: %s; re-opening at row %d (attempt %d/%d)", self.shard.path,
+                               type(e).__name__, e, next_row, attempt + 1, self.attempts)
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+
+    def _verify_fingerprint(self) -> None:
+        if not self.shard.version:
+            return
+        self.fs.invalidate_cache(self.shard.path)
+        info = self.fs.info(self.shard.path)
+        now = (int(info.get("size") or 0), _version(info))
+        if now != self.shard.fingerprint:
+            raise ShardReadError(f"input shard {self.shard.uri} changed after it was listed "
+                                 f"(size/version {self.shard.fingerprint} -> {now}); rerun to pick it up")
+
+    def _rows(self, start: int) -> Iterator[tuple[int, dict | None]]:
+        """(row, record) from ``start`` on; record None for rows before ``start`` (not parsed)."""
+        if self.shard.format == "parquet":
+            yield from self._parquet_rows(start)
+            return
+        with self.fs.open(self.shard.path, "rb") as f:
+            for row, line in enumerate(split_lines(_chunks(f, self.shard), self.max_record_bytes)):
+                if row < start:
+                    yield row, None
+                    continue
+                if row == 0 and isinstance(line, bytes) and line.startswith(UTF8_BOM):
+                    line = line[len(UTF8_BOM):]
+                yield row, self._parse_line(line, row)
+
+    def _parse_line(self, line: bytes | TooLong, row: int) -> dict:
+        def reject(reason: str, record_id: str | None = None) -> dict:
+            return {"row": row, "id": record_id, "text": None, "reject_reason": reason}
+
+        if isinstance(line, TooLong):
+            return reject(f"record larger than --max-record-bytes ({line.size} > {self.max_record_bytes} bytes)")
+        try:
+            decoded = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return reject(f"invalid UTF-8 at byte {e.start}")
+        if self.shard.format == "text":
+            text, reason = _check_text(decoded, "line")
+            return {"row": row, "id": None, "text": text, "reject_reason": reason}
+        if not decoded.strip():
+            return reject("blank line")
+        try:
+            obj = json.loads(decoded)
+        except json.JSONDecodeError as e:
+            return reject(f"invalid JSON: {e.msg} at column {e.colno}")
+        except Exception as e:  # RecursionError (deep nesting), ValueError (huge numbers), ...
+            return reject(f"invalid JSON: {type(e).__name__}: {str(e)[:200]}")
+        try:
+            record_id, text, reason = _record_from_json(obj, self.fields)
+        except Exception as e:  # a record must never fail its shard
+            return reject(f"unusable record: {type(e).__name__}: {str(e)[:200]}")
+        return {"row": row, "id": record_id, "text": text, "reject_reason": reason}
+
+    def _parquet_rows(self, start: int) -> Iterator[tuple[int, dict | None]]:
+        row = 0
+        with self.fs.open(self.shard.path, "rb") as f:
+            try:
+                pf = pq.ParquetFile(f)
+                names = set(pf.schema_arrow.names)
+                total = pf.metadata.num_rows
+            except pa.ArrowInvalid as e:
+                raise CorruptStream(f"parquet: {e}") from e
+            if self.fields.text_field not in names:
+                for row in range(total):
+                    yield row, {"row": row, "id": None, "text": None,
+                                "reject_reason": f"parquet shard has no column {self.fields.text_field!r}"}
+                return
+            wanted = [c for c in (self.fields.id_field, self.fields.text_field, self.fields.title_field)
+                      if c and c in names]
+            batches = pf.iter_batches(columns=wanted, batch_size=8192)
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                    raise CorruptStream(f"parquet: {e}") from e
+                if row + batch.num_rows <= start:
+                    for _ in range(batch.num_rows):
+                        yield row, None
+                        row += 1
+                    continue
                 for obj in batch.to_pylist():
-                    if not done(row):
-                        record_id, text, reason = _record_from_json(obj, fields)
-                        yield {"row": row, "id": record_id, "text": text, "reject_reason": reason}
+                    if row < start:
+                        yield row, None
+                    else:
+                        try:
+                            record_id, text, reason = _record_from_json(obj, self.fields)
+                        except Exception as e:
+                            record_id, text, reason = None, None, f"unusable record: {type(e).__name__}"
+                        yield row, {"row": row, "id": record_id, "text": text, "reject_reason": reason}
                     row += 1
-    except (pa.ArrowException, *_corruption_errors()) as e:
-        yield {"row": row, "id": None, "text": None,
-               "reject_reason": f"unreadable shard after row {row}: {type(e).__name__}: {e}"}
+
+
+def parse_shard(fs, shard: Shard, fields: FieldSpec, skip: Sequence[tuple[int, int]] = (), **kw: Any) -> Iterator[dict]:
+    """Yield one dict per input record: id, row, text, reject_reason. Never raises on bad data."""
+    yield from ShardReader(fs, shard, fields, skip, **kw)
 
 
 class _RowFilter:
@@ -282,11 +504,14 @@ class _RowFilter:
 
 
 def read_shards(storage_options: Mapping[str, Any], shards: Sequence[Shard], fields: FieldSpec,
-                rows_per_block: int, skip: Mapping[str, Sequence[tuple[int, int]]]) -> Iterator[pa.Table]:
+                rows_per_block: int, skip: Mapping[str, Sequence[tuple[int, int]]], *,
+                max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, shard_log: ShardLog | None = None) -> Iterator[pa.Table]:
+    """RECORDS-schema blocks for the shards in order; each shard's end is written to ``shard_log``."""
     builder = _BlockBuilder(rows_per_block)
     for shard in shards:
         fs = Storage(shard.uri, storage_options).fs
-        for rec in parse_shard(fs, shard, fields, skip.get(shard.path, ())):
+        reader = ShardReader(fs, shard, fields, skip.get(shard.path, ()), max_record_bytes=max_record_bytes)
+        for rec in reader:
             builder.add(
                 id=rec["id"] if rec["id"] is not None else f"{shard.relpath}:{rec['row']}",
                 source=shard.path,
@@ -296,6 +521,9 @@ def read_shards(storage_options: Mapping[str, Any], shards: Sequence[Shard], fie
             )
             if builder.full():
                 yield builder.take()
+        if shard_log is not None:
+            shard_log.write(ShardRecord(path=shard.path, size=shard.size, version=shard.version,
+                                        rows=int(reader.rows or 0), remainder=reader.remainder))
     if len(builder):
         yield builder.take()
 
@@ -309,6 +537,8 @@ class ShardDatasource(Datasource):
     fields: FieldSpec = field(default_factory=FieldSpec)
     rows_per_block: int = 4096
     skip: Mapping[str, Sequence[tuple[int, int]]] = field(default_factory=dict)
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    shard_log: ShardLog | None = None
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(s.size for s in self.shards) or None
@@ -339,6 +569,7 @@ class ShardDatasource(Datasource):
                     {s.path: tuple(self.skip.get(s.path, ())) for s in group})
             meta = BlockMetadata(num_rows=None, size_bytes=sum(s.size for s in group) or None, exec_stats=None,
                                  input_files=tuple(s.path for s in group))
-            tasks.append(ReadTask(lambda a=args: read_shards(*a), meta, schema=schemas.RECORDS,
+            kw = {"max_record_bytes": self.max_record_bytes, "shard_log": self.shard_log}
+            tasks.append(ReadTask(lambda a=args, k=kw: read_shards(*a, **k), meta, schema=schemas.RECORDS,
                                   per_task_row_limit=per_task_row_limit))
         return tasks

@@ -1,20 +1,23 @@
 """The ``e5_embed`` DAG: one E5 embedding job on a Ray cluster per DAG run.
 
 Trigger with params (``dag_run.conf``): input, output, model, prefix, and optionally
-batch_size, dtype, config (a job YAML inside the working dir), working_dir, extra_args.
-The cluster comes from the Airflow connection ``ray_default`` (host/port: Ray dashboard,
-password: the cluster's auth token). Retries re-attach or resume; see ray_job.py.
+batch_size, dtype, config (a job YAML inside the working dir), working_dir, extra_args
+(``e5-embed run`` flags only: split with shlex, checked against the run flags, re-joined;
+see e5_embed_args.py). The cluster comes from one Airflow connection fixed by the deployment
+(``E5_EMBED_RAY_CONN_ID``, default ``ray_default``; host/port: Ray dashboard, password: the
+cluster's auth token), never from a trigger's params. Retries re-attach or resume; a killed
+task stops its Ray job; see ray_job.py.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from datetime import datetime, timedelta
 
 sys.path.insert(0, os.path.dirname(__file__))  # ray_job.py next to this file
 
+from e5_embed_args import build_entrypoint  # noqa: E402
 from ray_job import RayJobOperator  # noqa: E402
 
 try:
@@ -24,20 +27,7 @@ except ImportError:  # Airflow 2
     from airflow.models.param import Param
 
 
-def build_entrypoint(params: dict) -> str:
-    args = ["python", "-m", "pipeline", "run", "--no-progress"]
-    if params.get("config"):
-        args += ["--config", params["config"]]
-    inputs = params["input"] if isinstance(params["input"], list) else [params["input"]]
-    for uri in inputs:
-        args += ["--input", uri]
-    args += ["--output", params["output"], "--model", params["model"], "--prefix", params["prefix"]]
-    if params.get("batch_size"):
-        args += ["--batch-size", str(int(params["batch_size"]))]
-    if params.get("dtype"):
-        args += ["--dtype", params["dtype"]]
-    return shlex.join(args) + (" " + params["extra_args"] if params.get("extra_args") else "")
-
+RAY_CONN_ID = os.environ.get("E5_EMBED_RAY_CONN_ID", "ray_default")
 
 with DAG(
     dag_id="e5_embed",
@@ -57,15 +47,14 @@ with DAG(
         "config": Param(None, type=["null", "string"], description="job YAML inside the working dir"),
         "working_dir": Param(None, type=["null", "string"],
                              description="runtime_env working_dir (local path or s3://… zip of the project)"),
-        "extra_args": Param("", type="string", description="more e5-embed run flags"),
-        "conn_id": Param("ray_default", type="string"),
+        "extra_args": Param("", type="string", description="more e5-embed run flags (checked; no shell)"),
     },
     render_template_as_native_obj=True,
     user_defined_filters={"build_entrypoint": build_entrypoint},
 ) as dag:
     RayJobOperator(
         task_id="embed",
-        conn_id="{{ params.conn_id }}",
+        conn_id=RAY_CONN_ID,
         entrypoint="{{ params | build_entrypoint }}",
         runtime_env="{{ {'working_dir': params.working_dir} if params.working_dir else {} }}",
         retries=int(os.environ.get("E5_EMBED_TASK_RETRIES", "3")),

@@ -36,8 +36,11 @@ def test_dag_runs_the_job_fails_on_failure_and_retries_reattach(airflow_python, 
     (corpus / "a.jsonl").write_text("".join(json.dumps({"id": f"a{i}", "text": f"airflow text {i}"}) + "\n"
                                             for i in range(16)))
     common = {"model": minilm_path, "prefix": "passage", "working_dir": str(ROOT), "batch_size": 8}
+    pwned = tmp_path / "pwned"
     conf = {"good": {**common, "input": str(corpus), "output": str(tmp_path / "out")},
-            "bad": {**common, "input": str(tmp_path / "missing"), "output": str(tmp_path / "out-bad")}}
+            "bad": {**common, "input": str(tmp_path / "missing"), "output": str(tmp_path / "out-bad")},
+            "injected": {**common, "input": str(corpus), "output": str(tmp_path / "out-inj"),
+                         "extra_args": f"--rows-per-file 1000; touch {pwned} #"}}
     home = tmp_path / "airflow-home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AIRFLOW"))}
     env.update({
@@ -62,3 +65,5 @@ def test_dag_runs_the_job_fails_on_failure_and_retries_reattach(airflow_python, 
     assert report["reattached_to"] and report["jobs_for_run"] == 1
     assert report["after_stop"].endswith("__try2")
     assert ray_head.token not in result.stdout  # the token stays in the connection
+    assert report["injected_state"] == "failed" and not pwned.exists()  # no shell ran the text
+    assert report["operator_kill"] == "STOPPED" and report["trigger_kill"] == "STOPPED"

@@ -49,3 +49,35 @@ def test_compile_must_be_a_boolean():
     assert JobConfig(inputs=("a",), output="b", compile=True).compile is True
     with pytest.raises(UsageError, match="--compile must be true or false"):
         JobConfig.from_mapping({"input": ["a"], "output": "b", "compile": "yes"})
+
+
+def test_scrub_finds_secrets_at_any_depth_and_inside_uris():
+    from pipeline.storage import normalize_uri, register_secrets, scrub
+
+    options = {"anon": False, "client_kwargs": {"config": {"credentials": {"value": "DEEP-THREE-LEVELS"}}},
+               "connection_string": "AccountKey=AZ-CONN-1234", "list": [{"sas_token": "SAS-TOKEN-999"}]}
+    message = "failed with DEEP-THREE-LEVELS AZ-CONN-1234 SAS-TOKEN-999 at s3://USER:PASSWD-77@bucket/k"
+    clean = scrub(message, options)
+    for secret in ("DEEP-THREE-LEVELS", "AZ-CONN-1234", "SAS-TOKEN-999", "PASSWD-77"):
+        assert secret not in clean
+    register_secrets({}, ["s3://USERX:PASSWD-78@bucket/k"])
+    assert "PASSWD-78" not in scrub("s3fs says: USERX:PASSWD-78@bucket/k not found")  # no scheme in the message
+    assert normalize_uri("s3://USER:PASSWD-77@bucket/k/") == "s3://bucket/k"
+    assert normalize_uri("abfs://container@account/x") == "abfs://container@account/x"  # a location, kept
+
+
+def test_storage_options_from_a_file_stay_off_the_command_line(tmp_path):
+    from pipeline.config import parse_storage_options
+
+    path = tmp_path / "opts.json"
+    path.write_text('{"key": "k", "secret": "s"}')
+    assert parse_storage_options(f"@{path}") == {"key": "k", "secret": "s"}
+    with pytest.raises(UsageError, match="cannot read --storage-options file"):
+        parse_storage_options(f"@{tmp_path}/missing.json")
+
+
+@pytest.mark.parametrize("field,value", [("lease_wait_s", -1), ("lease_ttl_s", 0), ("lease_ttl_s", float("nan")),
+                                         ("max_record_bytes", 10), ("skip_corrupt_remainders", "yes")])
+def test_exactly_once_settings_are_validated(field, value):
+    with pytest.raises(UsageError, match=field.replace("_", "-")):
+        JobConfig(inputs=("in",), output="out", **{field: value})

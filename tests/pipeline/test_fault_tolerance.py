@@ -123,17 +123,19 @@ def test_messy_corpus_finishes_with_every_record_accounted_for(ray_cluster, tmp_
     (corpus / "empty.txt").write_text("")
     (corpus / "corrupt.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00garbage-not-gzip")
     config = JobConfig(inputs=(str(corpus),), output=str(tmp_path / "out"), model=minilm_path, progress=False,
-                       max_bad_fraction=0.2)
+                       max_bad_fraction=0.2, skip_corrupt_remainders=True)
     summary = run_job(config)
     assert summary.status == "complete"
-    assert summary.rows_embedded == 41 and summary.rows_rejected == 5
+    assert summary.rows_embedded == 41 and summary.rows_rejected == 4
     assert summary.duplicate_ids == 1 and "1 duplicate ids" in summary.line()  # both rows kept, reported
     rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()
     # ids from the record where it had one, else the derived '<shard>:<row>'
-    assert {r["id"] for r in rejects} == {"mixed.jsonl:20", "nt", "e", "mixed.jsonl:23", "corrupt.jsonl.gz:0"}
+    assert {r["id"] for r in rejects} == {"mixed.jsonl:20", "nt", "e", "mixed.jsonl:23"}
     assert all(r["reason"] and r["source"] for r in rejects)
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    assert manifest["rows_rejected"] == 5 and manifest["reject_kinds"]["invalid JSON"] == 1
+    assert manifest["rows_rejected"] == 4 and manifest["reject_kinds"]["invalid JSON"] == 1
+    # the corrupt shard's remainder is not a record: the run accepted it (--skip-corrupt-remainders) and says so
+    assert [r["path"].rsplit("/", 1)[1] for r in manifest["corrupt_remainders"]] == ["corrupt.jsonl.gz"]
     assert manifest["duplicate_ids"] == 1 and manifest["duplicate_id_examples"] == ["g0"]
 
 

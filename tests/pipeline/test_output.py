@@ -45,6 +45,16 @@ def test_reconcile_repairs_overlapping_files(tmp_path):
         assert json.loads(table.schema.metadata[schemas.STATS_KEY])["rows"] == table.num_rows
 
 
+def test_reconcile_repairs_a_row_twice_within_one_file(tmp_path):
+    storage = Storage(str(tmp_path))
+    t = data_table("s", [0, 1, 1, 2, 3])
+    put_file(storage, "", t, {}, file_stats(t))
+    put_file(storage, "", data_table("s", [4, 5]), {}, file_stats(data_table("s", [4, 5])))
+    totals = OutputState(storage).reconcile({})
+    rows = sorted(r for f in tmp_path.glob("part-*.parquet") for r in pq.read_table(f)["row"].to_pylist())
+    assert rows == [0, 1, 2, 3, 4, 5] and totals.rows_written == 6 and totals.repaired_files == 1
+
+
 def test_retried_write_of_same_rows_overwrites_the_same_name(tmp_path):
     storage = Storage(str(tmp_path))
     t = data_table("s", [0, 1, 2])

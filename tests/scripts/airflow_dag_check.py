@@ -7,6 +7,7 @@ Prints one JSON line with the run's state and what the re-attach check saw.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -26,6 +27,10 @@ def main(dag_folder: str, conf_json: str) -> None:
     bad = e5_embed_dag.dag.test(run_conf=conf["bad"])
     result["bad_state"] = str(getattr(bad.state, "value", bad.state))
 
+    # Shell text in extra_args is refused before anything reaches Ray.
+    injected = e5_embed_dag.dag.test(run_conf=conf["injected"])
+    result["injected_state"] = str(getattr(injected.state, "value", injected.state))
+
     # A retried task while its job still runs: re-attach, don't submit a second job.
     client, _ = job_client("ray_default")
     base = submission_id_for("e5_embed", "manual__retry-check")
@@ -43,6 +48,28 @@ def main(dag_folder: str, conf_json: str) -> None:
     nxt = op._attach_or_submit(client, base)
     result["after_stop"] = nxt
     client.stop_job(nxt)
+
+    # A killed task stops its Ray job: on the worker (operator) and while deferred (trigger).
+    from ray_job import RayJobTrigger
+
+    def wait_stopped(sid: str) -> str:
+        deadline = time.monotonic() + 60
+        status = ""
+        while time.monotonic() < deadline:
+            status = str(client.get_job_status(sid)).split(".")[-1]
+            if status in ("STOPPED", "FAILED", "SUCCEEDED"):
+                break
+            time.sleep(0.5)
+        return status
+
+    killed = RayJobOperator(task_id="killed", entrypoint="python -c 'import time; time.sleep(120)'")
+    killed.submission_id = killed._attach_or_submit(client, submission_id_for("e5_embed", "manual__kill-op"))
+    killed.on_kill()
+    result["operator_kill"] = wait_stopped(killed.submission_id)
+    sid = submission_id_for("e5_embed", "manual__kill-trigger")
+    client.submit_job(entrypoint="python -c 'import time; time.sleep(120)'", submission_id=sid)
+    asyncio.run(RayJobTrigger(conn_id="ray_default", submission_id=sid).on_kill())
+    result["trigger_kill"] = wait_stopped(sid)
     print(json.dumps(result))
 
 
