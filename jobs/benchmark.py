@@ -1,6 +1,6 @@
-"""The benchmark as a script: same as ``e5-embed bench`` (see pipeline/bench.py).
+"""The benchmark as a script: same as ``e5-embed bench`` (see e5tools/bench.py).
 
-    python jobs/benchmark.py --docs 3000 --memory-check --out docs/bench-cpu
+python jobs/benchmark.py --docs 3000 --memory-check --out docs/bench-cpu
 """
 
 import sys

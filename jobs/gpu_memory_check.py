@@ -21,10 +21,10 @@ from pathlib import Path
 def main() -> int:
     import torch
 
-    from pipeline.encode_stage import EncodeStage
-    from pipeline.model import KNOWN_SHAPES, ModelSource
-    from pipeline.plan import estimate_peak_gpu_memory_gb
-    from pipeline.random_model import write_random_e5_base
+    from e5tools.random_model import write_random_e5_base
+    from pipeline.planning.plan import estimate_peak_gpu_memory_gb
+    from pipeline.stages.encode import EncodeStage
+    from pipeline.stages.model import KNOWN_SHAPES, ModelSource
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="memory-check")
@@ -51,19 +51,36 @@ def main() -> int:
             except torch.OutOfMemoryError:
                 measured = None
             estimate = estimate_peak_gpu_memory_gb(info, batch, length, args.dtype, context_gb=0.0)
-            rows.append({"batch": batch, "length": length, "measured_gb": measured, "estimate_gb": round(estimate, 3),
-                         "estimate_over_measured": round(estimate / measured, 3) if measured else None})
+            rows.append(
+                {
+                    "batch": batch,
+                    "length": length,
+                    "measured_gb": measured,
+                    "estimate_gb": round(estimate, 3),
+                    "estimate_over_measured": round(estimate / measured, 3) if measured else None,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "dtype": args.dtype,
-              "note": "max_memory_allocated (excludes the CUDA context, which the planner adds as cuda_context_gb)",
-              "rows": rows}
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "dtype": args.dtype,
+        "note": "max_memory_allocated (excludes the CUDA context, which the planner adds as cuda_context_gb)",
+        "rows": rows,
+    }
     (out / "memory.json").write_text(json.dumps(report, indent=2))
     lines = ["| batch | length | measured GB | estimate GB | estimate/measured |", "|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['batch']} | {r['length']} | {r['measured_gb'] if r['measured_gb'] is None else round(r['measured_gb'], 3)} "
-              f"| {r['estimate_gb']} | {r['estimate_over_measured']} |" for r in rows]
-    (out / "memory.md").write_text(f"{report['device']}, torch {report['torch']}, {args.dtype}\n\n" + "\n".join(lines) + "\n")
+    lines += [
+        f"| {r['batch']} | {r['length']} "
+        f"| {r['measured_gb'] if r['measured_gb'] is None else round(r['measured_gb'], 3)} "
+        f"| {r['estimate_gb']} | {r['estimate_over_measured']} |"
+        for r in rows
+    ]
+    (out / "memory.md").write_text(
+        f"{report['device']}, torch {report['torch']}, {args.dtype}\n\n" + "\n".join(lines) + "\n"
+    )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Regenerate the bundled sample corpus (pipeline/data/sample_corpus/) from real text.
+"""Regenerate the bundled sample corpus (e5tools/data/sample_corpus/) from real text.
 
 The passages are paragraphs of the Python standard library's docstrings: real
 English technical prose that every Python installation ships, so the demo and
@@ -16,11 +16,14 @@ import gzip
 import json
 import os
 
-from pipeline.sample_text import passages
+from e5tools.sample_text import passages
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "pipeline", "data", "sample_corpus"))
+    parser.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "..", "pipeline", "data", "sample_corpus")
+    )
     parser.add_argument("--docs", type=int, default=600)
     args = parser.parse_args()
     docs = passages(args.docs)

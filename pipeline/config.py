@@ -1,7 +1,8 @@
 """The job's configuration: one validated, keyword-only, immutable dataclass.
 
-Flags and YAML job files both end up here; YAML keys are the flag names
-(``batch-size`` or ``batch_size``) and flags given on the command line win.
+Flags, ``E5_EMBED_<FIELD>`` environment variables and YAML job files all end up here; YAML keys
+are the flag names (``batch-size`` or ``batch_size``). Precedence: flag > environment > job file
+> default. Each field's check is its flag's (``pipeline.flags``).
 """
 
 from __future__ import annotations
@@ -9,18 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
+from pipeline import flags
 from pipeline.errors import UsageError
-from pipeline.storage import register_secrets
-
-PREFIXES = {"passage": "passage: ", "query": "query: ", "none": ""}
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-OUTPUT_DTYPES = ("float32", "float16")
-INPUT_FORMATS = ("auto", "text", "jsonl", "parquet")
-DEVICES = ("auto", "cuda", "cpu")
-DEFAULT_MODEL = "intfloat/e5-base-v2"
+from pipeline.flags import DEFAULT_MODEL, DEVICES, DTYPES, INPUT_FORMATS, OUTPUT_DTYPES, PREFIXES  # noqa: F401
+from pipeline.io.storage import register_secrets
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,42 +70,13 @@ class JobConfig:
             raise UsageError("at least one --input is required")
         if not self.output:
             raise UsageError("--output is required")
-        _choice("prefix", self.prefix, tuple(PREFIXES))
-        _choice("dtype", self.dtype, DTYPES)
-        _choice("output-dtype", self.output_dtype, OUTPUT_DTYPES)
-        _choice("input-format", self.input_format, INPUT_FORMATS)
-        _choice("device", self.device, DEVICES)
-        _int_range("max-length", self.max_length, 8, 8192)
-        if self.batch_size is not None:
-            _int_range("batch-size", self.batch_size, 1, 1 << 16)
-        _int_range("rows-per-block", self.rows_per_block, 1, 1 << 22)
-        _int_range("rows-per-file", self.rows_per_file, 1, 1 << 24)
-        for name in ("gpu_actors", "actors_per_gpu", "tokenizer_actors", "max_gpus"):
-            value = getattr(self, name)
-            if value is not None:
-                _int_range(name.replace("_", "-"), value, 1, 1 << 16)
-        if self.min_gpus is not None:
-            _int_range("min-gpus", self.min_gpus, 0, 1 << 16)
+        flags.validate({f.name: getattr(self, f.name) for f in fields(self)})  # each flag's own check
         if self.max_gpus is not None and self.min_gpus is not None and self.min_gpus > self.max_gpus:
             raise UsageError(f"--min-gpus {self.min_gpus} is more than --max-gpus {self.max_gpus}")
-        _seconds("gpu-wait-s", self.gpu_wait_s, allow_zero=False)
-        if self.gpu_memory_gb is not None and not self.gpu_memory_gb > 0:
-            raise UsageError(f"--gpu-memory-gb must be > 0, got {self.gpu_memory_gb}")
-        if not 0.0 <= self.max_bad_fraction <= 1.0:
-            raise UsageError(f"--max-bad-fraction must be within [0, 1], got {self.max_bad_fraction}")
-        for name in ("compile", "skip_corrupt_remainders", "shared_local_path", "overwrite"):
-            if not isinstance(getattr(self, name), bool):
-                raise UsageError(f"--{name.replace('_', '-')} must be true or false; got {getattr(self, name)!r}")
-        _int_range("max-record-bytes", self.max_record_bytes, 1024, 1 << 31)
-        _seconds("lease-wait-s", self.lease_wait_s, allow_zero=True)
-        _seconds("lease-ttl-s", self.lease_ttl_s, allow_zero=False)
         if not isinstance(self.storage_options, Mapping):
             raise UsageError("--storage-options must be a JSON object")
         object.__setattr__(self, "storage_options", dict(self.storage_options))
         register_secrets(self.storage_options, (*self.inputs, self.output, self.model))
-        for name in ("text_field", "id_field"):
-            if not getattr(self, name):
-                raise UsageError(f"--{name.replace('_', '-')} must not be empty")
 
     @property
     def gpus_to_wait_for(self) -> int:
@@ -163,19 +131,3 @@ def parse_storage_options(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UsageError("--storage-options must be a JSON object")
     return value
-
-
-def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise UsageError(f"--{name} must be one of {', '.join(valid)}; got {value!r}")
-
-
-def _seconds(name: str, value: Any, *, allow_zero: bool) -> None:
-    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 if allow_zero else value > 0)
-    if bad or value != value or value == float("inf"):
-        raise UsageError(f"--{name} must be a number of seconds {'>= 0' if allow_zero else '> 0'}; got {value!r}")
-
-
-def _int_range(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise UsageError(f"--{name} must be an integer in [{low}, {high}]; got {value!r}")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from pipeline.errors import UsageError
 
@@ -28,6 +29,7 @@ def int_range(low: int, high: int) -> Check:
     def check(flag: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise UsageError(f"--{flag} must be an integer in [{low}, {high}]; got {value!r}")
+
     return check
 
 
@@ -36,6 +38,7 @@ def seconds(*, allow_zero: bool) -> Check:
         ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
         if not ok or not (value >= 0 if allow_zero else value > 0):
             raise UsageError(f"--{flag} must be a number of seconds {'>= 0' if allow_zero else '> 0'}; got {value!r}")
+
     return check
 
 
@@ -58,6 +61,7 @@ def one_of(valid: Sequence[str]) -> Check:
     def check(flag: str, value: Any) -> None:
         if value not in valid:
             raise UsageError(f"--{flag} must be one of {', '.join(valid)}; got {value!r}")
+
     return check
 
 
@@ -93,65 +97,188 @@ RUN, PLAN = frozenset({"run"}), frozenset({"plan"})
 BOTH = RUN | PLAN
 
 FLAGS: tuple[Flag, ...] = (
-    Flag("input", "input folder/prefix or file (s3://, gs://, file paths, ...), literal; repeatable",
-         dest="inputs", repeat=True, metavar="URI"),
+    Flag(
+        "input",
+        "input folder/prefix or file (s3://, gs://, file paths, ...), literal; repeatable",
+        dest="inputs",
+        repeat=True,
+        metavar="URI",
+    ),
     Flag("output", "output folder/prefix for Parquet files (literal)", metavar="URI"),
     Flag("model", "Hub id or local folder", default=DEFAULT_MODEL, commands=BOTH),
     Flag("revision", "Hub revision (commit/tag) to pin the model to"),
-    Flag("prefix", "E5 input prefix: 'passage: ', 'query: ' or none", default="passage", choices=tuple(PREFIXES),
-         check=one_of(tuple(PREFIXES))),
-    Flag("max-length", "truncate inputs at this many tokens", type=int, default=512, check=int_range(8, 8192),
-         commands=BOTH),
-    Flag("batch-size", "fixed rows per forward pass (default: from the resource plan)", type=int,
-         check=int_range(1, 1 << 16), commands=BOTH),
-    Flag("dtype", "compute dtype; auto = bf16 (fp16 on GPUs without bf16) on GPU, float32 on CPU", default="auto",
-         choices=DTYPES, check=one_of(DTYPES), commands=BOTH),
-    Flag("output-dtype", "stored embedding dtype (float16 halves storage)", default="float32",
-         choices=OUTPUT_DTYPES, check=one_of(OUTPUT_DTYPES)),
-    Flag("device", "where to encode (auto: GPU if the cluster has one)", default="auto", choices=DEVICES,
-         check=one_of(DEVICES), commands=BOTH),
-    Flag("compile", "torch.compile the encoder (opt-in: a warm-up per actor; measure with `e5-embed bench`)",
-         type=None, default=False, check=boolean),
-    Flag("input-format", "override format detection by extension (.txt, .jsonl/.ndjson/.json, .parquet; .gz/.zst)",
-         default="auto", choices=INPUT_FORMATS, check=one_of(INPUT_FORMATS)),
+    Flag(
+        "prefix",
+        "E5 input prefix: 'passage: ', 'query: ' or none",
+        default="passage",
+        choices=tuple(PREFIXES),
+        check=one_of(tuple(PREFIXES)),
+    ),
+    Flag(
+        "max-length",
+        "truncate inputs at this many tokens",
+        type=int,
+        default=512,
+        check=int_range(8, 8192),
+        commands=BOTH,
+    ),
+    Flag(
+        "batch-size",
+        "fixed rows per forward pass (default: from the resource plan, which also checks that it fits)",
+        type=int,
+        check=int_range(1, 1 << 20),
+        commands=BOTH,
+    ),
+    Flag(
+        "dtype",
+        "compute dtype; auto = bf16 (fp16 on GPUs without bf16) on GPU, float32 on CPU",
+        default="auto",
+        choices=DTYPES,
+        check=one_of(DTYPES),
+        commands=BOTH,
+    ),
+    Flag(
+        "output-dtype",
+        "stored embedding dtype (float16 halves storage)",
+        default="float32",
+        choices=OUTPUT_DTYPES,
+        check=one_of(OUTPUT_DTYPES),
+    ),
+    Flag(
+        "device",
+        "where to encode (auto: GPU if the cluster has one)",
+        default="auto",
+        choices=DEVICES,
+        check=one_of(DEVICES),
+        commands=BOTH,
+    ),
+    Flag(
+        "compile",
+        "torch.compile the encoder (opt-in: a warm-up per actor; measure with `e5-embed bench`)",
+        type=None,
+        default=False,
+        check=boolean,
+    ),
+    Flag(
+        "input-format",
+        "override format detection by extension (.txt, .jsonl/.ndjson/.json, .parquet; .gz/.zst)",
+        default="auto",
+        choices=INPUT_FORMATS,
+        check=one_of(INPUT_FORMATS),
+    ),
     Flag("text-field", "field holding the text", default="text", check=not_empty),
     Flag("id-field", "field holding the id; missing ids become '<shard path>:<row>'", default="id", check=not_empty),
     Flag("title-field", "optional title field, embedded as f'{title} {text}'"),
-    Flag("storage-options", "fsspec storage options as JSON, or @FILE holding it (keeps secrets out of process "
-         "listings); S3 already uses the AWS chain and AWS_ENDPOINT_URL", metavar="JSON"),
+    Flag(
+        "storage-options",
+        "fsspec storage options as JSON, or @FILE holding it (keeps secrets out of process "
+        "listings); S3 already uses the AWS chain and AWS_ENDPOINT_URL",
+        metavar="JSON",
+    ),
     Flag("rows-per-block", "rows per block read from a shard", type=int, default=4096, check=int_range(1, 1 << 22)),
-    Flag("rows-per-file", "most rows per output file; also the unit of work redone after a crash", type=int,
-         default=32768, check=int_range(1, 1 << 24)),
+    Flag(
+        "rows-per-file",
+        "most rows per output file; also the unit of work redone after a crash",
+        type=int,
+        default=32768,
+        check=int_range(1, 1 << 24),
+    ),
     Flag("gpu-actors", "encode actors (default: from the plan)", type=int, check=int_range(1, 1 << 16), commands=BOTH),
-    Flag("actors-per-gpu", "encode actors sharing one GPU (default: plan)", type=int, check=int_range(1, 1 << 16),
-         commands=BOTH),
-    Flag("tokenizer-actors", "max tokenizer actors (default: plan)", type=int, check=int_range(1, 1 << 16),
-         commands=BOTH),
-    Flag("gpu-memory-gb", "VRAM per GPU, overriding the probe and profile", type=float, check=positive_number,
-         commands=BOTH),
-    Flag("min-gpus", "autoscaling clusters: ask for and wait until this many GPUs have joined (see --gpu-wait-s)",
-         type=int, check=int_range(0, 1 << 16)),
-    Flag("max-gpus", "the most GPUs the encode pool uses: room to grow on autoscaling clusters, a cap on bigger "
-         "ones (implies --min-gpus 1)", type=int, check=int_range(1, 1 << 16), commands=BOTH),
-    Flag("gpu-wait-s", "how long --min-gpus waits before the job fails with exit 1", type=float, default=900.0,
-         check=seconds(allow_zero=False)),
-    Flag("scheduler-config", "per-accelerator scheduler profiles (default: cluster/scheduler.yaml when present)",
-         metavar="YAML", commands=BOTH),
-    Flag("max-bad-fraction", "fail (exit 1, no _SUCCESS) when more than this fraction of records is rejected",
-         type=float, default=0.001, check=fraction),
-    Flag("skip-corrupt-remainders", "complete the job even when a compressed shard breaks off part-way (what "
-         "decodes is embedded; the shards are listed in the manifest). Default: such a shard fails the job",
-         type=None, default=False, check=boolean),
-    Flag("max-record-bytes", "reject a record (line) longer than this without reading it whole", type=int,
-         default=16 << 20, check=int_range(1024, 1 << 31)),
-    Flag("lease-wait-s", "when another run holds the output, wait this long for it before exit 1", type=float,
-         default=0.0, check=seconds(allow_zero=True)),
-    Flag("lease-ttl-s", "the output lease expires this long after its last renewal, so a retry after a crash "
-         "proceeds", type=float, default=120.0, check=seconds(allow_zero=False)),
-    Flag("shared-local-path", "local paths are on storage every node shares (NFS, ...); without it a multi-node "
-         "cluster refuses local --input/--output", type=None, default=False, check=boolean),
-    Flag("overwrite", "start over: remove _SUCCESS, then delete the files this tool wrote in --output",
-         type=None, default=False, check=boolean),
+    Flag(
+        "actors-per-gpu",
+        "encode actors sharing one GPU (default: plan)",
+        type=int,
+        check=int_range(1, 1 << 16),
+        commands=BOTH,
+    ),
+    Flag(
+        "tokenizer-actors", "max tokenizer actors (default: plan)", type=int, check=int_range(1, 1 << 16), commands=BOTH
+    ),
+    Flag(
+        "gpu-memory-gb",
+        "VRAM per GPU, overriding the probe and profile",
+        type=float,
+        check=positive_number,
+        commands=BOTH,
+    ),
+    Flag(
+        "min-gpus",
+        "autoscaling clusters: ask for and wait until this many GPUs have joined (see --gpu-wait-s)",
+        type=int,
+        check=int_range(0, 1 << 16),
+    ),
+    Flag(
+        "max-gpus",
+        "the most GPUs the encode pool uses: room to grow on autoscaling clusters, a cap on bigger "
+        "ones (implies --min-gpus 1)",
+        type=int,
+        check=int_range(1, 1 << 16),
+        commands=BOTH,
+    ),
+    Flag(
+        "gpu-wait-s",
+        "how long --min-gpus waits before the job fails with exit 1",
+        type=float,
+        default=900.0,
+        check=seconds(allow_zero=False),
+    ),
+    Flag(
+        "scheduler-config",
+        "per-accelerator scheduler profiles laid over the packaged ones (pipeline/planning/scheduler.yaml)",
+        metavar="YAML",
+        commands=BOTH,
+    ),
+    Flag(
+        "max-bad-fraction",
+        "fail (exit 1, no _SUCCESS) when more than this fraction of records is rejected",
+        type=float,
+        default=0.001,
+        check=fraction,
+    ),
+    Flag(
+        "skip-corrupt-remainders",
+        "complete the job even when a compressed shard breaks off part-way (what "
+        "decodes is embedded; the shards are listed in the manifest). Default: such a shard fails the job",
+        type=None,
+        default=False,
+        check=boolean,
+    ),
+    Flag(
+        "max-record-bytes",
+        "reject a record (line) longer than this without reading it whole",
+        type=int,
+        default=16 << 20,
+        check=int_range(1024, 1 << 31),
+    ),
+    Flag(
+        "lease-wait-s",
+        "when another run holds the output, wait this long for it before exit 1",
+        type=float,
+        default=0.0,
+        check=seconds(allow_zero=True),
+    ),
+    Flag(
+        "lease-ttl-s",
+        "the output lease expires this long after its last renewal, so a retry after a crash proceeds",
+        type=float,
+        default=120.0,
+        check=seconds(allow_zero=False),
+    ),
+    Flag(
+        "shared-local-path",
+        "local paths are on storage every node shares (NFS, ...); without it a multi-node "
+        "cluster refuses local --input/--output",
+        type=None,
+        default=False,
+        check=boolean,
+    ),
+    Flag(
+        "overwrite",
+        "start over: remove _SUCCESS, then delete the files this tool wrote in --output",
+        type=None,
+        default=False,
+        check=boolean,
+    ),
     Flag("ray-address", "Ray cluster address (default: RAY_ADDRESS, else start a local one)", commands=BOTH),
     Flag("progress", "hide progress bars", type=None, default=True, check=boolean, negate=True),
     # plan only: describe a cluster instead of probing one

@@ -1,34 +1,37 @@
-"""The executor: checks everything cheap first, then builds and runs the Ray Data pipeline.
+"""The executor: ``run_job`` as a short sequence of named steps.
 
-read (tasks) -> tokenize (CPU actor pool) -> encode (GPU actor pool) -> write (tasks)
+check locations -> lease the output -> see what is left (ledger) -> plan the cluster ->
+run read (tasks) -> tokenize (CPU actor pool) -> encode (GPU actor pool) -> write (tasks)
+through the Ray backend -> repair, prove complete and record the run (ledger) -> _SUCCESS.
 """
 
 from __future__ import annotations
 
 import _thread
 import logging
-import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
 
-from pipeline import coverage
-from pipeline.capacity import GpuCapacity
+from pipeline.backend.dataset import build_dataset, configure, ray_session
+from pipeline.backend.datasink import EmbeddingDatasink
+from pipeline.backend.datasource import ShardDatasource
+from pipeline.backend.duplicates import duplicate_ids_on_cluster
 from pipeline.config import JobConfig
-from pipeline.duplicates import find_duplicate_ids
 from pipeline.errors import JobError, UsageError
-from pipeline.lease import Lease, LeaseHeld, LeaseLost, new_run_id
-from pipeline.manifest import RunRecord, mark_success
-from pipeline.model import ModelInfo, ModelSource
-from pipeline.output import OutputState, Totals, Work, output_metadata
-from pipeline.plan import ClusterSpec, PlanRequest, ResourcePlan, make_plan
-from pipeline.scheduler_config import load_scheduler_config
-from pipeline.shard_log import ShardLog
-from pipeline.sink import EmbeddingDatasink
-from pipeline.sources import FieldSpec, Shard, ShardDatasource, list_shards
-from pipeline.storage import Storage, has_pattern, is_within, scrub, strip_uri_credentials
+from pipeline.io.counters import Counters
+from pipeline.io.sources import FieldSpec, list_shards
+from pipeline.io.storage import Storage, has_pattern, is_within, scrub, strip_uri_credentials
+from pipeline.ledger.duplicates import DuplicateReport, find_duplicate_ids
+from pipeline.ledger.lease import Lease, LeaseHeld, LeaseLost, new_run_id
+from pipeline.ledger.manifest import RunRecord, mark_success
+from pipeline.ledger.output import OutputState, Totals, Work, output_metadata
+from pipeline.ledger.shard_log import ShardLog
+from pipeline.planning.capacity import GpuCapacity
+from pipeline.planning.plan import ClusterSpec, PlanRequest, ResourcePlan, make_plan
+from pipeline.planning.scheduler_config import load_scheduler_config
+from pipeline.stages.model import ModelInfo, ModelSource
 
 logger = logging.getLogger(__name__)
 
@@ -56,84 +59,17 @@ class RunSummary:
     def line(self) -> str:
         if self.status == "noop":
             return f"e5-embed: {self.output} is already complete; nothing to do ({self.message})"
-        return (f"e5-embed: {self.status}: {self.rows_embedded} rows embedded, {self.rows_rejected} rejected, "
-                f"{self.rows_skipped} already done, {self.tokens} tokens in {self.wall_s:.1f}s "
-                f"({self.docs_per_s:.1f} docs/s, {self.tokens_per_s:.0f} tokens/s)"
-                + (f", {self.duplicate_ids} duplicate ids" if self.duplicate_ids else "") + f" -> {self.output}")
+        return (
+            f"e5-embed: {self.status}: {self.rows_embedded} rows embedded, {self.rows_rejected} rejected, "
+            f"{self.rows_skipped} already done, {self.tokens} tokens in {self.wall_s:.1f}s "
+            f"({self.docs_per_s:.1f} docs/s, {self.tokens_per_s:.0f} tokens/s)"
+            + (f", {self.duplicate_ids} duplicate ids" if self.duplicate_ids else "")
+            + f" -> {self.output}"
+        )
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-@contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
-    """Use the Ray already initialised in this process, else connect/start one and stop it after."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        # "local" starts a fresh cluster; a bare ray.init() would try a `ray start` cluster
-        # recorded in /tmp/ray/ray_current_cluster, which may be long gone (then it hangs).
-        address = "local"
-        kwargs["include_dashboard"] = False
-    try:
-        ray.init(address=address, **kwargs)
-    except (ConnectionError, ValueError, RuntimeError) as e:
-        raise UsageError(f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {e}") from e
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def build_dataset(config: JobConfig, plan: ResourcePlan, model: ModelSource, shards: list[Shard],
-                  skip: coverage.Ranges):
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
-
-    from pipeline.encode_stage import EncodeStage
-    from pipeline.tokenize_stage import TokenizeStage
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = config.progress
-    ctx.enable_operator_progress_bars = config.progress
-    ctx.enable_auto_log_stats = False
-
-    source = ShardDatasource(
-        shards=shards, storage_options=config.storage_options, rows_per_block=config.rows_per_block, skip=skip,
-        fields=FieldSpec(text_field=config.text_field, id_field=config.id_field, title_field=config.title_field),
-        max_record_bytes=config.max_record_bytes, shard_log=ShardLog(config.output, config.storage_options),
-    )
-    tok = plan.tokenize_resources()
-    enc = plan.encode_resources()
-    ds = ray.data.read_datasource(source, num_cpus=plan.io_num_cpus)
-    ds = ds.map_batches(
-        TokenizeStage,
-        fn_constructor_kwargs={"model": model, "prefix": config.prefix_text, "max_length": config.max_length},
-        batch_size=min(config.rows_per_block, 1024),
-        batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=tok.min_actors, max_size=tok.max_actors),
-        num_cpus=tok.num_cpus,
-    )
-    ds = ds.map_batches(
-        EncodeStage,
-        fn_constructor_kwargs={"model": model, "batch_size": plan.batch_size, "dtype": config.dtype,
-                               "device": config.device, "output_dtype": config.output_dtype,
-                               "torch_threads": enc.torch_threads, "expect_gpu": plan.device == "cuda",
-                               "compile_model": config.compile},
-        batch_size=plan.rows_per_encode_call,
-        batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=enc.min_actors, max_size=enc.max_actors),
-        num_gpus=enc.num_gpus,
-        num_cpus=enc.num_cpus,
-        # Ray Data's actor pools default to max_restarts=-1 / max_task_retries=-1:
-        # a dead encode actor is replaced and its batch retried.
-    )
-    return ds
 
 
 def check_locations(config: JobConfig) -> None:
@@ -143,11 +79,14 @@ def check_locations(config: JobConfig) -> None:
         if has_pattern(folder.rsplit("/", 1)[-1]):
             folder = folder.rsplit("/", 1)[0]
         if is_within(config.output, folder):
-            raise UsageError(f"--output {strip_uri_credentials(config.output)} lies inside --input "
-                             f"{strip_uri_credentials(uri)}: its files would be read back as input")
+            raise UsageError(
+                f"--output {strip_uri_credentials(config.output)} lies inside --input "
+                f"{strip_uri_credentials(uri)}: its files would be read back as input"
+            )
         if is_within(folder, config.output):
-            raise UsageError(f"--input {strip_uri_credentials(uri)} lies inside --output "
-                             f"{strip_uri_credentials(config.output)}")
+            raise UsageError(
+                f"--input {strip_uri_credentials(uri)} lies inside --output {strip_uri_credentials(config.output)}"
+            )
 
 
 def check_shared_paths(config: JobConfig, cluster: ClusterSpec) -> None:
@@ -156,8 +95,10 @@ def check_shared_paths(config: JobConfig, cluster: ClusterSpec) -> None:
         return
     local = [u for u in (config.output, *config.inputs) if Storage(u).is_local]
     if local:
-        raise UsageError(f"the Ray cluster has {cluster.nodes} nodes but {local[0]} is a local path, which other "
-                         f"nodes cannot see; use object storage, or pass --shared-local-path if it is shared")
+        raise UsageError(
+            f"the Ray cluster has {cluster.nodes} nodes but {local[0]} is a local path, which other "
+            f"nodes cannot see; use object storage, or pass --shared-local-path if it is shared"
+        )
 
 
 def _acquire(config: JobConfig, storage: Storage) -> Lease:
@@ -193,87 +134,198 @@ def run_job(config: JobConfig) -> RunSummary:
         lease.release()
 
 
-def _run_leased(config: JobConfig, lease: Lease, storage: Storage, model: ModelSource, info: ModelInfo,
-                metadata: dict[str, Any], t0: float, started_at: str) -> RunSummary:
+def _run_leased(
+    config: JobConfig,
+    lease: Lease,
+    storage: Storage,
+    model: ModelSource,
+    info: ModelInfo,
+    metadata: dict[str, Any],
+    t0: float,
+    started_at: str,
+) -> RunSummary:
     state = OutputState(storage, fence=lease.check)
     shards = list_shards(config.inputs, config.storage_options, config.input_format)
     work = state.prepare(config, metadata, shards)
     if work.noop:
-        return RunSummary(status="noop", output=config.output,
-                          message=f"{work.manifest.rows_written} rows; pass --overwrite to start over")
-    run = RunRecord(run_id=lease.run_id, started_at=started_at, ended_at="", wall_s=0.0, status="running",
-                    rows_embedded=0, rows_rejected=0, rows_skipped=work.rows_skipped, tokens=0, truncated=0,
-                    docs_per_s=0.0, tokens_per_s=0.0, data_files=0, new_shards=work.new_shards)
+        return RunSummary(
+            status="noop",
+            output=config.output,
+            message=f"{work.manifest.rows_written} rows; pass --overwrite to start over",
+        )
+    run = RunRecord(
+        run_id=lease.run_id,
+        started_at=started_at,
+        ended_at="",
+        wall_s=0.0,
+        status="running",
+        rows_embedded=0,
+        rows_rejected=0,
+        rows_skipped=work.rows_skipped,
+        tokens=0,
+        truncated=0,
+        docs_per_s=0.0,
+        tokens_per_s=0.0,
+        data_files=0,
+        new_shards=work.new_shards,
+    )
     if work.rows_skipped:
-        logger.info("resuming: %d input rows are already in %s; %d of %d shard(s) left to read", work.rows_skipped,
-                    config.output, len(work.shards), len(shards))
-
-    with ray_session(config.ray_address), GpuCapacity(min_gpus=config.gpus_to_wait_for,
-                                                      timeout_s=config.gpu_wait_s) as capacity:
+        logger.info(
+            "resuming: %d input rows are already in %s; %d of %d shard(s) left to read",
+            work.rows_skipped,
+            config.output,
+            len(work.shards),
+            len(shards),
+        )
+    with (
+        ray_session(config.ray_address),
+        GpuCapacity(min_gpus=config.gpus_to_wait_for, timeout_s=config.gpu_wait_s) as capacity,
+    ):
         capacity.wait()
-        cluster = ClusterSpec.from_ray(max_gpus=config.max_gpus)
-        check_shared_paths(config, cluster)
-        plan = make_plan(cluster, info, PlanRequest.from_job(config), load_scheduler_config(config.scheduler_config))
+        plan = _plan(config, info)
         run.plan = plan.to_dict()
-        logger.info("%s", plan.describe())
-        sink = EmbeddingDatasink(output_uri=config.output, storage_options=config.storage_options,
-                                 metadata=metadata, dim=info.hidden_size, output_dtype=config.output_dtype,
-                                 rows_per_file=config.rows_per_file, fence=lease.fence())
-        try:
-            if work.shards:
-                ds = build_dataset(config, plan, model, work.shards, work.skip)
-                ds.write_datasink(sink, ray_remote_args={"num_cpus": plan.io_num_cpus})
-        except Exception as e:
-            if isinstance(e, LeaseLost) or lease.lost:
-                raise LeaseLost(lease.lost or str(e)) from e
-            run.status, run.error = "failed", scrub(f"{type(e).__name__}: {e}", config.storage_options)[:2000]
-            _record(run, state, work, t0, sink.totals, state.reconcile(metadata))
-            raise JobError(f"pipeline failed: {run.error.splitlines()[0]}") from e
+        written = _embed(config, plan, model, info, metadata, work, lease, run, state, t0)
         totals = state.reconcile(metadata)
-        duplicates = find_duplicate_ids(storage, totals.data_paths, totals.rows_written)
+        duplicates = _duplicate_ids(config, storage, totals)  # inside the session: its cluster path needs Ray
+    return _prove_and_record(config, state, work, lease, run, t0, written, totals, duplicates, shards)
 
+
+def _plan(config: JobConfig, info: ModelInfo) -> ResourcePlan:
+    cluster = ClusterSpec.from_ray(max_gpus=config.max_gpus)
+    check_shared_paths(config, cluster)
+    plan = make_plan(cluster, info, PlanRequest.from_job(config), load_scheduler_config(config.scheduler_config))
+    logger.info("%s", plan.describe())
+    return plan
+
+
+def _embed(
+    config: JobConfig,
+    plan: ResourcePlan,
+    model: ModelSource,
+    info: ModelInfo,
+    metadata: dict[str, Any],
+    work: Work,
+    lease: Lease,
+    run: RunRecord,
+    state: OutputState,
+    t0: float,
+) -> Counters:
+    """Run the pipeline over the shards left to read; the counters of what it wrote."""
+    if not work.shards:
+        return Counters()
+    sink = EmbeddingDatasink(
+        output_uri=config.output,
+        storage_options=config.storage_options,
+        metadata=metadata,
+        dim=info.hidden_size,
+        output_dtype=config.output_dtype,
+        rows_per_file=config.rows_per_file,
+        fence=lease.fence(),
+    )
+    source = ShardDatasource(
+        shards=work.shards,
+        storage_options=config.storage_options,
+        rows_per_block=config.rows_per_block,
+        skip=work.skip,
+        max_record_bytes=config.max_record_bytes,
+        fields=FieldSpec(text_field=config.text_field, id_field=config.id_field, title_field=config.title_field),
+        shard_log=ShardLog(config.output, config.storage_options),
+    )
+    stages = plan.stage_specs(
+        model=model,
+        prefix=config.prefix_text,
+        output_dtype=config.output_dtype,
+        rows_per_block=config.rows_per_block,
+        compile_model=config.compile,
+        device=config.device,
+    )
+    configure(progress=config.progress)
+    try:
+        build_dataset(source, stages, read_num_cpus=plan.io_num_cpus).write_datasink(
+            sink, ray_remote_args={"num_cpus": plan.io_num_cpus}
+        )
+    except Exception as e:
+        if isinstance(e, LeaseLost) or lease.lost:
+            raise LeaseLost(lease.lost or str(e)) from e
+        run.status, run.error = "failed", scrub(f"{type(e).__name__}: {e}", config.storage_options)[:2000]
+        _record(run, state, work, t0, sink.totals, state.reconcile(dict(metadata)))
+        raise JobError(f"pipeline failed: {run.error.splitlines()[0]}") from e
+    return sink.totals
+
+
+def _duplicate_ids(config: JobConfig, storage: Storage, totals: Totals) -> DuplicateReport:
+    duplicates = find_duplicate_ids(
+        storage, totals.data_paths, totals.counters.rows_written, on_cluster=duplicate_ids_on_cluster
+    )
     if duplicates.duplicate_ids:
-        logger.warning("%d id(s) occur more than once in %s (all rows kept), e.g. %s", duplicates.duplicate_ids,
-                       config.output, ", ".join(duplicates.examples[:3]))
+        logger.warning(
+            "%d id(s) occur more than once in %s (all rows kept), e.g. %s",
+            duplicates.duplicate_ids,
+            config.output,
+            ", ".join(duplicates.examples[:3]),
+        )
+    return duplicates
+
+
+def _prove_and_record(
+    config: JobConfig,
+    state: OutputState,
+    work: Work,
+    lease: Lease,
+    run: RunRecord,
+    t0: float,
+    written: Counters,
+    totals: Totals,
+    duplicates: DuplicateReport,
+    shards,
+) -> RunSummary:
     work.manifest.duplicate_ids = duplicates.duplicate_ids
     work.manifest.duplicate_id_examples = duplicates.examples
-    proof, bad_fraction = state.finish(manifest=work.manifest, shards=shards, totals=totals,
-                                       allow_remainders=config.skip_corrupt_remainders,
-                                       max_bad_fraction=config.max_bad_fraction)
+    proof, bad_fraction = state.finish(
+        manifest=work.manifest,
+        shards=shards,
+        totals=totals,
+        allow_remainders=config.skip_corrupt_remainders,
+        max_bad_fraction=config.max_bad_fraction,
+    )
     run.status = "complete" if work.manifest.complete else "failed"
     if not proof.ok:
         run.error = scrub(f"not complete: {proof.describe()}", config.storage_options)[:2000]
-    _record(run, state, work, t0, sink.totals, totals)
-    summary = RunSummary(status=run.status, output=config.output, rows_embedded=run.rows_embedded,
-                         rows_rejected=run.rows_rejected, rows_skipped=work.rows_skipped, tokens=run.tokens,
-                         wall_s=run.wall_s, duplicate_ids=duplicates.duplicate_ids)
+    _record(run, state, work, t0, written, totals)
+    summary = RunSummary(
+        status=run.status,
+        output=config.output,
+        rows_embedded=run.rows_embedded,
+        rows_rejected=run.rows_rejected,
+        rows_skipped=work.rows_skipped,
+        tokens=run.tokens,
+        wall_s=run.wall_s,
+        duplicate_ids=duplicates.duplicate_ids,
+    )
     if not proof.ok:
         raise JobError(f"{config.output} is not complete, so no _SUCCESS: {proof.describe()}. " + summary.line())
     if not work.manifest.complete:
         total = work.manifest.rows_written + work.manifest.rows_rejected
-        raise JobError(f"{work.manifest.rows_rejected} of {total} records rejected ({bad_fraction:.4%}), more than "
-                       f"--max-bad-fraction {config.max_bad_fraction:g}; see {config.output}/_rejects/. "
-                       + summary.line())
+        raise JobError(
+            f"{work.manifest.rows_rejected} of {total} records rejected ({bad_fraction:.4%}), more than "
+            f"--max-bad-fraction {config.max_bad_fraction:g}; see {config.output}/_rejects/. " + summary.line()
+        )
     if proof.skipped_remainders:
-        logger.warning("%d shard(s) broke off part-way and were accepted (--skip-corrupt-remainders): %s",
-                       len(proof.skipped_remainders), ", ".join(r.path for r in proof.skipped_remainders[:5]))
-    mark_success(storage, lease.check)
+        logger.warning(
+            "%d shard(s) broke off part-way and were accepted (--skip-corrupt-remainders): %s",
+            len(proof.skipped_remainders),
+            ", ".join(r.path for r in proof.skipped_remainders[:5]),
+        )
+    mark_success(state.storage, lease.check)
     return summary
 
 
-def _record(run: RunRecord, state: OutputState, work: Work, t0: float, written: dict[str, Any], totals: Totals) -> None:
+def _record(run: RunRecord, state: OutputState, work: Work, t0: float, written: Counters, totals: Totals) -> None:
     """The one place a run is recorded, failed or not: its counters, the output's totals, the manifest."""
     run.ended_at = _now()
     run.wall_s = round(time.monotonic() - t0, 3)
-    run.rows_embedded = int(written.get("rows_written", 0))
-    run.rows_rejected = int(written.get("rows_rejected", 0))
-    run.tokens = int(written.get("tokens", 0))
-    run.truncated = int(written.get("truncated", 0))
-    run.data_files = int(written.get("data_files", 0))
-    run.reject_kinds = dict(written.get("reject_kinds", {}))
-    run.docs_per_s = round(run.rows_embedded / run.wall_s, 2) if run.wall_s else 0.0
-    run.tokens_per_s = round(run.tokens / run.wall_s, 1) if run.wall_s else 0.0
-    work.manifest.set_totals(totals)
+    run.set_counters(written)
+    work.manifest.set_totals(totals.counters)
     work.manifest.repaired_files += totals.repaired_files
     work.manifest.add_run(run)
     work.manifest.save(state.storage, state.fence)

@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from pipeline.demo import offline_model_path, patched_env
-from pipeline.local_s3 import LocalS3Server
-from pipeline.random_model import write_random_bert
+from e5tools.demo import offline_model_path, patched_env
+from e5tools.local_s3 import LocalS3Server
+from e5tools.random_model import write_random_bert
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +58,16 @@ def minilm_path() -> str:
 @pytest.fixture(scope="session")
 def tiny_e5_path(tmp_path_factory) -> str:
     """Randomly initialised BERT with e5-base-v2's width, heads, vocab and positions (2 layers)."""
-    return write_random_bert(str(tmp_path_factory.mktemp("tiny-e5")), layers=2, hidden=768, heads=12, ffn=3072,
-                             vocab=30522, positions=512, seed=1)
+    return write_random_bert(
+        str(tmp_path_factory.mktemp("tiny-e5")),
+        layers=2,
+        hidden=768,
+        heads=12,
+        ffn=3072,
+        vocab=30522,
+        positions=512,
+        seed=1,
+    )
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.local_s3 import free_ports, wait_until_serving
+from e5tools.local_s3 import free_ports, wait_until_serving
 
 
 class RayHead:
@@ -25,8 +25,15 @@ class RayHead:
         # with default ports the second node's dashboard agent cannot bind 52365, so job submission
         # lands on the other cluster's agent (seen in CI as InvalidAuthToken / "No available agent").
         # Picked together so no two components get the same port (Ray refuses to start then).
-        flags = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-                 "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")
+        flags = (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "ray-client-server-port",
+            "node-manager-port",
+            "object-manager-port",
+        )
         self.port, self.dashboard_port, *others = free_ports(2 + len(flags))
         self._ports = dict(zip(flags, others))
         self.num_cpus = num_cpus
@@ -45,20 +52,45 @@ class RayHead:
 
     def start(self) -> RayHead:
         ray_bin = str(Path(sys.executable).with_name("ray"))
-        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "HF_HUB_OFFLINE": "1",
-               # as an activated virtualenv: job entrypoints' `python` is this environment's
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.token,
+            "HF_HUB_OFFLINE": "1",
+            # as an activated virtualenv: job entrypoints' `python` is this environment's
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
         env.pop("RAY_ADDRESS", None)
         self._log = open(self.tmp / "ray-head.log", "w")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen(
-            [ray_bin, "start", "--head", "--block", f"--port={self.port}", "--node-ip-address=127.0.0.1",
-             f"--num-cpus={self.num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={self.dashboard_port}", "--disable-usage-stats", f"--temp-dir={self._temp_dir}",
-             *(f"--{flag}={port}" for flag, port in self._ports.items())],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                ray_bin,
+                "start",
+                "--head",
+                "--block",
+                f"--port={self.port}",
+                "--node-ip-address=127.0.0.1",
+                f"--num-cpus={self.num_cpus}",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}",
+                "--disable-usage-stats",
+                f"--temp-dir={self._temp_dir}",
+                *(f"--{flag}={port}" for flag, port in self._ports.items()),
+            ],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
-            wait_until_serving(self.dashboard_url + "/api/version", self._proc, 120, what="ray start --head",
-                               headers={"Authorization": f"Bearer {self.token}"})
+            wait_until_serving(
+                self.dashboard_url + "/api/version",
+                self._proc,
+                120,
+                what="ray start --head",
+                headers={"Authorization": f"Bearer {self.token}"},
+            )
             self._wait_for_job_agent()
         except Exception as e:  # whatever failed, the head started here is stopped here
             self.stop()

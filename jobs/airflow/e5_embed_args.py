@@ -16,18 +16,47 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 # `e5-embed run` flags -> whether the flag takes a value (tests compare this with the CLI parser).
 RUN_FLAGS: dict[str, bool] = {
-    "--config": True, "--input": True, "--output": True, "--model": True, "--revision": True, "--prefix": True,
-    "--max-length": True, "--batch-size": True, "--dtype": True, "--output-dtype": True, "--device": True,
-    "--compile": False, "--input-format": True, "--text-field": True, "--id-field": True, "--title-field": True,
-    "--storage-options": True, "--rows-per-block": True, "--rows-per-file": True, "--gpu-actors": True,
-    "--actors-per-gpu": True, "--tokenizer-actors": True, "--gpu-memory-gb": True, "--min-gpus": True,
-    "--max-gpus": True, "--gpu-wait-s": True, "--scheduler-config": True, "--max-bad-fraction": True,
-    "--skip-corrupt-remainders": False, "--max-record-bytes": True, "--lease-wait-s": True, "--lease-ttl-s": True,
-    "--shared-local-path": False, "--overwrite": False, "--ray-address": True, "--no-progress": False,
+    "--config": True,
+    "--input": True,
+    "--output": True,
+    "--model": True,
+    "--revision": True,
+    "--prefix": True,
+    "--max-length": True,
+    "--batch-size": True,
+    "--dtype": True,
+    "--output-dtype": True,
+    "--device": True,
+    "--compile": False,
+    "--input-format": True,
+    "--text-field": True,
+    "--id-field": True,
+    "--title-field": True,
+    "--storage-options": True,
+    "--rows-per-block": True,
+    "--rows-per-file": True,
+    "--gpu-actors": True,
+    "--actors-per-gpu": True,
+    "--tokenizer-actors": True,
+    "--gpu-memory-gb": True,
+    "--min-gpus": True,
+    "--max-gpus": True,
+    "--gpu-wait-s": True,
+    "--scheduler-config": True,
+    "--max-bad-fraction": True,
+    "--skip-corrupt-remainders": False,
+    "--max-record-bytes": True,
+    "--lease-wait-s": True,
+    "--lease-ttl-s": True,
+    "--shared-local-path": False,
+    "--overwrite": False,
+    "--ray-address": True,
+    "--no-progress": False,
     "--debug": False,
 }
 # The job runs on the connection's cluster, and secrets do not travel in a job's entrypoint
@@ -91,8 +120,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def dashboard_address(*, schema: str | None, host: str | None, port: int | None, has_token: bool,
-                      extra: Mapping[str, Any] | None = None) -> str:
+def dashboard_address(
+    *, schema: str | None, host: str | None, port: int | None, has_token: bool, extra: Mapping[str, Any] | None = None
+) -> str:
     """``scheme://host:port`` of the Ray dashboard; refuses a token over plain http to a remote host."""
     scheme = (schema or "http").lower()
     host = host or "127.0.0.1"
@@ -104,14 +134,18 @@ def dashboard_address(*, schema: str | None, host: str | None, port: int | None,
         raise BadParams(f"the Ray connection's scheme must be http or https, not {scheme!r}")
     allow = bool((extra or {}).get("allow_insecure_token", False))
     if has_token and scheme == "http" and not is_loopback(host.split(":")[0]) and not allow:
-        raise BadParams(f"refusing to send the Ray token over plain http to {host}; use https, or set the "
-                        "connection extra {\"allow_insecure_token\": true} for a trusted network")
+        raise BadParams(
+            f"refusing to send the Ray token over plain http to {host}; use https, or set the "
+            'connection extra {"allow_insecure_token": true} for a trusted network'
+        )
     return f"{scheme}://{host}:{port or 8265}"
 
 
 _CREDS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
-_ASSIGNED = re.compile(r"(?i)\b(?P<k>[A-Z0-9_]*(?:SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY)[A-Z0-9_]*)"
-                       r"(?P<sep>\s*[=:]\s*)(?P<v>[^\s,;'\"]+)")
+_ASSIGNED = re.compile(
+    r"(?i)\b(?P<k>[A-Z0-9_]*(?:SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY)[A-Z0-9_]*)"
+    r"(?P<sep>\s*[=:]\s*)(?P<v>[^\s,;'\"]+)"
+)
 
 
 def scrub_log(text: str, secrets: Iterable[str] = ()) -> str:

@@ -45,8 +45,11 @@ with DAG(
         "batch_size": Param(None, type=["null", "integer"], minimum=1),
         "dtype": Param(None, type=["null", "string"], enum=[None, "auto", "float32", "float16", "bfloat16"]),
         "config": Param(None, type=["null", "string"], description="job YAML inside the working dir"),
-        "working_dir": Param(None, type=["null", "string"],
-                             description="runtime_env working_dir (local path or s3://… zip of the project)"),
+        "working_dir": Param(
+            None,
+            type=["null", "string"],
+            description="runtime_env working_dir (local path or s3://… zip of the project)",
+        ),
         "extra_args": Param("", type="string", description="more e5-embed run flags (checked; no shell)"),
     },
     render_template_as_native_obj=True,

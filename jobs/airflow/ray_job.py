@@ -22,7 +22,8 @@ import asyncio
 import os
 import re
 import sys
-from typing import Any, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(__file__))  # e5_embed_args.py next to this file
 from e5_embed_args import dashboard_address, scrub_log  # noqa: E402
@@ -42,8 +43,9 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 def _connection(conn_id: str):
     conn = BaseHook.get_connection(conn_id)
     extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
-    address = dashboard_address(schema=conn.schema, host=conn.host, port=conn.port, has_token=bool(conn.password),
-                                extra=extra)
+    address = dashboard_address(
+        schema=conn.schema, host=conn.host, port=conn.port, has_token=bool(conn.password), extra=extra
+    )
     return conn, address
 
 
@@ -79,8 +81,10 @@ class RayJobTrigger(BaseTrigger):
         self.poll_interval = poll_interval
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (f"{type(self).__module__}.{type(self).__qualname__}",
-                {"conn_id": self.conn_id, "submission_id": self.submission_id, "poll_interval": self.poll_interval})
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {"conn_id": self.conn_id, "submission_id": self.submission_id, "poll_interval": self.poll_interval},
+        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         client, _ = await asyncio.to_thread(job_client, self.conn_id)
@@ -101,8 +105,16 @@ class RayJobOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("entrypoint", "runtime_env")
 
-    def __init__(self, *, entrypoint: str, runtime_env: dict[str, Any] | None = None, conn_id: str = "ray_default",
-                 poll_interval: float = 30.0, log_tail_lines: int = 200, **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        entrypoint: str,
+        runtime_env: dict[str, Any] | None = None,
+        conn_id: str = "ray_default",
+        poll_interval: float = 30.0,
+        log_tail_lines: int = 200,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.entrypoint = entrypoint
         self.runtime_env = runtime_env or {}
@@ -117,14 +129,19 @@ class RayJobOperator(BaseOperator):
         submission_id = self._attach_or_submit(client, base)
         self.submission_id = submission_id
         self.log.info("Ray job %s on %s (dashboard: %s/#/jobs/%s)", submission_id, address, address, submission_id)
-        self.defer(trigger=RayJobTrigger(conn_id=self.conn_id, submission_id=submission_id,
-                                         poll_interval=self.poll_interval), method_name="execute_complete")
+        self.defer(
+            trigger=RayJobTrigger(conn_id=self.conn_id, submission_id=submission_id, poll_interval=self.poll_interval),
+            method_name="execute_complete",
+        )
         return submission_id  # not reached: defer() raises
 
     def _attach_or_submit(self, client, base: str) -> str:
         """Re-attach to this run's live or finished-OK job; after a failure, submit the next try."""
-        existing = {j.submission_id: j for j in client.list_jobs() if j.submission_id
-                    and (j.submission_id == base or j.submission_id.startswith(base + "__try"))}
+        existing = {
+            j.submission_id: j
+            for j in client.list_jobs()
+            if j.submission_id and (j.submission_id == base or j.submission_id.startswith(base + "__try"))
+        }
         if existing:
             latest = max(existing, key=lambda sid: (len(sid), sid))
             status = str(existing[latest].status).split(".")[-1]
@@ -132,8 +149,9 @@ class RayJobOperator(BaseOperator):
                 self.log.info("re-attaching to Ray job %s (%s)", latest, status)
                 return latest
             submission_id = f"{base}__try{len(existing) + 1}"
-            self.log.info("previous Ray job %s ended %s; submitting %s (resumes the same output)",
-                          latest, status, submission_id)
+            self.log.info(
+                "previous Ray job %s ended %s; submitting %s (resumes the same output)", latest, status, submission_id
+            )
         else:
             submission_id = base
         client.submit_job(entrypoint=self.entrypoint, submission_id=submission_id, runtime_env=self.runtime_env)
@@ -148,7 +166,7 @@ class RayJobOperator(BaseOperator):
         conn, _ = _connection(self.conn_id)
         submission_id, status = event["submission_id"], event["status"]
         logs = client.get_job_logs(submission_id)
-        tail = scrub_log("\n".join(logs.splitlines()[-self.log_tail_lines:]), [conn.password or ""])
+        tail = scrub_log("\n".join(logs.splitlines()[-self.log_tail_lines :]), [conn.password or ""])
         self.log.info("Ray job %s ended %s; last %d log lines:\n%s", submission_id, status, self.log_tail_lines, tail)
         if status != "SUCCEEDED":
             raise AirflowException(f"Ray job {submission_id} ended {status}")

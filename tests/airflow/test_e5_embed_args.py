@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "jobs" / "airflow"))
-from e5_embed_args import (DENIED_FLAGS, RUN_FLAGS, BadParams, build_entrypoint,  # noqa: E402
-                           dashboard_address, scrub_log)
+from e5_embed_args import DENIED_FLAGS, RUN_FLAGS, BadParams, build_entrypoint, dashboard_address, scrub_log  # noqa: E402
 
 from pipeline.cli import build_parser  # noqa: E402
 
@@ -27,24 +26,29 @@ def test_run_flags_are_exactly_the_cli_run_flags():
     assert flags == RUN_FLAGS
 
 
-@pytest.mark.parametrize("extra", [
-    "--rows-per-file 1000; touch /tmp/pwned #",
-    "--rows-per-file 1000 && curl evil",
-    "$(touch /tmp/pwned)",
-    "--output-dtype float16 `id`",
-    "--ray-address ray://elsewhere:10001",
-    "--storage-options '{\"secret\": \"x\"}'",
-    "--overwrite=yes",
-    "--rows-per-file",
-    "'unterminated",
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "--rows-per-file 1000; touch /tmp/pwned #",
+        "--rows-per-file 1000 && curl evil",
+        "$(touch /tmp/pwned)",
+        "--output-dtype float16 `id`",
+        "--ray-address ray://elsewhere:10001",
+        '--storage-options \'{"secret": "x"}\'',
+        "--overwrite=yes",
+        "--rows-per-file",
+        "'unterminated",
+    ],
+)
 def test_shell_text_and_unknown_or_denied_flags_are_refused(extra):
     with pytest.raises(BadParams):
         build_entrypoint({**BASE, "extra_args": extra})
 
 
 def test_values_with_shell_characters_stay_one_argument():
-    entry = build_entrypoint({**BASE, "output": "s3://e/out; rm -rf /", "extra_args": "--title-field 'a b;c' --overwrite"})
+    entry = build_entrypoint(
+        {**BASE, "output": "s3://e/out; rm -rf /", "extra_args": "--title-field 'a b;c' --overwrite"}
+    )
     args = shlex.split(entry)
     assert args[args.index("--output") + 1] == "s3://e/out; rm -rf /"
     assert args[-3:] == ["--title-field", "a b;c", "--overwrite"]
@@ -57,13 +61,19 @@ def test_token_is_not_sent_over_plain_http_to_a_remote_host():
     assert dashboard_address(schema="http", host="ray.example", port=None, has_token=False) == "http://ray.example:8265"
     with pytest.raises(BadParams, match="plain http"):
         dashboard_address(schema="http", host="ray.example", port=8265, has_token=True)
-    assert dashboard_address(schema="http", host="10.0.0.5", port=8265, has_token=True,
-                             extra={"allow_insecure_token": True}) == "http://10.0.0.5:8265"
+    assert (
+        dashboard_address(
+            schema="http", host="10.0.0.5", port=8265, has_token=True, extra={"allow_insecure_token": True}
+        )
+        == "http://10.0.0.5:8265"
+    )
 
 
 def test_log_lines_are_scrubbed():
-    log = ("connecting with TOKEN-abc123\nAWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI s3://AKIA1:sekrit@bucket/x "
-           "my_password: hunter22")
+    log = (
+        "connecting with TOKEN-abc123\nAWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI s3://AKIA1:sekrit@bucket/x "
+        "my_password: hunter22"
+    )
     clean = scrub_log(log, ["TOKEN-abc123"])
     for secret in ("TOKEN-abc123", "wJalrXUtnFEMI", "sekrit", "AKIA1", "hunter22"):
         assert secret not in clean

@@ -24,8 +24,20 @@ def airflow_python() -> str:
     marker = VENV / f".installed-{AIRFLOW_VERSION}"
     if not marker.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", f"apache-airflow=={AIRFLOW_VERSION}",
-                        "-r", str(ROOT / "jobs" / "airflow" / "requirements.txt")], check=True, timeout=1500)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                f"apache-airflow=={AIRFLOW_VERSION}",
+                "-r",
+                str(ROOT / "jobs" / "airflow" / "requirements.txt"),
+            ],
+            check=True,
+            timeout=1500,
+        )
         marker.touch()
     return str(python)
 
@@ -33,29 +45,51 @@ def airflow_python() -> str:
 def test_dag_runs_the_job_fails_on_failure_and_retries_reattach(airflow_python, ray_head, tmp_path, minilm_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    (corpus / "a.jsonl").write_text("".join(json.dumps({"id": f"a{i}", "text": f"airflow text {i}"}) + "\n"
-                                            for i in range(16)))
+    (corpus / "a.jsonl").write_text(
+        "".join(json.dumps({"id": f"a{i}", "text": f"airflow text {i}"}) + "\n" for i in range(16))
+    )
     common = {"model": minilm_path, "prefix": "passage", "working_dir": str(ROOT), "batch_size": 8}
     pwned = tmp_path / "pwned"
-    conf = {"good": {**common, "input": str(corpus), "output": str(tmp_path / "out")},
-            "bad": {**common, "input": str(tmp_path / "missing"), "output": str(tmp_path / "out-bad")},
-            "injected": {**common, "input": str(corpus), "output": str(tmp_path / "out-inj"),
-                         "extra_args": f"--rows-per-file 1000; touch {pwned} #"}}
+    conf = {
+        "good": {**common, "input": str(corpus), "output": str(tmp_path / "out")},
+        "bad": {**common, "input": str(tmp_path / "missing"), "output": str(tmp_path / "out-bad")},
+        "injected": {
+            **common,
+            "input": str(corpus),
+            "output": str(tmp_path / "out-inj"),
+            "extra_args": f"--rows-per-file 1000; touch {pwned} #",
+        },
+    }
     home = tmp_path / "airflow-home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "AIRFLOW"))}
-    env.update({
-        "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "jobs" / "airflow"),
-        "AIRFLOW_CONN_RAY_DEFAULT": json.dumps({"conn_type": "http", "host": "127.0.0.1",
-                                                "port": ray_head.dashboard_port, "password": ray_head.token}),
-        "E5_EMBED_POLL_INTERVAL": "1", "E5_EMBED_TASK_RETRIES": "0",
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "jobs" / "airflow"),
+            "AIRFLOW_CONN_RAY_DEFAULT": json.dumps(
+                {"conn_type": "http", "host": "127.0.0.1", "port": ray_head.dashboard_port, "password": ray_head.token}
+            ),
+            "E5_EMBED_POLL_INTERVAL": "1",
+            "E5_EMBED_TASK_RETRIES": "0",
+        }
+    )
     airflow = str(Path(airflow_python).with_name("airflow"))
     migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=600)
     assert migrate.returncode == 0, migrate.stderr[-3000:]
-    result = subprocess.run([airflow_python, str(ROOT / "tests" / "scripts" / "airflow_dag_check.py"),
-                             str(ROOT / "jobs" / "airflow"), json.dumps(conf)],
-                            env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            airflow_python,
+            str(ROOT / "tests" / "scripts" / "airflow_dag_check.py"),
+            str(ROOT / "jobs" / "airflow"),
+            json.dumps(conf),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["good_state"] == "success", report

@@ -5,22 +5,31 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.model import KNOWN_SHAPES
-from pipeline.plan import ClusterSpec, PlanRequest, make_plan
-from pipeline.scheduler_config import load_scheduler_config
+from pipeline.planning.plan import ClusterSpec, PlanRequest, make_plan
+from pipeline.planning.scheduler_config import load_scheduler_config
+from pipeline.stages.model import KNOWN_SHAPES
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 E5_BASE = KNOWN_SHAPES["intfloat/e5-base-v2"]
 # instance type -> (GPUs, vCPUs, accelerator): what the launcher's resources must say
-AWS_INSTANCES = {"g5.2xlarge": (1, 8, "A10G"), "p5.48xlarge": (8, 192, "H100"), "c6i.8xlarge": (0, 32, None),
-                 "m6i.2xlarge": (0, 8, None)}
-GPU_PRODUCTS = {"NVIDIA-H100-80GB-HBM3": "H100", "NVIDIA-A100-SXM4-80GB": "A100-80G", "Tesla-T4": "T4",
-                "NVIDIA-A10G": "A10G", "NVIDIA-L4": "L4"}
+AWS_INSTANCES = {
+    "g5.2xlarge": (1, 8, "A10G"),
+    "p5.48xlarge": (8, 192, "H100"),
+    "c6i.8xlarge": (0, 32, None),
+    "m6i.2xlarge": (0, 8, None),
+}
+GPU_PRODUCTS = {
+    "NVIDIA-H100-80GB-HBM3": "H100",
+    "NVIDIA-A100-SXM4-80GB": "A100-80G",
+    "Tesla-T4": "T4",
+    "NVIDIA-A10G": "A10G",
+    "NVIDIA-L4": "L4",
+}
 
 
 @pytest.fixture(scope="module")
 def scheduler():
-    return load_scheduler_config(str(CLUSTER / "scheduler.yaml"))
+    return load_scheduler_config()  # the packaged profiles
 
 
 def _cpu(value) -> float:
@@ -51,8 +60,17 @@ def test_kuberay_raycluster(scheduler):
             accelerator = GPU_PRODUCTS[product]
         gpus += gpu * group["maxReplicas"]
         cpus += _cpu(limits["cpu"]) * group["maxReplicas"]
-    plan = make_plan(ClusterSpec(gpus=int(gpus), cpus=cpus, nodes=sum(g["maxReplicas"] for g in spec["workerGroupSpecs"]),
-                                 accelerator=accelerator), E5_BASE, PlanRequest(), scheduler)
+    plan = make_plan(
+        ClusterSpec(
+            gpus=int(gpus),
+            cpus=cpus,
+            nodes=sum(g["maxReplicas"] for g in spec["workerGroupSpecs"]),
+            accelerator=accelerator,
+        ),
+        E5_BASE,
+        PlanRequest(),
+        scheduler,
+    )
     assert plan.device == "cuda" and plan.profile == accelerator
     # every GPU pod has CPUs for its encode actors (1 CPU each) plus a reader/writer
     gpu_group = next(g for g in spec["workerGroupSpecs"] if g["rayStartParams"].get("num-gpus"))
@@ -77,8 +95,9 @@ def test_aws_cluster_launcher(scheduler):
             assert 0 <= node["min_workers"] <= node["max_workers"]
         if gpus:
             assert resources[f"accelerator_type:{accelerator}"] == 1
-            plan = make_plan(ClusterSpec(gpus=gpus, cpus=vcpus, accelerator=accelerator), E5_BASE, PlanRequest(),
-                             scheduler)
+            plan = make_plan(
+                ClusterSpec(gpus=gpus, cpus=vcpus, accelerator=accelerator), E5_BASE, PlanRequest(), scheduler
+            )
             assert plan.profile == accelerator and plan.estimated_peak_gpu_memory_gb < plan.gpu_memory_gb
         assert "IamInstanceProfile" in node["node_config"]  # S3 through a role, no keys
     assert types["gpu_a10g_spot"]["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"

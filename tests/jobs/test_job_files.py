@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_job_yamls_are_valid_job_configs():
     for name in ("local_cpu.yaml", "s3_e5_base_gpu.yaml"):
-        args = build_parser().parse_args(["run", "--config", str(ROOT / "jobs" / name), "--input", "s3://b/in/",
-                                          "--output", "s3://b/out/"])
+        args = build_parser().parse_args(
+            ["run", "--config", str(ROOT / "jobs" / name), "--input", "s3://b/in/", "--output", "s3://b/out/"]
+        )
         config = job_config_from_args(args)
         assert config.inputs == ("s3://b/in/",) and config.output == "s3://b/out/"
     gpu = yaml.safe_load((ROOT / "jobs" / "s3_e5_base_gpu.yaml").read_text())
@@ -47,7 +48,9 @@ def test_kuberay_rayjob():
 
 
 def test_airflow_requirements_have_no_torch():
-    lines = [line.split("#")[0].strip() for line in (ROOT / "jobs" / "airflow" / "requirements.txt").read_text().splitlines()]
+    lines = [
+        line.split("#")[0].strip() for line in (ROOT / "jobs" / "airflow" / "requirements.txt").read_text().splitlines()
+    ]
     pkgs = [line for line in lines if line]
     assert pkgs and all("torch" not in p and "transformers" not in p for p in pkgs)
     assert any(p.startswith("ray") for p in pkgs)

@@ -12,25 +12,44 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
 
 
 def cli(*args, timeout=300, env=None):
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env or ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=timeout, env=env or ENV
+    )
 
 
 def test_help_explains_every_flag():
     out = cli("run", "--help").stdout
-    for flag in ("--input", "--output", "--model", "--revision", "--prefix", "--max-length", "--batch-size",
-                 "--dtype", "--output-dtype", "--text-field", "--id-field", "--title-field", "--storage-options",
-                 "--config", "--overwrite", "--max-bad-fraction"):
+    for flag in (
+        "--input",
+        "--output",
+        "--model",
+        "--revision",
+        "--prefix",
+        "--max-length",
+        "--batch-size",
+        "--dtype",
+        "--output-dtype",
+        "--text-field",
+        "--id-field",
+        "--title-field",
+        "--storage-options",
+        "--config",
+        "--overwrite",
+        "--max-bad-fraction",
+    ):
         assert flag in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "--output", "x"], "--input is required"),
-    (["run", "--input", "/nonexistent/in", "--output", "/tmp/x", "--model", "/nonexistent/model"], "model"),
-    (["run", "--input", "/nonexistent/in", "--output", "/tmp/x", "--prefix", "doc"], "invalid choice"),
-    (["run", "--bogus"], "unrecognized arguments"),
-    (["run", "--config", "/nonexistent.yaml"], "cannot read --config"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--output", "x"], "--input is required"),
+        (["run", "--input", "/nonexistent/in", "--output", "/tmp/x", "--model", "/nonexistent/model"], "model"),
+        (["run", "--input", "/nonexistent/in", "--output", "/tmp/x", "--prefix", "doc"], "invalid choice"),
+        (["run", "--bogus"], "unrecognized arguments"),
+        (["run", "--config", "/nonexistent.yaml"], "cannot read --config"),
+    ],
+)
 def test_usage_errors_exit_2_with_one_line(args, message):
     result = cli(*args)
     assert result.returncode == 2, result.stderr
@@ -45,8 +64,9 @@ def test_missing_input_is_exit_2(tmp_path, minilm_path):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = cli("run", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", str(tmp_path / "m"),
-                 "--debug")
+    result = cli(
+        "run", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", str(tmp_path / "m"), "--debug"
+    )
     assert result.returncode == 2 and "Traceback" in result.stderr
 
 
@@ -54,11 +74,14 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_run_from_a_yaml_job_file(tmp_path, minilm_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    (corpus / "docs.jsonl").write_text("".join(json.dumps({"key": f"k{i}", "body": f"text {i}"}) + "\n"
-                                               for i in range(12)))
+    (corpus / "docs.jsonl").write_text(
+        "".join(json.dumps({"key": f"k{i}", "body": f"text {i}"}) + "\n" for i in range(12))
+    )
     job = tmp_path / "job.yaml"
-    job.write_text(f"input: {corpus}\noutput: {tmp_path / 'out'}\nmodel: {minilm_path}\n"
-                   "text-field: body\nid_field: key\nprefix: query\nprogress: false\n")
+    job.write_text(
+        f"input: {corpus}\noutput: {tmp_path / 'out'}\nmodel: {minilm_path}\n"
+        "text-field: body\nid_field: key\nprefix: query\nprogress: false\n"
+    )
     result = cli("run", "--config", str(job), "--batch-size", "4")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "12 rows embedded, 0 rejected" in result.stdout
@@ -79,12 +102,21 @@ def test_demo_runs_offline_end_to_end():
 
 def test_missing_buckets_fail_fast_naming_the_resource(s3_server, s3fs_client, bucket, minilm_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
-    result = cli("run", "--input", "s3://no-such-bucket-in/x/", "--output", f"s3://{bucket}/o/", "--model",
-                 minilm_path, env=env)
+    result = cli(
+        "run", "--input", "s3://no-such-bucket-in/x/", "--output", f"s3://{bucket}/o/", "--model", minilm_path, env=env
+    )
     assert result.returncode == 2 and "no-such-bucket-in" in result.stderr and "Traceback" not in result.stderr
     s3fs_client.pipe(f"{bucket}/in/a.txt", b"hello\n")
-    result = cli("run", "--input", f"s3://{bucket}/in/", "--output", "s3://no-such-bucket-out/o/", "--model",
-                 minilm_path, env=env)
+    result = cli(
+        "run",
+        "--input",
+        f"s3://{bucket}/in/",
+        "--output",
+        "s3://no-such-bucket-out/o/",
+        "--model",
+        minilm_path,
+        env=env,
+    )
     assert result.returncode == 2 and "cannot write to output s3://no-such-bucket-out/o/" in result.stderr
 
 
@@ -95,8 +127,21 @@ def test_secrets_never_reach_logs_outputs_or_metadata(s3_server, s3fs_client, bu
     env.update({"HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "", "AWS_DEFAULT_REGION": "us-east-1"})
     options = json.dumps({"key": "AKIAFAKEKEYID", "secret": secret, "endpoint_url": s3_server.endpoint_url})
     s3fs_client.pipe(f"{bucket}/in/a.jsonl", b'{"text": "hello"}\n{"text": 1}\n')
-    result = cli("run", "--input", f"s3://{bucket}/in/", "--output", f"s3://{bucket}/out/", "--model", minilm_path,
-                 "--storage-options", options, "--max-bad-fraction", "0.9", "--debug", env=env)
+    result = cli(
+        "run",
+        "--input",
+        f"s3://{bucket}/in/",
+        "--output",
+        f"s3://{bucket}/out/",
+        "--model",
+        minilm_path,
+        "--storage-options",
+        options,
+        "--max-bad-fraction",
+        "0.9",
+        "--debug",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     s3fs_client.invalidate_cache()
     everything = result.stdout + result.stderr
@@ -104,12 +149,38 @@ def test_secrets_never_reach_logs_outputs_or_metadata(s3_server, s3fs_client, bu
         everything += s3fs_client.cat(path).decode("latin-1")
     assert "sEcReT" not in everything and "AKIAFAKEKEYID" not in everything
     # failing runs' messages are scrubbed too: an unreachable endpoint, and an error that echoes the value
-    dead = json.dumps({"key": "AKIAFAKEKEYID", "secret": secret, "endpoint_url": "http://127.0.0.1:9",
-                       "config_kwargs": {"retries": {"max_attempts": 1}}})
-    bad = cli("run", "--input", f"s3://{bucket}/in/", "--output", f"s3://{bucket}/out2/", "--model", minilm_path,
-              "--storage-options", dead, env=env)
+    dead = json.dumps(
+        {
+            "key": "AKIAFAKEKEYID",
+            "secret": secret,
+            "endpoint_url": "http://127.0.0.1:9",
+            "config_kwargs": {"retries": {"max_attempts": 1}},
+        }
+    )
+    bad = cli(
+        "run",
+        "--input",
+        f"s3://{bucket}/in/",
+        "--output",
+        f"s3://{bucket}/out2/",
+        "--model",
+        minilm_path,
+        "--storage-options",
+        dead,
+        env=env,
+    )
     assert bad.returncode == 2 and "cannot list input" in bad.stderr and secret not in bad.stdout + bad.stderr
     echo = json.dumps({"secret": secret, "endpoint_url": s3_server.endpoint_url, "default_block_size": secret})
-    bad = cli("run", "--input", f"s3://{bucket}/in/", "--output", f"s3://{bucket}/out3/", "--model", minilm_path,
-              "--storage-options", echo, env=env)
+    bad = cli(
+        "run",
+        "--input",
+        f"s3://{bucket}/in/",
+        "--output",
+        f"s3://{bucket}/out3/",
+        "--model",
+        minilm_path,
+        "--storage-options",
+        echo,
+        env=env,
+    )
     assert bad.returncode != 0 and secret not in bad.stdout + bad.stderr

@@ -11,14 +11,17 @@ def test_defaults_follow_e5():
     assert c.prefix_text == "passage: " and c.max_length == 512
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"prefix": "doc"}, "--prefix must be one of passage, query, none"),
-    ({"dtype": "fp8"}, "--dtype must be one of"),
-    ({"max_length": 0}, "--max-length must be an integer"),
-    ({"batch_size": -1}, "--batch-size"),
-    ({"max_bad_fraction": 2.0}, "--max-bad-fraction"),
-    ({"inputs": ()}, "at least one --input"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"prefix": "doc"}, "--prefix must be one of passage, query, none"),
+        ({"dtype": "fp8"}, "--dtype must be one of"),
+        ({"max_length": 0}, "--max-length must be an integer"),
+        ({"batch_size": -1}, "--batch-size"),
+        ({"max_bad_fraction": 2.0}, "--max-bad-fraction"),
+        ({"inputs": ()}, "at least one --input"),
+    ],
+)
 def test_invalid_values_are_usage_errors(bad, message):
     values = {"inputs": ("x",), "output": "y", **bad}
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):
@@ -52,10 +55,14 @@ def test_compile_must_be_a_boolean():
 
 
 def test_scrub_finds_secrets_at_any_depth_and_inside_uris():
-    from pipeline.storage import normalize_uri, register_secrets, scrub
+    from pipeline.io.storage import normalize_uri, register_secrets, scrub
 
-    options = {"anon": False, "client_kwargs": {"config": {"credentials": {"value": "DEEP-THREE-LEVELS"}}},
-               "connection_string": "AccountKey=AZ-CONN-1234", "list": [{"sas_token": "SAS-TOKEN-999"}]}
+    options = {
+        "anon": False,
+        "client_kwargs": {"config": {"credentials": {"value": "DEEP-THREE-LEVELS"}}},
+        "connection_string": "AccountKey=AZ-CONN-1234",
+        "list": [{"sas_token": "SAS-TOKEN-999"}],
+    }
     message = "failed with DEEP-THREE-LEVELS AZ-CONN-1234 SAS-TOKEN-999 at s3://USER:PASSWD-77@bucket/k"
     clean = scrub(message, options)
     for secret in ("DEEP-THREE-LEVELS", "AZ-CONN-1234", "SAS-TOKEN-999", "PASSWD-77"):
@@ -76,8 +83,16 @@ def test_storage_options_from_a_file_stay_off_the_command_line(tmp_path):
         parse_storage_options(f"@{tmp_path}/missing.json")
 
 
-@pytest.mark.parametrize("field,value", [("lease_wait_s", -1), ("lease_ttl_s", 0), ("lease_ttl_s", float("nan")),
-                                         ("max_record_bytes", 10), ("skip_corrupt_remainders", "yes")])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("lease_wait_s", -1),
+        ("lease_ttl_s", 0),
+        ("lease_ttl_s", float("nan")),
+        ("max_record_bytes", 10),
+        ("skip_corrupt_remainders", "yes"),
+    ],
+)
 def test_exactly_once_settings_are_validated(field, value):
     with pytest.raises(UsageError, match=field.replace("_", "-")):
         JobConfig(inputs=("in",), output="out", **{field: value})

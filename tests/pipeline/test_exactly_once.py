@@ -21,8 +21,8 @@ import pytest
 
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, UsageError
+from pipeline.io.storage import ScrubFilter, Storage
 from pipeline.runner import run_job
-from pipeline.storage import ScrubFilter, Storage
 from tests.pipeline.test_fault_tolerance import output_ids, write_corpus
 
 pytestmark = pytest.mark.slow
@@ -31,8 +31,15 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
 
 
 def cli(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--no-progress", *args], env=ENV, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", "--no-progress", *args],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def config(corpus, out, model, **kw) -> JobConfig:
@@ -79,7 +86,8 @@ def test_a_shard_added_after_completion_is_embedded_on_rerun(ray_cluster, tmp_pa
     out = tmp_path / "out"
     assert run_job(config(tmp_path / "corpus", out, minilm_path)).status == "complete"
     (tmp_path / "corpus" / "day-2.jsonl").write_text(
-        "".join(json.dumps({"id": f"n{i}", "text": f"new text {i}"}) + "\n" for i in range(7)))
+        "".join(json.dumps({"id": f"n{i}", "text": f"new text {i}"}) + "\n" for i in range(7))
+    )
     again = run_job(config(tmp_path / "corpus", out, minilm_path))
     assert again.status == "complete" and again.rows_embedded == 7 and again.rows_skipped == 40
     assert_exactly(out, ids | {f"n{i}" for i in range(7)})
@@ -114,12 +122,18 @@ def test_a_cut_shard_fails_the_job_unless_remainders_are_accepted(ray_cluster, t
     """A .jsonl.gz cut to 20% of its bytes used to pass as '1 rejected' with _SUCCESS."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    raw = "".join(json.dumps({"id": f"c{i}", "text": f"record {i} " + "x" * (i % 50) + f" {i * 7919 % 10007}"}) + "\n"
-                  for i in range(300)).encode()
+    raw = "".join(
+        json.dumps({"id": f"c{i}", "text": f"record {i} " + "x" * (i % 50) + f" {i * 7919 % 10007}"}) + "\n"
+        for i in range(300)
+    ).encode()
     data = gzip.compress(raw)
     (corpus / "cut.jsonl.gz").write_bytes(data[: len(data) // 5])
-    hostile = [json.dumps({"id": "ok", "text": "fine"}).encode(), b"[" * 100_000, b'{"text": 1' + b"0" * 5000 + b"}",
-               json.dumps({"id": "ok2", "text": "also fine"}).encode()]
+    hostile = [
+        json.dumps({"id": "ok", "text": "fine"}).encode(),
+        b"[" * 100_000,
+        b'{"text": 1' + b"0" * 5000 + b"}",
+        json.dumps({"id": "ok2", "text": "also fine"}).encode(),
+    ]
     (corpus / "hostile.jsonl").write_bytes(b"\n".join(hostile) + b"\n")
     out = tmp_path / "out"
     with pytest.raises(JobError, match=r"no _SUCCESS: 1 shard\(s\) with an undecodable remainder .*cut\.jsonl\.gz"):
@@ -140,8 +154,10 @@ def test_a_cut_shard_fails_the_job_unless_remainders_are_accepted(ray_cluster, t
 def test_output_paths_with_glob_characters_are_literal_on_s3(ray_cluster, s3fs_client, bucket, minilm_path):
     fs = s3fs_client
     for s in range(2):
-        fs.pipe(f"{bucket}/in/{s}.jsonl", "".join(json.dumps({"id": f"g{s}-{i}", "text": f"glob {i}"}) + "\n"
-                                                  for i in range(6)).encode())
+        fs.pipe(
+            f"{bucket}/in/{s}.jsonl",
+            "".join(json.dumps({"id": f"g{s}-{i}", "text": f"glob {i}"}) + "\n" for i in range(6)).encode(),
+        )
     base = dict(inputs=(f"s3://{bucket}/in/",), model=minilm_path, progress=False)
     assert run_job(JobConfig(output=f"s3://{bucket}/o7a/", **base)).status == "complete"
     fs.invalidate_cache()
@@ -155,8 +171,9 @@ def test_output_paths_with_glob_characters_are_literal_on_s3(ray_cluster, s3fs_c
     assert sorted(got["id"].to_pylist()) == sorted(f"g{s}-{i}" for s in range(2) for i in range(6))
 
 
-def test_interrupted_overwrite_never_leaves_success_and_spares_foreign_files(ray_cluster, tmp_path, minilm_path,
-                                                                            monkeypatch):
+def test_interrupted_overwrite_never_leaves_success_and_spares_foreign_files(
+    ray_cluster, tmp_path, minilm_path, monkeypatch
+):
     ids = write_corpus(tmp_path / "corpus", shards=2, per_shard=12)
     out = tmp_path / "out"
     assert run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=4)).status == "complete"
@@ -198,7 +215,7 @@ def test_within_file_duplicate_rows_are_repaired_on_rerun(ray_cluster, tmp_path,
     out = tmp_path / "out"
     assert run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=5)).status == "complete"
     # a file holding rows 0,1,1,2,3 (and its sibling 4..) as a buggy or replayed writer might leave
-    from pipeline.sink import file_stats, put_file
+    from pipeline.io.sink import file_stats, put_file
 
     victim = min(out.glob("part-*.parquet"), key=lambda p: pq.read_table(p)["row"].to_pylist()[0])
     table = pq.read_table(victim)
@@ -213,26 +230,41 @@ def test_within_file_duplicate_rows_are_repaired_on_rerun(ray_cluster, tmp_path,
     assert json.loads((out / "_manifest.json").read_text())["repaired_files"] == 1
 
 
-def test_secrets_nested_in_options_or_in_uris_reach_no_log_error_or_output(ray_cluster, s3_server, s3fs_client,
-                                                                           bucket, tmp_path, minilm_path, caplog):
+def test_secrets_nested_in_options_or_in_uris_reach_no_log_error_or_output(
+    ray_cluster, s3_server, s3fs_client, bucket, tmp_path, minilm_path, caplog
+):
     fs = s3fs_client
     fs.pipe(f"{bucket}/in/a.jsonl", b'{"id": "s1", "text": "secret handling"}\n')
     secret = "NESTED-SESSION-TOKEN-42"
-    options = {"key": "testing", "secret": "SECRET-ACCESS-KEY-43",
-               "client_kwargs": {"region_name": "us-east-1", "aws_session_token": secret}}
+    options = {
+        "key": "testing",
+        "secret": "SECRET-ACCESS-KEY-43",
+        "client_kwargs": {"region_name": "us-east-1", "aws_session_token": secret},
+    }
     out = tmp_path / "out"
     caplog.set_level("DEBUG")  # even botocore's request dumps (which print the session token) ...
     caplog.handler.addFilter(ScrubFilter())  # ... pass the filter the CLI puts on its log handler
-    run_job(JobConfig(inputs=(f"s3://{bucket}/in/",), output=str(out), model=minilm_path, progress=False,
-                      storage_options=options))
+    run_job(
+        JobConfig(
+            inputs=(f"s3://{bucket}/in/",), output=str(out), model=minilm_path, progress=False, storage_options=options
+        )
+    )
     written = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
     for value in (secret, "SECRET-ACCESS-KEY-43"):
         assert value.encode() not in written and value not in caplog.text
     # a failing run: the error line names no secret, also not one written inside the URI
     options_file = tmp_path / "opts.json"
     options_file.write_text(json.dumps(options))
-    proc = cli("--input", f"s3://AKIAUSER:URI-PASSWORD-44@{bucket}/missing/", "--output", str(tmp_path / "o2"),
-               "--model", minilm_path, "--storage-options", f"@{options_file}")
+    proc = cli(
+        "--input",
+        f"s3://AKIAUSER:URI-PASSWORD-44@{bucket}/missing/",
+        "--output",
+        str(tmp_path / "o2"),
+        "--model",
+        minilm_path,
+        "--storage-options",
+        f"@{options_file}",
+    )
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and err.startswith("e5-embed: error: "), err[-2000:]
     for value in (secret, "SECRET-ACCESS-KEY-43", "URI-PASSWORD-44", "AKIAUSER"):

@@ -42,9 +42,32 @@ def output_ids(out: Path) -> list[str]:
 
 def start_job(corpus: Path, out: Path, model: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", "--input", str(corpus), "--output", str(out), "--model", model,
-         "--rows-per-block", "8", "--rows-per-file", "8", "--batch-size", "4", "--no-progress"],
-        env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            "--input",
+            str(corpus),
+            "--output",
+            str(out),
+            "--model",
+            model,
+            "--rows-per-block",
+            "8",
+            "--rows-per-file",
+            "8",
+            "--batch-size",
+            "4",
+            "--no-progress",
+        ],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _job_processes(root: int) -> set[int]:
@@ -98,9 +121,26 @@ def test_sigkill_anywhere_then_rerun_gives_every_id_once(tmp_path, minilm_path, 
     assert 0 < done_before < len(ids), f"the kill should land mid-run; job said: {stderr[-3000:]}"
     assert not (out / "_SUCCESS").exists()
 
-    rerun = subprocess.run([sys.executable, "-m", "pipeline", "run", "--input", str(tmp_path / "corpus"),
-                            "--output", str(out), "--model", minilm_path, "--no-progress"],
-                           env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            "--input",
+            str(tmp_path / "corpus"),
+            "--output",
+            str(out),
+            "--model",
+            minilm_path,
+            "--no-progress",
+        ],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     got = output_ids(out)
     assert sorted(got) == sorted(ids) and len(got) == len(set(got))  # exactly once
@@ -116,14 +156,24 @@ def test_messy_corpus_finishes_with_every_record_accounted_for(ray_cluster, tmp_
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     good = [json.dumps({"id": f"g{i}", "text": f"fine text {i}"}).encode() for i in range(40)]
-    bad = [b"{broken", json.dumps({"id": "nt"}).encode(), json.dumps({"id": "e", "text": " "}).encode(),
-           b'{"id": "u", "text": "\xff"}']
+    bad = [
+        b"{broken",
+        json.dumps({"id": "nt"}).encode(),
+        json.dumps({"id": "e", "text": " "}).encode(),
+        b'{"id": "u", "text": "\xff"}',
+    ]
     dup = [json.dumps({"id": "g0", "text": "same id, other text"}).encode()]
     (corpus / "mixed.jsonl").write_bytes(b"\n".join(good[:20] + bad + good[20:] + dup) + b"\n")
     (corpus / "empty.txt").write_text("")
     (corpus / "corrupt.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00garbage-not-gzip")
-    config = JobConfig(inputs=(str(corpus),), output=str(tmp_path / "out"), model=minilm_path, progress=False,
-                       max_bad_fraction=0.2, skip_corrupt_remainders=True)
+    config = JobConfig(
+        inputs=(str(corpus),),
+        output=str(tmp_path / "out"),
+        model=minilm_path,
+        progress=False,
+        max_bad_fraction=0.2,
+        skip_corrupt_remainders=True,
+    )
     summary = run_job(config)
     assert summary.status == "complete"
     assert summary.rows_embedded == 41 and summary.rows_rejected == 4
@@ -160,8 +210,14 @@ def test_transient_s3_errors_are_retried(ray_cluster, s3_server, s3fs_client, bu
         fs.pipe(f"{bucket}/in/{s}.jsonl", ("\n".join(lines) + "\n").encode())
     host, port = s3_server.host, s3_server.port
     with FaultyProxy(host, port, fail_every=4, reset_every=11) as proxy:
-        config = JobConfig(inputs=(f"s3://{bucket}/in/",), output=f"s3://{bucket}/out/", model=minilm_path,
-                           progress=False, rows_per_file=16, storage_options={"endpoint_url": proxy.endpoint_url})
+        config = JobConfig(
+            inputs=(f"s3://{bucket}/in/",),
+            output=f"s3://{bucket}/out/",
+            model=minilm_path,
+            progress=False,
+            rows_per_file=16,
+            storage_options={"endpoint_url": proxy.endpoint_url},
+        )
         summary = run_job(config)
         assert proxy.injected > 5  # the faults really happened
     assert summary.status == "complete"
@@ -173,9 +229,20 @@ def test_transient_s3_errors_are_retried(ray_cluster, s3_server, s3fs_client, bu
 def test_worker_node_death_mid_run(tmp_path, minilm_path):
     ids = write_corpus(tmp_path / "corpus", shards=4, per_shard=60)
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, str(ROOT / "tests" / "scripts" / "node_death.py"),
-                             str(tmp_path / "corpus"), str(out), minilm_path],
-                            env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "scripts" / "node_death.py"),
+            str(tmp_path / "corpus"),
+            str(out),
+            minilm_path,
+        ],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["status"] == "complete", report

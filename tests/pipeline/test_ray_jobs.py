@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def corpus(folder: Path, n: int = 24) -> set[str]:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "a.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "text": f"ray job text {i}"}) + "\n"
-                                            for i in range(n)))
+    (folder / "a.jsonl").write_text(
+        "".join(json.dumps({"id": f"r{i}", "text": f"ray job text {i}"}) + "\n" for i in range(n))
+    )
     return {f"r{i}" for i in range(n)}
 
 
@@ -42,8 +43,9 @@ def test_jobs_api_with_token(ray_head, tmp_path, minilm_path):
     client = JobSubmissionClient(ray_head.dashboard_url, headers={"Authorization": f"Bearer {ray_head.token}"})
     job_id = client.submit_job(
         entrypoint=f"python -m pipeline run --input {tmp_path / 'corpus'} --output {tmp_path / 'out'} "
-                   f"--model {minilm_path} --no-progress",
-        runtime_env={"working_dir": str(ROOT)})
+        f"--model {minilm_path} --no-progress",
+        runtime_env={"working_dir": str(ROOT)},
+    )
     status = wait_for(client, job_id)
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
@@ -64,10 +66,33 @@ def test_ray_job_submit_cli_with_a_job_file(ray_head, tmp_path, minilm_path):
     ids = corpus(tmp_path / "corpus")
     env = {**os.environ, **ray_head.client_env()}
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("ray")), "job", "submit", "--working-dir", ".", "--",
-         "python", "-m", "pipeline", "run", "--config", "jobs/local_cpu.yaml", "--input", str(tmp_path / "corpus"),
-         "--output", str(tmp_path / "out"), "--model", minilm_path, "--no-progress"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "job",
+            "submit",
+            "--working-dir",
+            ".",
+            "--",
+            "python",
+            "-m",
+            "pipeline",
+            "run",
+            "--config",
+            "jobs/local_cpu.yaml",
+            "--input",
+            str(tmp_path / "corpus"),
+            "--output",
+            str(tmp_path / "out"),
+            "--model",
+            minilm_path,
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "succeeded" in result.stdout.lower()
     got = pads.dataset(str(tmp_path / "out"), format="parquet").to_table(columns=["id"])["id"].to_pylist()

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError
-from pipeline.plan import ClusterSpec
+from pipeline.planning.plan import ClusterSpec
 from pipeline.runner import check_locations, check_shared_paths
 
 

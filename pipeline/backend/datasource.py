@@ -1,0 +1,63 @@
+"""The Ray Data datasource: one read task per shard (or group of small ones), each a call
+of the pure ``pipeline.io.sources.read_shards``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from pipeline.io import schemas
+from pipeline.io.sources import DEFAULT_MAX_RECORD_BYTES, FieldSpec, Shard, read_groups, read_shards
+from pipeline.ledger.shard_log import ShardLog
+
+
+@dataclass
+class ShardDatasource(Datasource):
+    """Ray Data datasource over a list of shards."""
+
+    shards: Sequence[Shard]
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    fields: FieldSpec = field(default_factory=FieldSpec)
+    rows_per_block: int = 4096
+    skip: Mapping[str, Sequence[tuple[int, int]]] = field(default_factory=dict)
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    shard_log: ShardLog | None = None
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return sum(s.size for s in self.shards) or None
+
+    def get_name(self) -> str:
+        return "ReadShards"
+
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context=None
+    ) -> list[ReadTask]:
+        tasks = []
+        for group in read_groups(self.shards, parallelism):
+            args = (
+                dict(self.storage_options),
+                tuple(group),
+                self.fields,
+                self.rows_per_block,
+                {s.path: tuple(self.skip.get(s.path, ())) for s in group},
+            )
+            kw = {"max_record_bytes": self.max_record_bytes, "on_shard_end": self.shard_log}
+            meta = BlockMetadata(
+                num_rows=None,
+                size_bytes=sum(s.size for s in group) or None,
+                exec_stats=None,
+                input_files=tuple(s.path for s in group),
+            )
+            tasks.append(
+                ReadTask(
+                    lambda a=args, k=kw: read_shards(*a, **k),
+                    meta,
+                    schema=schemas.RECORDS,
+                    per_task_row_limit=per_task_row_limit,
+                )
+            )
+        return tasks

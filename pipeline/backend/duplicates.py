@@ -1,0 +1,19 @@
+"""The duplicate-id count as a Ray Data hash aggregation over the ``id`` column only (large outputs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pipeline.io.storage import Storage
+from pipeline.ledger.duplicates import EXAMPLES, DuplicateReport
+
+
+def duplicate_ids_on_cluster(storage: Storage, files: Sequence[str]) -> DuplicateReport:
+    import pyarrow.fs as pafs
+    import ray
+    from ray.data.expressions import col
+
+    filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(storage.fs))
+    counts = ray.data.read_parquet(list(files), filesystem=filesystem, columns=["id"]).groupby("id").count()
+    repeated = counts.filter(expr=col("count()") > 1).materialize()
+    return DuplicateReport(repeated.count(), [r["id"] for r in repeated.take(EXAMPLES)])

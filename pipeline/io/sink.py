@@ -1,0 +1,85 @@
+"""Writes embedded rows as Parquet data files and rejected rows under ``_rejects/``.
+
+``write_rows`` gets a table (a write task's bundle: at least ``rows_per_file`` rows, often
+one encode output block), sorts it by input position and writes files of at most
+``rows_per_file`` rows, each named by a digest of the input rows it covers, with its coverage
+and counters in its footer, published atomically (see ``Storage``). Pure: the Ray Data
+datasink (``pipeline.backend.datasink``) is a shell over it, and returns counters only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.io import coverage, schemas
+from pipeline.io.counters import Counters
+from pipeline.io.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+REJECTS_DIR = "_rejects"
+
+
+def file_stats(table: pa.Table) -> dict[str, Any]:
+    """Counters stored in a file's footer, so totals can be rebuilt from the files alone."""
+    return Counters.of_table(table).footer()
+
+
+def put_file(
+    storage: Storage, folder: str, table: pa.Table, metadata: Mapping[str, Any], stats: Mapping[str, Any]
+) -> str:
+    """Publish one data/rejects file atomically, named by the input rows it covers."""
+    ranges = coverage.ranges_of(table)
+    meta = dict(table.schema.metadata or {})
+    meta[schemas.METADATA_KEY] = json.dumps({**metadata, "producer": schemas.PRODUCER}, sort_keys=True).encode()
+    meta[schemas.COVERAGE_KEY] = coverage.encode(ranges)
+    meta[schemas.STATS_KEY] = json.dumps(dict(stats), sort_keys=True).encode()
+    table = table.replace_schema_metadata(meta)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    name = f"part-{coverage.digest(ranges)}.parquet"
+    path = storage.join(folder, name) if folder else storage.join(name)
+    storage.write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
+def write_rows(
+    storage: Storage,
+    table: pa.Table,
+    *,
+    metadata: Mapping[str, Any],
+    dim: int,
+    output_dtype: str,
+    rows_per_file: int,
+    fence: Callable[[], None] | None = None,
+) -> Counters:
+    """Write embedded rows to data files and rejected rows under ``_rejects/``, at most
+    ``rows_per_file`` rows per file, sorted by input position; the counters of what was written.
+    ``fence`` (the run's lease check) runs before anything is written."""
+    if table.num_rows == 0:
+        return Counters()
+    if fence is not None:
+        fence()
+    # Sorted by input position, so each file covers few, contiguous row ranges.
+    table = table.sort_by([("source", "ascending"), ("row", "ascending")])
+    is_reject = pc.is_valid(table["reject_reason"])
+    schema = schemas.output_schema(dim, output_dtype)
+    good = table.filter(pc.invert(is_reject)).select(schema.names).cast(schema)
+    bad = table.filter(is_reject)
+    rejects = pa.Table.from_arrays([bad["source"], bad["row"], bad["id"], bad["reject_reason"]], schema=schemas.REJECTS)
+    written = Counters()
+    for folder, rows in (("", good), (REJECTS_DIR, rejects)):
+        for start in range(0, rows.num_rows, rows_per_file):
+            chunk = rows.slice(start, rows_per_file)
+            counters = Counters.of_table(chunk)
+            put_file(storage, folder, chunk, metadata, counters.footer())
+            written = written + counters
+    return written

@@ -1,0 +1,592 @@
+"""Reading sharded text: shard discovery and a reader that parses every record into
+``schemas.RECORDS`` without ever failing on one bad record. Plain functions over files: the
+Ray Data datasource (``pipeline.backend.datasource``) is a thin shell over ``read_shards``.
+
+Ray's built-in ``read_json``/``read_text`` stop the whole job on one broken line
+and don't expose row numbers, which stable ids and exactly-once resume need, so
+shards are parsed here, one read task per shard (or a few small ones).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import json
+import logging
+import posixpath
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import UsageError
+from pipeline.io import schemas
+from pipeline.io.storage import Storage, has_pattern, strip_uri_credentials
+
+logger = logging.getLogger(__name__)
+
+FORMAT_BY_EXTENSION = {".txt": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+COMPRESSION_BY_EXTENSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+TARGET_BYTES_PER_READ_TASK = 64 << 20
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: str  # filesystem path as fsspec names it (bucket/key for S3)
+    relpath: str  # relative to the input root: the stable part of derived ids
+    size: int
+    format: str
+    compression: str | None
+    protocol: str = "file"
+    version: str = ""  # ETag / generation / mtime at listing time: (size, version) is the fingerprint
+
+    @property
+    def uri(self) -> str:
+        return f"{self.protocol}://{self.path}"
+
+    @property
+    def fingerprint(self) -> tuple[int, str]:
+        return (self.size, self.version)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FieldSpec:
+    text_field: str = "text"
+    id_field: str = "id"
+    title_field: str | None = None
+
+
+def detect_format(path: str, override: str = "auto") -> tuple[str | None, str | None]:
+    """(format, compression) from the file name; format None when unknown."""
+    name = posixpath.basename(path).lower()
+    stem, ext = posixpath.splitext(name)
+    compression = COMPRESSION_BY_EXTENSION.get(ext)
+    if compression:
+        ext = posixpath.splitext(stem)[1]
+    fmt = override if override != "auto" else FORMAT_BY_EXTENSION.get(ext)
+    return fmt, compression
+
+
+def _is_side_file(path: str) -> bool:
+    return any(part.startswith(("_", ".")) for part in path.split("/") if part)
+
+
+def _version(info: Mapping[str, Any]) -> str:
+    """What changes when an object is rewritten: its ETag (S3), generation (GCS) or mtime (local)."""
+    for key in (
+        "ETag",
+        "etag",
+        "generation",
+        "version_id",
+        "VersionId",
+        "mtime",
+        "LastModified",
+        "last_modified",
+        "created",
+    ):
+        value = info.get(key)
+        if value not in (None, ""):
+            return f"{key}:{value.isoformat() if hasattr(value, 'isoformat') else value}".replace('"', "")
+    return ""
+
+
+def _list_input(storage: Storage) -> tuple[str, dict[str, Any], bool]:
+    """(root, {path: info}, single_file) for one --input, literally.
+
+    A folder/prefix is walked; a file is itself. Only when neither exists and the last path
+    component holds ``*``, ``?`` or ``[`` is that component a name pattern, matched against the
+    listing of its (literal) parent folder: the path itself is never expanded as a glob.
+    """
+    fs, path = storage.fs, storage.root
+    fs.invalidate_cache()
+    if fs.isdir(path):
+        return path, fs.find(path, detail=True), False
+    if fs.isfile(path):
+        return posixpath.dirname(path), {path: fs.info(path)}, True
+    parent, name = posixpath.split(path)
+    if has_pattern(name) and fs.isdir(parent):
+        listed = {i["name"]: i for i in fs.ls(parent, detail=True) if i.get("type") == "file"}
+        return parent, {p: i for p, i in listed.items() if fnmatch.fnmatchcase(posixpath.basename(p), name)}, False
+    raise UsageError(f"input not found: {strip_uri_credentials(storage.uri)}")
+
+
+def list_shards(inputs: Sequence[str], storage_options: Mapping[str, Any], input_format: str = "auto") -> list[Shard]:
+    """Expand folders/prefixes, name patterns and files into a sorted, de-duplicated shard list."""
+    shards: dict[str, Shard] = {}
+    for uri in inputs:
+        storage = Storage(uri, storage_options)
+        try:
+            root, found, single_file = _list_input(storage)
+        except UsageError:
+            raise
+        except Exception as e:  # listing happens before any work: every failure here is the input's
+            raise UsageError(f"cannot list input {strip_uri_credentials(uri)}: {type(e).__name__}: {e}") from e
+        skipped = 0
+        for p, info in sorted(found.items()):
+            rel = posixpath.relpath(p, root) if root else p
+            if _is_side_file(rel):
+                continue
+            fmt, compression = detect_format(p, input_format)
+            if fmt is None:
+                if single_file:
+                    raise UsageError(
+                        f"cannot tell the format of {strip_uri_credentials(uri)}; "
+                        "pass --input-format text|jsonl|parquet"
+                    )
+                skipped += 1
+                continue
+            shards.setdefault(
+                p, Shard(p, rel, int(info.get("size") or 0), fmt, compression, storage.protocol, _version(info))
+            )
+        if skipped:
+            logger.warning("input %s: skipped %d file(s) with unknown extensions", strip_uri_credentials(uri), skipped)
+    if not shards:
+        raise UsageError(f"no input files found in {', '.join(strip_uri_credentials(u) for u in inputs)}")
+    return sorted(shards.values(), key=lambda s: s.path)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _BlockBuilder:
+    """Accumulates records into RECORDS-schema tables of at most ``rows`` rows."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        self._cols: dict[str, list] = {name: [] for name in schemas.RECORDS.names}
+
+    def add(self, *, id: str | None, source: str, row: int, reject_reason: str | None, text: str | None) -> None:
+        self._cols["id"].append(id)
+        self._cols["source"].append(source)
+        self._cols["row"].append(row)
+        self._cols["reject_reason"].append(reject_reason)
+        self._cols["text"].append(text)
+
+    def __len__(self) -> int:
+        return len(self._cols["row"])
+
+    def full(self) -> bool:
+        return len(self) >= self.rows
+
+    def take(self) -> pa.Table:
+        table = pa.Table.from_pydict(self._cols, schema=schemas.RECORDS)
+        self._cols = {name: [] for name in schemas.RECORDS.names}
+        return table
+
+
+# A shard is read in chunks of this many (compressed) bytes; decompressed output per step is
+# bounded by the same amount for gzip, and by one zstd block window for zstd.
+READ_CHUNK = 1 << 20
+COMPRESSED_PIECE = 16 << 10
+DEFAULT_MAX_RECORD_BYTES = 16 << 20
+TRANSIENT_ATTEMPTS = 4  # per shard, before the read task fails (and Ray retries it)
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class CorruptStream(Exception):
+    """The compressed stream cannot be decoded further: the rest of the shard is lost."""
+
+
+class ShardReadError(RuntimeError):
+    """A shard could not be read (I/O kept failing, or it changed since it was listed)."""
+
+
+def _raw_chunks(f, piece: int = READ_CHUNK) -> Iterator[bytes]:
+    while True:
+        data = f.read(READ_CHUNK)
+        if not data:
+            return
+        for i in range(0, len(data), piece):
+            yield data[i : i + piece]
+
+
+def _gzip_chunks(raw: Iterator[bytes]) -> Iterator[bytes]:
+    """Multi-member gzip; truncation or garbage raises CorruptStream (never ends quietly).
+    Output per step is bounded (``max_length``), so a small bomb cannot fill memory."""
+    d = zlib.decompressobj(wbits=31)
+    in_member = False
+    try:
+        for data in raw:
+            while data:
+                if d.eof:  # a next member, or zero padding after the last one
+                    if not data.strip(b"\x00"):
+                        break
+                    d = zlib.decompressobj(wbits=31)
+                in_member = True
+                out = d.decompress(data, READ_CHUNK)
+                if out:
+                    yield out
+                data = d.unused_data if d.eof else d.unconsumed_tail
+                if d.eof:
+                    in_member = False
+        if in_member:
+            tail = d.flush()
+            if tail:
+                yield tail
+            raise CorruptStream("gzip stream ends before its end-of-stream marker (truncated)")
+    except zlib.error as e:
+        raise CorruptStream(f"gzip: {e}") from e
+
+
+def _zstd_chunks(raw: Iterator[bytes]) -> Iterator[bytes]:
+    """Multi-frame zstd; a truncated last frame raises CorruptStream (zstandard's stream reader
+    would end quietly with what it had)."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    d = dctx.decompressobj()
+    in_frame = False
+    try:
+        for data in raw:
+            while data:
+                in_frame = True
+                out = d.decompress(data)
+                if out:
+                    yield out
+                if d.eof:
+                    data, d, in_frame = d.unused_data, dctx.decompressobj(), False
+                else:
+                    data = b""
+        if in_frame and not d.eof:
+            raise CorruptStream("zstd stream ends inside a frame (truncated)")
+    except zstandard.ZstdError as e:
+        raise CorruptStream(f"zstd: {e}") from e
+
+
+def _chunks(f, shard: Shard) -> Iterator[bytes]:
+    if shard.compression is None:
+        return _raw_chunks(f)
+    # Compressed input goes to the decoder in small pieces: a corrupt stream loses at most
+    # the output of one piece beyond what was already decoded.
+    raw = _raw_chunks(f, COMPRESSED_PIECE)
+    return _gzip_chunks(raw) if shard.compression == "gzip" else _zstd_chunks(raw)
+
+
+class TooLong:
+    """Stands for a line longer than the record limit (its bytes were not kept)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+
+def split_lines(chunks: Iterator[bytes], max_bytes: int) -> Iterator[bytes | TooLong]:
+    """Lines ending in ``\n``, ``\r\n`` or a lone ``\r``, without their endings. A line longer
+    than ``max_bytes`` is yielded as ``TooLong`` and never held in memory whole."""
+    buf = b""
+    skipping = 0  # > 0: inside an over-long line, this many bytes dropped so far
+    pending_cr = False  # the previous chunk ended in "\r": a "\n" starting this one belongs to it
+    for data in chunks:
+        if pending_cr:
+            pending_cr = False
+            if data[:1] == b"\n":
+                data = data[1:]
+        if not data:
+            continue
+        lines = (buf + data).splitlines(keepends=True) if not skipping else data.splitlines(keepends=True)
+        buf = b""
+        last = lines[-1]
+        complete = lines if last.endswith((b"\n", b"\r")) else lines[:-1]
+        for line in complete:
+            body = line.rstrip(b"\r\n") if line.endswith(b"\r\n") else line[:-1]
+            if skipping:
+                yield TooLong(skipping + len(body))
+                skipping = 0
+            elif len(body) > max_bytes:
+                yield TooLong(len(body))
+            else:
+                yield body
+        if last.endswith(b"\r"):
+            pending_cr = True
+        elif complete is not lines:  # an unfinished line
+            if skipping:
+                skipping += len(last)
+            elif len(last) > max_bytes:
+                skipping = len(last)
+            else:
+                buf = last
+    if skipping:
+        yield TooLong(skipping)
+    elif buf:
+        yield buf
+
+
+def _check_text(value: Any, field_name: str) -> tuple[str | None, str | None]:
+    """(text, reject_reason)."""
+    if value is None:
+        return None, f"missing text field {field_name!r}"
+    if not isinstance(value, str):
+        return None, f"text field {field_name!r} is not a string (got {type(value).__name__})"
+    if not value.strip():
+        return None, "empty or whitespace-only text"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None, "text is not valid Unicode (lone surrogate)"
+    return value, None
+
+
+def _record_from_json(obj: Any, fields: FieldSpec) -> tuple[str | None, str | None, str | None]:
+    """(id, text, reject_reason) from one parsed JSON object or Parquet row."""
+    if not isinstance(obj, dict):
+        return None, None, f"JSON record is not an object (got {type(obj).__name__})"
+    raw_id = obj.get(fields.id_field)
+    record_id = None
+    if isinstance(raw_id, bool) or not (raw_id is None or isinstance(raw_id, (str, int))):
+        return None, None, f"id field {fields.id_field!r} is not a string or integer"
+    if raw_id is not None:
+        record_id = str(raw_id)
+    if fields.text_field not in obj:
+        return record_id, None, f"missing text field {fields.text_field!r}"
+    text, reason = _check_text(obj[fields.text_field], fields.text_field)
+    if reason is None and fields.title_field:
+        title = obj.get(fields.title_field)
+        if isinstance(title, str) and title:
+            text = f"{title} {text}".strip()
+    return record_id, text, reason
+
+
+def _is_transient(e: BaseException) -> bool:
+    """I/O that may work on a retry (resets, timeouts, throttling, expired credentials)."""
+    return isinstance(e, OSError) and not isinstance(e, (gzip.BadGzipFile, FileNotFoundError))
+
+
+class ShardReader:
+    """Iterates one shard's records (dicts: row, id, text, reject_reason); never raises on bad data.
+
+    After iteration, ``rows`` is the shard's row count (rows before the remainder when the
+    compressed stream broke off) and ``remainder`` says why the rest could not be decoded.
+    Transient I/O errors re-open the shard and continue after the last row (``attempts``
+    times, with backoff); then ``ShardReadError``. A shard whose fingerprint differs from the
+    one it was listed with is refused (``ShardReadError``).
+    """
+
+    def __init__(
+        self,
+        fs,
+        shard: Shard,
+        fields: FieldSpec,
+        skip: Sequence[tuple[int, int]] = (),
+        *,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        attempts: int = TRANSIENT_ATTEMPTS,
+        backoff_s: float = 1.0,
+        check_fingerprint: bool = True,
+    ):
+        self.fs, self.shard, self.fields = fs, shard, fields
+        self.skip = tuple(skip)
+        self.max_record_bytes = max_record_bytes
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.check_fingerprint = check_fingerprint
+        self.rows: int | None = None
+        self.remainder: str | None = None
+
+    def __iter__(self) -> Iterator[dict]:
+        done = _RowFilter(self.skip)
+        next_row = 0  # rows below this were yielded (or skipped) already
+        for attempt in range(1, self.attempts + 1):
+            try:
+                if self.check_fingerprint and attempt == 1:
+                    self._verify_fingerprint()
+                for row, rec in self._rows(start=next_row):
+                    next_row = row + 1
+                    if rec is not None and not done(row):
+                        yield rec
+                self.rows = next_row
+                return
+            except CorruptStream as e:
+                self.rows, self.remainder = next_row, str(e)
+                logger.warning("%s: unreadable after row %d: %s", self.shard.path, next_row, e)
+                return
+            except ShardReadError:
+                raise
+            except Exception as e:
+                if not _is_transient(e) or attempt == self.attempts:
+                    raise ShardReadError(
+                        f"cannot read shard {self.shard.uri} (after {attempt} attempt(s), "
+                        f"row {next_row}): {type(e).__name__}: {e}"
+                    ) from e
+                logger.warning(
+                    "%s: %s: %s; re-opening at row %d (attempt %d/%d)",
+                    self.shard.path,
+                    type(e).__name__,
+                    e,
+                    next_row,
+                    attempt + 1,
+                    self.attempts,
+                )
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+
+    def _verify_fingerprint(self) -> None:
+        if not self.shard.version:
+            return
+        self.fs.invalidate_cache(self.shard.path)
+        info = self.fs.info(self.shard.path)
+        now = (int(info.get("size") or 0), _version(info))
+        if now != self.shard.fingerprint:
+            raise ShardReadError(
+                f"input shard {self.shard.uri} changed after it was listed "
+                f"(size/version {self.shard.fingerprint} -> {now}); rerun to pick it up"
+            )
+
+    def _rows(self, start: int) -> Iterator[tuple[int, dict | None]]:
+        """(row, record) from ``start`` on; record None for rows before ``start`` (not parsed)."""
+        if self.shard.format == "parquet":
+            yield from self._parquet_rows(start)
+            return
+        with self.fs.open(self.shard.path, "rb") as f:
+            for row, line in enumerate(split_lines(_chunks(f, self.shard), self.max_record_bytes)):
+                if row < start:
+                    yield row, None
+                    continue
+                if row == 0 and isinstance(line, bytes) and line.startswith(UTF8_BOM):
+                    line = line[len(UTF8_BOM) :]
+                yield row, self._parse_line(line, row)
+
+    def _parse_line(self, line: bytes | TooLong, row: int) -> dict:
+        def reject(reason: str, record_id: str | None = None) -> dict:
+            return {"row": row, "id": record_id, "text": None, "reject_reason": reason}
+
+        if isinstance(line, TooLong):
+            return reject(f"record larger than --max-record-bytes ({line.size} > {self.max_record_bytes} bytes)")
+        try:
+            decoded = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return reject(f"invalid UTF-8 at byte {e.start}")
+        if self.shard.format == "text":
+            text, reason = _check_text(decoded, "line")
+            return {"row": row, "id": None, "text": text, "reject_reason": reason}
+        if not decoded.strip():
+            return reject("blank line")
+        try:
+            obj = json.loads(decoded)
+        except json.JSONDecodeError as e:
+            return reject(f"invalid JSON: {e.msg} at column {e.colno}")
+        except Exception as e:  # RecursionError (deep nesting), ValueError (huge numbers), ...
+            return reject(f"invalid JSON: {type(e).__name__}: {str(e)[:200]}")
+        try:
+            record_id, text, reason = _record_from_json(obj, self.fields)
+        except Exception as e:  # a record must never fail its shard
+            return reject(f"unusable record: {type(e).__name__}: {str(e)[:200]}")
+        return {"row": row, "id": record_id, "text": text, "reject_reason": reason}
+
+    def _parquet_rows(self, start: int) -> Iterator[tuple[int, dict | None]]:
+        row = 0
+        with self.fs.open(self.shard.path, "rb") as f:
+            try:
+                pf = pq.ParquetFile(f)
+                names = set(pf.schema_arrow.names)
+                total = pf.metadata.num_rows
+            except pa.ArrowInvalid as e:
+                raise CorruptStream(f"parquet: {e}") from e
+            if self.fields.text_field not in names:
+                for row in range(total):
+                    yield (
+                        row,
+                        {
+                            "row": row,
+                            "id": None,
+                            "text": None,
+                            "reject_reason": f"parquet shard has no column {self.fields.text_field!r}",
+                        },
+                    )
+                return
+            wanted = [
+                c for c in (self.fields.id_field, self.fields.text_field, self.fields.title_field) if c and c in names
+            ]
+            batches = pf.iter_batches(columns=wanted, batch_size=8192)
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                    raise CorruptStream(f"parquet: {e}") from e
+                if row + batch.num_rows <= start:
+                    for _ in range(batch.num_rows):
+                        yield row, None
+                        row += 1
+                    continue
+                for obj in batch.to_pylist():
+                    if row < start:
+                        yield row, None
+                    else:
+                        try:
+                            record_id, text, reason = _record_from_json(obj, self.fields)
+                        except Exception as e:
+                            record_id, text, reason = None, None, f"unusable record: {type(e).__name__}"
+                        yield row, {"row": row, "id": record_id, "text": text, "reject_reason": reason}
+                    row += 1
+
+
+def parse_shard(fs, shard: Shard, fields: FieldSpec, skip: Sequence[tuple[int, int]] = (), **kw: Any) -> Iterator[dict]:
+    """Yield one dict per input record: id, row, text, reject_reason. Never raises on bad data."""
+    yield from ShardReader(fs, shard, fields, skip, **kw)
+
+
+class _RowFilter:
+    """True for rows inside already-done [start, end) ranges (sorted)."""
+
+    def __init__(self, ranges: Sequence[tuple[int, int]]):
+        self._ranges = sorted(ranges)
+        self._i = 0
+
+    def __call__(self, row: int) -> bool:
+        while self._i < len(self._ranges) and self._ranges[self._i][1] <= row:
+            self._i += 1
+        return self._i < len(self._ranges) and self._ranges[self._i][0] <= row
+
+
+def read_shards(
+    storage_options: Mapping[str, Any],
+    shards: Sequence[Shard],
+    fields: FieldSpec,
+    rows_per_block: int,
+    skip: Mapping[str, Sequence[tuple[int, int]]],
+    *,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    on_shard_end: Callable[[Shard, int, str | None], None] | None = None,
+) -> Iterator[pa.Table]:
+    """RECORDS-schema blocks for the shards in order; ``on_shard_end(shard, rows, remainder)`` is
+    called when a shard has been read to its end (the ledger records it)."""
+    builder = _BlockBuilder(rows_per_block)
+    for shard in shards:
+        fs = Storage(shard.uri, storage_options).fs
+        reader = ShardReader(fs, shard, fields, skip.get(shard.path, ()), max_record_bytes=max_record_bytes)
+        for rec in reader:
+            builder.add(
+                id=rec["id"] if rec["id"] is not None else f"{shard.relpath}:{rec['row']}",
+                source=shard.path,
+                row=rec["row"],
+                reject_reason=rec["reject_reason"],
+                text=rec["text"],
+            )
+            if builder.full():
+                yield builder.take()
+        if on_shard_end is not None:
+            on_shard_end(shard, int(reader.rows or 0), reader.remainder)
+    if len(builder):
+        yield builder.take()
+
+
+def read_groups(shards: Sequence[Shard], parallelism: int) -> list[list[Shard]]:
+    """Shards grouped into read tasks of about TARGET_BYTES_PER_READ_TASK; at least ``parallelism``
+    tasks when there are that many shards."""
+    groups: list[list[Shard]] = []
+    group: list[Shard] = []
+    size = 0
+    for shard in shards:
+        group.append(shard)
+        size += shard.size
+        if size >= TARGET_BYTES_PER_READ_TASK:
+            groups.append(group)
+            group, size = [], 0
+    if group:
+        groups.append(group)
+    if len(groups) < min(parallelism, len(shards)):
+        groups = [[s] for s in shards]
+    return groups

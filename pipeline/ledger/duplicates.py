@@ -1,0 +1,71 @@
+"""Duplicate ids in an output: counted and reported, never silently dropped.
+
+Behaviour: two input records with the same id are both embedded (they are
+different rows: ``source``/``row`` tell them apart) and the run reports how many
+ids occur more than once, with examples, in its summary and ``_manifest.json``.
+
+Up to ``DRIVER_CHECK_MAX_ROWS`` rows the check streams the ``id`` column and
+compares 64-bit hashes on the driver (milliseconds); above that the runner passes the
+backend's Ray Data hash aggregation (reading only the ``id`` column) as ``on_cluster``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.dataset as pads
+
+from pipeline.io.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+DRIVER_CHECK_MAX_ROWS = 20_000_000
+EXAMPLES = 10
+
+
+@dataclass(frozen=True)
+class DuplicateReport:
+    duplicate_ids: int
+    examples: list[str] = field(default_factory=list)
+
+
+def find_duplicate_ids(
+    storage: Storage,
+    files: Sequence[str],
+    total_rows: int,
+    on_cluster: Callable[[Storage, Sequence[str]], DuplicateReport] | None = None,
+) -> DuplicateReport:
+    """Count ids that occur more than once; above DRIVER_CHECK_MAX_ROWS with ``on_cluster``
+    (the backend's aggregation, ``pipeline.backend.duplicates``)."""
+    if not files:
+        return DuplicateReport(0)
+    if total_rows <= DRIVER_CHECK_MAX_ROWS or on_cluster is None:
+        return _on_driver(storage, files)
+    return on_cluster(storage, files)
+
+
+def _on_driver(storage: Storage, files: Sequence[str]) -> DuplicateReport:
+    import pandas as pd
+
+    dataset = pads.dataset(list(files), filesystem=storage.fs, format="parquet")
+    hashes = [
+        pd.util.hash_array(batch.column(0).to_numpy(zero_copy_only=False))
+        for batch in dataset.to_batches(columns=["id"])
+    ]
+    if not hashes:
+        return DuplicateReport(0)
+    values, counts = np.unique(np.concatenate(hashes), return_counts=True)
+    repeated = values[counts > 1]
+    if not len(repeated):
+        return DuplicateReport(0)
+    examples: list[str] = []
+    wanted = set(repeated[:EXAMPLES].tolist())
+    for batch in dataset.to_batches(columns=["id"]):
+        ids = batch.column(0).to_numpy(zero_copy_only=False)
+        for h, i in zip(pd.util.hash_array(ids), ids):
+            if h in wanted and i not in examples:
+                examples.append(str(i))
+    return DuplicateReport(int(len(repeated)), examples[:EXAMPLES])

@@ -1,0 +1,294 @@
+"""One writer per output: a lease that expires, so a crashed holder never needs a person.
+
+The lease is a sequence of generation objects, ``_lease/<generation>.json``. Taking it means
+creating the next generation atomically (``If-None-Match: *`` on S3, a hard link on POSIX):
+of two runs racing for the same generation exactly one wins. A run may take the next
+generation only when the highest one is released, expired, or held by a process on this
+host that is gone. The holder renews its own generation (a plain overwrite: nobody else
+writes it) every ``ttl/4`` seconds; a newer generation, or a renewal that could not be made
+before expiry, means the lease is lost, and the holder stops.
+
+The fence (:meth:`Lease.check`, and :class:`LeaseFence` in write tasks) refuses any write
+once a newer generation exists or the holder's own expiry is near. Expiry uses wall clocks:
+hosts are assumed to agree within a few seconds (NTP), far below the default 120 s ttl.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pipeline.io.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+LEASE_DIR = "_lease"
+DEFAULT_TTL_S = 120.0
+SAFETY_MARGIN = 0.25  # never write in the last quarter of the ttl without a renewal
+
+
+class LeaseHeld(Exception):
+    """Another live run holds the output."""
+
+
+class LeaseLost(Exception):
+    """This run's lease was taken over or could not be renewed; it must not write."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeaseRecord:
+    generation: int
+    run_id: str
+    host: str
+    pid: int
+    pid_start: str
+    acquired_at: float
+    expires_at: float
+    ttl_s: float
+    released: bool = False
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "LeaseRecord":
+        data = json.loads(raw)
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def describe(self) -> str:
+        left = self.expires_at - time.time()
+        return (
+            f"run {self.run_id} (pid {self.pid} on {self.host}, lease generation {self.generation}, "
+            f"expires in {max(left, 0):.0f}s)"
+        )
+
+    def is_live(self, now: float) -> bool:
+        if self.released or now >= self.expires_at:
+            return False
+        return not _dead_on_this_host(self)
+
+
+def _process_start(pid: int) -> str:
+    """Start time of a process (clock ticks since boot, from /proc); '' where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode()
+        return raw[raw.rindex(")") + 2 :].split()[19]
+    except (OSError, IndexError, ValueError):
+        return ""
+
+
+def _dead_on_this_host(record: LeaseRecord) -> bool:
+    """A holder on this very host whose process is gone (or is another process with its pid)."""
+    if record.host != socket.gethostname() or not record.pid_start:
+        return False
+    return _process_start(record.pid) != record.pid_start
+
+
+def _gen_name(generation: int) -> str:
+    return f"{generation:012d}.json"
+
+
+def _generations(storage: Storage) -> list[int]:
+    out = []
+    for path, _ in storage.list_files(LEASE_DIR):
+        stem = posixpath.basename(path).split(".", 1)[0]
+        if stem.isdigit():
+            out.append(int(stem))
+    return sorted(out)
+
+
+class Lease:
+    """The output's lease for one run. ``acquire`` before anything else, ``release`` at the end."""
+
+    def __init__(
+        self, storage: Storage, *, run_id: str, ttl_s: float = DEFAULT_TTL_S, on_lost: Callable[[], None] | None = None
+    ):
+        self.storage = storage
+        self.run_id = run_id
+        self.ttl_s = float(ttl_s)
+        self.record: LeaseRecord | None = None
+        self._on_lost = on_lost
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ taking it
+
+    def acquire(self, wait_s: float = 0.0, poll_s: float = 2.0) -> LeaseRecord:
+        """Take the lease, waiting up to ``wait_s`` for a live holder; else raise LeaseHeld."""
+        deadline = time.monotonic() + wait_s
+        logged = False
+        while True:
+            generations = _generations(self.storage)
+            top = self._read(generations[-1]) if generations else None
+            if top is not None and top.is_live(time.time()):
+                if time.monotonic() >= deadline:
+                    raise LeaseHeld(
+                        f"{self.storage.describe()} is being written by {top.describe()}; "
+                        f"wait for it (--lease-wait-s) or use another --output"
+                    )
+                if not logged:
+                    logger.info("waiting for the lease on %s, held by %s", self.storage.describe(), top.describe())
+                    logged = True
+                time.sleep(max(0.05, min(poll_s, deadline - time.monotonic())))
+                continue
+            generation = (generations[-1] if generations else 0) + 1
+            record = self._new_record(generation)
+            if self.storage.create_exclusive(self._path(generation), record.to_json()):
+                self.record = record
+                if top is not None and not top.released:
+                    logger.warning(
+                        "took over the lease on %s from %s, which is no longer live",
+                        self.storage.describe(),
+                        top.describe(),
+                    )
+                self._prune(generations)
+                self._start_renewing()
+                return record
+            # another run created this generation first: look again
+
+    def _new_record(self, generation: int) -> LeaseRecord:
+        now = time.time()
+        return LeaseRecord(
+            generation=generation,
+            run_id=self.run_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            pid_start=_process_start(os.getpid()),
+            acquired_at=now,
+            expires_at=now + self.ttl_s,
+            ttl_s=self.ttl_s,
+        )
+
+    def _path(self, generation: int) -> str:
+        return self.storage.join(LEASE_DIR, _gen_name(generation))
+
+    def _read(self, generation: int) -> LeaseRecord | None:
+        try:
+            return LeaseRecord.from_json(self.storage.read_bytes(self._path(generation)))
+        except FileNotFoundError:
+            return None
+
+    def _prune(self, generations: list[int]) -> None:
+        """Old generations are history; keep the one before ours for the record."""
+        for generation in generations[:-1]:
+            try:
+                self.storage.delete(self._path(generation))
+            except OSError as e:  # best effort: stale generation files are harmless
+                logger.debug("could not prune lease generation %d: %s", generation, e)
+
+    # ------------------------------------------------------------------ holding it
+
+    @property
+    def generation(self) -> int:
+        if self.record is None:
+            raise LeaseLost("the lease was never acquired")
+        return self.record.generation
+
+    def check(self) -> None:
+        """The fence: raise LeaseLost unless this run still holds the lease with time to spare."""
+        with self._lock:
+            if self._lost:
+                raise LeaseLost(self._lost)
+            record = self.record
+        if record is None:
+            raise LeaseLost("the lease was never acquired")
+        if time.time() > record.expires_at - SAFETY_MARGIN * record.ttl_s:
+            self._mark_lost(f"the lease on {self.storage.describe()} was not renewed in time")
+            raise LeaseLost(self._lost or "")
+        newer = [g for g in _generations(self.storage) if g > record.generation]
+        if newer:
+            self._mark_lost(f"the lease on {self.storage.describe()} was taken over (generation {newer[-1]})")
+            raise LeaseLost(self._lost or "")
+
+    @property
+    def lost(self) -> str | None:
+        return self._lost
+
+    def renew(self) -> None:
+        self.check()
+        assert self.record is not None
+        renewed = LeaseRecord(**{**asdict(self.record), "expires_at": time.time() + self.ttl_s})
+        self.storage.write_bytes_atomic(self._path(renewed.generation), renewed.to_json())
+        with self._lock:
+            self.record = renewed
+
+    def _mark_lost(self, why: str) -> None:
+        with self._lock:
+            first = self._lost is None
+            self._lost = self._lost or why
+        if first:
+            logger.error("%s; this run stops writing", why)
+            if self._on_lost is not None:
+                self._on_lost()
+
+    def _start_renewing(self) -> None:
+        self._thread = threading.Thread(target=self._renew_loop, name="e5-embed-lease", daemon=True)
+        self._thread.start()
+
+    def _renew_loop(self) -> None:
+        interval = max(0.05, self.ttl_s / 4)
+        while not self._stop.wait(interval):
+            try:
+                self.renew()
+            except LeaseLost:
+                return
+            except Exception as e:  # a flaky store: try again until the fence says it is too late
+                logger.warning("could not renew the lease on %s: %s: %s", self.storage.describe(), type(e).__name__, e)
+
+    def release(self) -> None:
+        """Stop renewing and mark the generation released, so the next run starts at once."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self.record is None or self._lost:
+            return
+        try:
+            self.check()
+            done = LeaseRecord(**{**asdict(self.record), "released": True, "expires_at": time.time()})
+            self.storage.write_bytes_atomic(self._path(done.generation), done.to_json())
+        except Exception as e:  # the lease expires by itself
+            logger.warning("could not release the lease on %s (it expires by itself): %s", self.storage.describe(), e)
+
+    def fence(self) -> "LeaseFence":
+        return LeaseFence(
+            output_uri=self.storage.uri, storage_options=dict(self.storage.storage_options), generation=self.generation
+        )
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+@dataclass(frozen=True)
+class LeaseFence:
+    """What a write task carries: it refuses to write once a newer lease generation exists."""
+
+    output_uri: str
+    storage_options: Mapping[str, Any]
+    generation: int
+
+    def check(self) -> None:
+        newer = [g for g in _generations(Storage(self.output_uri, self.storage_options)) if g > self.generation]
+        if newer:
+            raise LeaseLost(
+                f"another run took over {self.output_uri} (lease generation {newer[-1]} > "
+                f"{self.generation}); this write is refused"
+            )
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]

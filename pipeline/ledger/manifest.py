@@ -1,0 +1,116 @@
+"""``_manifest.json`` (state, input fingerprints, totals, one entry per run) and the ``_SUCCESS`` marker.
+
+Only the lease holder writes either (see :mod:`pipeline.ledger.lease`); callers pass the lease's fence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipeline.io.counters import Counters
+from pipeline.io.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "_manifest.json"
+SUCCESS = "_SUCCESS"
+FORMAT = "e5-embed/1"
+
+
+@dataclass(kw_only=True)
+class RunRecord:
+    run_id: str
+    started_at: str
+    ended_at: str
+    wall_s: float
+    status: str  # "complete" | "failed" | "incomplete"
+    rows_embedded: int
+    rows_rejected: int
+    rows_skipped: int
+    tokens: int
+    truncated: int
+    docs_per_s: float
+    tokens_per_s: float
+    data_files: int
+    new_shards: int = 0  # input shards this run found that earlier runs had not (incremental runs)
+    reject_kinds: dict[str, int] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def set_counters(self, written: Counters) -> None:
+        """What this run wrote, and its rates over its wall time."""
+        self.rows_embedded, self.rows_rejected = written.rows_written, written.rows_rejected
+        self.tokens, self.truncated, self.data_files = written.tokens, written.truncated, written.data_files
+        self.reject_kinds = dict(written.reject_kinds)
+        self.docs_per_s = round(self.rows_embedded / self.wall_s, 2) if self.wall_s else 0.0
+        self.tokens_per_s = round(self.tokens / self.wall_s, 1) if self.wall_s else 0.0
+
+
+@dataclass(kw_only=True)
+class Manifest:
+    format: str = FORMAT
+    metadata: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+    shards: int = 0
+    # in_progress: a run is (or was) filling the output; complete: _SUCCESS was proven;
+    # clearing: an --overwrite started deleting and did not finish (only --overwrite may go on)
+    state: str = "in_progress"
+    complete: bool = False
+    # one entry per input shard: path (as the ``source`` column holds it), size, version
+    # (ETag/generation/mtime) and, once proven, rows; a changed or vanished shard is refused
+    input_shards: list[dict[str, Any]] = field(default_factory=list)
+    corrupt_remainders: list[dict[str, Any]] = field(default_factory=list)
+    rows_written: int = 0
+    rows_rejected: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    reject_kinds: dict[str, int] = field(default_factory=dict)
+    repaired_files: int = 0
+    duplicate_ids: int = 0
+    duplicate_id_examples: list[str] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_run(self, run: RunRecord) -> None:
+        self.runs.append(asdict(run))
+
+    def set_totals(self, totals: Counters) -> None:
+        """Totals are rebuilt from the output's files, so runs that crashed still count."""
+        self.rows_written = totals.rows_written
+        self.rows_rejected = totals.rows_rejected
+        self.tokens = totals.tokens
+        self.truncated = totals.truncated
+        self.reject_kinds = dict(totals.reject_kinds)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def load(cls, storage: Storage) -> "Manifest | None":
+        path = storage.join(MANIFEST)
+        if not storage.exists(path):
+            return None
+        raw = json.loads(storage.read_bytes(path))
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def save(self, storage: Storage, fence: Callable[[], None]) -> None:
+        fence()
+        storage.write_bytes_atomic(storage.join(MANIFEST), self.to_json())
+
+
+def mark_success(storage: Storage, fence: Callable[[], None]) -> None:
+    fence()
+    storage.write_bytes_atomic(storage.join(SUCCESS), b"")
+
+
+def remove_success(storage: Storage, fence: Callable[[], None]) -> None:
+    fence()
+    storage.delete(storage.join(SUCCESS))
+
+
+def is_complete(storage: Storage) -> bool:
+    return storage.exists(storage.join(SUCCESS))

@@ -1,0 +1,381 @@
+"""The state of an output location: what was made there, with what, from which inputs, and what is done.
+
+Before any actor starts: refuse to mix outputs made with different settings or from changed
+input shards, no-op on a complete output whose inputs did not change, clear it safely for
+``--overwrite``, prove it is writable, and read the footers of existing files to learn which
+input rows are done. After the pipeline: repair repeats, prove completeness (see
+:mod:`pipeline.ledger.completeness`), record the run. Every write here passes the run's lease fence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from pipeline.config import JobConfig
+from pipeline.errors import UsageError
+from pipeline.io import coverage, schemas
+from pipeline.io.counters import Counters
+from pipeline.io.sink import REJECTS_DIR
+from pipeline.io.sources import Shard
+from pipeline.io.storage import Storage, normalize_uri
+from pipeline.ledger.completeness import Proof, fully_covered, prove
+from pipeline.ledger.lease import LEASE_DIR, LeaseLost
+from pipeline.ledger.manifest import Manifest, is_complete, remove_success
+from pipeline.ledger.shard_log import SHARDS_DIR, ShardRecord, read_records
+from pipeline.stages.model import ModelInfo
+
+logger = logging.getLogger(__name__)
+
+# Settings that change the embeddings: an output is never a mix of two of these.
+IDENTITY_KEYS = (
+    "model",
+    "revision",
+    "prefix",
+    "pooling",
+    "normalized",
+    "dim",
+    "max_length",
+    "dtype",
+    "output_dtype",
+    "text_field",
+    "id_field",
+    "title_field",
+    "inputs",
+)
+PRODUCER = schemas.PRODUCER
+
+
+def output_metadata(config: JobConfig, info: ModelInfo) -> dict[str, Any]:
+    """The ``e5_embed`` Parquet metadata (and the manifest's ``metadata``)."""
+    return {
+        "model": config.model,
+        "revision": config.revision,
+        "prefix": config.prefix_text,
+        "pooling": "mean",
+        "normalized": True,
+        "dim": info.hidden_size,
+        "max_length": config.max_length,
+        "dtype": config.dtype,
+        "output_dtype": config.output_dtype,
+        "text_field": config.text_field,
+        "id_field": config.id_field,
+        "title_field": config.title_field,
+        "inputs": normalized_inputs(config.inputs),
+        "producer": PRODUCER,
+    }
+
+
+def normalized_inputs(inputs: Sequence[str]) -> list[str]:
+    return sorted({normalize_uri(i) for i in inputs})
+
+
+def _identity(metadata: Mapping[str, Any], key: str) -> Any:
+    value = metadata.get(key)
+    return normalized_inputs(value or []) if key == "inputs" else value
+
+
+def fingerprints(shards: Sequence[Shard]) -> list[dict[str, Any]]:
+    return [{"path": s.path, "size": s.size, "version": s.version} for s in shards]
+
+
+@dataclass
+class Work:
+    """What a run has to do on an output: nothing (``noop``), or read ``shards`` skipping ``skip``."""
+
+    manifest: Manifest
+    noop: bool = False
+    shards: list[Shard] = field(default_factory=list)  # shards that still need reading
+    skip: coverage.Ranges = field(default_factory=dict)  # rows of those already in files
+    rows_skipped: int = 0  # input rows already in files, over all listed shards
+    new_shards: int = 0  # shards the manifest did not know (an incremental run)
+
+
+class OutputState:
+    """Everything an output location holds, and every change to its manifest and ``_SUCCESS``.
+
+    Changes go through the run's lease (``fence``): a run that lost it writes nothing more.
+    """
+
+    def __init__(self, storage: Storage, fence: Callable[[], None] = lambda: None):
+        self.storage = storage
+        self.fence = fence
+
+    # ------------------------------------------------------------------ before the run
+
+    def prepare(self, config: JobConfig, metadata: Mapping[str, Any], shards: Sequence[Shard]) -> Work:
+        """Check the output against this run's settings and inputs; say what is left to do."""
+        try:
+            existing = Manifest.load(self.storage)
+            complete = is_complete(self.storage)
+        except Exception as e:  # before any work: any failure to read the output is a config error
+            raise UsageError(f"cannot read output {self.storage.describe()}: {type(e).__name__}: {e}") from e
+        self.remove_temp_files()
+        if existing is not None and existing.state == "clearing" and not config.overwrite:
+            raise UsageError(f"an --overwrite of {self.storage.describe()} did not finish; run again with --overwrite")
+        if config.overwrite:
+            self.clear(metadata)
+            existing, complete = None, False
+        elif existing is not None:
+            self._check_identity(existing, metadata)
+        known = {e["path"]: e for e in (existing.input_shards if existing else [])}
+        self._check_inputs(known, shards, existing is not None and bool(existing.input_shards))
+        new_shards = sum(1 for s in shards if s.path not in known)
+        if existing is not None and complete and not new_shards:
+            existing.complete = True
+            return Work(manifest=existing, noop=True)
+        manifest = existing or Manifest(metadata=dict(metadata), inputs=normalized_inputs(config.inputs))
+        if complete:  # new input shards: the output is incomplete again until they are in
+            logger.info(
+                "%d new input shard(s) since %s was completed; embedding them", new_shards, self.storage.describe()
+            )
+            remove_success(self.storage, self.fence)
+        manifest.shards = len(shards)
+        manifest.complete, manifest.state = False, "in_progress"
+        manifest.input_shards = [{**known.get(f["path"], {}), **f} for f in fingerprints(shards)]
+        try:
+            manifest.save(self.storage, self.fence)  # also proves the output is writable, before GPUs spin up
+        except LeaseLost:
+            raise
+        except Exception as e:
+            raise UsageError(f"cannot write to output {self.storage.describe()}: {type(e).__name__}: {e}") from e
+        ranges = self.done_ranges(shards)
+        records = self.shard_records(manifest, shards)
+        todo = [s for s in shards if not fully_covered(s, records.get(s.path), ranges)]
+        todo_paths = {s.path for s in todo}
+        return Work(
+            manifest=manifest,
+            shards=todo,
+            skip={k: v for k, v in ranges.items() if k in todo_paths},
+            rows_skipped=coverage.count(ranges),
+            new_shards=new_shards if existing else 0,
+        )
+
+    def _check_identity(self, existing: Manifest, metadata: Mapping[str, Any]) -> None:
+        mismatched = [k for k in IDENTITY_KEYS if _identity(existing.metadata, k) != _identity(metadata, k)]
+        if mismatched:
+            diffs = "; ".join(f"{k}: {existing.metadata.get(k)!r} -> {metadata.get(k)!r}" for k in mismatched)
+            raise UsageError(
+                f"{self.storage.describe()} was made with different settings ({diffs}); "
+                f"use another --output or --overwrite"
+            )
+
+    def _check_inputs(self, known: Mapping[str, Mapping[str, Any]], shards: Sequence[Shard], recorded: bool) -> None:
+        """A shard that changed or vanished since it was recorded would mix two corpora: refuse."""
+        if not recorded:
+            return
+        current = {s.path: s for s in shards}
+        changed = [
+            p
+            for p, e in known.items()
+            if p in current and (int(e.get("size", -1)), str(e.get("version", ""))) != current[p].fingerprint
+        ]
+        vanished = [p for p in known if p not in current]
+        if changed or vanished:
+            parts = []
+            if changed:
+                parts.append(f"{len(changed)} changed since they were embedded: {', '.join(changed[:5])}")
+            if vanished:
+                parts.append(f"{len(vanished)} no longer listed: {', '.join(vanished[:5])}")
+            raise UsageError(
+                f"input shards of {self.storage.describe()} differ from the recorded ones ("
+                + "; ".join(parts)
+                + "); use --overwrite to embed the corpus as it is now"
+            )
+
+    def clear(self, metadata: Mapping[str, Any]) -> None:
+        """``--overwrite``: first make the output visibly incomplete, then delete what e5-embed wrote.
+
+        ``_SUCCESS`` goes first and the manifest says ``clearing`` until every file is gone, so a
+        crash part-way never leaves a complete-looking output; only files whose footer names
+        this producer are deleted.
+        """
+        remove_success(self.storage, self.fence)
+        Manifest(metadata=dict(metadata), state="clearing").save(self.storage, self.fence)
+        ours = [f.path for f in self.scan()]
+        records = [p for p, _ in self.storage.list_files(SHARDS_DIR)]
+        self.fence()
+        for path in ours + records:
+            self.storage.delete(path)
+        logger.info("--overwrite: cleared %d file(s) from %s", len(ours), self.storage.describe())
+
+    def _files(self, folder: str = "") -> list[str]:
+        return [
+            p
+            for p, _ in self.storage.list_files(folder)
+            if posixpath.basename(p).startswith("part-") and p.endswith(".parquet")
+        ]
+
+    def remove_temp_files(self) -> None:
+        """Local temp files of writes a crash interrupted (object stores have none)."""
+        if self.storage.is_local:
+            for folder in ("", REJECTS_DIR, SHARDS_DIR, LEASE_DIR):
+                for path, _ in self.storage.list_files(folder):
+                    if posixpath.basename(path).startswith("._tmp-"):
+                        self.storage.delete(path)
+
+    def scan(self) -> list[OutputFile]:
+        """Every data and rejects file with its footer's coverage and counters (footers only, in parallel)."""
+        listed = [(p, False) for p in self._files()] + [(p, True) for p in self._files(REJECTS_DIR)]
+        fs = self.storage.fs
+
+        def read(item: tuple[str, bool]) -> OutputFile:
+            path, is_rejects = item
+            with fs.open(path, "rb") as f:
+                meta = pq.read_schema(f).metadata or {}
+            produced = json.loads(meta.get(schemas.METADATA_KEY) or b"{}")
+            return OutputFile(
+                path=path,
+                is_rejects=is_rejects,
+                ranges=coverage.decode(meta.get(schemas.COVERAGE_KEY)),
+                stats=json.loads(meta.get(schemas.STATS_KEY) or b"{}"),
+                producer=produced.get("producer") if isinstance(produced, dict) else None,
+            )
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            files = list(pool.map(read, listed))
+        foreign = [f.path for f in files if f.producer != PRODUCER]
+        if foreign:  # not ours: never counted, repaired or deleted
+            logger.warning(
+                "%s holds %d part-*.parquet file(s) e5-embed did not write (ignored), e.g. %s",
+                self.storage.describe(),
+                len(foreign),
+                foreign[0],
+            )
+        return [f for f in files if f.producer == PRODUCER]
+
+    def done_ranges(self, shards: Sequence[Shard]) -> coverage.Ranges:
+        paths = {s.path for s in shards}
+        merged = coverage.merge(f.ranges for f in self.scan())
+        return {k: v for k, v in merged.items() if k in paths}
+
+    def shard_records(self, manifest: Manifest, shards: Sequence[Shard]) -> dict[str, ShardRecord]:
+        """Shard records: from the manifest where a proof already counted the rows, else ``_shards/``."""
+        known = {
+            e["path"]: ShardRecord(
+                path=e["path"],
+                size=int(e["size"]),
+                version=str(e["version"]),
+                rows=int(e["rows"]),
+                remainder=e.get("remainder"),
+            )
+            for e in manifest.input_shards
+            if e.get("rows") is not None
+        }
+        wanted = {s.path for s in shards if s.path not in known}
+        return {**known, **(read_records(self.storage, wanted) if wanted else {})}
+
+    # ------------------------------------------------------------------ after the run
+
+    def reconcile(self, metadata: Mapping[str, Any]) -> Totals:
+        """Make every input row appear at most once, then total the output from its files.
+
+        Overlaps can't come from this job's own writes (a retried write reuses its name,
+        a rerun skips done rows) but are repaired rather than trusted: a file whose rows
+        are all in files kept before it is deleted; a partly overlapping one, or one that holds
+        a row twice, is rewritten without the repeats.
+        """
+        files = self.scan()
+        if coverage.overlap(f.ranges for f in files) == 0:
+            return Totals.of(files)
+        kept: list[coverage.Ranges] = []
+        live: list[OutputFile] = []
+        repaired = 0
+        for f in sorted(files, key=lambda f: (f.is_rejects, -f.stats.get("rows", 0), f.path)):
+            if any(f.path == k.path for k in live):
+                continue  # a rewrite below produced this very file (same rows, same name)
+            seen = coverage.merge(kept)
+            dup = coverage.count(coverage.intersect(f.ranges, seen))
+            repeats = coverage.overlap([f.ranges])  # a row twice within this very file
+            if dup or repeats:
+                self.fence()
+                repaired += 1
+                unique = coverage.count(coverage.merge([f.ranges]))
+                new = self._rewrite_without(f, seen, metadata) if dup < unique else None
+                if new is None or new.path != f.path:
+                    self.storage.delete(f.path)
+                logger.warning("removed %d duplicate row(s) found in %s", dup + repeats, f.path)
+                if new is None:
+                    continue
+                f = new
+            kept.append(f.ranges)
+            live.append(f)
+        return Totals.of(live, repaired)
+
+    def _rewrite_without(self, f: "OutputFile", seen: coverage.Ranges, metadata: Mapping[str, Any]) -> "OutputFile":
+        from pipeline.io.sink import file_stats, put_file
+
+        with self.storage.fs.open(f.path, "rb") as fh:
+            table = pq.read_table(fh)
+        table = table.filter(coverage.mask_outside(table, seen)).replace_schema_metadata(None)
+        table = table.take(coverage.first_of_each_row(table))
+        stats = file_stats(table)
+        path = put_file(self.storage, REJECTS_DIR if f.is_rejects else "", table, metadata, stats)
+        return OutputFile(
+            path=path, is_rejects=f.is_rejects, ranges=coverage.ranges_of(table), stats=stats, producer=PRODUCER
+        )
+
+    def finish(
+        self,
+        *,
+        manifest: Manifest,
+        shards: Sequence[Shard],
+        totals: "Totals",
+        allow_remainders: bool,
+        max_bad_fraction: float,
+    ) -> tuple[Proof, float]:
+        """Prove completeness, record it in the manifest, and write ``_SUCCESS`` when proven.
+
+        Returns the proof and the rejected fraction; the manifest is saved either way.
+        """
+        files = self.scan()
+        records = self.shard_records(manifest, shards)
+        proof = prove(shards, records, [f.ranges for f in files], allow_remainders=allow_remainders)
+        manifest.set_totals(totals.counters)
+        total = manifest.rows_written + manifest.rows_rejected
+        bad_fraction = manifest.rows_rejected / total if total else 0.0
+        complete = proof.complete_shards(shards)
+        by_path = {e["path"]: e for e in manifest.input_shards}
+        for path in complete:
+            record = records[path]
+            by_path[path].update(rows=record.rows, remainder=record.remainder)
+        manifest.corrupt_remainders = [
+            {"path": r.path, "rows_before": r.rows, "reason": r.remainder}
+            for r in proof.skipped_remainders + proof.corrupt
+        ]
+        manifest.complete = proof.ok and bad_fraction <= max_bad_fraction
+        manifest.state = "complete" if manifest.complete else "in_progress"
+        return proof, bad_fraction
+
+
+@dataclass
+class OutputFile:
+    path: str
+    is_rejects: bool
+    ranges: coverage.Ranges
+    stats: dict[str, Any]
+    producer: str | None = None
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The output's counters summed from its files' footers, and what reconcile repaired."""
+
+    counters: Counters
+    repaired_files: int = 0
+    data_paths: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, files: Sequence[OutputFile], repaired: int = 0) -> "Totals":
+        return cls(
+            counters=Counters.total(Counters.from_footer(f.stats, is_rejects=f.is_rejects) for f in files),
+            repaired_files=repaired,
+            data_paths=tuple(f.path for f in files if not f.is_rejects),
+        )

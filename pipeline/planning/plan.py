@@ -1,0 +1,372 @@
+"""The resource plan: actors of each stage, their resources, and the fixed batch size.
+
+Computed on the driver before the pipeline starts from (1) the cluster: GPUs, VRAM
+per GPU and accelerator type (a live probe, else the scheduler profile's table,
+an explicit setting always winning), CPUs; (2) the model's shape from its config;
+(3) the scheduler profile for the accelerator (packaged ``pipeline/planning/scheduler.yaml``,
+under a user file).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipeline.errors import UsageError
+from pipeline.planning.scheduler_config import SchedulerConfig
+from pipeline.stages.encode import EncodeSettings, EncodeStage
+from pipeline.stages.model import ModelInfo, ModelSource
+from pipeline.stages.spec import Resources, StageSpec
+from pipeline.stages.tokenize import TokenizeSettings, TokenizeStage
+
+logger = logging.getLogger(__name__)
+
+GB = 1024**3
+CPU_BATCH_SIZE = 32
+TOKENIZE_BATCH_ROWS = 1024  # rows per tokenizer call (at most one read block)
+# Each encode call sorts at least this many rows by length (more rows sorted together, less
+# padding: on CPU 256 -> 1024 rows cut padding from ~23% to ~11% and encode time by 15%).
+SORT_WINDOW_BATCHES = 8
+SORT_WINDOW_MIN_ROWS = 2048
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+# e5-base-v2: the reference for the profiles' token targets and token rates
+E5_BASE = ModelInfo(
+    name="intfloat/e5-base-v2",
+    hidden_size=768,
+    num_layers=12,
+    num_heads=12,
+    intermediate_size=3072,
+    vocab_size=30522,
+    max_positions=512,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterSpec:
+    """What the plan is computed for: a live cluster's resources or a described one."""
+
+    gpus: int = 0
+    gpu_memory_gb: float | None = None  # per GPU
+    cpus: float = 1.0
+    nodes: int = 1
+    accelerator: str | None = None
+    max_gpus: int | None = None  # autoscaling clusters: the most GPUs the pool may grow to
+    probe: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_ray(cls, *, probe_gpus: bool = True, max_gpus: int | None = None) -> "ClusterSpec":
+        import ray
+
+        resources = ray.cluster_resources()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        accel = next((k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:")), None)
+        gpus = int(resources.get("GPU", 0))
+        probe = probe_gpu_nodes(nodes) if gpus and probe_gpus else {}
+        return cls(
+            gpus=gpus,
+            cpus=float(resources.get("CPU", 1)),
+            nodes=max(1, len(nodes)),
+            accelerator=probe.get("accelerator") or accel,
+            gpu_memory_gb=probe.get("gpu_memory_gb"),
+            max_gpus=max_gpus,
+            probe=probe,
+        )
+
+
+def probe_gpu_nodes(nodes: list[dict], timeout_s: float = 60.0) -> dict[str, Any]:
+    """One tiny GPU task per GPU node: device name and free/total memory (smallest wins)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_gpus=1, num_cpus=0)
+    def read_gpu() -> dict[str, Any]:
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                return {"cuda": False}
+            free, total = torch.cuda.mem_get_info()
+            return {"cuda": True, "name": torch.cuda.get_device_name(), "free_gb": free / GB, "total_gb": total / GB}
+        except Exception as e:  # a probe must never fail the job; the table is the fallback
+            return {"cuda": False, "error": f"{type(e).__name__}: {e}"}
+
+    refs = [
+        read_gpu.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+        for n in nodes
+        if n.get("Resources", {}).get("GPU", 0) > 0
+    ]
+    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    results = ray.get(ready)
+    real = [r for r in results if r.get("cuda")]
+    if not real:
+        logger.warning(
+            "GPU probe: no CUDA device visible to Ray GPU tasks (%d node(s) answered); "
+            "using the scheduler profile's memory table",
+            len(results),
+        )
+        return {"cuda": False, "nodes_probed": len(results)}
+    smallest = min(real, key=lambda r: r["total_gb"])
+    return {
+        "cuda": True,
+        "nodes_probed": len(results),
+        "accelerator": smallest["name"],
+        "gpu_memory_gb": round(smallest["total_gb"], 2),
+        "min_free_gb": round(min(r["free_gb"] for r in real), 2),
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanRequest:
+    """The job's explicit settings; None means 'let the plan decide'."""
+
+    max_length: int = 512
+    dtype: str = "auto"
+    device: str = "auto"
+    batch_size: int | None = None
+    actors_per_gpu: int | None = None
+    gpu_actors: int | None = None
+    tokenizer_actors: int | None = None
+    gpu_memory_gb: float | None = None
+    rows_per_file: int | None = None  # an encode call never spans more rows than one output file
+
+    @classmethod
+    def from_job(cls, config: Any) -> "PlanRequest":
+        return cls(**{k: getattr(config, k) for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourcePlan:
+    device: str
+    profile: str
+    dtype: str
+    gpu_actors: int
+    gpu_actors_min: int
+    gpu_actors_max: int
+    actors_per_gpu: int
+    num_gpus_per_actor: float
+    batch_size: int
+    max_length: int
+    rows_per_encode_call: int
+    encode_num_cpus: float
+    torch_threads: int | None
+    tokenizer_actors: int
+    tokenizer_num_cpus: float
+    io_num_cpus: float
+    gpu_memory_gb: float | None
+    estimated_peak_gpu_memory_gb: float | None
+    model_parameters: int
+    notes: tuple[str, ...] = ()
+
+    def stage_specs(
+        self,
+        *,
+        model: ModelSource,
+        prefix: str,
+        output_dtype: str,
+        rows_per_block: int,
+        compile_model: bool,
+        device: str = "auto",
+    ) -> tuple[StageSpec, StageSpec]:
+        """The tokenize and encode stages as the backend runs them: typed settings, resources, batch.
+
+        Encode actors get the plan's dtype and the asked-for ``device`` (``auto`` resolves on the actor;
+        an actor the plan gave a GPU that sees no CUDA device fails)."""
+        tokenize = StageSpec(
+            stage=TokenizeStage,
+            settings=TokenizeSettings(model=model, prefix=prefix, max_length=self.max_length),
+            resources=Resources(num_cpus=self.tokenizer_num_cpus, min_actors=1, max_actors=self.tokenizer_actors),
+            batch_size=min(rows_per_block, TOKENIZE_BATCH_ROWS),
+        )
+        encode = StageSpec(
+            stage=EncodeStage,
+            settings=EncodeSettings(
+                model=model,
+                batch_size=self.batch_size,
+                dtype=self.dtype,
+                device=device,
+                output_dtype=output_dtype,
+                torch_threads=self.torch_threads,
+                expect_gpu=self.device == "cuda",
+                compile_model=compile_model,
+            ),
+            resources=Resources(
+                num_cpus=self.encode_num_cpus,
+                num_gpus=self.num_gpus_per_actor,
+                min_actors=self.gpu_actors_min,
+                max_actors=self.gpu_actors_max,
+            ),
+            batch_size=self.rows_per_encode_call,
+        )
+        return tokenize, encode
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["notes"] = list(self.notes)
+        return out
+
+    def describe(self) -> str:
+        if self.device == "cuda":
+            where = (
+                f"{self.gpu_actors} GPU actor(s) ({self.actors_per_gpu}/GPU, {self.num_gpus_per_actor:g} GPU each"
+                f", pool {self.gpu_actors_min}-{self.gpu_actors_max}), profile {self.profile}, {self.dtype}, "
+                f"~{self.estimated_peak_gpu_memory_gb:.1f} GB peak per actor on {self.gpu_memory_gb:g} GB GPUs"
+            )
+        else:
+            where = f"{self.gpu_actors} CPU encode actor(s) x {self.torch_threads} threads (no GPU), {self.dtype}"
+        return (
+            f"plan: {where}, batch {self.batch_size} x {self.max_length} tokens, "
+            f"{self.tokenizer_actors} tokenizer actor(s)"
+        )
+
+
+def estimate_peak_gpu_memory_gb(
+    model: ModelInfo, batch: int, length: int, dtype: str, context_gb: float = 0.6
+) -> float:
+    """Peak memory of one encode actor running ``batch`` rows padded to ``length`` (inference).
+
+    Weights, plus one transformer layer's live activations (layers run one after another
+    under inference_mode): hidden in/out, Q/K/V and attention output, the FFN intermediate
+    and its activation, attention scores (counted as if materialised, the worst case of
+    SDPA's kernels), the float32 copy made for pooling, and the int64 ids/mask.
+    """
+    b = DTYPE_BYTES[dtype]
+    h, f, heads = model.hidden_size, model.intermediate_size, model.num_heads
+    tokens = batch * length
+    weights = model.parameters * b
+    layer = tokens * (6 * h + 2 * f) * b + batch * heads * length * length * b
+    pooling = tokens * h * 4 + tokens * 8 * 2
+    return (context_gb * GB + weights + layer + pooling) / GB
+
+
+def _sort_window(batch: int, cap: int | None = None) -> int:
+    window = max(batch * SORT_WINDOW_BATCHES, SORT_WINDOW_MIN_ROWS)
+    return max(batch, min(window, cap)) if cap else window
+
+
+def _power_of_two_floor(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def _max_fitting_batch(model: ModelInfo, length: int, dtype: str, budget_gb: float, context_gb: float) -> int:
+    low, high = 0, 1 << 16
+    while low < high:
+        mid = (low + high + 1) // 2
+        if estimate_peak_gpu_memory_gb(model, mid, length, dtype, context_gb) <= budget_gb:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def make_plan(cluster: ClusterSpec, model: ModelInfo, request: PlanRequest, scheduler: SchedulerConfig) -> ResourcePlan:
+    if cluster.gpus > 0 and request.device != "cpu":
+        return _gpu_plan(cluster, model, request, scheduler)
+    if request.device == "cuda":
+        raise UsageError("--device cuda was asked for but the cluster has no GPU")
+    return _cpu_plan(cluster, model, request)
+
+
+def _gpu_plan(cluster: ClusterSpec, model: ModelInfo, req: PlanRequest, scheduler: SchedulerConfig) -> ResourcePlan:
+    name, prof = scheduler.profile_for(cluster.accelerator)
+    notes: list[str] = []
+    memory = req.gpu_memory_gb or cluster.gpu_memory_gb or prof.memory_gb
+    if memory is None:
+        raise UsageError(
+            f"unknown VRAM for accelerator {cluster.accelerator or '(none reported)'}; "
+            "pass --gpu-memory-gb or add a profile to the scheduler config"
+        )
+    dtype = req.dtype if req.dtype != "auto" else ("bfloat16" if prof.bf16 else "float16")
+    budget_total = memory * (1 - prof.memory_headroom)
+    scale = E5_BASE.parameters / model.parameters
+    target_tokens = (prof.target_tokens_per_batch or int(2048 * memory)) * scale
+    wanted_batch = max(1, min(prof.max_batch_size, int(target_tokens // req.max_length)))
+
+    per_gpu = req.actors_per_gpu or prof.actors_per_gpu
+    fit = _max_fitting_batch(model, req.max_length, dtype, budget_total / per_gpu, prof.cuda_context_gb)
+    if req.actors_per_gpu is None and per_gpu > 1 and fit < wanted_batch:
+        notes.append(f"{per_gpu} actors/GPU would cap the batch at {fit}; using 1 actor per GPU")
+        per_gpu = 1
+        fit = _max_fitting_batch(model, req.max_length, dtype, budget_total, prof.cuda_context_gb)
+    if fit < 1:
+        raise UsageError(
+            f"{model.name} does not fit in {memory:g} GB at max_length {req.max_length} "
+            f"({per_gpu} actor(s)/GPU, {prof.memory_headroom:.0%} headroom)"
+        )
+    if req.batch_size is not None:
+        if req.batch_size > fit:
+            need = estimate_peak_gpu_memory_gb(model, req.batch_size, req.max_length, dtype, prof.cuda_context_gb)
+            raise UsageError(
+                f"--batch-size {req.batch_size} needs ~{need:.1f} GB per actor at max_length "
+                f"{req.max_length} ({dtype}); with {memory:g} GB per GPU, {per_gpu} actor(s)/GPU and "
+                f"{prof.memory_headroom:.0%} headroom at most {fit} fits"
+            )
+        batch = req.batch_size
+    else:
+        batch = _power_of_two_floor(min(wanted_batch, fit))
+    # --max-gpus bounds the pool both ways: room to grow, and a cap on a bigger (shared) cluster
+    usable = min(cluster.gpus, cluster.max_gpus) if cluster.max_gpus else cluster.gpus
+    actors = req.gpu_actors or usable * per_gpu
+    actors_max = max(actors, (cluster.max_gpus or cluster.gpus) * per_gpu)
+    peak = estimate_peak_gpu_memory_gb(model, batch, req.max_length, dtype, prof.cuda_context_gb)
+
+    gpu_rate = prof.gpu_tokens_per_s * scale  # tokens/s one GPU consumes for this model
+    needed = math.ceil(1.25 * actors_max / per_gpu * gpu_rate / prof.tokenizer_tokens_per_s_per_cpu)
+    spare = int(cluster.cpus - cluster.nodes * prof.cpus_reserved_per_node - actors)
+    tokenizers = req.tokenizer_actors or max(1, min(needed, spare))
+    if req.tokenizer_actors is None and needed > spare:
+        notes.append(f"{needed} tokenizer actors would keep the GPUs fed but only {max(spare, 0)} CPUs are spare")
+    return ResourcePlan(
+        device="cuda",
+        profile=name,
+        dtype=dtype,
+        gpu_actors=actors,
+        gpu_actors_min=actors,
+        gpu_actors_max=actors_max,
+        actors_per_gpu=per_gpu,
+        num_gpus_per_actor=round(1.0 / per_gpu, 4),
+        batch_size=batch,
+        max_length=req.max_length,
+        rows_per_encode_call=_sort_window(batch, req.rows_per_file),
+        encode_num_cpus=1.0,
+        torch_threads=None,
+        tokenizer_actors=tokenizers,
+        tokenizer_num_cpus=1.0,
+        io_num_cpus=0.5,
+        gpu_memory_gb=round(memory, 2),
+        estimated_peak_gpu_memory_gb=round(peak, 2),
+        model_parameters=model.parameters,
+        notes=tuple(notes),
+    )
+
+
+def _cpu_plan(cluster: ClusterSpec, model: ModelInfo, req: PlanRequest) -> ResourcePlan:
+    """No GPU: one encode actor per node using all its cores for torch; light fractional
+    CPU reservations for the other stages so every stage can be scheduled."""
+    cpus_per_node = max(1, int(cluster.cpus // cluster.nodes))
+    actors = req.gpu_actors or cluster.nodes
+    batch = req.batch_size or CPU_BATCH_SIZE
+    return ResourcePlan(
+        device="cpu",
+        profile="cpu",
+        dtype=req.dtype if req.dtype != "auto" else "float32",
+        gpu_actors=actors,
+        gpu_actors_min=actors,
+        gpu_actors_max=actors,
+        actors_per_gpu=1,
+        num_gpus_per_actor=0.0,
+        batch_size=batch,
+        max_length=req.max_length,
+        rows_per_encode_call=_sort_window(batch, req.rows_per_file),
+        encode_num_cpus=float(max(1, math.floor(cpus_per_node / 2))),
+        torch_threads=cpus_per_node,
+        tokenizer_actors=req.tokenizer_actors or cluster.nodes,
+        tokenizer_num_cpus=0.5,
+        io_num_cpus=0.25,
+        gpu_memory_gb=None,
+        estimated_peak_gpu_memory_gb=None,
+        model_parameters=model.parameters,
+    )

@@ -1,0 +1,121 @@
+"""Per-accelerator scheduler profiles, loaded and validated.
+
+The defaults ship inside the package (``pipeline/planning/scheduler.yaml``), so a
+``pip install``ed job plans with them from any directory. A user file (``--scheduler-config``
+or ``E5_EMBED_SCHEDULER_CONFIG``) is laid over them: its ``defaults`` keys replace the
+packaged ones, and each of its profiles replaces or adds keys of the profile of that name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from pipeline.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "E5_EMBED_SCHEDULER_CONFIG"
+PACKAGED = "scheduler.yaml"  # package data of pipeline.planning
+
+
+@dataclass(frozen=True, kw_only=True)
+class Profile:
+    memory_gb: float | None = None
+    actors_per_gpu: int = 1
+    target_tokens_per_batch: int | None = None
+    max_batch_size: int = 1024
+    memory_headroom: float = 0.15
+    cuda_context_gb: float = 0.6
+    gpu_tokens_per_s: float = 500_000
+    bf16: bool = True
+    tokenizer_tokens_per_s_per_cpu: float = 150_000
+    cpus_reserved_per_node: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.memory_headroom < 0.9:
+            raise UsageError(f"scheduler config: memory_headroom must be in [0, 0.9), got {self.memory_headroom}")
+        if self.actors_per_gpu < 1 or self.max_batch_size < 1:
+            raise UsageError("scheduler config: actors_per_gpu and max_batch_size must be >= 1")
+
+    @classmethod
+    def build(cls, values: Mapping[str, Any], base: "Profile | None" = None, where: str = "") -> "Profile":
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise UsageError(
+                f"scheduler config{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}"
+            )
+        return replace(base, **values) if base else cls(**values)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    defaults: Profile
+    profiles: Mapping[str, Profile]
+    source: str
+
+    def profile_for(self, accelerator: str | None) -> tuple[str, Profile]:
+        """The profile for an accelerator type (case-insensitive, 'NVIDIA A100-SXM4-80GB' style names too)."""
+        if accelerator:
+            wanted = accelerator.upper().replace("NVIDIA ", "").replace("TESLA ", "")
+            by_upper = {k.upper(): k for k in self.profiles}
+            if wanted in by_upper:
+                return by_upper[wanted], self.profiles[by_upper[wanted]]
+            for key in sorted(by_upper, key=len, reverse=True):  # longest name first: A100-80G before A100
+                if wanted.startswith(key) or key in wanted.split("-")[0]:
+                    return by_upper[key], self.profiles[by_upper[key]]
+        return "default", self.defaults
+
+
+def _read(text: str, where: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise UsageError(f"scheduler config {where} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(raw, dict) or not set(raw) <= {"defaults", "profiles"}:
+        raise UsageError(f"scheduler config {where} must be a mapping with 'defaults' and 'profiles'")
+    return raw
+
+
+def packaged_profiles() -> dict[str, Any]:
+    from importlib import resources
+
+    return _read(
+        resources.files("pipeline.planning").joinpath(PACKAGED).read_text(encoding="utf-8"), f"(packaged {PACKAGED})"
+    )
+
+
+def load_scheduler_config(path: str | None = None) -> SchedulerConfig:
+    """The packaged profiles, with the user's file (flag, else environment) laid over them."""
+    raw = packaged_profiles()
+    source = f"packaged {PACKAGED}"
+    user = path or os.environ.get(ENV_VAR)
+    if user:
+        try:
+            with open(user, encoding="utf-8") as f:
+                override = _read(f.read(), user)
+        except OSError as e:
+            raise UsageError(f"--scheduler-config {user} not found ({e.strerror})") from e
+        raw = {
+            "defaults": {**(raw.get("defaults") or {}), **(override.get("defaults") or {})},
+            "profiles": {
+                **(raw.get("profiles") or {}),
+                **{
+                    name: {**((raw.get("profiles") or {}).get(name) or {}), **(values or {})}
+                    for name, values in (override.get("profiles") or {}).items()
+                },
+            },
+        }
+        source = f"{user} over {source}"
+    defaults = Profile.build(raw.get("defaults") or {}, where=" defaults")
+    profiles = {
+        str(name): Profile.build(values or {}, defaults, where=f" profile {name}")
+        for name, values in (raw.get("profiles") or {}).items()
+    }
+    return SchedulerConfig(defaults, profiles, source)

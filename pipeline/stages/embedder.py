@@ -1,0 +1,91 @@
+"""The one in-process entry: ``Embedder(model).encode(texts) -> ndarray``, through the job's own
+tokenize and encode stages (the same prefix, truncation, micro-batching, pooling and L2 norm).
+
+For queries at serving time, the demo, the benchmark and tests; a batch job uses ``e5-embed run``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.flags import PREFIXES
+from pipeline.io import schemas
+from pipeline.stages.encode import EncodeSettings, EncodeStage
+from pipeline.stages.model import ModelSource
+from pipeline.stages.tokenize import TokenizeSettings, TokenizeStage
+
+
+def records_table(
+    texts: Sequence[str], *, source: str = "in-process", rejects: Sequence[str | None] | None = None
+) -> pa.Table:
+    """A RECORDS table for ``texts`` (row i, id ``str(i)``), as the reader would make it."""
+    n = len(texts)
+    return pa.Table.from_pydict(
+        {
+            "id": [str(i) for i in range(n)],
+            "source": [source] * n,
+            "row": list(range(n)),
+            "reject_reason": list(rejects) if rejects is not None else [None] * n,
+            "text": list(texts),
+        },
+        schema=schemas.RECORDS,
+    )
+
+
+class Embedder:
+    """E5 in this process. ``prefix`` is ``passage``, ``query`` or ``none`` (the model card's prefixes)."""
+
+    def __init__(
+        self,
+        model: str | ModelSource,
+        *,
+        prefix: str = "passage",
+        max_length: int = 512,
+        batch_size: int = 32,
+        dtype: str = "float32",
+        device: str = "cpu",
+        output_dtype: str = "float32",
+        compile_model: bool = False,
+    ):
+        if prefix not in PREFIXES:
+            raise ValueError(f"prefix must be one of {', '.join(PREFIXES)}; got {prefix!r}")
+        source = model if isinstance(model, ModelSource) else ModelSource(name_or_path=str(model))
+        self.tokenizer = TokenizeStage(
+            **vars(TokenizeSettings(model=source, prefix=PREFIXES[prefix], max_length=max_length))
+        )
+        self.encoder = EncodeStage(
+            **vars(
+                EncodeSettings(
+                    model=source,
+                    batch_size=batch_size,
+                    dtype=dtype,
+                    device=device,
+                    output_dtype=output_dtype,
+                    compile_model=compile_model,
+                )
+            )
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    def tokenize(self, texts: Sequence[str]) -> pa.Table:
+        return self.tokenizer(records_table(texts))
+
+    def encode_tokens(self, tokens: pa.Table) -> pa.Table:
+        return self.encoder(tokens)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised embeddings, one row per text, in order (float32, or float16 if asked)."""
+        return embeddings_array(self.encode_tokens(self.tokenize(texts)))
+
+
+def embeddings_array(table: pa.Table) -> np.ndarray:
+    """The ``embedding`` column of an encode output as an (n, dim) array, without Python lists."""
+    column = table["embedding"].combine_chunks()
+    dim = column.type.list_size
+    return column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)

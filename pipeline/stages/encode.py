@@ -1,0 +1,220 @@
+"""GPU (or CPU) stage: fixed-size, length-sorted micro-batches through the encoder.
+
+TOKENIZED in, ``schemas.embedded_schema(dim)`` out. Inside each Ray batch, rows
+are sorted by token count (longest first, so an out-of-memory shows up on the
+first micro-batch), padded only to the longest row of their micro-batch, pooled
+and normalized, moved off the device inside the loop, and put back in their
+original order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.io import schemas
+from pipeline.stages.model import ModelSource, resolve_device, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+# Tests that declare Ray GPUs on a machine without one set this; anywhere else a GPU actor
+# without CUDA is an error, never a quiet CPU run.
+ALLOW_CPU_ON_GPU_ENV = "E5_EMBED_ALLOW_CPU_ON_GPU"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncodeSettings:
+    """The EncodeStage's constructor arguments, as the plan fixes them."""
+
+    model: ModelSource  # where the weights come from
+    batch_size: int  # rows per forward pass (the plan's fixed batch)
+    dtype: str = "auto"  # compute dtype (auto: bf16/fp16 on GPU, float32 on CPU)
+    device: str = "auto"
+    output_dtype: str = "float32"  # stored embedding dtype
+    torch_threads: int | None = None  # CPU threads per actor (CPU encoding only)
+    expect_gpu: bool = False  # the plan gave this actor a GPU
+    compile_model: bool = False  # torch.compile the encoder
+
+
+class EncodeStage:
+    """A callable class over TOKENIZED tables: the model is loaded once per instance (actor)."""
+
+    def __init__(
+        self,
+        *,
+        model: ModelSource,
+        batch_size: int,
+        dtype: str = "auto",
+        device: str = "auto",
+        output_dtype: str = "float32",
+        torch_threads: int | None = None,
+        pad_multiple: int | None = None,
+        expect_gpu: bool = False,
+        compile_model: bool = False,
+    ):
+        import torch
+
+        self._torch = torch
+        self.device = resolve_device(device)
+        if expect_gpu and self.device != "cuda":
+            if os.environ.get(ALLOW_CPU_ON_GPU_ENV) != "1":
+                raise RuntimeError(
+                    "this encode actor was given a GPU by the plan but sees no CUDA device (a "
+                    "CPU-only torch build on a GPU node?); refusing to encode on CPU"
+                )
+            logger.warning(
+                "this encode actor holds a Ray GPU but no CUDA device is visible; encoding on CPU in "
+                "float32 (%s=1: for tests on clusters that only declare GPUs)",
+                ALLOW_CPU_ON_GPU_ENV,
+            )
+            dtype = "float32"
+        self.dtype = resolve_dtype(dtype, self.device)
+        if self.device == "cpu":
+            torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+        self.model = model.load_model(dtype=self.dtype, device=self.device)
+        self.dim = int(self.model.config.hidden_size)
+        # torch.compile with dynamic shapes: one compilation serves every (rows, width); it costs a
+        # warm-up per actor (12-30 s for MiniLM on 2 CPU cores) and is opt-in (docs/benchmarks.md).
+        self.forward = torch.compile(self.model, dynamic=True) if compile_model else self.model
+        self.batch_size = batch_size
+        self.output_dtype = output_dtype
+        self.pad_multiple = pad_multiple if pad_multiple is not None else (8 if self.device == "cuda" else 1)
+        self.oom_splits = 0
+        logger.info(
+            "encode actor ready: model=%s device=%s dtype=%s batch_size=%d compiled=%s",
+            model.name_or_path,
+            self.device,
+            self.dtype,
+            batch_size,
+            compile_model,
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ids_col = (
+            batch["input_ids"].combine_chunks()
+            if isinstance(batch["input_ids"], pa.ChunkedArray)
+            else batch["input_ids"]
+        )
+        ok = pc.is_valid(ids_col).to_numpy(zero_copy_only=False)
+        good = np.flatnonzero(ok)
+        embeddings = np.zeros((batch.num_rows, self.dim), dtype=np.float32)
+        if len(good):
+            offsets = ids_col.offsets.to_numpy()
+            values = ids_col.values.to_numpy()
+            embeddings[good] = self.encode_ragged(values, offsets, good)
+        out_type = np.float16 if self.output_dtype == "float16" else np.float32
+        flat = pa.array(embeddings.astype(out_type, copy=False).reshape(-1))
+        embedding = pa.FixedSizeListArray.from_arrays(flat, self.dim, mask=pa.array(~ok))
+        return pa.Table.from_arrays(
+            [
+                batch["id"],
+                batch["source"],
+                batch["row"],
+                batch["reject_reason"],
+                embedding,
+                batch["n_tokens"],
+                batch["truncated"],
+            ],
+            schema=schemas.embedded_schema(self.dim, self.output_dtype),
+        )
+
+    def encode_ragged(self, values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Embeddings for ``rows`` of a ragged id array, in the order of ``rows``.
+
+        One micro-batch stays in flight: the next one is padded and queued on the device before
+        the previous one's results are waited for, so on a GPU the host-side work overlaps the
+        device's compute (on CPU each launch simply runs to completion).
+        """
+        lengths = offsets[rows + 1] - offsets[rows]
+        order = np.argsort(-lengths, kind="stable")
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        in_flight: tuple[np.ndarray, _InFlight] | None = None
+        for start in range(0, len(rows), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            input_ids, mask = self._pad([values[offsets[r] : offsets[r + 1]] for r in rows[chunk]])
+            launched = self._launch_splitting(input_ids, mask)
+            if in_flight is not None:
+                out[in_flight[0]] = in_flight[1].result()
+            in_flight = (chunk, launched)
+        if in_flight is not None:
+            out[in_flight[0]] = in_flight[1].result()
+        return out
+
+    def _pad(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        longest = max(len(s) for s in seqs)
+        width = -(-longest // self.pad_multiple) * self.pad_multiple
+        input_ids = np.zeros((len(seqs), width), dtype=np.int64)
+        mask = np.zeros((len(seqs), width), dtype=np.int64)
+        for i, s in enumerate(seqs):
+            input_ids[i, : len(s)] = s
+            mask[i, : len(s)] = 1
+        return input_ids, mask
+
+    def _launch_splitting(self, input_ids: np.ndarray, mask: np.ndarray) -> _InFlight:
+        """Queue a micro-batch; on a device out-of-memory, split it in halves and run those now."""
+        torch = self._torch
+        try:
+            return self._launch(input_ids, mask)
+        except torch.OutOfMemoryError:
+            if len(input_ids) == 1:
+                raise
+            self.oom_splits += 1
+            if self.device == "cuda":
+                torch.cuda.empty_cache()
+            half = len(input_ids) // 2
+            logger.warning(
+                "out of memory on a batch of %d x %d tokens; retrying as %d + %d rows",
+                len(input_ids),
+                input_ids.shape[1],
+                half,
+                len(input_ids) - half,
+            )
+            first = self._launch_splitting(input_ids[:half], mask[:half]).result()
+            second = self._launch_splitting(input_ids[half:], mask[half:]).result()
+            return _InFlight(host=np.concatenate([first, second]))
+
+    def _launch(self, input_ids: np.ndarray, mask: np.ndarray) -> _InFlight:
+        """Queue forward, pooling and the copy back to host; on CUDA this returns before they finish."""
+        from pipeline.stages.pooling import average_pool, l2_normalize
+
+        torch = self._torch
+        ids_t = torch.from_numpy(input_ids)
+        mask_t = torch.from_numpy(mask)
+        with torch.inference_mode():
+            if self.device == "cuda":
+                ids_t = ids_t.pin_memory().to(self.device, non_blocking=True)
+                mask_t = mask_t.pin_memory().to(self.device, non_blocking=True)
+            hidden = self.forward(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+            pooled = l2_normalize(average_pool(hidden.float(), mask_t))
+            if self.device != "cuda":
+                return _InFlight(host=pooled.numpy())
+            host = torch.empty(pooled.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(pooled, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        return _InFlight(host=host, done=done)
+
+    def _forward(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One padded micro-batch to embeddings, synchronously."""
+        return self._launch(input_ids, mask).result()
+
+
+@dataclass
+class _InFlight:
+    """A micro-batch's embeddings: ready (a numpy array), or being copied to pinned host memory."""
+
+    host: Any
+    done: Any = None  # torch.cuda.Event, recorded after the copy was queued
+
+    def result(self) -> np.ndarray:
+        if self.done is not None:
+            self.done.synchronize()
+            self.done = None
+            self.host = self.host.numpy()
+        return self.host

@@ -1,0 +1,199 @@
+"""Where model weights and tokenizers come from, and how they are loaded.
+
+``ModelSource`` names a Hugging Face Hub id (optionally pinned to a revision) or
+a local folder. The driver checks it before any actor starts (fail fast, exit
+2); each actor then loads it once. Hub downloads go through the node's Hugging
+Face cache, whose file locks make it one download per node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+_FETCH_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo:
+    """The shape of a BERT-style encoder, from its config.json."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    vocab_size: int
+    max_positions: int
+
+    @property
+    def parameters(self) -> int:
+        h, f, L = self.hidden_size, self.intermediate_size, self.num_layers
+        per_layer = 4 * h * h + 4 * h + 2 * h * f + f + h + 4 * h  # attn + ffn + 2 layer norms
+        embeddings = (self.vocab_size + self.max_positions + 2) * h + 2 * h
+        return L * per_layer + embeddings
+
+    @classmethod
+    def from_config(cls, name: str, config: Any) -> "ModelInfo":
+        get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+        return cls(
+            name=name,
+            hidden_size=int(get("hidden_size")),
+            num_layers=int(get("num_hidden_layers")),
+            num_heads=int(get("num_attention_heads")),
+            intermediate_size=int(get("intermediate_size")),
+            vocab_size=int(get("vocab_size")),
+            max_positions=int(get("max_position_embeddings")),
+        )
+
+
+def _shape(name: str, layers: int, hidden: int, heads: int, ffn: int, vocab: int, positions: int) -> ModelInfo:
+    return ModelInfo(
+        name=name,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        intermediate_size=ffn,
+        vocab_size=vocab,
+        max_positions=positions,
+    )
+
+
+# The E5 family's shapes, known offline (for ``e5-embed plan`` without a hub).
+KNOWN_SHAPES = {
+    s.name: s
+    for s in [
+        _shape("intfloat/e5-small-v2", 12, 384, 12, 1536, 30522, 512),
+        _shape("intfloat/e5-base-v2", 12, 768, 12, 3072, 30522, 512),
+        _shape("intfloat/e5-large-v2", 24, 1024, 16, 4096, 30522, 512),
+        _shape("intfloat/multilingual-e5-small", 12, 384, 12, 1536, 250037, 512),
+        _shape("intfloat/multilingual-e5-base", 12, 768, 12, 3072, 250002, 514),
+        _shape("intfloat/multilingual-e5-large", 24, 1024, 16, 4096, 250002, 514),
+    ]
+}
+
+
+def offline_info(name_or_path: str) -> ModelInfo:
+    """A model's shape without any network: the E5 table, or a local folder's config.json."""
+    import json
+
+    if name_or_path in KNOWN_SHAPES:
+        return KNOWN_SHAPES[name_or_path]
+    config = os.path.join(name_or_path, "config.json")
+    if os.path.isfile(config):
+        with open(config, encoding="utf-8") as f:
+            return ModelInfo.from_config(name_or_path, json.load(f))
+    raise UsageError(
+        f"unknown model {name_or_path!r}: use one of {', '.join(KNOWN_SHAPES)} or a local folder with config.json"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSource:
+    name_or_path: str
+    revision: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return os.path.isdir(self.name_or_path)
+
+    def local_path(self) -> str:
+        """A local folder holding the model: the folder itself, or the node's cached Hub snapshot."""
+        if self.is_local:
+            return self.name_or_path
+        from huggingface_hub import snapshot_download
+
+        try:
+            return snapshot_download(self.name_or_path, revision=self.revision, allow_patterns=_FETCH_PATTERNS)
+        except Exception as e:  # hub errors come in many types; all mean "can't get the model"
+            raise UsageError(
+                f"cannot fetch model {self.name_or_path!r} (revision {self.revision or 'main'}): "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from e
+
+    def info(self) -> ModelInfo:
+        """Read and check config.json (driver side, before the pipeline starts)."""
+        import json
+
+        if os.path.exists(self.name_or_path) and not self.is_local:
+            raise UsageError(f"--model {self.name_or_path!r} is a file, expected a folder or a Hub id")
+        if self.is_local and not os.path.isfile(os.path.join(self.name_or_path, "config.json")):
+            raise UsageError(f"model folder {self.name_or_path!r} has no config.json")
+        try:
+            with open(os.path.join(self.local_path(), "config.json"), encoding="utf-8") as f:
+                return ModelInfo.from_config(self.name_or_path, json.load(f))
+        except UsageError:
+            raise
+        except Exception as e:
+            raise UsageError(f"cannot read model {self.name_or_path!r}: {type(e).__name__}: {e}") from e
+
+    def load_tokenizer(self):
+        """The model's fast (Rust) tokenizer; straight from tokenizer.json when there is one,
+        which keeps transformers out of the tokenizer actors (faster start-up)."""
+        path = os.path.join(self.local_path(), "tokenizer.json")
+        if os.path.isfile(path):
+            from tokenizers import Tokenizer
+
+            return Tokenizer.from_file(path)
+        from transformers import AutoTokenizer
+
+        quiet_transformers()
+        tokenizer = AutoTokenizer.from_pretrained(self.local_path(), use_fast=True)
+        if not getattr(tokenizer, "is_fast", False):
+            raise UsageError(f"model {self.name_or_path!r} has no fast tokenizer (tokenizer.json)")
+        return tokenizer.backend_tokenizer
+
+    def load_model(self, *, dtype: str, device: str):
+        import torch
+        from transformers import AutoModel
+
+        quiet_transformers()
+        model = AutoModel.from_pretrained(
+            self.local_path(),
+            dtype=getattr(torch, TORCH_DTYPES[dtype]),
+            attn_implementation="sdpa",
+            add_pooling_layer=False,
+        )
+        return model.to(device).eval()
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but this worker has no CUDA device")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto``: bf16 on GPUs that have it, else fp16 on GPU; float32 on CPU."""
+    if device == "cuda" and dtype == "bfloat16":
+        import torch
+
+        if not torch.cuda.is_bf16_supported():  # compute capability < 8.0 (T4, V100): the plan's profile was wrong
+            logger.warning("this GPU has no bfloat16; encoding in float16")
+            return "float16"
+    if dtype != "auto":
+        return dtype
+    if device == "cuda":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def quiet_transformers() -> None:
+    """Keep per-actor model loading out of the job's log (no load reports or bars)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

@@ -1,0 +1,101 @@
+"""CPU stage: E5 prefix + fast tokenizer + truncation, compact token ids out.
+
+RECORDS in, TOKENIZED out. Token ids stay unpadded (list<int32>); padding is
+the encode stage's job, per length-sorted micro-batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.io import schemas
+from pipeline.stages.model import ModelSource
+
+logger = logging.getLogger(__name__)
+
+# Documents longer than this many characters per allowed token are cut at a
+# whitespace before tokenizing (exact: see ``_tokenize``); saves time on
+# megabyte-sized documents that are truncated to max_length tokens anyway.
+CHARS_PER_TOKEN_CUTOFF = 24
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizeSettings:
+    """The TokenizeStage's constructor arguments, as the plan fixes them."""
+
+    model: ModelSource  # where the tokenizer comes from
+    prefix: str  # the E5 prefix text ('passage: ', 'query: ' or '')
+    max_length: int  # tokens per text, special tokens and prefix included
+
+
+class TokenizeStage:
+    """A callable class over RECORDS tables (one tokenizer per instance): TOKENIZED out."""
+
+    def __init__(self, *, model: ModelSource, prefix: str, max_length: int):
+        backend = copy.deepcopy(model.load_tokenizer())
+        backend.no_padding()
+        backend.enable_truncation(max_length)
+        self._backend = backend
+        self._prefix = prefix
+        self._max_length = max_length
+        self._cutoff = max_length * CHARS_PER_TOKEN_CUTOFF
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ok = pc.is_null(batch["reject_reason"]).to_numpy(zero_copy_only=False)
+        texts = batch["text"].to_pylist()
+        ids, truncated = self.tokenize([t for t, good in zip(texts, ok) if good])
+        n = batch.num_rows
+        lengths = np.zeros(n, dtype=np.int32)
+        trunc = np.zeros(n, dtype=bool)
+        good_rows = np.flatnonzero(ok)
+        lengths[good_rows] = [len(x) for x in ids]
+        trunc[good_rows] = truncated
+        offsets = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        values = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
+        input_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=pa.array(~ok))
+        return pa.Table.from_arrays(
+            [
+                batch["id"],
+                batch["source"],
+                batch["row"],
+                batch["reject_reason"],
+                input_ids,
+                pa.array(np.where(ok, lengths, 0), pa.int32()),
+                pa.array(trunc),
+            ],
+            schema=schemas.TOKENIZED,
+        )
+
+    def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """Token ids (special tokens included, truncated) and whether each was truncated."""
+        prefixed = [self._prefix + t for t in texts]
+        cut = [_cut_at_whitespace(t, self._cutoff) for t in prefixed]
+        encodings = self._backend.encode_batch(cut)
+        ids = [e.ids for e in encodings]
+        truncated = [bool(e.overflowing) for e in encodings]
+        # A cut text that no longer overflows might have fit whole: redo those from the full text.
+        redo = [i for i, (c, p) in enumerate(zip(cut, prefixed)) if len(c) < len(p) and not truncated[i]]
+        if redo:
+            for i, e in zip(redo, self._backend.encode_batch([prefixed[i] for i in redo])):
+                ids[i], truncated[i] = e.ids, bool(e.overflowing)
+        return ids, truncated
+
+
+def _cut_at_whitespace(text: str, limit: int) -> str:
+    """The text up to the last whitespace before ``limit`` chars, or the text unchanged.
+
+    BERT's pre-tokenizer splits at whitespace and its normalizer is per character,
+    so the tokens before the cut are the full text's tokens; when the cut text
+    alone overflows max_length, its truncated ids equal the full text's.
+    """
+    if len(text) <= limit:
+        return text
+    space = max(text.rfind(" ", 0, limit), text.rfind("\n", 0, limit))
+    return text[:space] if space > 0 else text

@@ -1,0 +1,73 @@
+"""The benchmark runs and its numbers are well-formed (not a timed test: no speed is asserted)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from e5tools.bench import ROWS, make_corpus, run_benchmark
+
+
+def test_corpus_is_real_text_with_a_length_mix():
+    docs = make_corpus(300)
+    assert len(docs) == 300 and docs == make_corpus(300)  # deterministic
+    words = sorted(len(d.split()) for d in docs)
+    assert words[0] < 40 < words[150] < 200 < words[-1]  # short, median and a long tail
+
+
+def test_unknown_row_is_a_usage_error():
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "bench", "--rows", "encode,warp"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "unknown warp" in result.stderr
+
+
+@pytest.mark.slow
+def test_every_row_and_memory_check_are_well_formed(tmp_path):
+    report = run_benchmark(docs=24, device="cpu", rows=ROWS, memory_check=True, out_dir=str(tmp_path))
+    assert set(report["rows"]) == set(ROWS)
+    for name, row in report["rows"].items():
+        for key in ("seconds", "docs_per_s", "tokens_per_s", "fraction_of_peak"):
+            assert math.isfinite(row[key]) and row[key] > 0, (name, key)
+        assert row["docs"] == 24
+    assert report["rows"]["reference"]["padding_overhead"] >= report["rows"]["encode"]["padding_overhead"] >= 0
+    assert report["parity"]["encode_vs_reference_min_cosine"] >= 0.99999
+    assert report["parity"]["encode_compiled_vs_reference_min_cosine"] >= 0.9999
+    assert "compiling took" in report["rows"]["encode_compiled"]["notes"]
+    assert report["memory_check"]["docs_4x"] == 96 and report["memory_check"]["ratio_4x_over_1x"] > 0
+    assert set(report["ratios"]) >= {
+        "encode/reference",
+        "encode/st_encode",
+        "encode_compiled/encode",
+        "pipeline/st_encode",
+    }
+    assert report["matmul_peak_flops"] > 0 and report["versions"]["ray"]
+    assert json.loads((tmp_path / "bench.json").read_text())["rows"].keys() == report["rows"].keys()
+    table = (tmp_path / "bench.md").read_text()
+    assert all(f"| {name} |" in table for name in ROWS)
+
+
+def test_steady_state_rate_leaves_out_start_up(tmp_path):
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from e5tools.bench import steady_tokens_per_s
+    from pipeline.io import schemas
+
+    def part(name, tokens, mtime):
+        table = pa.table({"x": [1]}).replace_schema_metadata({schemas.STATS_KEY: json.dumps({"tokens": tokens})})
+        pq.write_table(table, tmp_path / name)
+        os.utime(tmp_path / name, (mtime, mtime))
+
+    part("part-a.parquet", 1000, 100.0)  # landed after start-up: its tokens are not counted
+    part("part-b.parquet", 300, 102.0)
+    assert steady_tokens_per_s(tmp_path) is None  # two files: too few
+    part("part-c.parquet", 500, 104.0)
+    assert steady_tokens_per_s(tmp_path) == (300 + 500) / 4.0

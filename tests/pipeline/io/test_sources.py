@@ -1,0 +1,250 @@
+import gzip
+import json
+import random
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.errors import UsageError
+from pipeline.io.sources import (
+    FieldSpec,
+    ShardReader,
+    ShardReadError,
+    detect_format,
+    list_shards,
+    read_shards,
+)
+
+
+def _read(folder, fields=None, skip=None, **kw):
+    shards = list_shards([str(folder)], {}, **kw)
+    tables = list(read_shards({}, shards, fields or FieldSpec(), 3, skip or {}))
+    return pa.concat_tables(tables).to_pylist() if tables else []
+
+
+def test_detect_format():
+    assert detect_format("a/b.jsonl.gz") == ("jsonl", "gzip")
+    assert detect_format("a/b.TXT.zst") == ("text", "zstd")
+    assert detect_format("b.ndjson") == ("jsonl", None)
+    assert detect_format("b.parquet") == ("parquet", None)
+    assert detect_format("b.csv") == (None, None)
+    assert detect_format("b.csv", "text") == ("text", None)
+
+
+def test_every_format_and_compression(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.txt").write_text("first line\nsecond line\n")
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"id": "x1", "text": "gz text"}) + "\n")
+    (tmp_path / "sub" / "c.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress(json.dumps({"id": 7, "text": "zst text"}).encode() + b"\n")
+    )
+    pq.write_table(pa.table({"id": ["p1", None], "text": ["pq one", "pq two"]}), tmp_path / "d.parquet")
+    (tmp_path / "_SUCCESS").write_text("")
+    (tmp_path / "notes.csv").write_text("ignored")
+    rows = _read(tmp_path)
+    got = {(r["id"], r["text"]) for r in rows}
+    assert got == {
+        ("a.txt:0", "first line"),
+        ("a.txt:1", "second line"),
+        ("x1", "gz text"),
+        ("7", "zst text"),
+        ("p1", "pq one"),
+        ("d.parquet:1", "pq two"),
+    }
+    assert all(r["reject_reason"] is None for r in rows)
+    assert {r["row"] for r in rows if r["source"].endswith("a.txt")} == {0, 1}
+
+
+def test_derived_ids_are_stable_and_relative_to_the_input_root(tmp_path):
+    (tmp_path / "in" / "deep").mkdir(parents=True)
+    (tmp_path / "in" / "deep" / "s.txt").write_text("a\nb\n")
+    first = [r["id"] for r in _read(tmp_path / "in")]
+    second = [r["id"] for r in _read(tmp_path / "in")]
+    assert first == second == ["deep/s.txt:0", "deep/s.txt:1"]
+
+
+def test_title_joined_beir_style(tmp_path):
+    (tmp_path / "t.jsonl").write_text(
+        json.dumps({"id": 1, "title": "Title", "text": "body"})
+        + "\n"
+        + json.dumps({"id": 2, "text": "no title"})
+        + "\n"
+    )
+    rows = _read(tmp_path, FieldSpec(title_field="title"))
+    assert [r["text"] for r in rows] == ["Title body", "no title"]
+
+
+def test_custom_fields(tmp_path):
+    (tmp_path / "t.jsonl").write_text(json.dumps({"doc_id": "A", "body": "hello"}) + "\n")
+    rows = _read(tmp_path, FieldSpec(text_field="body", id_field="doc_id"))
+    assert [(r["id"], r["text"]) for r in rows] == [("A", "hello")]
+
+
+def test_bad_records_are_rejected_with_reasons_not_raised(tmp_path):
+    lines = [
+        json.dumps({"id": "ok", "text": "fine"}).encode(),
+        b"{not json",
+        json.dumps({"id": "m"}).encode(),
+        json.dumps({"id": "n", "text": 5}).encode(),
+        json.dumps({"id": "e", "text": "   "}).encode(),
+        b'{"id": "u", "text": "\xff\xfe bad"}',
+        b"[1, 2]",
+        b"",
+        json.dumps({"id": "emoji", "text": "caf\u00e9 \U0001f600 \u4e2d\u6587"}).encode(),
+    ]
+    (tmp_path / "bad.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    rows = _read(tmp_path)
+    assert len(rows) == len(lines)  # every record accounted for
+    reasons = {r["row"]: r["reject_reason"] for r in rows}
+    assert reasons[0] is None and reasons[8] is None
+    assert reasons[1].startswith("invalid JSON")
+    assert reasons[2] == "missing text field 'text'"
+    assert "not a string" in reasons[3]
+    assert reasons[4] == "empty or whitespace-only text"
+    assert reasons[5].startswith("invalid UTF-8")
+    assert "not an object" in reasons[6]
+    assert reasons[7] == "blank line"
+
+
+def _reader(folder, name, **kw):
+    shard = next(s for s in list_shards([str(folder)], {}) if s.path.endswith(name))
+    return ShardReader(LocalFileSystem(), shard, FieldSpec(), **kw)
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_cut_shard_keeps_what_decodes_and_reports_its_remainder_not_a_record(tmp_path, compress):
+    """A shard cut to 20% of its bytes: the decodable rows are records; the rest is a remainder
+    with an unknown row count (not one 'rejected record'), so the job can refuse to call it complete."""
+    rng = random.Random(0)  # text that compresses like prose, over several zstd blocks
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 9))) for _ in range(500)]
+    raw = b"".join(
+        json.dumps({"id": i, "text": " ".join(rng.choices(words, k=30))}).encode() + b"\n" for i in range(10000)
+    )
+    data = gzip.compress(raw) if compress == "gzip" else zstandard.ZstdCompressor().compress(raw)
+    name = "c.jsonl.gz" if compress == "gzip" else "c.jsonl.zst"
+    (tmp_path / name).write_bytes(data[: len(data) // 5])
+    reader = _reader(tmp_path, name)
+    records = list(reader)
+    assert 0 < len(records) < 10000 and all(r["reject_reason"] is None for r in records)
+    assert [r["row"] for r in records] == list(range(len(records)))
+    assert reader.rows == len(records) and "truncated" in reader.remainder
+
+
+def test_garbage_after_a_gzip_header_is_a_remainder(tmp_path):
+    (tmp_path / "g.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00garbage-not-gzip")
+    reader = _reader(tmp_path, "g.jsonl.gz")
+    assert list(reader) == [] and reader.rows == 0 and reader.remainder.startswith("gzip")
+
+
+class _FlakyFS(LocalFileSystem):
+    """A real local filesystem whose reads fail with a connection reset every few reads."""
+
+    def __init__(self, fail_reads: set[int], error: type[OSError] = ConnectionResetError):
+        super().__init__()
+        self.fail_reads, self.error, self.reads = fail_reads, error, 0
+
+    def open(self, path, mode="rb", **kw):
+        f = super().open(path, mode, **kw)
+        fs = self
+        real = f.read
+
+        def read(n=-1):
+            fs.reads += 1
+            if fs.reads in fs.fail_reads:
+                raise fs.error("connection reset by peer")
+            return real(n)
+
+        f.read = read
+        return f
+
+
+def test_transient_read_errors_reopen_and_continue_without_losing_or_repeating_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipeline.io.sources.READ_CHUNK", 64)
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps({"id": i, "text": f"text {i}"}) + "\n" for i in range(200)))
+    shard = list_shards([str(tmp_path)], {})[0]
+    reader = ShardReader(_FlakyFS({5, 40, 41}), shard, FieldSpec(), backoff_s=0)
+    rows = [r["row"] for r in reader]
+    assert rows == list(range(200)) and reader.rows == 200 and reader.remainder is None
+
+
+def test_persistent_io_errors_fail_the_shard_by_name(tmp_path):
+    (tmp_path / "s.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
+    shard = list_shards([str(tmp_path)], {})[0]
+    reader = ShardReader(_FlakyFS(set(range(1, 100)), TimeoutError), shard, FieldSpec(), backoff_s=0)
+    with pytest.raises(ShardReadError, match="s.jsonl.*after 4 attempt"):
+        list(reader)
+
+
+def test_a_shard_changed_since_listing_is_refused(tmp_path):
+    (tmp_path / "s.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
+    shard = list_shards([str(tmp_path)], {})[0]
+    (tmp_path / "s.jsonl").write_text(json.dumps({"text": "other and longer"}) + "\n")
+    with pytest.raises(ShardReadError, match="changed after it was listed"):
+        list(ShardReader(LocalFileSystem(), shard, FieldSpec()))
+
+
+def test_hostile_records_are_rejected_one_by_one(tmp_path):
+    lines = [
+        json.dumps({"id": "a", "text": "fine"}).encode(),
+        b"[" * 100_000 + b"]" * 100_000,  # RecursionError in json
+        b'{"id": "n", "text": "x", "v": ' + b"9" * 5000 + b"}",  # ValueError: int digits limit
+        b'{"id": "big", "text": "' + b"y" * 400_000 + b'"}',  # over --max-record-bytes
+        json.dumps({"id": "z", "text": "also fine"}).encode(),
+    ]
+    (tmp_path / "h.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    reader = _reader(tmp_path, "h.jsonl", max_record_bytes=300_000)
+    rows = list(reader)
+    assert [r["row"] for r in rows] == [0, 1, 2, 3, 4] and reader.rows == 5
+    assert [r["id"] for r in rows if not r["reject_reason"]] == ["a", "z"]
+    reasons = [r["reject_reason"] for r in rows[1:4]]
+    assert reasons[0].startswith("invalid JSON: RecursionError") and reasons[1].startswith("invalid JSON: ValueError")
+    assert reasons[2].startswith("record larger than --max-record-bytes")
+
+
+def test_cr_only_line_ends_and_a_utf8_bom(tmp_path):
+    (tmp_path / "mac.txt").write_bytes("\ufefffirst\rsecond\r\nthird\r".encode())
+    assert [(r["row"], r["text"]) for r in _read(tmp_path)] == [(0, "first"), (1, "second"), (2, "third")]
+    (tmp_path / "mac.txt").unlink()
+    (tmp_path / "b.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "x", "text": "bom"}).encode() + b"\n")
+    assert [(r["id"], r["reject_reason"]) for r in _read(tmp_path)] == [("x", None)]
+
+
+def test_paths_with_glob_characters_are_literal(tmp_path):
+    (tmp_path / "o[ab]").mkdir()
+    (tmp_path / "o[ab]" / "x.txt").write_text("literal\n")
+    (tmp_path / "oa").mkdir()
+    (tmp_path / "oa" / "y.txt").write_text("other folder\n")
+    shards = list_shards([str(tmp_path / "o[ab]")], {})
+    assert [s.relpath for s in shards] == ["x.txt"]  # the folder named 'o[ab]', not 'oa'
+
+
+def test_empty_files_are_fine(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "one.txt").write_text("x\n")
+    assert [r["text"] for r in _read(tmp_path)] == ["x"]
+
+
+def test_skip_ranges_drop_done_rows(tmp_path):
+    (tmp_path / "s.txt").write_text("".join(f"line {i}\n" for i in range(10)))
+    path = list_shards([str(tmp_path)], {})[0].path
+    rows = _read(tmp_path, skip={path: [(0, 3), (5, 9)]})
+    assert [r["row"] for r in rows] == [3, 4, 9]
+
+
+def test_glob_and_list_inputs(tmp_path):
+    for name in ("a.txt", "b.txt", "c.jsonl"):
+        (tmp_path / name).write_text('{"text": "j"}\n' if name.endswith("jsonl") else "t\n")
+    assert len(list_shards([str(tmp_path / "*.txt")], {})) == 2
+    assert len(list_shards([str(tmp_path / "a.txt"), str(tmp_path / "c.jsonl")], {})) == 2
+
+
+def test_missing_input_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="input not found"):
+        list_shards([str(tmp_path / "nope")], {})
+    (tmp_path / "x.bin").write_text("?")
+    with pytest.raises(UsageError, match="--input-format"):
+        list_shards([str(tmp_path / "x.bin")], {})

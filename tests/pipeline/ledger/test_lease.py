@@ -1,0 +1,128 @@
+"""One writer per output: the lease on local disk and on S3 (moto's server honours If-None-Match)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.io.storage import Storage
+from pipeline.ledger.lease import LEASE_DIR, Lease, LeaseHeld, LeaseLost
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request, tmp_path):
+    if request.param == "local":
+        return Storage(str(tmp_path / "out"))
+    s3fs_client = request.getfixturevalue("s3fs_client")
+    bucket = request.getfixturevalue("bucket")
+    del s3fs_client
+    return Storage(f"s3://{bucket}/out")
+
+
+def test_second_run_is_refused_naming_the_holder_then_gets_it_after_release(storage):
+    first = Lease(storage, run_id="run-first", ttl_s=60)
+    first.acquire()
+    try:
+        with pytest.raises(LeaseHeld, match=r"run run-first \(pid \d+ on .*lease generation 1"):
+            Lease(storage, run_id="run-second", ttl_s=60).acquire()
+        first.check()  # still ours
+    finally:
+        first.release()
+    second = Lease(storage, run_id="run-second", ttl_s=60)
+    assert second.acquire().generation == 2
+    second.release()
+
+
+def test_racing_runs_get_exactly_one_lease(storage):
+    winners, refused = [], []
+    barrier = threading.Barrier(6)
+
+    def contend(i: int) -> None:
+        lease = Lease(storage, run_id=f"racer-{i}", ttl_s=60)
+        barrier.wait()
+        try:
+            lease.acquire()
+            winners.append(lease)
+        except LeaseHeld:
+            refused.append(i)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1 and len(refused) == 5
+    winners[0].release()
+
+
+def test_an_expired_holder_is_taken_over_and_its_fence_stops_it(storage):
+    stale = Lease(storage, run_id="stale", ttl_s=0.6)
+    stale.acquire()
+    stale._stop.set()  # a holder that hangs (GC pause, lost network) and stops renewing
+    stale._thread.join()
+    # this process is alive, so only expiry frees the lease: wait for it
+    taker = Lease(storage, run_id="taker", ttl_s=60)
+    taker.acquire(wait_s=10, poll_s=0.1)
+    try:
+        with pytest.raises(LeaseLost):
+            stale.check()
+        with pytest.raises(LeaseLost, match="took over"):
+            stale.fence().check()  # what the stale run's write tasks would run
+        taker.fence().check()
+        taker.check()
+    finally:
+        taker.release()
+
+
+def test_a_renewed_lease_outlives_its_ttl(storage):
+    lease = Lease(storage, run_id="long", ttl_s=0.8)
+    lease.acquire()
+    try:
+        time.sleep(2.0)  # several ttls: the renewal thread keeps it
+        lease.check()
+        with pytest.raises(LeaseHeld):
+            Lease(storage, run_id="other", ttl_s=60).acquire()
+    finally:
+        lease.release()
+
+
+def test_waiting_run_proceeds_when_the_holder_releases(storage):
+    holder = Lease(storage, run_id="holder", ttl_s=60)
+    holder.acquire()
+    threading.Timer(1.0, holder.release).start()
+    waiter = Lease(storage, run_id="waiter", ttl_s=60)
+    t0 = time.monotonic()
+    waiter.acquire(wait_s=30, poll_s=0.1)
+    assert 0.5 < time.monotonic() - t0 < 25
+    waiter.release()
+
+
+def test_sigkilled_holder_on_this_host_is_taken_over_at_once(tmp_path):
+    """A real process takes the lease (ttl 1 h) and is SIGKILLed: a retry must not wait an hour."""
+    out = tmp_path / "out"
+    script = (
+        "import sys, time; from pipeline.ledger.lease import Lease; from pipeline.io.storage import Storage;"
+        "Lease(Storage(sys.argv[1]), run_id='victim', ttl_s=3600).acquire(); print('held', flush=True);"
+        "time.sleep(600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(LeaseHeld, match="victim"):
+            Lease(Storage(str(out)), run_id="early", ttl_s=60).acquire()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    retry = Lease(Storage(str(out)), run_id="retry", ttl_s=60)
+    assert retry.acquire().generation == 2
+    retry.release()
+    records = sorted((out / LEASE_DIR).iterdir())
+    assert json.loads(records[-1].read_text())["released"] is True

@@ -1,0 +1,95 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.io import coverage, schemas
+from pipeline.io.sink import file_stats, put_file
+from pipeline.io.storage import Storage
+from pipeline.ledger.output import OutputState
+
+
+def data_table(source, rows, dim=4):
+    n = len(rows)
+    emb = pa.FixedSizeListArray.from_arrays(pa.array([0.5] * (n * dim), pa.float32()), dim)
+    return pa.Table.from_arrays(
+        [
+            pa.array([f"{source}:{r}" for r in rows]),
+            emb,
+            pa.array([3] * n, pa.int32()),
+            pa.array([False] * n),
+            pa.array([source] * n),
+            pa.array(rows, pa.int64()),
+        ],
+        schema=schemas.output_schema(dim),
+    )
+
+
+def test_coverage_ranges_and_digest_are_order_independent():
+    t = data_table("s", [5, 1, 2, 3, 9])
+    assert coverage.ranges_of(t) == {"s": [(1, 4), (5, 6), (9, 10)]}
+    shuffled = t.take([4, 3, 2, 1, 0])
+    assert coverage.digest(coverage.ranges_of(t)) == coverage.digest(coverage.ranges_of(shuffled))
+    assert coverage.overlap([{"s": [(0, 5)]}, {"s": [(3, 8)]}]) == 2
+    assert coverage.intersect({"s": [(0, 5), (7, 9)]}, {"s": [(3, 8)]}) == {"s": [(3, 5), (7, 8)]}
+
+
+def test_reconcile_repairs_overlapping_files(tmp_path):
+    storage = Storage(str(tmp_path))
+    meta = {"model": "m"}
+    for rows in ([0, 1, 2, 3], [2, 3, 4, 5], [4, 5]):  # overlaps: 2,3 then 4,5 (fully covered)
+        t = data_table("s", rows)
+        put_file(storage, "", t, meta, file_stats(t))
+    totals = OutputState(storage).reconcile(meta)
+    files = sorted(tmp_path.glob("part-*.parquet"))
+    got = sorted(r for f in files for r in pq.read_table(f)["row"].to_pylist())
+    assert got == [0, 1, 2, 3, 4, 5]  # every row once
+    assert totals.counters.rows_written == 6 and totals.counters.tokens == 18 and totals.repaired_files >= 1
+    for f in files:  # footers still describe their files
+        table = pq.read_table(f)
+        assert coverage.decode(table.schema.metadata[schemas.COVERAGE_KEY]) == coverage.ranges_of(table)
+        assert json.loads(table.schema.metadata[schemas.STATS_KEY])["rows"] == table.num_rows
+
+
+def test_reconcile_repairs_a_row_twice_within_one_file(tmp_path):
+    storage = Storage(str(tmp_path))
+    t = data_table("s", [0, 1, 1, 2, 3])
+    put_file(storage, "", t, {}, file_stats(t))
+    put_file(storage, "", data_table("s", [4, 5]), {}, file_stats(data_table("s", [4, 5])))
+    totals = OutputState(storage).reconcile({})
+    rows = sorted(r for f in tmp_path.glob("part-*.parquet") for r in pq.read_table(f)["row"].to_pylist())
+    assert rows == [0, 1, 2, 3, 4, 5] and totals.counters.rows_written == 6 and totals.repaired_files == 1
+
+
+def test_retried_write_of_same_rows_overwrites_the_same_name(tmp_path):
+    storage = Storage(str(tmp_path))
+    t = data_table("s", [0, 1, 2])
+    a = put_file(storage, "", t, {}, file_stats(t))
+    b = put_file(storage, "", t.take([2, 0, 1]), {}, file_stats(t))
+    assert a == b and len(list(tmp_path.glob("part-*.parquet"))) == 1
+    assert not list(tmp_path.glob(".*"))  # no temp files left behind
+
+
+def test_duplicate_ids_are_counted_with_examples(tmp_path):
+    from pipeline.ledger.duplicates import find_duplicate_ids
+
+    storage = Storage(str(tmp_path))
+    a, b = data_table("s", [0, 1, 2]), data_table("t", [0, 1])
+    b = b.set_column(0, "id", pa.array(["s:1", "s:2"]))  # same ids as two rows of a
+    paths = [put_file(storage, "", t, {}, file_stats(t)) for t in (a, b)]
+    report = find_duplicate_ids(storage, paths, 5)
+    assert report.duplicate_ids == 2 and sorted(report.examples) == ["s:1", "s:2"]
+    assert find_duplicate_ids(storage, paths[:1], 3).duplicate_ids == 0
+
+
+@pytest.mark.slow
+def test_duplicate_ids_on_the_cluster_path(ray_cluster, tmp_path):
+    from pipeline.backend.duplicates import duplicate_ids_on_cluster
+
+    storage = Storage(str(tmp_path))
+    a = data_table("s", [0, 1, 2])
+    b = data_table("t", [0]).set_column(0, "id", pa.array(["s:0"]))
+    paths = [put_file(storage, "", t, {}, file_stats(t)) for t in (a, b)]
+    report = duplicate_ids_on_cluster(storage, paths)
+    assert report.duplicate_ids == 1 and report.examples == ["s:0"]

@@ -1,0 +1,213 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import UsageError
+from pipeline.planning.plan import ClusterSpec, PlanRequest, estimate_peak_gpu_memory_gb, make_plan
+from pipeline.planning.scheduler_config import Profile, load_scheduler_config
+from pipeline.stages.model import KNOWN_SHAPES, offline_info
+
+ROOT = Path(__file__).resolve().parents[3]
+BASE = KNOWN_SHAPES["intfloat/e5-base-v2"]
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    return load_scheduler_config()  # the packaged profiles
+
+
+def plan_for(scheduler, *, gpus, accelerator=None, memory=None, model=BASE, max_length=512, **request):
+    cluster = ClusterSpec(
+        gpus=gpus, cpus=16.0 * max(gpus, 1), nodes=max(1, gpus // 8), accelerator=accelerator, gpu_memory_gb=memory
+    )
+    return make_plan(cluster, model, PlanRequest(max_length=max_length, **request), scheduler)
+
+
+def fits(plan, scheduler):
+    _, prof = scheduler.profile_for(plan.profile if plan.profile != "default" else None)
+    return plan.estimated_peak_gpu_memory_gb * plan.actors_per_gpu <= plan.gpu_memory_gb * (1 - prof.memory_headroom)
+
+
+@pytest.mark.parametrize(
+    "accelerator, gpus", [("T4", 4), ("L4", 2), ("A10G", 4), ("A100-40G", 8), ("A100-80G", 8), ("H100", 8), ("H200", 8)]
+)
+@pytest.mark.parametrize(
+    "model", ["intfloat/e5-small-v2", "intfloat/e5-base-v2", "intfloat/e5-large-v2", "intfloat/multilingual-e5-large"]
+)
+@pytest.mark.parametrize("max_length", [128, 512])
+def test_every_plan_fits(scheduler, accelerator, gpus, model, max_length):
+    plan = plan_for(scheduler, gpus=gpus, accelerator=accelerator, model=KNOWN_SHAPES[model], max_length=max_length)
+    assert fits(plan, scheduler)
+    assert plan.gpu_actors == gpus * plan.actors_per_gpu and plan.num_gpus_per_actor == 1 / plan.actors_per_gpu
+    assert plan.batch_size >= 1 and plan.tokenizer_actors >= 1
+
+
+def test_batch_grows_with_vram_and_shrinks_with_length_and_model_size(scheduler):
+    t4 = plan_for(scheduler, gpus=4, accelerator="T4")
+    h100 = plan_for(scheduler, gpus=8, accelerator="H100")
+    assert h100.batch_size > t4.batch_size
+    assert h100.estimated_peak_gpu_memory_gb > t4.estimated_peak_gpu_memory_gb
+    assert t4.dtype == "float16" and h100.dtype == "bfloat16"  # T4 has no bf16
+    short = plan_for(scheduler, gpus=8, accelerator="H100", max_length=128)
+    assert short.batch_size > h100.batch_size
+    sizes = [
+        plan_for(scheduler, gpus=8, accelerator="H100", model=KNOWN_SHAPES[f"intfloat/e5-{m}-v2"]).batch_size
+        for m in ("small", "base", "large")
+    ]
+    assert sizes[0] > sizes[1] > sizes[2]
+    # unknown accelerator: memory from the probe or the flag decides
+    small = plan_for(scheduler, gpus=1, memory=16)
+    big = plan_for(scheduler, gpus=1, memory=141)
+    assert big.batch_size > small.batch_size and big.profile == small.profile == "default"
+
+
+def test_tokenizer_pool_is_sized_to_feed_the_gpus(scheduler):
+    t4 = plan_for(scheduler, gpus=4, accelerator="T4")
+    h100 = plan_for(scheduler, gpus=8, accelerator="H100")
+    assert h100.tokenizer_actors > t4.tokenizer_actors >= 1
+
+
+def test_estimate_is_monotonic():
+    a = estimate_peak_gpu_memory_gb(BASE, 64, 256, "bfloat16")
+    assert estimate_peak_gpu_memory_gb(BASE, 128, 256, "bfloat16") > a
+    assert estimate_peak_gpu_memory_gb(BASE, 64, 512, "bfloat16") > a
+    assert estimate_peak_gpu_memory_gb(BASE, 64, 256, "float32") > a
+    # weights alone: ~110M parameters x 2 bytes
+    assert 0.15 < estimate_peak_gpu_memory_gb(BASE, 1, 1, "bfloat16", context_gb=0) < 0.3
+
+
+def test_batch_that_cannot_fit_is_refused_saying_what_fits(scheduler):
+    with pytest.raises(UsageError, match=r"--batch-size 4096 needs ~[\d.]+ GB .* at most \d+ fits"):
+        plan_for(scheduler, gpus=4, accelerator="T4", batch_size=4096)
+    assert plan_for(scheduler, gpus=4, accelerator="T4", batch_size=16).batch_size == 16
+
+
+def test_explicit_settings_win(scheduler):
+    plan = plan_for(
+        scheduler, gpus=8, accelerator="H100", actors_per_gpu=1, gpu_actors=3, tokenizer_actors=5, memory=40
+    )
+    assert (plan.actors_per_gpu, plan.gpu_actors, plan.tokenizer_actors, plan.gpu_memory_gb) == (1, 3, 5, 40)
+
+
+def test_no_gpu_plans_cpu_actors(scheduler):
+    plan = make_plan(ClusterSpec(gpus=0, cpus=2, nodes=1), BASE, PlanRequest(), scheduler)
+    assert plan.device == "cpu" and plan.torch_threads == 2 and plan.num_gpus_per_actor == 0
+    with pytest.raises(UsageError, match="no GPU"):
+        make_plan(ClusterSpec(gpus=0, cpus=2), BASE, PlanRequest(device="cuda"), scheduler)
+
+
+def test_scheduler_profiles(scheduler, tmp_path):
+    assert scheduler.profile_for("Tesla T4")[0] == "T4"
+    assert scheduler.profile_for("NVIDIA H100 80GB HBM3")[0] == "H100"
+    assert scheduler.profile_for("a100-80g")[0] == "A100-80G"
+    assert scheduler.profile_for("MI300X")[0] == "default"
+    bad = tmp_path / "s.yaml"
+    bad.write_text("profiles:\n  T4: {memory_gb: 16, batchsize: 3}\n")
+    with pytest.raises(UsageError, match="unknown key.*batchsize.*valid keys"):
+        load_scheduler_config(str(bad))
+    with pytest.raises(UsageError, match="memory_headroom"):
+        Profile(memory_headroom=0.95)
+
+
+def test_offline_model_shapes(tmp_path, minilm_path):
+    assert offline_info("intfloat/e5-large-v2").hidden_size == 1024
+    assert offline_info(minilm_path).num_layers == 6
+    with pytest.raises(UsageError, match="unknown model"):
+        offline_info("someone/else")
+
+
+def cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+
+
+def test_plan_command_offline_for_4xT4_and_8xH100():
+    for args, accel in (
+        (["--gpus", "4", "--accelerator", "T4", "--cpus", "32", "--nodes", "4"], "T4"),
+        (["--gpus", "8", "--accelerator", "H100", "--cpus", "208"], "H100"),
+    ):
+        result = cli("plan", *args, "--json")
+        assert result.returncode == 0, result.stderr
+        plan = json.loads(result.stdout)
+        for key in (
+            "gpu_actors",
+            "actors_per_gpu",
+            "num_gpus_per_actor",
+            "batch_size",
+            "estimated_peak_gpu_memory_gb",
+            "gpu_memory_gb",
+            "tokenizer_actors",
+        ):
+            assert key in plan
+        assert plan["profile"] == accel and plan["estimated_peak_gpu_memory_gb"] < plan["gpu_memory_gb"]
+    human = cli("plan", "--gpus", "4", "--accelerator", "T4", "--cpus", "32")
+    assert human.returncode == 0 and "batch" in human.stdout and "tokenizer actor" in human.stdout
+    refused = cli("plan", "--gpus", "4", "--accelerator", "T4", "--batch-size", "100000")
+    assert refused.returncode == 2 and "at most" in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow
+def test_live_probe_on_a_fake_gpu_cluster_and_the_job_uses_the_plan(tmp_path, minilm_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("".join(f"line {i}\n" for i in range(20)))
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "scripts" / "fake_gpu_cluster.py"),
+            str(corpus),
+            str(tmp_path / "out"),
+            minilm_path,
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "RAY_ADDRESS": "", "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    plan = report["plan"]
+    assert report["status"] == "complete" and report["rows"] == 20
+    assert plan["device"] == "cuda" and plan["profile"] == "T4" and plan["gpu_actors"] == 2
+    assert (plan["gpu_actors_min"], plan["gpu_actors_max"]) == (2, 4)  # --max-gpus 4: room to grow
+    assert plan["gpu_memory_gb"] == 16  # the probe found no CUDA device: the T4 profile's table
+    assert "plan: 2 GPU actor(s)" in result.stderr  # logged
+    assert "no CUDA device is visible" in result.stderr  # the actors say they encode on CPU
+
+
+def test_max_gpus_bounds_the_pool_both_ways(scheduler):
+    def bounds(gpus, max_gpus):
+        cluster = ClusterSpec(gpus=gpus, cpus=64.0, accelerator="H100", max_gpus=max_gpus)
+        plan = make_plan(cluster, BASE, PlanRequest(), scheduler)
+        return plan.gpu_actors_min // plan.actors_per_gpu, plan.gpu_actors_max // plan.actors_per_gpu
+
+    assert bounds(2, None) == (2, 2)  # fixed cluster: what is there
+    assert bounds(2, 8) == (2, 8)  # autoscaling: start with 2 GPUs, grow to 8
+    assert bounds(8, 2) == (2, 2)  # a bigger, shared cluster: use at most 2
+
+
+def test_a_user_file_is_laid_over_the_packaged_profiles(tmp_path, monkeypatch):
+    override = tmp_path / "mine.yaml"
+    override.write_text(
+        "defaults:\n  memory_headroom: 0.3\nprofiles:\n  H100:\n    actors_per_gpu: 3\n  MyGPU:\n    memory_gb: 24\n"
+    )
+    mine = load_scheduler_config(str(override))
+    packaged = load_scheduler_config()
+    assert mine.profiles["H100"].actors_per_gpu == 3
+    assert mine.profiles["H100"].memory_gb == packaged.profiles["H100"].memory_gb  # untouched keys kept
+    assert mine.profiles["MyGPU"].memory_gb == 24 and mine.defaults.memory_headroom == 0.3
+    assert set(packaged.profiles) < set(mine.profiles)
+    monkeypatch.setenv("E5_EMBED_SCHEDULER_CONFIG", str(override))
+    assert load_scheduler_config().profiles["H100"].actors_per_gpu == 3

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import torch
+
+from pipeline.io import schemas
+from pipeline.stages.embedder import records_table
+from pipeline.stages.encode import EncodeStage
+from pipeline.stages.model import ModelSource
+from pipeline.stages.tokenize import TokenizeStage
+from tests.reference import reference_embeddings
+
+TEXTS = [
+    "what is the capital of France?",
+    "Paris is the capital and most populous city of France. " * 60,  # > 512 tokens: truncated
+    "ok",
+    "The gzip module provides a simple interface to compress and decompress files.",
+    "caf\u00e9 \U0001f600 \u4e2d\u6587 ",
+    "word " * 200,
+    "a b c d e f g",
+]
+
+
+def embed(
+    model_path, texts, *, batch_size=3, prefix="passage: ", dtype="float32", output_dtype="float32", rejects=None
+):
+    source = ModelSource(name_or_path=model_path)
+    records = records_table(texts, source="s", rejects=rejects)
+    tokens = TokenizeStage(model=source, prefix=prefix, max_length=512)(records)
+    stage = EncodeStage(model=source, batch_size=batch_size, dtype=dtype, device="cpu", output_dtype=output_dtype)
+    return stage(tokens), stage
+
+
+@pytest.mark.parametrize("model", ["minilm_path", "tiny_e5_path"])
+def test_parity_with_model_card_reference(model, request):
+    path = request.getfixturevalue(model)
+    out, stage = embed(path, TEXTS)
+    ours = np.asarray(out["embedding"].to_pylist(), dtype=np.float32)
+    ref, lengths = reference_embeddings(path, ["passage: " + t for t in TEXTS])
+    cosine = (ours * ref).sum(axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cosine.min() >= 0.99999, cosine
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert out["n_tokens"].to_pylist() == lengths.tolist()
+    assert out["truncated"].to_pylist()[1] is True
+    assert out.schema == schemas.embedded_schema(stage.dim)
+
+
+def test_order_is_restored_whatever_the_batch_size(minilm_path):
+    one, _ = embed(minilm_path, TEXTS, batch_size=1)
+    many, _ = embed(minilm_path, TEXTS, batch_size=64)
+    a = np.asarray(one["embedding"].to_pylist())
+    b = np.asarray(many["embedding"].to_pylist())
+    assert one["id"].to_pylist() == many["id"].to_pylist() == [str(i) for i in range(len(TEXTS))]
+    assert np.allclose(a, b, atol=1e-5)
+
+
+def test_float16_output_and_rejects(minilm_path):
+    out, stage = embed(minilm_path, ["good text", None], output_dtype="float16", rejects=[None, "empty"])
+    assert out.schema.field("embedding").type == schemas.embedding_type(stage.dim, "float16")
+    assert out["embedding"].to_pylist()[1] is None
+    assert out["embedding"].null_count == 1
+
+
+def test_bfloat16_stays_close_to_float32(minilm_path):
+    full, _ = embed(minilm_path, TEXTS)
+    half, _ = embed(minilm_path, TEXTS, dtype="bfloat16")
+    a = np.asarray(full["embedding"].to_pylist())
+    b = np.asarray(half["embedding"].to_pylist())
+    assert ((a * b).sum(1) / np.linalg.norm(b, axis=1)).min() > 0.99
+
+
+def test_out_of_memory_splits_the_batch_and_retries(minilm_path, caplog):
+    """Injected OOM (no GPU here): batches above 2 rows fail; results must still match."""
+    source = ModelSource(name_or_path=minilm_path)
+
+    class TightMemory(EncodeStage):
+        def _launch(self, input_ids, mask):
+            if len(input_ids) > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            return super()._launch(input_ids, mask)
+
+    records = records_table(TEXTS, source="s")
+    tokens = TokenizeStage(model=source, prefix="passage: ", max_length=512)(records)
+    tight = TightMemory(model=source, batch_size=7, dtype="float32", device="cpu")
+    out = tight(tokens)
+    assert tight.oom_splits >= 2
+    assert "out of memory" in caplog.text
+    normal, _ = embed(minilm_path, TEXTS, batch_size=7)
+    assert np.allclose(np.asarray(out["embedding"].to_pylist()), np.asarray(normal["embedding"].to_pylist()), atol=1e-5)
+
+
+def test_embedder_is_the_model_card_code_in_process(minilm_path):
+    from pipeline.stages.embedder import Embedder
+
+    texts = ["how do I compress data with gzip?", "the capital of France"]
+    ours = Embedder(minilm_path, prefix="query", batch_size=2).encode(texts)
+    ref, _ = reference_embeddings(minilm_path, ["query: " + t for t in texts])
+    assert ours.shape == (2, 384) and ours.dtype == np.float32
+    assert (ours * ref).sum(1).min() >= 0.99999
+    with pytest.raises(ValueError, match="passage, query, none"):
+        Embedder(minilm_path, prefix="question")
+
+
+def test_a_gpu_actor_without_cuda_fails_loudly(minilm_path, monkeypatch):
+    monkeypatch.delenv("E5_EMBED_ALLOW_CPU_ON_GPU", raising=False)
+    with pytest.raises(RuntimeError, match="sees no CUDA device"):
+        EncodeStage(model=ModelSource(name_or_path=minilm_path), batch_size=2, device="cpu", expect_gpu=True)

@@ -1,0 +1,49 @@
+"""Stage specs are checked against the stage's constructor when the plan makes them."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from pipeline.stages.spec import Resources, StageSpec
+
+
+class Upper:
+    def __init__(self, *, column: str, factor: int = 1):
+        self.column, self.factor = column, factor
+
+    def __call__(self, table):
+        return table
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpperSettings:
+    column: str
+    factor: int = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenamedSettings:  # 'column' renamed on one side only
+    col: str
+
+
+def test_a_spec_binds_its_settings_to_the_stage_at_plan_time():
+    spec = StageSpec(stage=Upper, settings=UpperSettings(column="text"), resources=Resources(), batch_size=8)
+    assert spec.kwargs() == {"column": "text", "factor": 2} and spec.name == "Upper"
+    with pytest.raises(TypeError, match="RenamedSettings does not fit Upper"):
+        StageSpec(stage=Upper, settings=RenamedSettings(col="text"), resources=Resources(), batch_size=8)
+    with pytest.raises(ValueError):
+        Resources(min_actors=3, max_actors=2)
+
+
+def test_the_plan_makes_specs_its_stages_accept(minilm_path):
+    from pipeline.planning.plan import ClusterSpec, PlanRequest, make_plan
+    from pipeline.planning.scheduler_config import load_scheduler_config
+    from pipeline.stages.model import ModelSource
+
+    source = ModelSource(name_or_path=minilm_path)
+    plan = make_plan(ClusterSpec(gpus=0, cpus=4), source.info(), PlanRequest(), load_scheduler_config())
+    tokenize, encode = plan.stage_specs(
+        model=source, prefix="passage: ", output_dtype="float32", rows_per_block=4096, compile_model=False
+    )
+    assert tokenize.batch_size == 1024 and encode.batch_size == plan.rows_per_encode_call
+    assert encode.kwargs()["dtype"] == plan.dtype == "float32" and encode.resources.num_gpus == 0
