@@ -21,7 +21,7 @@ from pipeline.backend.duplicates import duplicate_ids_on_cluster
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, UsageError
 from pipeline.io.counters import Counters
-from pipeline.io.sources import FieldSpec, list_shards
+from pipeline.io.sources import FieldSpec, Shard, list_shards
 from pipeline.io.storage import Storage, has_pattern, is_within, scrub, strip_uri_credentials
 from pipeline.ledger.duplicates import DuplicateReport, find_duplicate_ids
 from pipeline.ledger.lease import Lease, LeaseHeld, LeaseLost, new_run_id
@@ -120,10 +120,11 @@ def run_job(config: JobConfig) -> RunSummary:
     model = ModelSource(name_or_path=config.model, revision=config.revision)
     info: ModelInfo = model.info()
     metadata = output_metadata(config, info)
+    shards = list_shards(config.inputs, config.storage_options, config.input_format)  # read-only: before the lease
     storage = Storage(config.output, config.storage_options)
     lease = _acquire(config, storage)
     try:
-        return _run_leased(config, lease, storage, model, info, metadata, t0, started_at)
+        return _run_leased(config, lease, storage, model, info, metadata, shards, t0, started_at)
     except KeyboardInterrupt as e:
         if lease.lost:
             raise JobError(f"stopped: {lease.lost}") from e
@@ -141,11 +142,11 @@ def _run_leased(
     model: ModelSource,
     info: ModelInfo,
     metadata: dict[str, Any],
+    shards: list[Shard],
     t0: float,
     started_at: str,
 ) -> RunSummary:
     state = OutputState(storage, fence=lease.check)
-    shards = list_shards(config.inputs, config.storage_options, config.input_format)
     work = state.prepare(config, metadata, shards)
     if work.noop:
         return RunSummary(

@@ -191,6 +191,7 @@ class ResourcePlan:
                 output_dtype=output_dtype,
                 torch_threads=self.torch_threads,
                 expect_gpu=self.device == "cuda",
+                memory_fraction=round(1.0 / self.actors_per_gpu, 4) if self.actors_per_gpu > 1 else None,
                 compile_model=compile_model,
             ),
             resources=Resources(

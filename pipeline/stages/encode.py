@@ -26,6 +26,13 @@ logger = logging.getLogger(__name__)
 # Tests that declare Ray GPUs on a machine without one set this; anywhere else a GPU actor
 # without CUDA is an error, never a quiet CPU run.
 ALLOW_CPU_ON_GPU_ENV = "E5_EMBED_ALLOW_CPU_ON_GPU"
+# RuntimeErrors that are allocation failures in disguise (library workspaces on a full device)
+ALLOC_FAILURES = (
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUBLAS_STATUS_NOT_INITIALIZED",
+    "CUDA out of memory",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +47,7 @@ class EncodeSettings:
     torch_threads: int | None = None  # CPU threads per actor (CPU encoding only)
     expect_gpu: bool = False  # the plan gave this actor a GPU
     compile_model: bool = False  # torch.compile the encoder
+    memory_fraction: float | None = None  # share of the GPU this actor may use (several actors per GPU)
 
 
 class EncodeStage:
@@ -57,6 +65,7 @@ class EncodeStage:
         pad_multiple: int | None = None,
         expect_gpu: bool = False,
         compile_model: bool = False,
+        memory_fraction: float | None = None,
     ):
         import torch
 
@@ -77,6 +86,11 @@ class EncodeStage:
         self.dtype = resolve_dtype(dtype, self.device)
         if self.device == "cpu":
             torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+        else:
+            # before the first CUDA allocation of this process: fewer fragmentation OOMs on ragged batches
+            os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+            if memory_fraction is not None and memory_fraction < 1.0:
+                torch.cuda.set_per_process_memory_fraction(memory_fraction)  # several actors share the GPU
         self.model = model.load_model(dtype=self.dtype, device=self.device)
         self.dim = int(self.model.config.hidden_size)
         # torch.compile with dynamic shapes: one compilation serves every (rows, width); it costs a
@@ -156,28 +170,46 @@ class EncodeStage:
             mask[i, : len(s)] = 1
         return input_ids, mask
 
+    def _is_out_of_memory(self, e: BaseException) -> bool:
+        """A device allocation failure: torch's OOM, or cuBLAS/cuDNN failing to get a workspace."""
+        if isinstance(e, self._torch.OutOfMemoryError):
+            return True
+        text = str(e)
+        return isinstance(e, RuntimeError) and any(m in text for m in ALLOC_FAILURES)
+
     def _launch_splitting(self, input_ids: np.ndarray, mask: np.ndarray) -> _InFlight:
-        """Queue a micro-batch; on a device out-of-memory, split it in halves and run those now."""
+        """Queue a micro-batch; on a device out-of-memory, split it in halves and run those now.
+
+        The retry happens after the ``except`` block is left, so the failed forward's tensors
+        (held by the traceback) are freed first; the actor's micro-batch is lowered for the rest
+        of its life, so later batches do not fail the same way again.
+        """
         torch = self._torch
         try:
             return self._launch(input_ids, mask)
-        except torch.OutOfMemoryError:
-            if len(input_ids) == 1:
+        except Exception as e:
+            if not self._is_out_of_memory(e) or len(input_ids) == 1:
                 raise
-            self.oom_splits += 1
-            if self.device == "cuda":
-                torch.cuda.empty_cache()
-            half = len(input_ids) // 2
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        # out of the handler: the exception and its frames are gone
+        self.oom_splits += 1
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        half = len(input_ids) // 2
+        if half < self.batch_size:
             logger.warning(
-                "out of memory on a batch of %d x %d tokens; retrying as %d + %d rows",
+                "out of memory on a batch of %d x %d tokens (%s); micro-batch lowered from %d to %d rows for "
+                "this actor",
                 len(input_ids),
                 input_ids.shape[1],
+                reason,
+                self.batch_size,
                 half,
-                len(input_ids) - half,
             )
-            first = self._launch_splitting(input_ids[:half], mask[:half]).result()
-            second = self._launch_splitting(input_ids[half:], mask[half:]).result()
-            return _InFlight(host=np.concatenate([first, second]))
+            self.batch_size = half
+        first = self._launch_splitting(input_ids[:half], mask[:half]).result()
+        second = self._launch_splitting(input_ids[half:], mask[half:]).result()
+        return _InFlight(host=np.concatenate([first, second]))
 
     def _launch(self, input_ids: np.ndarray, mask: np.ndarray) -> _InFlight:
         """Queue forward, pooling and the copy back to host; on CUDA this returns before they finish."""

@@ -104,3 +104,36 @@ def test_a_gpu_actor_without_cuda_fails_loudly(minilm_path, monkeypatch):
     monkeypatch.delenv("E5_EMBED_ALLOW_CPU_ON_GPU", raising=False)
     with pytest.raises(RuntimeError, match="sees no CUDA device"):
         EncodeStage(model=ModelSource(name_or_path=minilm_path), batch_size=2, device="cpu", expect_gpu=True)
+
+
+def test_cublas_workspace_failure_is_recovered_outside_the_handler_and_lowers_the_batch(minilm_path):
+    import sys
+
+    source = ModelSource(name_or_path=minilm_path)
+    seen_exc_during_retry = []
+
+    class NoWorkspace(EncodeStage):
+        def _launch(self, input_ids, mask):
+            seen_exc_during_retry.append(sys.exc_info()[0])
+            if len(input_ids) > 2:
+                raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)")
+            return super()._launch(input_ids, mask)
+
+    tokens = TokenizeStage(model=source, prefix="passage: ", max_length=512)(records_table(TEXTS, source="s"))
+    stage = NoWorkspace(model=source, batch_size=7, dtype="float32", device="cpu")
+    out = stage(tokens)
+    assert stage.oom_splits >= 1 and stage.batch_size <= 3  # lowered for the rest of the actor's life
+    assert all(exc is None for exc in seen_exc_during_retry)  # no retry ran inside an except block
+    normal, _ = embed(minilm_path, TEXTS, batch_size=7)
+    assert np.allclose(np.asarray(out["embedding"].to_pylist()), np.asarray(normal["embedding"].to_pylist()), atol=1e-5)
+    splits, calls = stage.oom_splits, len(seen_exc_during_retry)
+    stage(tokens)  # the next Ray batch starts at the lowered size: no new failures
+    assert stage.oom_splits == splits
+    assert len(seen_exc_during_retry) - calls == -(-len(TEXTS) // stage.batch_size)
+
+    class Broken(EncodeStage):
+        def _launch(self, input_ids, mask):
+            raise RuntimeError("some other error")
+
+    with pytest.raises(RuntimeError, match="some other error"):
+        Broken(model=source, batch_size=7, dtype="float32", device="cpu")(tokens)
