@@ -101,6 +101,17 @@ def check_shared_paths(config: JobConfig, cluster: ClusterSpec) -> None:
         )
 
 
+def _model(config: JobConfig) -> tuple[ModelSource, str]:
+    """The model pinned on the driver (Hub revision -> commit sha; local folder -> content digest),
+    checked against what its folder declares (pooling, prompts)."""
+    asked = ModelSource(name_or_path=config.model, revision=config.revision)
+    asked.info()  # a clear exit 2 for a missing/unreadable model, before anything else
+    model, model_sha = asked.pinned()
+    model.check_declared(config.prefix, config.prefix_text)
+    logger.info("model %s at %s", config.model, model_sha)
+    return model, model_sha
+
+
 def _acquire(config: JobConfig, storage: Storage) -> Lease:
     lease = Lease(storage, run_id=new_run_id(), ttl_s=config.lease_ttl_s, on_lost=_thread.interrupt_main)
     try:
@@ -117,9 +128,9 @@ def run_job(config: JobConfig) -> RunSummary:
     t0 = time.monotonic()
     started_at = _now()
     check_locations(config)
-    model = ModelSource(name_or_path=config.model, revision=config.revision)
+    model, model_sha = _model(config)
     info: ModelInfo = model.info()
-    metadata = output_metadata(config, info)
+    metadata = output_metadata(config, info, model_sha)
     shards = list_shards(config.inputs, config.storage_options, config.input_format)  # read-only: before the lease
     storage = Storage(config.output, config.storage_options)
     lease = _acquire(config, storage)

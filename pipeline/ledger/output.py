@@ -49,11 +49,12 @@ IDENTITY_KEYS = (
     "id_field",
     "title_field",
     "inputs",
+    "model_sha",
 )
 PRODUCER = schemas.PRODUCER
 
 
-def output_metadata(config: JobConfig, info: ModelInfo) -> dict[str, Any]:
+def output_metadata(config: JobConfig, info: ModelInfo, model_sha: str | None = None) -> dict[str, Any]:
     """The ``e5_embed`` Parquet metadata (and the manifest's ``metadata``)."""
     return {
         "model": config.model,
@@ -69,6 +70,7 @@ def output_metadata(config: JobConfig, info: ModelInfo) -> dict[str, Any]:
         "id_field": config.id_field,
         "title_field": config.title_field,
         "inputs": normalized_inputs(config.inputs),
+        "model_sha": model_sha,  # the Hub commit (git:<sha>) or the local folder's content digest
         "producer": PRODUCER,
     }
 
@@ -159,7 +161,13 @@ class OutputState:
         )
 
     def _check_identity(self, existing: Manifest, metadata: Mapping[str, Any]) -> None:
-        mismatched = [k for k in IDENTITY_KEYS if _identity(existing.metadata, k) != _identity(metadata, k)]
+        mismatched = [
+            k
+            for k in IDENTITY_KEYS
+            if _identity(existing.metadata, k) != _identity(metadata, k)
+            # outputs made before the model's identity was recorded are resumed on the name alone
+            and not (k == "model_sha" and k not in existing.metadata)
+        ]
         if mismatched:
             diffs = "; ".join(f"{k}: {existing.metadata.get(k)!r} -> {metadata.get(k)!r}" for k in mismatched)
             raise UsageError(

@@ -8,8 +8,10 @@ Face cache, whose file locks make it one download per node.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,27 @@ logger = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 _FETCH_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model"]
+_COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+_DIGEST_WHOLE_BELOW = 16 << 20  # files under this size are hashed whole; larger ones by head and tail
+
+
+def folder_digest(folder: str) -> str:
+    """A content digest of a model folder (names, sizes, bytes; large files by first and last MiB)."""
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            path = os.path.join(root, name)
+            size = os.path.getsize(path)
+            h.update(f"{os.path.relpath(path, folder)}\0{size}\0".encode())
+            with open(path, "rb") as f:
+                if size < _DIGEST_WHOLE_BELOW:
+                    h.update(f.read())
+                else:
+                    h.update(f.read(1 << 20))
+                    f.seek(size - (1 << 20))
+                    h.update(f.read(1 << 20))
+    return h.hexdigest()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,11 +128,23 @@ class ModelSource:
         return os.path.isdir(self.name_or_path)
 
     def local_path(self) -> str:
-        """A local folder holding the model: the folder itself, or the node's cached Hub snapshot."""
+        """A local folder holding the model: the folder itself, or the node's cached Hub snapshot.
+
+        A source pinned to a commit sha (what the driver hands actors, see ``pinned``) is looked up
+        in the node's cache without any network first: only the first actor on a node whose cache
+        lacks it downloads (the cache's file locks make that one download per node).
+        """
         if self.is_local:
             return self.name_or_path
         from huggingface_hub import snapshot_download
 
+        if self.revision and _COMMIT_SHA.fullmatch(self.revision):
+            try:
+                return snapshot_download(
+                    self.name_or_path, revision=self.revision, allow_patterns=_FETCH_PATTERNS, local_files_only=True
+                )
+            except Exception:  # not on this node yet: fetch it once
+                pass
         try:
             return snapshot_download(self.name_or_path, revision=self.revision, allow_patterns=_FETCH_PATTERNS)
         except Exception as e:  # hub errors come in many types; all mean "can't get the model"
@@ -117,6 +152,46 @@ class ModelSource:
                 f"cannot fetch model {self.name_or_path!r} (revision {self.revision or 'main'}): "
                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             ) from e
+
+    def pinned(self) -> tuple["ModelSource", str]:
+        """This model pinned to what it is now, and its identity for the output's metadata.
+
+        A Hub model: the revision resolved to its commit sha (``main`` today may be another commit
+        tomorrow); actors load exactly that sha. A local folder: a digest of its files' names, sizes
+        and contents (large files by their first and last MiB), so an edited folder is noticed.
+        """
+        path = self.local_path()
+        if self.is_local:
+            return self, "sha256:" + folder_digest(path)
+        sha = os.path.basename(os.path.normpath(path))
+        if not _COMMIT_SHA.fullmatch(sha):
+            raise UsageError(f"cannot tell the commit of model {self.name_or_path!r} (snapshot folder {sha!r})")
+        return ModelSource(name_or_path=self.name_or_path, revision=sha), "git:" + sha
+
+    def check_declared(self, prefix_name: str, prefix_text: str) -> None:
+        """Refuse a model folder whose sentence-transformers files declare another pooling or prompt."""
+        import json
+
+        folder = self.local_path()
+        pooling = os.path.join(folder, "1_Pooling", "config.json")
+        if os.path.isfile(pooling):
+            with open(pooling, encoding="utf-8") as f:
+                declared = {k: v for k, v in json.load(f).items() if k.startswith("pooling_mode_") and v}
+            if set(declared) != {"pooling_mode_mean_tokens"}:
+                modes = ", ".join(k.removeprefix("pooling_mode_") for k in declared) or "none"
+                raise UsageError(
+                    f"model {self.name_or_path!r} declares pooling {modes} (1_Pooling/config.json); "
+                    "this job applies E5's mean pooling and would produce other vectors"
+                )
+        st_config = os.path.join(folder, "config_sentence_transformers.json")
+        if os.path.isfile(st_config):
+            with open(st_config, encoding="utf-8") as f:
+                prompts = json.load(f).get("prompts") or {}
+            if prefix_name in prompts and prompts[prefix_name] != prefix_text:
+                raise UsageError(
+                    f"model {self.name_or_path!r} declares the {prefix_name} prompt "
+                    f"{prompts[prefix_name]!r} (config_sentence_transformers.json), not {prefix_text!r}"
+                )
 
     def info(self) -> ModelInfo:
         """Read and check config.json (driver side, before the pipeline starts)."""

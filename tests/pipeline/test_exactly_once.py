@@ -269,3 +269,18 @@ def test_secrets_nested_in_options_or_in_uris_reach_no_log_error_or_output(
     assert proc.returncode == 2 and err.startswith("e5-embed: error: "), err[-2000:]
     for value in (secret, "SECRET-ACCESS-KEY-43", "URI-PASSWORD-44", "AKIAUSER"):
         assert value not in err
+
+
+def test_a_model_changed_between_crash_and_resume_is_refused(ray_cluster, tmp_path, minilm_path):
+    import shutil
+
+    model = shutil.copytree(minilm_path, tmp_path / "model")
+    write_corpus(tmp_path / "corpus", shards=1, per_shard=6)
+    out = tmp_path / "out"
+    assert run_job(config(tmp_path / "corpus", out, str(model))).status == "complete"
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["metadata"]["model_sha"].startswith("sha256:")
+    (out / "_SUCCESS").unlink()  # the durable state of a crash before the end
+    (model / "README.md").write_text("the weights were replaced upstream")
+    with pytest.raises(UsageError, match="different settings.*model_sha"):
+        run_job(config(tmp_path / "corpus", out, str(model)))

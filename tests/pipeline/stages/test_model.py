@@ -1,0 +1,56 @@
+"""The model's identity is pinned on the driver and checked against what its folder declares."""
+
+import json
+import shutil
+
+import pytest
+
+from pipeline.errors import UsageError
+from pipeline.stages.model import ModelSource, folder_digest
+
+
+@pytest.fixture
+def model_copy(tmp_path, minilm_path):
+    return shutil.copytree(minilm_path, tmp_path / "model")
+
+
+def test_a_local_folder_is_identified_by_its_content(model_copy):
+    source, identity = ModelSource(name_or_path=str(model_copy)).pinned()
+    assert source.name_or_path == str(model_copy) and identity == "sha256:" + folder_digest(str(model_copy))
+    (model_copy / "README.md").write_text("edited")
+    assert ModelSource(name_or_path=str(model_copy)).pinned()[1] != identity
+
+
+def test_a_hub_revision_is_pinned_to_its_commit_from_the_cache(tmp_path, minilm_path, monkeypatch):
+    """The real huggingface_hub resolution, offline: a cache whose refs/main moves to a new commit."""
+    import huggingface_hub.constants as hub
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--acme--e5-test"
+    first, second = "a" * 40, "b" * 40
+    for sha in (first, second):
+        shutil.copytree(minilm_path, repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(first)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    pinned, identity = ModelSource(name_or_path="acme/e5-test").pinned()
+    assert identity == f"git:{first}" and pinned.revision == first
+    assert pinned.local_path().endswith(first)  # what actors load: that commit, from the node's cache
+    (repo / "refs" / "main").write_text(second)  # upstream moved on
+    assert ModelSource(name_or_path="acme/e5-test").pinned()[1] == f"git:{second}"
+    assert pinned.local_path().endswith(first)  # a pinned source does not move with it
+
+
+def test_a_folder_declaring_another_pooling_or_prompt_is_refused(model_copy):
+    source = ModelSource(name_or_path=str(model_copy))
+    source.check_declared("passage", "passage: ")  # MiniLM's folder declares mean pooling
+    pooling = model_copy / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}))
+    with pytest.raises(UsageError, match="declares pooling cls_token"):
+        source.check_declared("passage", "passage: ")
+    shutil.rmtree(model_copy / "1_Pooling")
+    (model_copy / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "Query: "}}))
+    with pytest.raises(UsageError, match="declares the query prompt 'Query: '"):
+        source.check_declared("query", "query: ")
+    source.check_declared("passage", "passage: ")  # no passage prompt declared: nothing to disagree with
