@@ -149,16 +149,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     flags.validate(vars(args))  # the same checks as the run flags
     info = offline_info(args.model)
-    request = PlanRequest(
-        max_length=args.max_length,
-        dtype=args.dtype,
-        device=args.device,
-        batch_size=args.batch_size,
-        actors_per_gpu=args.actors_per_gpu,
-        gpu_actors=args.gpu_actors,
-        tokenizer_actors=args.tokenizer_actors,
-        gpu_memory_gb=args.gpu_memory_gb,
-    )
+    request = PlanRequest.from_job(args)
     scheduler = load_scheduler_config(args.scheduler_config)
     if args.gpus is not None or args.cpus is not None:
         cluster = ClusterSpec(

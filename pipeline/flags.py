@@ -105,8 +105,13 @@ FLAGS: tuple[Flag, ...] = (
         metavar="URI",
     ),
     Flag("output", "output folder/prefix for Parquet files (literal)", metavar="URI"),
-    Flag("model", "Hub id or local folder", default=DEFAULT_MODEL, commands=BOTH),
-    Flag("revision", "Hub revision (commit/tag) to pin the model to"),
+    Flag(
+        "model",
+        "Hub id, local folder, or a folder in object storage (s3://…/, copied once per node)",
+        default=DEFAULT_MODEL,
+        commands=BOTH,
+    ),
+    Flag("revision", "Hub revision (branch/tag/commit); the driver resolves it to a commit sha that all actors load"),
     Flag(
         "prefix",
         "E5 input prefix: 'passage: ', 'query: ' or none",

@@ -104,7 +104,7 @@ def check_shared_paths(config: JobConfig, cluster: ClusterSpec) -> None:
 def _model(config: JobConfig) -> tuple[ModelSource, str]:
     """The model pinned on the driver (Hub revision -> commit sha; local folder -> content digest),
     checked against what its folder declares (pooling, prompts)."""
-    asked = ModelSource(name_or_path=config.model, revision=config.revision)
+    asked = ModelSource(name_or_path=config.model, revision=config.revision, storage_options=config.storage_options)
     asked.info()  # a clear exit 2 for a missing/unreadable model, before anything else
     model, model_sha = asked.pinned()
     model.check_declared(config.prefix, config.prefix_text)

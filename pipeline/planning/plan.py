@@ -135,7 +135,8 @@ class PlanRequest:
 
     @classmethod
     def from_job(cls, config: Any) -> "PlanRequest":
-        return cls(**{k: getattr(config, k) for k in cls.__dataclass_fields__})
+        """From a JobConfig, or the ``plan`` command's arguments (which have no rows_per_file)."""
+        return cls(**{k: getattr(config, k) for k in cls.__dataclass_fields__ if hasattr(config, k)})
 
 
 @dataclass(frozen=True, kw_only=True)

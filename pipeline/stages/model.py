@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import posixpath
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import UsageError
@@ -23,6 +25,62 @@ TORCH_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat1
 _FETCH_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model"]
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 _DIGEST_WHOLE_BELOW = 16 << 20  # files under this size are hashed whole; larger ones by head and tail
+
+
+def model_cache_root() -> str:
+    return os.environ.get("E5_EMBED_MODEL_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "e5-embed", "models"
+    )
+
+
+def fetch_folder(uri: str, storage_options: Mapping[str, Any]) -> str:
+    """A model folder in object storage, copied once per node into the local model cache.
+
+    The copy's name is a digest of the URI and the listed files' names, sizes and ETags, so a
+    changed folder is copied anew. A file lock makes one process per node copy while the others
+    wait; the copy is checked (every file, its size) before it is renamed into place.
+    """
+    import shutil
+
+    import filelock
+
+    from pipeline.io.storage import Storage, strip_uri_credentials
+
+    storage = Storage(uri, storage_options)
+    fs, root = storage.fs, storage.root
+    try:
+        listed = {p: i for p, i in fs.find(root, detail=True).items() if i.get("type") == "file"}
+    except Exception as e:
+        raise UsageError(f"cannot list model folder {strip_uri_credentials(uri)}: {type(e).__name__}: {e}") from e
+    files = sorted(
+        (os.path.relpath(p, root), int(i.get("size") or 0), str(i.get("ETag") or i.get("mtime") or ""))
+        for p, i in listed.items()
+    )
+    if not any(name == "config.json" for name, _, _ in files):
+        raise UsageError(f"model folder {strip_uri_credentials(uri)} has no config.json")
+    key = hashlib.sha256(repr((strip_uri_credentials(uri), files)).encode()).hexdigest()[:24]
+    target = os.path.join(model_cache_root(), key)
+    os.makedirs(model_cache_root(), exist_ok=True)
+    with filelock.FileLock(target + ".lock"):
+        if os.path.isfile(os.path.join(target, ".complete")):
+            return target
+        tmp = f"{target}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for name, size, _ in files:
+            local = os.path.join(tmp, name)
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            fs.get_file(posixpath.join(root, name), local)
+            if os.path.getsize(local) != size:
+                raise UsageError(
+                    f"model file {name} of {strip_uri_credentials(uri)} arrived with "
+                    f"{os.path.getsize(local)} bytes, expected {size}"
+                )
+        with open(os.path.join(tmp, ".complete"), "w", encoding="utf-8") as f:
+            f.write(f"{strip_uri_credentials(uri)}\n")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        logger.info("copied model %s to %s (%d files)", strip_uri_credentials(uri), target, len(files))
+    return target
 
 
 def folder_digest(folder: str) -> str:
@@ -120,12 +178,20 @@ def offline_info(name_or_path: str) -> ModelInfo:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSource:
+    """A Hub id (``revision`` pins it), a local folder, or a folder in object storage
+    (``s3://bucket/models/e5-base-v2/``, any fsspec URI, read with ``storage_options``)."""
+
     name_or_path: str
     revision: str | None = None
+    storage_options: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def is_local(self) -> bool:
         return os.path.isdir(self.name_or_path)
+
+    @property
+    def is_remote_folder(self) -> bool:
+        return "://" in self.name_or_path and not self.name_or_path.startswith("file://")
 
     def local_path(self) -> str:
         """A local folder holding the model: the folder itself, or the node's cached Hub snapshot.
@@ -136,6 +202,8 @@ class ModelSource:
         """
         if self.is_local:
             return self.name_or_path
+        if self.is_remote_folder:
+            return fetch_folder(self.name_or_path, self.storage_options)
         from huggingface_hub import snapshot_download
 
         if self.revision and _COMMIT_SHA.fullmatch(self.revision):
@@ -161,7 +229,7 @@ class ModelSource:
         and contents (large files by their first and last MiB), so an edited folder is noticed.
         """
         path = self.local_path()
-        if self.is_local:
+        if self.is_local or self.is_remote_folder:
             return self, "sha256:" + folder_digest(path)
         sha = os.path.basename(os.path.normpath(path))
         if not _COMMIT_SHA.fullmatch(sha):

@@ -54,3 +54,33 @@ def test_a_folder_declaring_another_pooling_or_prompt_is_refused(model_copy):
     with pytest.raises(UsageError, match="declares the query prompt 'Query: '"):
         source.check_declared("query", "query: ")
     source.check_declared("passage", "passage: ")  # no passage prompt declared: nothing to disagree with
+
+
+@pytest.mark.slow
+def test_a_model_folder_in_object_storage_is_copied_once_per_node_and_embeds(
+    ray_cluster, s3fs_client, bucket, minilm_path, tmp_path, monkeypatch
+):
+    """--model s3://…/ on moto's server: one verified copy in the node's model cache, a content digest
+    in the metadata, and the whole job through it."""
+    from pathlib import Path
+
+    from pipeline.config import JobConfig
+    from pipeline.runner import run_job
+
+    for path in Path(minilm_path).rglob("*"):
+        if path.is_file():
+            s3fs_client.put_file(str(path), f"{bucket}/models/minilm/{path.relative_to(minilm_path)}")
+    uri = f"s3://{bucket}/models/minilm/"
+    monkeypatch.setenv("E5_EMBED_MODEL_CACHE", str(tmp_path / "cache"))
+    first = ModelSource(name_or_path=uri).local_path()
+    stamp = (Path(first) / ".complete").stat().st_mtime_ns
+    assert ModelSource(name_or_path=uri).local_path() == first  # the second actor on the node: no copy
+    assert (Path(first) / ".complete").stat().st_mtime_ns == stamp
+    assert folder_digest(first) == folder_digest(minilm_path)  # a faithful copy
+    s3fs_client.pipe(f"{bucket}/corpus/a.jsonl", b'{"id": "m1", "text": "a model from object storage"}\n')
+    summary = run_job(
+        JobConfig(inputs=(f"s3://{bucket}/corpus/",), output=str(tmp_path / "out"), model=uri, progress=False)
+    )
+    assert summary.status == "complete" and summary.rows_embedded == 1
+    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+    assert manifest["metadata"]["model_sha"] == "sha256:" + folder_digest(minilm_path)
