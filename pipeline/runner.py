@@ -134,6 +134,8 @@ def run_job(config: JobConfig) -> RunSummary:
     shards = list_shards(config.inputs, config.storage_options, config.input_format)  # read-only: before the lease
     storage = Storage(config.output, config.storage_options)
     lease = _acquire(config, storage)
+    if lease.waited:  # another run held the output meanwhile: list the inputs as they are now
+        shards = list_shards(config.inputs, config.storage_options, config.input_format)
     try:
         return _run_leased(config, lease, storage, model, info, metadata, shards, t0, started_at)
     except KeyboardInterrupt as e:

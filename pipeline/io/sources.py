@@ -350,7 +350,10 @@ def _record_from_json(obj: Any, fields: FieldSpec) -> tuple[str | None, str | No
 
 
 def _is_transient(e: BaseException) -> bool:
-    """I/O that may work on a retry (resets, timeouts, throttling, expired credentials)."""
+    """I/O that may work on a retry (resets, timeouts, throttling, expired credentials). Not: an
+    object replaced while it was read (s3fs ``FileExpired``: its ETag changed), which is a change."""
+    if type(e).__name__ == "FileExpired":
+        return False
     return isinstance(e, OSError) and not isinstance(e, (gzip.BadGzipFile, FileNotFoundError))
 
 
@@ -390,15 +393,17 @@ class ShardReader:
         next_row = 0  # rows below this were yielded (or skipped) already
         for attempt in range(1, self.attempts + 1):
             try:
-                if self.check_fingerprint and attempt == 1:
-                    self._verify_fingerprint()
+                # on every attempt: a re-opened shard must be the one whose earlier rows were read
+                self._verify_fingerprint()
                 for row, rec in self._rows(start=next_row):
                     next_row = row + 1
                     if rec is not None and not done(row):
                         yield rec
+                self._verify_fingerprint()  # and at the end: nothing replaced it while it was read
                 self.rows = next_row
                 return
             except CorruptStream as e:
+                self._verify_fingerprint()
                 self.rows, self.remainder = next_row, str(e)
                 logger.warning("%s: unreadable after row %d: %s", self.shard.path, next_row, e)
                 return
@@ -422,7 +427,7 @@ class ShardReader:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
 
     def _verify_fingerprint(self) -> None:
-        if not self.shard.version:
+        if not self.check_fingerprint or not self.shard.version:
             return
         self.fs.invalidate_cache(self.shard.path)
         info = self.fs.info(self.shard.path)

@@ -55,6 +55,7 @@ class LeaseRecord:
     expires_at: float
     ttl_s: float
     released: bool = False
+    host_id: str = ""  # hostname/boot id/pid-namespace: where ``pid`` means something
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -77,6 +78,19 @@ class LeaseRecord:
         return not _dead_on_this_host(self)
 
 
+def _host_id() -> str:
+    """This machine and PID namespace: hostname, boot id, pid-namespace inode. Containers that share
+    a hostname (host networking) but not PIDs differ here, so none judges another's pid."""
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            parts.append(f.read().strip())
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        parts.append("?")
+    return "/".join(parts)
+
+
 def _process_start(pid: int) -> str:
     """Start time of a process (clock ticks since boot, from /proc); '' where unknown."""
     try:
@@ -88,8 +102,9 @@ def _process_start(pid: int) -> str:
 
 
 def _dead_on_this_host(record: LeaseRecord) -> bool:
-    """A holder on this very host whose process is gone (or is another process with its pid)."""
-    if record.host != socket.gethostname() or not record.pid_start:
+    """A holder in this very host and PID namespace whose process is gone (or is another process
+    with its pid)."""
+    if not record.host_id or record.host_id != _host_id() or not record.pid_start or "?" in record.host_id:
         return False
     return _process_start(record.pid) != record.pid_start
 
@@ -117,6 +132,7 @@ class Lease:
         self.run_id = run_id
         self.ttl_s = float(ttl_s)
         self.record: LeaseRecord | None = None
+        self.waited = False  # acquire waited for another run: what was read before may be stale
         self._on_lost = on_lost
         self._lost: str | None = None
         self._stop = threading.Event()
@@ -129,6 +145,7 @@ class Lease:
         """Take the lease, waiting up to ``wait_s`` for a live holder; else raise LeaseHeld."""
         deadline = time.monotonic() + wait_s
         logged = False
+        self.waited = False
         while True:
             generations = _generations(self.storage)
             top = self._read(generations[-1]) if generations else None
@@ -138,6 +155,7 @@ class Lease:
                         f"{self.storage.describe()} is being written by {top.describe()}; "
                         f"wait for it (--lease-wait-s) or use another --output"
                     )
+                self.waited = True
                 if not logged:
                     logger.info("waiting for the lease on %s, held by %s", self.storage.describe(), top.describe())
                     logged = True
@@ -145,7 +163,7 @@ class Lease:
                 continue
             generation = (generations[-1] if generations else 0) + 1
             record = self._new_record(generation)
-            if self.storage.create_exclusive(self._path(generation), record.to_json()):
+            if self._create(generation, record):
                 self.record = record
                 if top is not None and not top.released:
                     logger.warning(
@@ -158,9 +176,27 @@ class Lease:
                 return record
             # another run created this generation first: look again
 
+    def _create(self, generation: int, record: LeaseRecord) -> bool:
+        """Create the generation; True only if it is ours. A create whose answer was lost (a retried
+        PUT answered 412, a conflicting 409, an NFS link retried) is settled by reading it back."""
+        error: OSError | None = None
+        try:
+            created = self.storage.create_exclusive(self._path(generation), record.to_json())
+        except OSError as e:
+            created, error = False, e
+        if created:
+            return True
+        there = self._read(generation)
+        if there is None:
+            if error is not None:
+                raise error
+            return False
+        return there.run_id == self.run_id
+
     def _new_record(self, generation: int) -> LeaseRecord:
         now = time.time()
         return LeaseRecord(
+            host_id=_host_id(),
             generation=generation,
             run_id=self.run_id,
             host=socket.gethostname(),
@@ -211,6 +247,13 @@ class Lease:
         if newer:
             self._mark_lost(f"the lease on {self.storage.describe()} was taken over (generation {newer[-1]})")
             raise LeaseLost(self._lost or "")
+        mine = self._read(record.generation)
+        if mine is None or mine.run_id != self.run_id:
+            self._mark_lost(
+                f"the lease generation {record.generation} on {self.storage.describe()} is held by "
+                f"{'nobody' if mine is None else mine.describe()}"
+            )
+            raise LeaseLost(self._lost or "")
 
     @property
     def lost(self) -> str | None:
@@ -249,6 +292,7 @@ class Lease:
 
     def release(self) -> None:
         """Stop renewing and mark the generation released, so the next run starts at once."""
+        self._on_lost = None  # the run is over: a lease found lost now must not interrupt anything
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -263,7 +307,10 @@ class Lease:
 
     def fence(self) -> "LeaseFence":
         return LeaseFence(
-            output_uri=self.storage.uri, storage_options=dict(self.storage.storage_options), generation=self.generation
+            output_uri=self.storage.uri,
+            storage_options=dict(self.storage.storage_options),
+            generation=self.generation,
+            run_id=self.run_id,
         )
 
     def __enter__(self) -> "Lease":
@@ -280,14 +327,25 @@ class LeaseFence:
     output_uri: str
     storage_options: Mapping[str, Any]
     generation: int
+    run_id: str = ""
 
     def check(self) -> None:
-        newer = [g for g in _generations(Storage(self.output_uri, self.storage_options)) if g > self.generation]
+        storage = Storage(self.output_uri, self.storage_options)
+        newer = [g for g in _generations(storage) if g > self.generation]
         if newer:
             raise LeaseLost(
                 f"another run took over {self.output_uri} (lease generation {newer[-1]} > "
                 f"{self.generation}); this write is refused"
             )
+        if self.run_id:
+            try:
+                mine = LeaseRecord.from_json(storage.read_bytes(storage.join(LEASE_DIR, _gen_name(self.generation))))
+            except FileNotFoundError:
+                mine = None
+            if mine is None or mine.run_id != self.run_id:
+                raise LeaseLost(
+                    f"lease generation {self.generation} of {self.output_uri} is not this run's; this write is refused"
+                )
 
 
 def new_run_id() -> str:

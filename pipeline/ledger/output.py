@@ -27,7 +27,7 @@ from pipeline.io.sink import REJECTS_DIR
 from pipeline.io.sources import Shard
 from pipeline.io.storage import Storage, normalize_uri
 from pipeline.ledger.completeness import Proof, fully_covered, prove
-from pipeline.ledger.lease import LEASE_DIR, LeaseLost
+from pipeline.ledger.lease import LeaseLost
 from pipeline.ledger.manifest import Manifest, is_complete, remove_success
 from pipeline.ledger.shard_log import SHARDS_DIR, ShardRecord, read_records
 from pipeline.stages.model import ModelInfo
@@ -48,6 +48,7 @@ IDENTITY_KEYS = (
     "text_field",
     "id_field",
     "title_field",
+    "input_format",
     "inputs",
     "model_sha",
 )
@@ -69,6 +70,7 @@ def output_metadata(config: JobConfig, info: ModelInfo, model_sha: str | None = 
         "text_field": config.text_field,
         "id_field": config.id_field,
         "title_field": config.title_field,
+        "input_format": config.input_format,
         "inputs": normalized_inputs(config.inputs),
         "model_sha": model_sha,  # the Hub commit (git:<sha>) or the local folder's content digest
         "producer": PRODUCER,
@@ -165,8 +167,8 @@ class OutputState:
             k
             for k in IDENTITY_KEYS
             if _identity(existing.metadata, k) != _identity(metadata, k)
-            # outputs made before the model's identity was recorded are resumed on the name alone
-            and not (k == "model_sha" and k not in existing.metadata)
+            # outputs made before these keys were recorded are resumed without them
+            and not (k in ("model_sha", "input_format") and k not in existing.metadata)
         ]
         if mismatched:
             diffs = "; ".join(f"{k}: {existing.metadata.get(k)!r} -> {metadata.get(k)!r}" for k in mismatched)
@@ -224,7 +226,7 @@ class OutputState:
     def remove_temp_files(self) -> None:
         """Local temp files of writes a crash interrupted (object stores have none)."""
         if self.storage.is_local:
-            for folder in ("", REJECTS_DIR, SHARDS_DIR, LEASE_DIR):
+            for folder in ("", REJECTS_DIR, SHARDS_DIR):  # not _lease/: another run may be mid-create there
                 for path, _ in self.storage.list_files(folder):
                     if posixpath.basename(path).startswith("._tmp-"):
                         self.storage.delete(path)

@@ -248,3 +248,27 @@ def test_missing_input_is_a_usage_error(tmp_path):
     (tmp_path / "x.bin").write_text("?")
     with pytest.raises(UsageError, match="--input-format"):
         list_shards([str(tmp_path / "x.bin")], {})
+
+
+def test_a_shard_replaced_between_a_transient_error_and_the_retry_is_refused(tmp_path, monkeypatch):
+    """The retry re-opens the shard: it must be the same object whose first rows were already read."""
+    monkeypatch.setattr("pipeline.io.sources.READ_CHUNK", 64)
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "text": f"text {i}"}) + "\n" for i in range(100)))
+    shard = list_shards([str(tmp_path)], {})[0]
+
+    class ReplacedOnError(_FlakyFS):
+        def open(self, p, mode="rb", **kw):
+            f = super().open(p, mode, **kw)
+            read = f.read
+
+            def replaced_then_reset(n=-1):
+                if self.reads == 3:
+                    path.write_text("".join(json.dumps({"id": f"new{i}", "text": "other"}) + "\n" for i in range(120)))
+                return read(n)
+
+            f.read = replaced_then_reset
+            return f
+
+    with pytest.raises(ShardReadError, match="changed after it was listed"):
+        list(ShardReader(ReplacedOnError({4}), shard, FieldSpec(), backoff_s=0))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.io.storage import Storage
-from pipeline.ledger.lease import LEASE_DIR, Lease, LeaseHeld, LeaseLost
+from pipeline.ledger.lease import LEASE_DIR, Lease, LeaseHeld, LeaseLost, LeaseRecord
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -126,3 +126,62 @@ def test_sigkilled_holder_on_this_host_is_taken_over_at_once(tmp_path):
     retry.release()
     records = sorted((out / LEASE_DIR).iterdir())
     assert json.loads(records[-1].read_text())["released"] is True
+
+
+def test_a_rival_overwriting_our_generation_is_noticed(storage):
+    """A store that ignored the exclusive create: the rival's record replaced ours."""
+    from pipeline.ledger.lease import _gen_name
+
+    mine = Lease(storage, run_id="mine", ttl_s=60)
+    mine.acquire()
+    try:
+        rival = LeaseRecord.from_json(storage.read_bytes(storage.join(LEASE_DIR, _gen_name(1))))
+        rival = LeaseRecord(**{**rival.__dict__, "run_id": "rival"})
+        storage.write_bytes_atomic(storage.join(LEASE_DIR, _gen_name(1)), rival.to_json())
+        with pytest.raises(LeaseLost, match="held by run rival"):
+            mine.check()
+        with pytest.raises(LeaseLost, match="not this run's"):
+            mine.fence().check()
+    finally:
+        mine.release()
+
+
+def test_a_create_whose_answer_was_lost_is_settled_by_reading_it_back(tmp_path, monkeypatch):
+    """A retried PUT whose first try succeeded is answered 412: the lease is ours all the same."""
+    storage = Storage(str(tmp_path / "out"))
+    real = Storage.create_exclusive
+
+    def created_but_answered_exists(self, path, data):
+        real(self, path, data)
+        return False
+
+    monkeypatch.setattr(Storage, "create_exclusive", created_but_answered_exists)
+    lease = Lease(storage, run_id="lost-answer", ttl_s=60)
+    assert lease.acquire().generation == 1
+    lease.check()
+    lease.release()
+
+
+def test_same_hostname_other_pid_namespace_is_not_judged_dead(tmp_path):
+    """Containers with host networking share a hostname, not PIDs: a holder there is live until expiry."""
+    import os
+    import socket
+
+    from pipeline.ledger.lease import _gen_name
+
+    storage = Storage(str(tmp_path / "out"))
+    now = time.time()
+    other = LeaseRecord(
+        generation=1,
+        run_id="in-another-container",
+        host=socket.gethostname(),
+        pid=os.getpid() + 10**6,
+        pid_start="1",
+        acquired_at=now,
+        expires_at=now + 60,
+        ttl_s=60,
+        host_id=f"{socket.gethostname()}/other-boot/12345",
+    )
+    storage.create_exclusive(storage.join(LEASE_DIR, _gen_name(1)), other.to_json())
+    with pytest.raises(LeaseHeld, match="in-another-container"):
+        Lease(storage, run_id="retry", ttl_s=60).acquire()
