@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         label = "error" if isinstance(e, UsageError) else "job failed"
-        sys.stderr.write(f"e5-embed: {label}: {scrub(str(e))}\n")
+        sys.stderr.write(f"e5-embed: {label}: {' '.join(scrub(str(e)).split())}\n")  # always one line
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("e5-embed: interrupted\n")

@@ -266,7 +266,7 @@ def test_secrets_nested_in_options_or_in_uris_reach_no_log_error_or_output(
         f"@{options_file}",
     )
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 2 and err.startswith("e5-embed: error: "), err[-2000:]
+    assert proc.returncode == 2 and err.strip().splitlines()[-1].startswith("e5-embed: error: "), err[-2000:]
     for value in (secret, "SECRET-ACCESS-KEY-43", "URI-PASSWORD-44", "AKIAUSER"):
         assert value not in err
 
