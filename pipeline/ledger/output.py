@@ -341,13 +341,13 @@ class OutputState:
         allow_remainders: bool,
         max_bad_fraction: float,
     ) -> tuple[Proof, float]:
-        """Prove completeness, record it in the manifest, and write ``_SUCCESS`` when proven.
+        """Prove completeness over the files ``totals`` was summed from (reconcile's result: no second
+        footer scan) and record the outcome in ``manifest``; the caller saves it and writes ``_SUCCESS``.
 
-        Returns the proof and the rejected fraction; the manifest is saved either way.
+        Returns the proof and the rejected fraction.
         """
-        files = self.scan()
         records = self.shard_records(manifest, shards)
-        proof = prove(shards, records, [f.ranges for f in files], allow_remainders=allow_remainders)
+        proof = prove(shards, records, list(totals.file_ranges), allow_remainders=allow_remainders)
         manifest.set_totals(totals.counters)
         total = manifest.rows_written + manifest.rows_rejected
         bad_fraction = manifest.rows_rejected / total if total else 0.0
@@ -381,6 +381,7 @@ class Totals:
     counters: Counters
     repaired_files: int = 0
     data_paths: tuple[str, ...] = ()
+    file_ranges: tuple[coverage.Ranges, ...] = ()  # each file's coverage, for the completeness proof
 
     @classmethod
     def of(cls, files: Sequence[OutputFile], repaired: int = 0) -> "Totals":
@@ -388,4 +389,5 @@ class Totals:
             counters=Counters.total(Counters.from_footer(f.stats, is_rejects=f.is_rejects) for f in files),
             repaired_files=repaired,
             data_paths=tuple(f.path for f in files if not f.is_rejects),
+            file_ranges=tuple(f.ranges for f in files),
         )

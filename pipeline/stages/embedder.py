@@ -13,9 +13,9 @@ import pyarrow as pa
 
 from pipeline.flags import PREFIXES
 from pipeline.io import schemas
-from pipeline.stages.encode import EncodeSettings, EncodeStage
+from pipeline.stages.encode import EncodeStage
 from pipeline.stages.model import ModelSource
-from pipeline.stages.tokenize import TokenizeSettings, TokenizeStage
+from pipeline.stages.tokenize import TokenizeStage
 
 
 def records_table(
@@ -53,20 +53,14 @@ class Embedder:
         if prefix not in PREFIXES:
             raise ValueError(f"prefix must be one of {', '.join(PREFIXES)}; got {prefix!r}")
         source = model if isinstance(model, ModelSource) else ModelSource(name_or_path=str(model))
-        self.tokenizer = TokenizeStage(
-            **vars(TokenizeSettings(model=source, prefix=PREFIXES[prefix], max_length=max_length))
-        )
+        self.tokenizer = TokenizeStage(model=source, prefix=PREFIXES[prefix], max_length=max_length)
         self.encoder = EncodeStage(
-            **vars(
-                EncodeSettings(
-                    model=source,
-                    batch_size=batch_size,
-                    dtype=dtype,
-                    device=device,
-                    output_dtype=output_dtype,
-                    compile_model=compile_model,
-                )
-            )
+            model=source,
+            batch_size=batch_size,
+            dtype=dtype,
+            device=device,
+            output_dtype=output_dtype,
+            compile_model=compile_model,
         )
 
     @property
