@@ -30,6 +30,9 @@ class JobConfig:
     revision: str | None = None
     prefix: str = "passage"
     max_length: int = 512
+    chunk_tokens: int | None = None
+    chunk_overlap: int = 32
+    max_chunks_per_record: int = 256
     batch_size: int | None = None
     dtype: str = "auto"
     output_dtype: str = "float32"
@@ -73,6 +76,13 @@ class JobConfig:
         flags.validate({f.name: getattr(self, f.name) for f in fields(self)})  # each flag's own check
         if self.max_gpus is not None and self.min_gpus is not None and self.min_gpus > self.max_gpus:
             raise UsageError(f"--min-gpus {self.min_gpus} is more than --max-gpus {self.max_gpus}")
+        if self.chunk_tokens is not None:
+            if self.chunk_tokens > self.max_length:
+                raise UsageError(f"--chunk-tokens {self.chunk_tokens} is more than --max-length {self.max_length}")
+            if self.chunk_overlap > self.chunk_tokens // 2:
+                raise UsageError(
+                    f"--chunk-overlap {self.chunk_overlap} is more than half of --chunk-tokens {self.chunk_tokens}"
+                )
         if not isinstance(self.storage_options, Mapping):
             raise UsageError("--storage-options must be a JSON object")
         object.__setattr__(self, "storage_options", dict(self.storage_options))

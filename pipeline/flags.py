@@ -128,6 +128,27 @@ FLAGS: tuple[Flag, ...] = (
         commands=BOTH,
     ),
     Flag(
+        "chunk-tokens",
+        "long documents: embed every window of at most this many tokens (prefix, title and special "
+        "tokens included; <= --max-length), one output row per window, instead of truncating",
+        type=int,
+        check=int_range(16, 8192),
+    ),
+    Flag(
+        "chunk-overlap",
+        "with --chunk-tokens: tokens repeated between neighbouring windows (at most half a window)",
+        type=int,
+        default=32,
+        check=int_range(0, 4096),
+    ),
+    Flag(
+        "max-chunks-per-record",
+        "with --chunk-tokens: windows past this many are cut off (the record's rows say truncated)",
+        type=int,
+        default=256,
+        check=int_range(1, 1 << 20),
+    ),
+    Flag(
         "batch-size",
         "fixed rows per forward pass (default: from the resource plan, which also checks that it fits)",
         type=int,

@@ -31,6 +31,7 @@ from pipeline.ledger.shard_log import ShardLog
 from pipeline.planning.capacity import GpuCapacity
 from pipeline.planning.plan import ClusterSpec, PlanRequest, ResourcePlan, make_plan
 from pipeline.planning.scheduler_config import load_scheduler_config
+from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.model import ModelInfo, ModelSource
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ def _embed(
     """Run the pipeline over the shards left to read; the counters of what it wrote."""
     if not work.shards:
         return Counters()
+    chunk = ChunkSettings.of_job(config)
     sink = EmbeddingDatasink(
         output_uri=config.output,
         storage_options=config.storage_options,
@@ -242,7 +244,12 @@ def _embed(
         rows_per_block=config.rows_per_block,
         skip=work.skip,
         max_record_bytes=config.max_record_bytes,
-        fields=FieldSpec(text_field=config.text_field, id_field=config.id_field, title_field=config.title_field),
+        fields=FieldSpec(
+            text_field=config.text_field,
+            id_field=config.id_field,
+            title_field=config.title_field,
+            title_apart=chunk is not None,
+        ),
         shard_log=ShardLog(config.output, config.storage_options),
     )
     stages = plan.stage_specs(
@@ -252,6 +259,7 @@ def _embed(
         rows_per_block=config.rows_per_block,
         compile_model=config.compile,
         device=config.device,
+        chunk=chunk,
     )
     configure(progress=config.progress)
     try:
@@ -269,7 +277,11 @@ def _embed(
 
 def _duplicate_ids(config: JobConfig, storage: Storage, totals: Totals) -> DuplicateReport:
     duplicates = find_duplicate_ids(
-        storage, totals.data_paths, totals.counters.rows_written, on_cluster=duplicate_ids_on_cluster
+        storage,
+        totals.data_paths,
+        totals.counters.rows_written,
+        on_cluster=duplicate_ids_on_cluster,
+        chunked=config.chunk_tokens is not None,
     )
     if duplicates.duplicate_ids:
         logger.warning(

@@ -25,7 +25,8 @@ def reason_kind(reason: str) -> str:
 
 @dataclass(kw_only=True)
 class Counters:
-    rows_written: int = 0  # embedded rows (data files)
+    rows_written: int = 0  # embedded input records (data files)
+    chunks: int = 0  # data rows: one per record, or one per window in chunked runs
     rows_rejected: int = 0  # rows in _rejects/
     tokens: int = 0  # tokens embedded, prefix and special tokens included
     truncated: int = 0  # embedded rows cut at --max-length
@@ -38,6 +39,7 @@ class Counters:
         return Counters(
             rows_written=self.rows_written + other.rows_written,
             rows_rejected=self.rows_rejected + other.rows_rejected,
+            chunks=self.chunks + other.chunks,
             tokens=self.tokens + other.tokens,
             truncated=self.truncated + other.truncated,
             data_files=self.data_files + other.data_files,
@@ -61,18 +63,24 @@ class Counters:
                 rows_rejected=table.num_rows,
                 reject_kinds=dict(Counter(reason_kind(r) for r in table["reason"].to_pylist())),
             )
+        firsts = pc.equal(table["chunk"], 0) if "chunk" in table.column_names else None  # one per record
+        truncated = table["truncated"] if firsts is None else pc.and_(table["truncated"], firsts)
         return cls(
-            rows_written=table.num_rows,
+            rows_written=table.num_rows if firsts is None else int(pc.sum(firsts.cast(pa.int64())).as_py() or 0),
+            chunks=table.num_rows,
             data_files=1 if table.num_rows else 0,
             tokens=int(pc.sum(table["n_tokens"]).as_py() or 0),
-            truncated=int(pc.sum(table["truncated"].cast(pa.int64())).as_py() or 0),
+            truncated=int(pc.sum(truncated.cast(pa.int64())).as_py() or 0),
         )
 
     def footer(self) -> dict[str, Any]:
         """The footer format of one file."""
         if self.rows_rejected:
             return {"rows": self.rows_rejected, "reject_kinds": dict(self.reject_kinds)}
-        return {"rows": self.rows_written, "tokens": self.tokens, "truncated": self.truncated}
+        out = {"rows": self.rows_written, "tokens": self.tokens, "truncated": self.truncated}
+        if self.chunks != self.rows_written:  # chunked runs; else the original format
+            out["chunks"] = self.chunks
+        return out
 
     @classmethod
     def from_footer(cls, stats: Mapping[str, Any], *, is_rejects: bool) -> "Counters":
@@ -81,6 +89,7 @@ class Counters:
             return cls(rows_rejected=rows, reject_kinds=dict(stats.get("reject_kinds", {})))
         return cls(
             rows_written=rows,
+            chunks=int(stats.get("chunks", rows)),
             data_files=1,
             tokens=int(stats.get("tokens", 0)),
             truncated=int(stats.get("truncated", 0)),

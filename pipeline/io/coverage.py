@@ -19,7 +19,10 @@ Ranges = dict[str, list[tuple[int, int]]]  # source -> sorted, disjoint [start, 
 
 
 def ranges_of(table: pa.Table) -> Ranges:
-    """Coverage of a table with ``source`` and ``row`` columns."""
+    """Coverage of a table with ``source`` and ``row`` columns (in chunked files, a record's first
+    window stands for the record: a record twice in a file still shows as an overlap)."""
+    if "chunk" in table.column_names:
+        table = table.filter(pc.equal(table["chunk"], 0))
     if table.num_rows == 0:
         return {}
     order = pc.sort_indices(table, sort_keys=[("source", "ascending"), ("row", "ascending")])
@@ -107,11 +110,11 @@ def mask_outside(table: pa.Table, ranges: Mapping[str, Sequence[Sequence[int]]])
 
 
 def first_of_each_row(table: pa.Table) -> pa.Array:
-    """Indices of the first occurrence of each (source, row) in ``table``, in table order."""
+    """Indices of the first occurrence of each (source, row) (each (source, row, chunk) in chunked
+    files) in ``table``, in table order."""
     if table.num_rows == 0:
         return pa.array([], pa.int64())
-    keys = pa.table(
-        {"source": table["source"], "row": table["row"], "i": pa.array(np.arange(table.num_rows, dtype=np.int64))}
-    )
-    firsts = keys.group_by(["source", "row"], use_threads=False).aggregate([("i", "min")])
+    names = ["source", "row"] + (["chunk"] if "chunk" in table.column_names else [])
+    keys = pa.table({**{n: table[n] for n in names}, "i": pa.array(np.arange(table.num_rows, dtype=np.int64))})
+    firsts = keys.group_by(names, use_threads=False).aggregate([("i", "min")])
     return pa.array(np.sort(firsts["i_min"].to_numpy()))

@@ -3,6 +3,10 @@
 read ──RECORDS──▶ tokenize ──TOKENIZED──▶ encode ──embedded_schema(dim)──▶ sink
                                                  └─ data files / _rejects files
 
+Chunked runs (``--chunk-tokens``) keep one row per input record through the pipeline, its
+windows as lists (CHUNK_TOKENIZED, ``chunk_embedded_schema``); the sink writes one row per
+window (``chunk_output_schema``), all windows of a record in one file.
+
 Rejected records travel with the good ones (``reject_reason`` set, no text,
 no tokens, no embedding) so the sink accounts for every input row.
 """
@@ -23,7 +27,13 @@ _KEY_FIELDS = [
     pa.field("reject_reason", pa.string()),
 ]
 
-RECORDS = pa.schema(_KEY_FIELDS + [pa.field("text", pa.string())])
+RECORDS = pa.schema(
+    _KEY_FIELDS
+    + [
+        pa.field("text", pa.string()),
+        pa.field("title", pa.string()),  # only in chunked runs (else the title is part of the text)
+    ]
+)
 
 TOKENIZED = pa.schema(
     _KEY_FIELDS
@@ -33,6 +43,17 @@ TOKENIZED = pa.schema(
         pa.field("truncated", pa.bool_()),
     ]
 )
+
+
+# One row per record, one list item per window (in text order).
+_WINDOW_FIELDS = [
+    pa.field("char_start", pa.list_(pa.int64())),  # window start in the record's text (str index)
+    pa.field("char_end", pa.list_(pa.int64())),
+    pa.field("n_tokens", pa.list_(pa.int32())),  # the window's tokens, prefix/title/special included
+    pa.field("truncated", pa.bool_()),  # windows past --max-chunks-per-record were cut off
+]
+
+CHUNK_TOKENIZED = pa.schema(_KEY_FIELDS + [pa.field("input_ids", pa.list_(pa.list_(pa.int32())))] + _WINDOW_FIELDS)
 
 
 def embedding_type(dim: int, output_dtype: str = "float32") -> pa.DataType:
@@ -48,6 +69,30 @@ def embedded_schema(dim: int, output_dtype: str = "float32") -> pa.Schema:
             pa.field("embedding", embedding_type(dim, output_dtype)),
             pa.field("n_tokens", pa.int32()),
             pa.field("truncated", pa.bool_()),
+        ]
+    )
+
+
+def chunk_embedded_schema(dim: int, output_dtype: str = "float32") -> pa.Schema:
+    """What the encode stage emits in chunked runs: one embedding per window."""
+    return pa.schema(
+        _KEY_FIELDS + [pa.field("embedding", pa.list_(embedding_type(dim, output_dtype)))] + _WINDOW_FIELDS
+    )
+
+
+def chunk_output_schema(dim: int, output_dtype: str = "float32") -> pa.Schema:
+    """The data files' columns in chunked runs: one row per window; (id, chunk) is unique."""
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("chunk", pa.int32(), nullable=False),  # 0-based, in text order
+            pa.field("char_start", pa.int64(), nullable=False),
+            pa.field("char_end", pa.int64(), nullable=False),
+            pa.field("embedding", embedding_type(dim, output_dtype), nullable=False),
+            pa.field("n_tokens", pa.int32(), nullable=False),
+            pa.field("truncated", pa.bool_(), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("row", pa.int64(), nullable=False),
         ]
     )
 

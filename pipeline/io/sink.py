@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -71,15 +72,37 @@ def write_rows(
     # Sorted by input position, so each file covers few, contiguous row ranges.
     table = table.sort_by([("source", "ascending"), ("row", "ascending")])
     is_reject = pc.is_valid(table["reject_reason"])
-    schema = schemas.output_schema(dim, output_dtype)
-    good = table.filter(pc.invert(is_reject)).select(schema.names).cast(schema)
+    chunked = "char_start" in table.column_names
+    if chunked:  # one row per window; a file's cut falls between records, never inside one
+        schema = schemas.chunk_output_schema(dim, output_dtype)
+        good = table.filter(pc.invert(is_reject))
+    else:
+        schema = schemas.output_schema(dim, output_dtype)
+        good = table.filter(pc.invert(is_reject)).select(schema.names).cast(schema)
     bad = table.filter(is_reject)
     rejects = pa.Table.from_arrays([bad["source"], bad["row"], bad["id"], bad["reject_reason"]], schema=schemas.REJECTS)
     written = Counters()
     for folder, rows in (("", good), (REJECTS_DIR, rejects)):
         for start in range(0, rows.num_rows, rows_per_file):
-            chunk = rows.slice(start, rows_per_file)
-            counters = Counters.of_table(chunk)
-            put_file(storage, folder, chunk, metadata, counters.footer())
+            part = rows.slice(start, rows_per_file)
+            if chunked and not folder:
+                part = explode_windows(part, schema)
+            counters = Counters.of_table(part)
+            put_file(storage, folder, part, metadata, counters.footer())
             written = written + counters
     return written
+
+
+def explode_windows(records: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Records with lists of windows (``schemas.chunk_embedded_schema``) as one row per window."""
+    embedding = records["embedding"].combine_chunks()
+    parent = pc.list_parent_indices(embedding)
+    offsets = embedding.offsets.to_numpy()
+    chunk = np.arange(len(parent), dtype=np.int64) - (offsets[parent.to_numpy()] - offsets[0])
+    columns = {
+        "chunk": pa.array(chunk, pa.int32()),
+        "embedding": pc.list_flatten(embedding),
+        **{n: pc.list_flatten(records[n].combine_chunks()) for n in ("char_start", "char_end", "n_tokens")},
+        **{n: records[n].take(parent) for n in ("id", "truncated", "source", "row")},
+    }
+    return pa.Table.from_arrays([columns[n] for n in schema.names], schema=schema)

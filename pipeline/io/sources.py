@@ -58,6 +58,8 @@ class FieldSpec:
     text_field: str = "text"
     id_field: str = "id"
     title_field: str | None = None
+    # chunked runs keep the title apart (every window gets it); otherwise it is joined to the text
+    title_apart: bool = False
 
 
 def detect_format(path: str, override: str = "auto") -> tuple[str | None, str | None]:
@@ -159,12 +161,22 @@ class _BlockBuilder:
         self.rows = rows
         self._cols: dict[str, list] = {name: [] for name in schemas.RECORDS.names}
 
-    def add(self, *, id: str | None, source: str, row: int, reject_reason: str | None, text: str | None) -> None:
+    def add(
+        self,
+        *,
+        id: str | None,
+        source: str,
+        row: int,
+        reject_reason: str | None,
+        text: str | None,
+        title: str | None = None,
+    ) -> None:
         self._cols["id"].append(id)
         self._cols["source"].append(source)
         self._cols["row"].append(row)
         self._cols["reject_reason"].append(reject_reason)
         self._cols["text"].append(text)
+        self._cols["title"].append(title)
 
     def __len__(self) -> int:
         return len(self._cols["row"])
@@ -342,11 +354,19 @@ def _record_from_json(obj: Any, fields: FieldSpec) -> tuple[str | None, str | No
     if fields.text_field not in obj:
         return record_id, None, f"missing text field {fields.text_field!r}"
     text, reason = _check_text(obj[fields.text_field], fields.text_field)
-    if reason is None and fields.title_field:
+    if reason is None and fields.title_field and not fields.title_apart:
         title = obj.get(fields.title_field)
         if isinstance(title, str) and title:
             text = f"{title} {text}".strip()
     return record_id, text, reason
+
+
+def _title_of(obj: Any, fields: FieldSpec) -> str | None:
+    """The title kept apart from the text (chunked runs), or None."""
+    if not (fields.title_apart and fields.title_field and isinstance(obj, dict)):
+        return None
+    title = obj.get(fields.title_field)
+    return (title.strip() or None) if isinstance(title, str) else None
 
 
 def _is_transient(e: BaseException) -> bool:
@@ -475,9 +495,10 @@ class ShardReader:
             return reject(f"invalid JSON: {type(e).__name__}: {str(e)[:200]}")
         try:
             record_id, text, reason = _record_from_json(obj, self.fields)
+            title = _title_of(obj, self.fields) if reason is None else None
         except Exception as e:  # a record must never fail its shard
             return reject(f"unusable record: {type(e).__name__}: {str(e)[:200]}")
-        return {"row": row, "id": record_id, "text": text, "reject_reason": reason}
+        return {"row": row, "id": record_id, "text": text, "title": title, "reject_reason": reason}
 
     def _parquet_rows(self, start: int) -> Iterator[tuple[int, dict | None]]:
         row = 0
@@ -522,9 +543,11 @@ class ShardReader:
                     else:
                         try:
                             record_id, text, reason = _record_from_json(obj, self.fields)
+                            title = _title_of(obj, self.fields) if reason is None else None
                         except Exception as e:
                             record_id, text, reason = None, None, f"unusable record: {type(e).__name__}"
-                        yield row, {"row": row, "id": record_id, "text": text, "reject_reason": reason}
+                            title = None
+                        yield row, {"row": row, "id": record_id, "text": text, "title": title, "reject_reason": reason}
                     row += 1
 
 
@@ -569,6 +592,7 @@ def read_shards(
                 row=rec["row"],
                 reject_reason=rec["reject_reason"],
                 text=rec["text"],
+                title=rec.get("title"),
             )
             if builder.full():
                 yield builder.take()

@@ -36,24 +36,28 @@ def find_duplicate_ids(
     storage: Storage,
     files: Sequence[str],
     total_rows: int,
-    on_cluster: Callable[[Storage, Sequence[str]], DuplicateReport] | None = None,
+    on_cluster: Callable[[Storage, Sequence[str], bool], DuplicateReport] | None = None,
+    *,
+    chunked: bool = False,
 ) -> DuplicateReport:
     """Count ids that occur more than once; above DRIVER_CHECK_MAX_ROWS with ``on_cluster``
-    (the backend's aggregation, ``pipeline.backend.duplicates``)."""
+    (the backend's aggregation, ``pipeline.backend.duplicates``). In ``chunked`` outputs a
+    record's windows share its id: only first windows (``chunk == 0``) are counted."""
     if not files:
         return DuplicateReport(0)
     if total_rows <= DRIVER_CHECK_MAX_ROWS or on_cluster is None:
-        return _on_driver(storage, files)
-    return on_cluster(storage, files)
+        return _on_driver(storage, files, chunked)
+    return on_cluster(storage, files, chunked)
 
 
-def _on_driver(storage: Storage, files: Sequence[str]) -> DuplicateReport:
+def _on_driver(storage: Storage, files: Sequence[str], chunked: bool) -> DuplicateReport:
     import pandas as pd
 
     dataset = pads.dataset(list(files), filesystem=storage.fs, format="parquet")
+    where = pads.field("chunk") == 0 if chunked else None
     hashes = [
         pd.util.hash_array(batch.column(0).to_numpy(zero_copy_only=False))
-        for batch in dataset.to_batches(columns=["id"])
+        for batch in dataset.to_batches(columns=["id"], filter=where)
     ]
     if not hashes:
         return DuplicateReport(0)
@@ -63,7 +67,7 @@ def _on_driver(storage: Storage, files: Sequence[str]) -> DuplicateReport:
         return DuplicateReport(0)
     examples: list[str] = []
     wanted = set(repeated[:EXAMPLES].tolist())
-    for batch in dataset.to_batches(columns=["id"]):
+    for batch in dataset.to_batches(columns=["id"], filter=where):
         ids = batch.column(0).to_numpy(zero_copy_only=False)
         for h, i in zip(pd.util.hash_array(ids), ids):
             if h in wanted and i not in examples:

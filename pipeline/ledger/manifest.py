@@ -28,7 +28,7 @@ class RunRecord:
     ended_at: str
     wall_s: float
     status: str  # "complete" | "failed" | "incomplete"
-    rows_embedded: int
+    rows_embedded: int  # input records embedded
     rows_rejected: int
     rows_skipped: int
     tokens: int
@@ -36,6 +36,7 @@ class RunRecord:
     docs_per_s: float
     tokens_per_s: float
     data_files: int
+    chunks: int = 0  # data rows written: one per record, or one per window in chunked runs
     new_shards: int = 0  # input shards this run found that earlier runs had not (incremental runs)
     reject_kinds: dict[str, int] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
@@ -44,6 +45,7 @@ class RunRecord:
     def set_counters(self, written: Counters) -> None:
         """What this run wrote, and its rates over its wall time."""
         self.rows_embedded, self.rows_rejected = written.rows_written, written.rows_rejected
+        self.chunks = written.chunks
         self.tokens, self.truncated, self.data_files = written.tokens, written.truncated, written.data_files
         self.reject_kinds = dict(written.reject_kinds)
         self.docs_per_s = round(self.rows_embedded / self.wall_s, 2) if self.wall_s else 0.0
@@ -66,6 +68,7 @@ class Manifest:
     corrupt_remainders: list[dict[str, Any]] = field(default_factory=list)
     rows_written: int = 0
     rows_rejected: int = 0
+    chunks: int = 0  # data rows: one per record, or one per window in chunked runs
     tokens: int = 0
     truncated: int = 0
     reject_kinds: dict[str, int] = field(default_factory=dict)
@@ -81,6 +84,7 @@ class Manifest:
         """Totals are rebuilt from the output's files, so runs that crashed still count."""
         self.rows_written = totals.rows_written
         self.rows_rejected = totals.rows_rejected
+        self.chunks = totals.chunks
         self.tokens = totals.tokens
         self.truncated = totals.truncated
         self.reject_kinds = dict(totals.reject_kinds)

@@ -30,6 +30,7 @@ from pipeline.ledger.completeness import Proof, fully_covered, prove
 from pipeline.ledger.lease import LeaseLost
 from pipeline.ledger.manifest import Manifest, is_complete, remove_success
 from pipeline.ledger.shard_log import SHARDS_DIR, ShardRecord, read_records
+from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.model import ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -51,13 +52,14 @@ IDENTITY_KEYS = (
     "input_format",
     "inputs",
     "model_sha",
+    "chunking",
 )
 PRODUCER = schemas.PRODUCER
 
 
 def output_metadata(config: JobConfig, info: ModelInfo, model_sha: str | None = None) -> dict[str, Any]:
     """The ``e5_embed`` Parquet metadata (and the manifest's ``metadata``)."""
-    return {
+    meta = {
         "model": config.model,
         "revision": config.revision,
         "prefix": config.prefix_text,
@@ -75,6 +77,10 @@ def output_metadata(config: JobConfig, info: ModelInfo, model_sha: str | None = 
         "model_sha": model_sha,  # the Hub commit (git:<sha>) or the local folder's content digest
         "producer": PRODUCER,
     }
+    chunking = ChunkSettings.of_job(config)
+    if chunking is not None:  # absent in truncating runs: their metadata is what it always was
+        meta["chunking"] = chunking.metadata()
+    return meta
 
 
 def normalized_inputs(inputs: Sequence[str]) -> list[str]:

@@ -16,6 +16,8 @@ from typing import Any
 
 from pipeline.errors import UsageError
 from pipeline.planning.scheduler_config import SchedulerConfig
+from pipeline.stages.chunk_tokenize import ChunkTokenizeSettings, ChunkTokenizeStage
+from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.encode import EncodeSettings, EncodeStage
 from pipeline.stages.model import ModelInfo, ModelSource
 from pipeline.stages.spec import Resources, StageSpec
@@ -171,14 +173,20 @@ class ResourcePlan:
         rows_per_block: int,
         compile_model: bool,
         device: str = "auto",
+        chunk: ChunkSettings | None = None,
     ) -> tuple[StageSpec, StageSpec]:
         """The tokenize and encode stages as the backend runs them: typed settings, resources, batch.
 
         Encode actors get the plan's dtype and the asked-for ``device`` (``auto`` resolves on the actor;
-        an actor the plan gave a GPU that sees no CUDA device fails)."""
+        an actor the plan gave a GPU that sees no CUDA device fails). With ``chunk``, records are cut
+        into windows instead of truncated (one row per record still, its windows as lists)."""
         tokenize = StageSpec(
-            stage=TokenizeStage,
-            settings=TokenizeSettings(model=model, prefix=prefix, max_length=self.max_length),
+            stage=TokenizeStage if chunk is None else ChunkTokenizeStage,
+            settings=(
+                TokenizeSettings(model=model, prefix=prefix, max_length=self.max_length)
+                if chunk is None
+                else ChunkTokenizeSettings(model=model, prefix=prefix, chunk=chunk)
+            ),
             resources=Resources(num_cpus=self.tokenizer_num_cpus, min_actors=1, max_actors=self.tokenizer_actors),
             batch_size=min(rows_per_block, TOKENIZE_BATCH_ROWS),
         )

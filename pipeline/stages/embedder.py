@@ -7,19 +7,28 @@ For queries at serving time, the demo, the benchmark and tests; a batch job uses
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.flags import PREFIXES
 from pipeline.io import schemas
+from pipeline.io.sink import explode_windows
+from pipeline.stages.chunk_tokenize import ChunkTokenizeStage
+from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.encode import EncodeStage
 from pipeline.stages.model import ModelSource
 from pipeline.stages.tokenize import TokenizeStage
 
 
 def records_table(
-    texts: Sequence[str], *, source: str = "in-process", rejects: Sequence[str | None] | None = None
+    texts: Sequence[str],
+    *,
+    source: str = "in-process",
+    rejects: Sequence[str | None] | None = None,
+    titles: Sequence[str | None] | None = None,
 ) -> pa.Table:
     """A RECORDS table for ``texts`` (row i, id ``str(i)``), as the reader would make it."""
     n = len(texts)
@@ -30,6 +39,7 @@ def records_table(
             "row": list(range(n)),
             "reject_reason": list(rejects) if rejects is not None else [None] * n,
             "text": list(texts),
+            "title": list(titles) if titles is not None else [None] * n,
         },
         schema=schemas.RECORDS,
     )
@@ -53,6 +63,8 @@ class Embedder:
         if prefix not in PREFIXES:
             raise ValueError(f"prefix must be one of {', '.join(PREFIXES)}; got {prefix!r}")
         source = model if isinstance(model, ModelSource) else ModelSource(name_or_path=str(model))
+        self.source, self.prefix = source, PREFIXES[prefix]
+        self._chunkers: dict[ChunkSettings, ChunkTokenizeStage] = {}
         self.tokenizer = TokenizeStage(model=source, prefix=PREFIXES[prefix], max_length=max_length)
         self.encoder = EncodeStage(
             model=source,
@@ -76,6 +88,35 @@ class Embedder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised embeddings, one row per text, in order (float32, or float16 if asked)."""
         return embeddings_array(self.encode_tokens(self.tokenize(texts)))
+
+    def encode_windows(
+        self, texts: Sequence[str], chunk: ChunkSettings, *, titles: Sequence[str | None] | None = None
+    ) -> Windows:
+        """Every window of every text (``--chunk-tokens``), as the job embeds them."""
+        stage = self._chunkers.get(chunk)
+        if stage is None:
+            stage = self._chunkers[chunk] = ChunkTokenizeStage(model=self.source, prefix=self.prefix, chunk=chunk)
+        encoded = self.encoder(stage(records_table(texts, titles=titles)))
+        rows = explode_windows(
+            encoded.filter(pc.is_null(encoded["reject_reason"])),
+            schemas.chunk_output_schema(self.dim, self.encoder.output_dtype),
+        )
+        return Windows(
+            embeddings=embeddings_array(rows),
+            record=np.asarray(rows["row"].to_numpy(), dtype=np.int64),
+            char_start=rows["char_start"].to_numpy(),
+            char_end=rows["char_end"].to_numpy(),
+        )
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Window embeddings of several texts: ``record[i]`` is the index of the text window i came from."""
+
+    embeddings: np.ndarray
+    record: np.ndarray
+    char_start: np.ndarray
+    char_end: np.ndarray
 
 
 def embeddings_array(table: pa.Table) -> np.ndarray:

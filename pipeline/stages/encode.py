@@ -115,6 +115,8 @@ class EncodeStage:
             if isinstance(batch["input_ids"], pa.ChunkedArray)
             else batch["input_ids"]
         )
+        if pa.types.is_list(ids_col.type.value_type):
+            return self._encode_windows(batch, ids_col)
         ok = pc.is_valid(ids_col).to_numpy(zero_copy_only=False)
         good = np.flatnonzero(ok)
         embeddings = np.zeros((batch.num_rows, self.dim), dtype=np.float32)
@@ -136,6 +138,28 @@ class EncodeStage:
                 batch["truncated"],
             ],
             schema=schemas.embedded_schema(self.dim, self.output_dtype),
+        )
+
+    def _encode_windows(self, batch: pa.Table, ids_col: pa.ListArray) -> pa.Table:
+        """Chunked runs: every window of every record through the same length-sorted micro-batches;
+        the embeddings go back as one list per record (``schemas.chunk_embedded_schema``)."""
+        outer = ids_col.offsets.to_numpy()
+        windows = ids_col.values.slice(int(outer[0]), int(outer[-1] - outer[0]))
+        n_windows = len(windows)
+        embeddings = np.zeros((n_windows, self.dim), dtype=np.float32)
+        if n_windows:
+            offsets = windows.offsets.to_numpy()
+            embeddings = self.encode_ragged(windows.values.to_numpy(), offsets, np.arange(n_windows))
+        out_type = np.float16 if self.output_dtype == "float16" else np.float32
+        flat = pa.array(embeddings.astype(out_type, copy=False).reshape(-1))
+        per_window = pa.FixedSizeListArray.from_arrays(flat, self.dim)
+        embedding = pa.ListArray.from_arrays(
+            pa.array(outer - outer[0], pa.int32()), per_window, mask=pc.is_null(ids_col)
+        )
+        schema = schemas.chunk_embedded_schema(self.dim, self.output_dtype)
+        columns = {name: batch[name] for name in schema.names if name != "embedding"}
+        return pa.Table.from_arrays(
+            [embedding if n == "embedding" else columns[n] for n in schema.names], schema=schema
         )
 
     def encode_ragged(self, values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -1,24 +1,14 @@
-import pyarrow as pa
 import pytest
 from transformers import AutoTokenizer
 
 from pipeline.io import schemas
+from pipeline.stages.embedder import records_table
 from pipeline.stages.model import ModelSource
 from pipeline.stages.tokenize import TokenizeStage
 
 
 def records(texts, rejects=None):
-    n = len(texts)
-    return pa.Table.from_pydict(
-        {
-            "id": [str(i) for i in range(n)],
-            "source": ["s"] * n,
-            "row": list(range(n)),
-            "reject_reason": rejects or [None] * n,
-            "text": texts,
-        },
-        schema=schemas.RECORDS,
-    )
+    return records_table(texts, source="s", rejects=rejects)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,181 @@
+"""CPU stage for chunked runs: each record tokenized once, cut into word-aligned windows.
+
+RECORDS in, CHUNK_TOKENIZED out: one row per record, its windows as lists. A window's ids are
+``[CLS] + prefix + title + text tokens + [SEP]``, exactly what the tokenizer makes of
+``prefix + title + " " + text[char_start:char_end]`` (see :mod:`pipeline.stages.chunking`).
+Token ids and offsets go from the tokenizer into numpy arrays; no per-token Python lists are
+kept per row.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.io import schemas
+from pipeline.stages.chunking import MIN_TEXT_TOKENS, ChunkSettings, windows
+from pipeline.stages.model import ModelSource
+from pipeline.stages.tokenize import CHARS_PER_TOKEN_CUTOFF, _cut_at_whitespace
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChunkTokenizeSettings:
+    """The ChunkTokenizeStage's constructor arguments, as the plan fixes them."""
+
+    model: ModelSource
+    prefix: str  # the E5 prefix text, repeated in every window
+    chunk: ChunkSettings
+
+
+class ChunkTokenizeStage:
+    """A callable class over RECORDS tables (one tokenizer per instance): CHUNK_TOKENIZED out."""
+
+    def __init__(self, *, model: ModelSource, prefix: str, chunk: ChunkSettings):
+        backend = copy.deepcopy(model.load_tokenizer())
+        backend.no_padding()
+        backend.no_truncation()
+        self._backend = backend
+        self._chunk = chunk
+        self._prefix_ids = np.asarray(backend.encode(prefix, add_special_tokens=False).ids, dtype=np.int32)
+        self._head, self._tail = _special_tokens(backend)
+        # the fixed part of every window: special tokens and the prefix
+        self._fixed = len(self._head) + len(self._tail) + len(self._prefix_ids)
+        if chunk.tokens - self._fixed < MIN_TEXT_TOKENS:
+            raise ValueError(f"chunk tokens {chunk.tokens} leave no room for text after {self._fixed} fixed tokens")
+        # a record longer than this many characters is cut at whitespace before tokenizing:
+        # bounded memory for megabyte records, whose windows past max_chunks are dropped anyway
+        self._cutoff = chunk.max_chunks * chunk.tokens * CHARS_PER_TOKEN_CUTOFF
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        reasons = batch["reject_reason"].to_pylist()
+        good = [i for i, r in enumerate(reasons) if r is None]
+        texts = batch["text"].to_pylist()
+        titles = batch["title"].to_pylist() if "title" in batch.column_names else [None] * n
+        built = _Builder(n)
+        cut = [_cut_at_whitespace(texts[i], self._cutoff) for i in good]
+        encodings = self._backend.encode_batch(cut, add_special_tokens=False) if good else []
+        title_ids = self._titles([titles[i] for i in good])
+        for i, text, encoding, title in zip(good, cut, encodings, title_ids):
+            budget = self._chunk.tokens - self._fixed - len(title)
+            if budget < MIN_TEXT_TOKENS:
+                reasons[i] = f"title too long for --chunk-tokens {self._chunk.tokens} ({len(title)} tokens)"
+                continue
+            ids = np.asarray(encoding.ids, dtype=np.int32)
+            offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+            if not len(ids):
+                reasons[i] = "text has no tokens"
+                continue
+            spans, capped = windows(
+                offsets[:, 0],
+                offsets[:, 1],
+                budget=budget,
+                overlap=self._chunk.overlap,
+                max_chunks=self._chunk.max_chunks,
+                word_starts=lambda e=encoding: _word_starts(e),
+            )
+            head = np.concatenate([self._head, self._prefix_ids, title])
+            built.add(i, ids, offsets, spans, head, self._tail, truncated=capped or len(text) < len(texts[i]))
+        return built.table(batch, reasons)
+
+    def _titles(self, titles: list[str | None]) -> list[np.ndarray]:
+        """Each title's ids followed by nothing (the joining space is not a token), or empty."""
+        empty = np.zeros(0, dtype=np.int32)
+        present = [i for i, t in enumerate(titles) if t]
+        out = [empty] * len(titles)
+        if present:
+            for i, e in zip(
+                present, self._backend.encode_batch([titles[i] for i in present], add_special_tokens=False)
+            ):
+                out[i] = np.asarray(e.ids, dtype=np.int32)
+        return out
+
+
+def _special_tokens(backend) -> tuple[np.ndarray, np.ndarray]:
+    """The ids the post-processor puts before and after a text ([CLS] and [SEP] for BERT)."""
+    probe = "hello"
+    bare = backend.encode(probe, add_special_tokens=False).ids
+    full = backend.encode(probe, add_special_tokens=True).ids
+    for at in range(len(full) - len(bare) + 1):
+        if full[at : at + len(bare)] == bare:
+            return np.asarray(full[:at], dtype=np.int32), np.asarray(full[at + len(bare) :], dtype=np.int32)
+    raise ValueError("cannot tell the tokenizer's special tokens apart from the text's")
+
+
+def _word_starts(encoding) -> np.ndarray:
+    """Indices of tokens that begin a pre-tokenizer word (not the continuation of one)."""
+    words = np.asarray([-1 if w is None else w for w in encoding.word_ids], dtype=np.int64)
+    return np.flatnonzero(words[1:] != words[:-1]) + 1
+
+
+class _Builder:
+    """Collects windows of a batch's records into the CHUNK_TOKENIZED columns."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        self.windows_per_row = np.zeros(rows, dtype=np.int64)
+        self.truncated = np.zeros(rows, dtype=bool)
+        self.ids: list[np.ndarray] = []
+        self.lengths: list[np.ndarray] = []
+        self.starts: list[np.ndarray] = []
+        self.ends: list[np.ndarray] = []
+
+    def add(
+        self,
+        row: int,
+        ids: np.ndarray,
+        offsets: np.ndarray,
+        spans: np.ndarray,
+        head: np.ndarray,
+        tail: np.ndarray,
+        *,
+        truncated: bool,
+    ) -> None:
+        pieces = []
+        for first, end in spans:
+            pieces += [head, ids[first:end], tail]
+        self.ids.append(np.concatenate(pieces).astype(np.int32, copy=False))
+        self.lengths.append((spans[:, 1] - spans[:, 0] + len(head) + len(tail)).astype(np.int32))
+        self.starts.append(offsets[spans[:, 0], 0])
+        self.ends.append(offsets[spans[:, 1] - 1, 1])
+        self.windows_per_row[row] = len(spans)
+        self.truncated[row] = truncated
+
+    def table(self, batch: pa.Table, reasons: list[str | None]) -> pa.Table:
+        ok = np.array([r is None for r in reasons], dtype=bool)
+        self.windows_per_row[~ok] = 0
+        outer = np.zeros(self.rows + 1, dtype=np.int32)
+        np.cumsum(self.windows_per_row, out=outer[1:])
+        lengths = _cat(self.lengths, np.int32)
+        inner = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=inner[1:])
+        mask = pa.array(~ok)
+        windows_ids = pa.ListArray.from_arrays(pa.array(inner), pa.array(_cat(self.ids, np.int32)))
+
+        def per_row(values: pa.Array) -> pa.Array:
+            return pa.ListArray.from_arrays(pa.array(outer), values, mask=mask)
+
+        return pa.Table.from_arrays(
+            [
+                batch["id"],
+                batch["source"],
+                batch["row"],
+                pa.array(reasons, pa.string()),
+                per_row(windows_ids),
+                per_row(pa.array(_cat(self.starts, np.int64))),
+                per_row(pa.array(_cat(self.ends, np.int64))),
+                per_row(pa.array(lengths)),
+                pa.array(self.truncated & ok),
+            ],
+            schema=schemas.CHUNK_TOKENIZED,
+        )
+
+
+def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
