@@ -375,6 +375,7 @@ def run_benchmark(
     max_length: int = 512,
     rows: tuple[str, ...] = DEFAULT_ROWS,
     memory_check: bool = False,
+    longdoc: bool = False,
     out_dir: str = "bench-results",
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -501,6 +502,10 @@ def run_benchmark(
                 "seconds_4x": round(s4, 2),
             }
 
+    retrieval: dict[str, Any] = {}
+    if longdoc:
+        retrieval = _longdoc(model, weights, max_length)
+
     mean_len = (tokens_total or 1) / docs
     fpt = flops_per_token(info, mean_len)
     parity = {}
@@ -530,6 +535,7 @@ def run_benchmark(
         "parity": parity,
         "memory_check": memory,
         "steady_state": steady_state,
+        "longdoc": retrieval,
     }
     speed = {k: v["tokens_per_s"] for k, v in report["rows"].items()}
     report["ratios"] = {
@@ -548,6 +554,22 @@ def run_benchmark(
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     (out / "bench.md").write_text(markdown(report))
     return report
+
+
+def _longdoc(model: str, weights: str, max_length: int) -> dict[str, Any]:
+    """The long-document retrieval check (``e5tools.longdoc``): truncation against windows."""
+    if weights.startswith("random"):
+        return {"skipped": "random weights retrieve nothing; pass --model with real weights"}
+    from e5tools.longdoc import run_check
+    from pipeline.stages.chunking import ChunkSettings
+
+    chunkings = [
+        ChunkSettings(tokens=max_length, overlap=0),
+        ChunkSettings(tokens=max_length, overlap=32),
+        ChunkSettings(tokens=max_length // 2, overlap=0),
+        ChunkSettings(tokens=max_length // 2, overlap=32),
+    ]
+    return run_check(model, max_length=max_length, chunkings=chunkings)
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -586,4 +608,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"Memory: pipeline peak host {m['peak_host_mb_1x']} MB at {m['docs_1x']} docs, "
             f"{m['peak_host_mb_4x']} MB at {m['docs_4x']} docs (ratio {m['ratio_4x_over_1x']})"
         )
+    if report.get("longdoc", {}).get("results"):
+        from e5tools.longdoc import markdown as longdoc_markdown
+
+        lines += ["", longdoc_markdown(report["longdoc"])]
+    elif report.get("longdoc"):
+        lines.append(f"Long-document retrieval: skipped ({report['longdoc']['skipped']})")
     return "\n".join(lines) + "\n"

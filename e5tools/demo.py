@@ -57,7 +57,7 @@ def embed_queries(model_path: str, queries: list[str]) -> np.ndarray:
     return Embedder(model_path, prefix="query", batch_size=32).encode(queries)
 
 
-def run_demo(*, query: str, top_k: int, out: IO[str]) -> None:
+def run_demo(*, query: str, top_k: int, out: IO[str], long_documents: bool = True) -> None:
     import s3fs
 
     model_path = offline_model_path()
@@ -93,6 +93,64 @@ def run_demo(*, query: str, top_k: int, out: IO[str]) -> None:
         for rank, i in enumerate(np.argsort(-scores)[:top_k], start=1):
             doc_id = table["id"][int(i)].as_py()
             out.write(f"  {rank}. {scores[i]:.3f}  {doc_id}  {texts.get(doc_id, '')[:100]}\n")
+        if long_documents:
+            run_long_document_demo(fs, model_path, out)
+
+
+def run_long_document_demo(fs, model_path: str, out: IO[str], *, chunk_tokens: int = 256) -> None:
+    """Long documents: the same job with ``--chunk-tokens`` finds a paragraph deep inside a document
+    that the truncated (first 512 tokens) embedding of that document cannot see."""
+    import json
+
+    from e5tools.longdoc import best_window_scores, build_task, target_token_starts
+
+    task = build_task(n_docs=8, paragraphs_per_doc=30, seed=3)
+    lines = "".join(json.dumps({"id": f"long-{i}", "text": d}) + "\n" for i, d in enumerate(task.docs))
+    fs.pipe(f"{BUCKET}/long-corpus/docs.jsonl", lines.encode())
+    out.write(
+        f"\nlong documents: {len(task.docs)} documents of ~{np.mean([len(d) for d in task.docs]):.0f} characters "
+        f"each, embedded with --chunk-tokens {chunk_tokens} (one vector per window)\n"
+    )
+    config = JobConfig(
+        inputs=(f"s3://{BUCKET}/long-corpus/",),
+        output=f"s3://{BUCKET}/long-embeddings/",
+        model=model_path,
+        chunk_tokens=chunk_tokens,
+        progress=False,
+    )
+    out.write(run_job(config).line() + "\n")
+    fs.invalidate_cache()
+    windows = pads.dataset(f"{BUCKET}/long-embeddings/", filesystem=fs, format="parquet").to_table()
+    vectors = windows["embedding"].combine_chunks().values.to_numpy().reshape(windows.num_rows, -1)
+    record = np.asarray([int(i.split("-")[1]) for i in windows["id"].to_pylist()])
+    queries = embed_queries(model_path, task.queries)
+    chunked = best_window_scores(queries, vectors, record, len(task.docs))
+    truncated = queries @ Embedder(model_path, prefix="passage").encode(task.docs).T
+    _, starts = target_token_starts(model_path, task)
+    deep = np.flatnonzero(starts >= 508)  # paragraphs past the first 512 tokens of their document
+
+    def rank(scores: np.ndarray, q: int) -> int:
+        return int((scores[q] > scores[q, task.target[q]]).sum()) + 1
+
+    # among the queries the windows answer first, the one truncation ranks worst
+    gains = [(-rank(chunked, q), rank(truncated, q), q) for q in deep]
+    top1 = sum(rank(chunked, q) == 1 for q in deep), sum(rank(truncated, q) == 1 for q in deep)
+    out.write(
+        f"{len(deep)} queries target a paragraph past a document's first 512 tokens: the right document ranks "
+        f"first for {top1[0]} of them with windows, {top1[1]} with truncated vectors. The clearest one:\n"
+    )
+    q = max(gains)[2]
+    doc = int(task.target[q])
+    ids = windows["id"].to_pylist()
+    mine = [i for i in range(windows.num_rows) if ids[i] == f"long-{doc}"]
+    w = max(mine, key=lambda i: float(vectors[i] @ queries[q]))
+    start, end = windows["char_start"][w].as_py(), windows["char_end"][w].as_py()
+    out.write(
+        f"\nquery: {task.queries[q]!r}\n  its paragraph starts at token {starts[q]} of long-{doc}\n"
+        f"  truncated (first 512 tokens per document): long-{doc} ranks {rank(truncated, q)} of {len(task.docs)}\n"
+        f"  chunked (best window per document): long-{doc} ranks {rank(chunked, q)}; its best window is chunk "
+        f"{windows['chunk'][w].as_py()}, characters {start}-{end}:\n    {task.docs[doc][start:end][:160]!r}...\n"
+    )
 
 
 def _corpus_texts(corpus: str) -> dict[str, str]:

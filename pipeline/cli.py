@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: all but encode_compiled)",
     )
     bench.add_argument("--memory-check", action="store_true", help="also run the pipeline on 4x the corpus")
+    bench.add_argument(
+        "--longdoc",
+        action="store_true",
+        help="also the long-document retrieval check: recall of truncation vs --chunk-tokens windows (real weights)",
+    )
     bench.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     _common(bench)
     bench.set_defaults(handler=cmd_bench)
@@ -208,6 +213,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         rows=rows,
         memory_check=args.memory_check,
+        longdoc=args.longdoc,
         out_dir=args.out,
     )
     sys.stdout.write(markdown(report))

@@ -98,6 +98,9 @@ def test_demo_runs_offline_end_to_end():
     assert "600 rows embedded, 0 rejected" in result.stdout
     assert "query: 'how do I compress data with gzip?'" in result.stdout
     assert "  1. " in result.stdout
+    # long documents: the chunked job finds what truncation cannot
+    assert "embedded with --chunk-tokens 256" in result.stdout and "8 rows embedded, 0 rejected" in result.stdout
+    assert "chunked (best window per document)" in result.stdout and "its best window is chunk" in result.stdout
 
 
 def test_missing_buckets_fail_fast_naming_the_resource(s3_server, s3fs_client, bucket, minilm_path):

@@ -26,6 +26,27 @@ def data_table(source, rows, dim=4):
     )
 
 
+def chunk_table(source, rows, windows=3, dim=4):
+    """A chunked data file's rows: ``windows`` rows per record, in text order."""
+    keys = [(r, c) for r in rows for c in range(windows)]
+    n = len(keys)
+    emb = pa.FixedSizeListArray.from_arrays(pa.array([0.5] * (n * dim), pa.float32()), dim)
+    return pa.Table.from_arrays(
+        [
+            pa.array([f"{source}:{r}" for r, _ in keys]),
+            pa.array([c for _, c in keys], pa.int32()),
+            pa.array([10 * c for _, c in keys], pa.int64()),
+            pa.array([10 * c + 9 for _, c in keys], pa.int64()),
+            emb,
+            pa.array([5] * n, pa.int32()),
+            pa.array([False] * n),
+            pa.array([source] * n),
+            pa.array([r for r, _ in keys], pa.int64()),
+        ],
+        schema=schemas.chunk_output_schema(dim),
+    )
+
+
 def test_coverage_ranges_and_digest_are_order_independent():
     t = data_table("s", [5, 1, 2, 3, 9])
     assert coverage.ranges_of(t) == {"s": [(1, 4), (5, 6), (9, 10)]}
@@ -62,6 +83,37 @@ def test_reconcile_repairs_a_row_twice_within_one_file(tmp_path):
     assert rows == [0, 1, 2, 3, 4, 5] and totals.counters.rows_written == 6 and totals.repaired_files == 1
 
 
+def test_chunked_files_count_records_and_windows_and_repair_whole_records(tmp_path):
+    storage = Storage(str(tmp_path))
+    a = chunk_table("s", [0, 1, 2])
+    doubled = pa.concat_tables([chunk_table("s", [3, 4]), chunk_table("s", [4])])  # record 4 twice in a file
+    assert coverage.ranges_of(a) == {"s": [(0, 3)]}  # records, not windows
+    assert coverage.overlap([coverage.ranges_of(doubled)]) == 1
+    stats = file_stats(a)
+    assert stats == {"rows": 3, "chunks": 9, "tokens": 45, "truncated": 0}
+    for t in (a, doubled, chunk_table("s", [2, 3])):  # the last overlaps both
+        put_file(storage, "", t, {}, file_stats(t))
+    totals = OutputState(storage).reconcile({})
+    tables = [pq.read_table(f) for f in tmp_path.glob("part-*.parquet")]
+    keys = sorted((r, c) for t in tables for r, c in zip(t["row"].to_pylist(), t["chunk"].to_pylist()))
+    assert keys == [(r, c) for r in range(5) for c in range(3)]  # every window of every record once
+    assert totals.counters.rows_written == 5 and totals.counters.chunks == 15 and totals.repaired_files >= 1
+    for t in tables:  # footers still describe their files
+        assert json.loads(t.schema.metadata[schemas.STATS_KEY])["chunks"] == t.num_rows
+
+
+def test_duplicate_ids_in_chunked_files_count_records_not_windows(tmp_path):
+    from pipeline.ledger.duplicates import find_duplicate_ids
+
+    storage = Storage(str(tmp_path))
+    a = chunk_table("s", [0, 1])
+    b = chunk_table("t", [0]).set_column(0, "id", pa.array(["s:1"] * 3))  # another record with id s:1
+    paths = [put_file(storage, "", t, {}, file_stats(t)) for t in (a, b)]
+    assert find_duplicate_ids(storage, paths[:1], 2, chunked=True).duplicate_ids == 0
+    report = find_duplicate_ids(storage, paths, 3, chunked=True)
+    assert report.duplicate_ids == 1 and report.examples == ["s:1"]
+
+
 def test_retried_write_of_same_rows_overwrites_the_same_name(tmp_path):
     storage = Storage(str(tmp_path))
     t = data_table("s", [0, 1, 2])
@@ -93,3 +145,8 @@ def test_duplicate_ids_on_the_cluster_path(ray_cluster, tmp_path):
     paths = [put_file(storage, "", t, {}, file_stats(t)) for t in (a, b)]
     report = duplicate_ids_on_cluster(storage, paths)
     assert report.duplicate_ids == 1 and report.examples == ["s:0"]
+    chunked = [put_file(storage, "c", t, {}, file_stats(t)) for t in (chunk_table("s", [0, 1]), chunk_table("t", [5]))]
+    assert duplicate_ids_on_cluster(storage, chunked, True).duplicate_ids == 0  # windows share their record's id
+    chunked.append(put_file(storage, "c", chunk_table("u", [1]).set_column(0, "id", pa.array(["s:1"] * 3)), {}, {}))
+    report = duplicate_ids_on_cluster(storage, chunked, True)
+    assert report.duplicate_ids == 1 and report.examples == ["s:1"]
