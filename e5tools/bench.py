@@ -236,6 +236,59 @@ def run_encode_stage(
     )
 
 
+def run_tokenize_rates(model_path: str, texts: list[str], max_length: int, repeats: int = 3) -> dict[str, Any]:
+    """Tokens/s of the raw Rust tokenizer (``encode_batch`` on the prefixed texts, truncating), the
+    TokenizeStage and the ChunkTokenizeStage (``--chunk-tokens max_length``) on the same texts in
+    this process (best of ``repeats``); the stages' rates as ratios of the raw one."""
+    import copy
+
+    from pipeline.stages.chunk_tokenize import ChunkTokenizeStage
+    from pipeline.stages.chunking import ChunkSettings
+    from pipeline.stages.embedder import records_table
+    from pipeline.stages.model import ModelSource
+    from pipeline.stages.tokenize import TokenizeStage
+
+    source = ModelSource(name_or_path=model_path)
+    raw = copy.deepcopy(source.load_tokenizer())
+    raw.no_padding()
+    raw.enable_truncation(max_length)
+    table = records_table(texts)
+    prefixed = ["passage: " + t for t in texts]
+
+    def best(fn) -> tuple[float, int]:
+        fn()  # warm-up
+        times, tokens = [], 0
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            tokens = fn()
+            times.append(time.perf_counter() - t0)
+        return min(times), tokens
+
+    def n_tokens(out) -> int:
+        import pyarrow.compute as pc
+
+        col = out["n_tokens"]
+        return int(pc.sum(pc.list_flatten(col) if hasattr(col.type, "value_type") else col).as_py())
+
+    truncate = TokenizeStage(model=source, prefix="passage: ", max_length=max_length)
+    chunk = ChunkTokenizeStage(model=source, prefix="passage: ", chunk=ChunkSettings(tokens=max_length))
+    rates = {}
+    for name, fn in (
+        ("raw_encode_batch", lambda: sum(len(e.ids) for e in raw.encode_batch(prefixed))),
+        ("tokenize_stage", lambda: n_tokens(truncate(table))),
+        ("chunk_tokenize_stage", lambda: n_tokens(chunk(table))),
+    ):
+        seconds, tokens = best(fn)
+        rates[name] = {"seconds": round(seconds, 4), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
+    raw_rate = rates["raw_encode_batch"]["tokens_per_s"]
+    return {
+        "rates": rates,
+        "ratios": {k: round(v["tokens_per_s"] / raw_rate, 3) for k, v in rates.items() if k != "raw_encode_batch"},
+        "how": f"best of {repeats} in one process; the tokenizer's own threads as configured "
+        f"(RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'unset')}, {os.cpu_count()} cores)",
+    }
+
+
 def _padded_tokens(lengths: np.ndarray, batch_size: int, multiple: int) -> int:
     ordered = np.sort(lengths)[::-1]
     total = 0
@@ -502,6 +555,7 @@ def run_benchmark(
                 "seconds_4x": round(s4, 2),
             }
 
+    tokenize_rates = run_tokenize_rates(model, texts, max_length)
     retrieval: dict[str, Any] = {}
     if longdoc:
         retrieval = _longdoc(model, weights, max_length)
@@ -536,6 +590,7 @@ def run_benchmark(
         "memory_check": memory,
         "steady_state": steady_state,
         "longdoc": retrieval,
+        "tokenize": tokenize_rates,
     }
     speed = {k: v["tokens_per_s"] for k, v in report["rows"].items()}
     report["ratios"] = {
@@ -607,6 +662,15 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"Memory: pipeline peak host {m['peak_host_mb_1x']} MB at {m['docs_1x']} docs, "
             f"{m['peak_host_mb_4x']} MB at {m['docs_4x']} docs (ratio {m['ratio_4x_over_1x']})"
+        )
+    if report.get("tokenize"):
+        t = report["tokenize"]
+        lines.append(
+            "Tokenizing (CPU side): "
+            + ", ".join(f"{k} {v['tokens_per_s']:.0f} tokens/s" for k, v in t["rates"].items())
+            + "; ratios to raw: "
+            + ", ".join(f"{k} = {v}x" for k, v in t["ratios"].items())
+            + f" ({t['how']})"
         )
     if report.get("longdoc", {}).get("results"):
         from e5tools.longdoc import markdown as longdoc_markdown

@@ -58,20 +58,27 @@ class ChunkTokenizeStage:
         good = [i for i, r in enumerate(reasons) if r is None]
         texts = batch["text"].to_pylist()
         titles = batch["title"].to_pylist() if "title" in batch.column_names else [None] * n
-        built = _Builder(n)
+        built = _Builder(n, self._tail.tolist())
         cut = [_cut_at_whitespace(texts[i], self._cutoff) for i in good]
         encodings = self._backend.encode_batch(cut, add_special_tokens=False) if good else []
         title_ids = self._titles([titles[i] for i in good])
+        fixed_head = self._head.tolist() + self._prefix_ids.tolist()
         for i, text, encoding, title in zip(good, cut, encodings, title_ids):
             budget = self._chunk.tokens - self._fixed - len(title)
             if budget < MIN_TEXT_TOKENS:
                 reasons[i] = f"title too long for --chunk-tokens {self._chunk.tokens} ({len(title)} tokens)"
                 continue
-            ids = np.asarray(encoding.ids, dtype=np.int32)
-            offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
-            if not len(ids):
+            n_tokens = len(encoding)
+            if not n_tokens:
                 reasons[i] = "text has no tokens"
                 continue
+            head = fixed_head + title
+            was_cut = len(text) < len(texts[i])
+            if n_tokens <= budget:  # one window: no offsets array, no window placement
+                start, end = encoding.token_to_chars(0)[0], encoding.token_to_chars(n_tokens - 1)[1]
+                built.add_one(i, head, encoding.ids, start, end, truncated=was_cut)
+                continue
+            offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
             spans, capped = windows(
                 offsets[:, 0],
                 offsets[:, 1],
@@ -80,20 +87,18 @@ class ChunkTokenizeStage:
                 max_chunks=self._chunk.max_chunks,
                 word_starts=lambda e=encoding: _word_starts(e),
             )
-            head = np.concatenate([self._head, self._prefix_ids, title])
-            built.add(i, ids, offsets, spans, head, self._tail, truncated=capped or len(text) < len(texts[i]))
+            built.add(i, head, np.asarray(encoding.ids, dtype=np.int32), offsets, spans, truncated=capped or was_cut)
         return built.table(batch, reasons)
 
-    def _titles(self, titles: list[str | None]) -> list[np.ndarray]:
-        """Each title's ids followed by nothing (the joining space is not a token), or empty."""
-        empty = np.zeros(0, dtype=np.int32)
+    def _titles(self, titles: list[str | None]) -> list[list[int]]:
+        """Each title's ids (the joining space is not a token), or none."""
         present = [i for i, t in enumerate(titles) if t]
-        out = [empty] * len(titles)
+        out: list[list[int]] = [[] for _ in titles]
         if present:
             for i, e in zip(
                 present, self._backend.encode_batch([titles[i] for i in present], add_special_tokens=False)
             ):
-                out[i] = np.asarray(e.ids, dtype=np.int32)
+                out[i] = e.ids
         return out
 
 
@@ -115,35 +120,40 @@ def _word_starts(encoding) -> np.ndarray:
 
 
 class _Builder:
-    """Collects windows of a batch's records into the CHUNK_TOKENIZED columns."""
+    """Collects a batch's windows into the CHUNK_TOKENIZED columns: ids in one flat list (one
+    conversion to numpy per batch), per-window lengths and offsets, windows per row."""
 
-    def __init__(self, rows: int):
+    def __init__(self, rows: int, tail: list[int]):
         self.rows = rows
+        self.tail = tail
         self.windows_per_row = np.zeros(rows, dtype=np.int64)
         self.truncated = np.zeros(rows, dtype=bool)
-        self.ids: list[np.ndarray] = []
-        self.lengths: list[np.ndarray] = []
-        self.starts: list[np.ndarray] = []
-        self.ends: list[np.ndarray] = []
+        self.ids: list[int] = []
+        self.lengths: list[int] = []
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def add_one(self, row: int, head: list[int], ids: list[int], start: int, end: int, *, truncated: bool) -> None:
+        """A record that fits one window."""
+        self.ids += head
+        self.ids += ids
+        self.ids += self.tail
+        self.lengths.append(len(head) + len(ids) + len(self.tail))
+        self.starts.append(start)
+        self.ends.append(end)
+        self.windows_per_row[row] = 1
+        self.truncated[row] = truncated
 
     def add(
-        self,
-        row: int,
-        ids: np.ndarray,
-        offsets: np.ndarray,
-        spans: np.ndarray,
-        head: np.ndarray,
-        tail: np.ndarray,
-        *,
-        truncated: bool,
+        self, row: int, head: list[int], ids: np.ndarray, offsets: np.ndarray, spans: np.ndarray, *, truncated: bool
     ) -> None:
-        pieces = []
-        for first, end in spans:
-            pieces += [head, ids[first:end], tail]
-        self.ids.append(np.concatenate(pieces).astype(np.int32, copy=False))
-        self.lengths.append((spans[:, 1] - spans[:, 0] + len(head) + len(tail)).astype(np.int32))
-        self.starts.append(offsets[spans[:, 0], 0])
-        self.ends.append(offsets[spans[:, 1] - 1, 1])
+        for first, end in spans.tolist():
+            self.ids += head
+            self.ids += ids[first:end].tolist()
+            self.ids += self.tail
+        self.lengths += (spans[:, 1] - spans[:, 0] + len(head) + len(self.tail)).tolist()
+        self.starts += offsets[spans[:, 0], 0].tolist()
+        self.ends += offsets[spans[:, 1] - 1, 1].tolist()
         self.windows_per_row[row] = len(spans)
         self.truncated[row] = truncated
 
@@ -152,11 +162,12 @@ class _Builder:
         self.windows_per_row[~ok] = 0
         outer = np.zeros(self.rows + 1, dtype=np.int32)
         np.cumsum(self.windows_per_row, out=outer[1:])
-        lengths = _cat(self.lengths, np.int32)
+        lengths = np.asarray(self.lengths, dtype=np.int32)
         inner = np.zeros(len(lengths) + 1, dtype=np.int32)
         np.cumsum(lengths, out=inner[1:])
         mask = pa.array(~ok)
-        windows_ids = pa.ListArray.from_arrays(pa.array(inner), pa.array(_cat(self.ids, np.int32)))
+        values = np.asarray(self.ids, dtype=np.int32)
+        windows_ids = pa.ListArray.from_arrays(pa.array(inner), pa.array(values))
 
         def per_row(values: pa.Array) -> pa.Array:
             return pa.ListArray.from_arrays(pa.array(outer), values, mask=mask)
@@ -168,14 +179,10 @@ class _Builder:
                 batch["row"],
                 pa.array(reasons, pa.string()),
                 per_row(windows_ids),
-                per_row(pa.array(_cat(self.starts, np.int64))),
-                per_row(pa.array(_cat(self.ends, np.int64))),
+                per_row(pa.array(np.asarray(self.starts, dtype=np.int64))),
+                per_row(pa.array(np.asarray(self.ends, dtype=np.int64))),
                 per_row(pa.array(lengths)),
                 pa.array(self.truncated & ok),
             ],
             schema=schemas.CHUNK_TOKENIZED,
         )
-
-
-def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
-    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)

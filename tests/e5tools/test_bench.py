@@ -47,6 +47,10 @@ def test_every_row_and_memory_check_are_well_formed(tmp_path):
         "pipeline/st_encode",
     }
     assert report["matmul_peak_flops"] > 0 and report["versions"]["ray"]
+    rates = report["tokenize"]["rates"]  # the CPU side on the same texts: raw tokenizer and both stages
+    assert rates["raw_encode_batch"]["tokens"] == rates["tokenize_stage"]["tokens"] > 0
+    assert rates["chunk_tokenize_stage"]["tokens"] >= rates["tokenize_stage"]["tokens"]  # nothing cut off
+    assert set(report["tokenize"]["ratios"]) == {"tokenize_stage", "chunk_tokenize_stage"}
     assert json.loads((tmp_path / "bench.json").read_text())["rows"].keys() == report["rows"].keys()
     table = (tmp_path / "bench.md").read_text()
     assert all(f"| {name} |" in table for name in ROWS)
