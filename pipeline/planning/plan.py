@@ -180,6 +180,11 @@ class ResourcePlan:
         Encode actors get the plan's dtype and the asked-for ``device`` (``auto`` resolves on the actor;
         an actor the plan gave a GPU that sees no CUDA device fails). With ``chunk``, records are cut
         into windows instead of truncated (one row per record still, its windows as lists)."""
+        # Chunked runs: a Ray batch is records, each a list of windows; an eighth of the rows keeps a
+        # batch of long documents (up to --max-chunks-per-record windows each) within host memory,
+        # while the encoder still sees fixed-size micro-batches of windows.
+        per_call = self.rows_per_encode_call if chunk is None else max(self.batch_size, self.rows_per_encode_call // 8)
+        tokenize_rows = min(rows_per_block, TOKENIZE_BATCH_ROWS if chunk is None else TOKENIZE_BATCH_ROWS // 8)
         tokenize = StageSpec(
             stage=TokenizeStage if chunk is None else ChunkTokenizeStage,
             settings=(
@@ -188,7 +193,7 @@ class ResourcePlan:
                 else ChunkTokenizeSettings(model=model, prefix=prefix, chunk=chunk)
             ),
             resources=Resources(num_cpus=self.tokenizer_num_cpus, min_actors=1, max_actors=self.tokenizer_actors),
-            batch_size=min(rows_per_block, TOKENIZE_BATCH_ROWS),
+            batch_size=tokenize_rows,
         )
         encode = StageSpec(
             stage=EncodeStage,
@@ -209,7 +214,7 @@ class ResourcePlan:
                 min_actors=self.gpu_actors_min,
                 max_actors=self.gpu_actors_max,
             ),
-            batch_size=self.rows_per_encode_call,
+            batch_size=per_call,
         )
         return tokenize, encode
 

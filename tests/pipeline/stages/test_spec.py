@@ -47,3 +47,21 @@ def test_the_plan_makes_specs_its_stages_accept(minilm_path):
     )
     assert tokenize.batch_size == 1024 and encode.batch_size == plan.rows_per_encode_call
     assert encode.kwargs()["dtype"] == plan.dtype == "float32" and encode.resources.num_gpus == 0
+
+
+def test_chunked_runs_get_the_chunk_tokenizer_and_smaller_ray_batches(minilm_path):
+    from pipeline.planning.plan import ClusterSpec, PlanRequest, make_plan
+    from pipeline.planning.scheduler_config import load_scheduler_config
+    from pipeline.stages.chunk_tokenize import ChunkTokenizeStage
+    from pipeline.stages.chunking import ChunkSettings
+    from pipeline.stages.model import ModelSource
+
+    source = ModelSource(name_or_path=minilm_path)
+    plan = make_plan(ClusterSpec(gpus=0, cpus=4), source.info(), PlanRequest(), load_scheduler_config())
+    chunk = ChunkSettings(tokens=256)
+    tokenize, encode = plan.stage_specs(
+        model=source, prefix="passage: ", output_dtype="float32", rows_per_block=4096, compile_model=False, chunk=chunk
+    )
+    assert tokenize.stage is ChunkTokenizeStage and tokenize.kwargs()["chunk"] == chunk
+    assert tokenize.batch_size == 128  # records, each a list of windows
+    assert plan.batch_size <= encode.batch_size == max(plan.batch_size, plan.rows_per_encode_call // 8)
