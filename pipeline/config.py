@@ -62,6 +62,7 @@ class JobConfig:
     overwrite: bool = False
     ray_address: str | None = None
     progress: bool = True
+    status_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", os.fspath(self.model))

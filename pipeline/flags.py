@@ -307,6 +307,13 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("ray-address", "Ray cluster address (default: RAY_ADDRESS, else start a local one)", commands=BOTH),
     Flag("progress", "hide progress bars", type=None, default=True, check=boolean, negate=True),
+    Flag(
+        "status-interval-s",
+        "log a one-line status (records, tokens/s, rejects, ETA) this often",
+        type=float,
+        default=60.0,
+        check=seconds(allow_zero=False),
+    ),
     # plan only: describe a cluster instead of probing one
     Flag("gpus", "describe a cluster: total GPUs", type=int, check=int_range(0, 1 << 16), commands=PLAN),
     Flag("cpus", "describe a cluster: total CPUs", type=float, check=positive_number, commands=PLAN),

@@ -18,6 +18,7 @@ from pipeline.backend.dataset import build_dataset, configure, ray_session
 from pipeline.backend.datasink import EmbeddingDatasink
 from pipeline.backend.datasource import ShardDatasource
 from pipeline.backend.duplicates import duplicate_ids_on_cluster
+from pipeline.backend.telemetry import StatusReporter, Telemetry
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, UsageError
 from pipeline.io.counters import Counters
@@ -229,6 +230,7 @@ def _embed(
     if not work.shards:
         return Counters()
     chunk = ChunkSettings.of_job(config)
+    telemetry = Telemetry.start(run.run_id)
     sink = EmbeddingDatasink(
         output_uri=config.output,
         storage_options=config.storage_options,
@@ -237,6 +239,7 @@ def _embed(
         output_dtype=config.output_dtype,
         rows_per_file=config.rows_per_file,
         fence=lease.fence(),
+        telemetry=telemetry,
     )
     source = ShardDatasource(
         shards=work.shards,
@@ -251,6 +254,7 @@ def _embed(
             title_apart=chunk is not None,
         ),
         shard_log=ShardLog(config.output, config.storage_options),
+        telemetry=telemetry,
     )
     stages = plan.stage_specs(
         model=model,
@@ -262,16 +266,22 @@ def _embed(
         chunk=chunk,
     )
     configure(progress=config.progress)
+    status = StatusReporter(
+        telemetry, total_bytes=sum(s.size for s in work.shards), interval_s=config.status_interval_s
+    )
     try:
-        build_dataset(source, stages, read_num_cpus=plan.io_num_cpus).write_datasink(
-            sink, ray_remote_args={"num_cpus": plan.io_num_cpus}
-        )
+        with status:
+            build_dataset(source, stages, read_num_cpus=plan.io_num_cpus, telemetry=telemetry).write_datasink(
+                sink, ray_remote_args={"num_cpus": plan.io_num_cpus}
+            )
     except Exception as e:
         if isinstance(e, LeaseLost) or lease.lost:
             raise LeaseLost(lease.lost or str(e)) from e
         run.status, run.error = "failed", scrub(f"{type(e).__name__}: {e}", config.storage_options)[:2000]
         _record(run, state, work, t0, sink.totals, state.reconcile(dict(metadata)))
         raise JobError(f"pipeline failed: {run.error.splitlines()[0]}") from e
+    finally:
+        telemetry.stop()
     return sink.totals
 
 

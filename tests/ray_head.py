@@ -46,6 +46,11 @@ class RayHead:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
+    @property
+    def metrics_url(self) -> str:
+        """The head node's Prometheus endpoint (``ray start --metrics-export-port``)."""
+        return f"http://127.0.0.1:{self._ports['metrics-export-port']}/metrics"
+
     def client_env(self) -> dict[str, str]:
         """What a Ray Jobs client needs: the address and the token (nothing else)."""
         return {"RAY_ADDRESS": self.dashboard_url, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}

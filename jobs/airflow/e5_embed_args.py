@@ -31,6 +31,7 @@ RUN_FLAGS: dict[str, bool] = {
     "--chunk-tokens": True,
     "--chunk-overlap": True,
     "--max-chunks-per-record": True,
+    "--status-interval-s": True,
     "--batch-size": True,
     "--dtype": True,
     "--output-dtype": True,

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pipeline.backend.datasource import ShardDatasource
+from pipeline.backend.telemetry import Telemetry, timed
 from pipeline.errors import UsageError
 from pipeline.stages.spec import StageSpec
 
@@ -52,8 +53,9 @@ def configure(*, progress: bool) -> None:
     ctx.enable_auto_log_stats = False
 
 
-def apply_stage(ds, spec: StageSpec):
-    """``ds.map_batches`` for one stage: an actor pool, each actor holding one stage instance.
+def apply_stage(ds, spec: StageSpec, telemetry: Telemetry | None = None):
+    """``ds.map_batches`` for one stage: an actor pool, each actor holding one stage instance
+    (wrapped to report each batch's rows and time to ``telemetry``).
 
     Ray Data's actor pools default to max_restarts=-1 / max_task_retries=-1: a dead actor is
     replaced and its batch retried.
@@ -62,7 +64,8 @@ def apply_stage(ds, spec: StageSpec):
 
     res = spec.resources
     return ds.map_batches(
-        spec.stage,
+        timed(spec.stage, spec.name.removesuffix("Stage").lower()),
+        fn_constructor_args=(spec.stage, telemetry),
         fn_constructor_kwargs=spec.kwargs(),
         batch_size=spec.batch_size,
         batch_format="pyarrow",
@@ -72,11 +75,13 @@ def apply_stage(ds, spec: StageSpec):
     )
 
 
-def build_dataset(source: ShardDatasource, stages: Sequence[StageSpec], *, read_num_cpus: float):
+def build_dataset(
+    source: ShardDatasource, stages: Sequence[StageSpec], *, read_num_cpus: float, telemetry: Telemetry | None = None
+):
     """read (tasks) -> each stage (actor pools), lazily; nothing runs until it is written."""
     import ray
 
     ds = ray.data.read_datasource(source, num_cpus=read_num_cpus)
     for spec in stages:
-        ds = apply_stage(ds, spec)
+        ds = apply_stage(ds, spec, telemetry)
     return ds

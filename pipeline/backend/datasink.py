@@ -11,6 +11,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 from ray.data.datasource.datasink import WriteResult
 
+from pipeline.backend.telemetry import Telemetry
 from pipeline.io.counters import Counters
 from pipeline.io.sink import write_rows
 from pipeline.io.storage import Storage
@@ -28,7 +29,9 @@ class EmbeddingDatasink(Datasink[dict]):
         output_dtype: str,
         rows_per_file: int,
         fence: LeaseFence | None = None,
+        telemetry: Telemetry | None = None,
     ):
+        self.telemetry = telemetry
         self.fence = fence  # a write task of a run that lost its lease writes nothing
         self.output_uri = output_uri
         self.storage_options = dict(storage_options)
@@ -58,6 +61,8 @@ class EmbeddingDatasink(Datasink[dict]):
             rows_per_file=self.rows_per_file,
             fence=self.fence.check if self.fence else None,
         )
+        if self.telemetry is not None:
+            self.telemetry.written(written)
         return written.to_dict()
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from pipeline.backend.telemetry import Telemetry
 from pipeline.io import schemas
 from pipeline.io.sources import DEFAULT_MAX_RECORD_BYTES, FieldSpec, Shard, read_groups, read_shards
 from pipeline.ledger.shard_log import ShardLog
@@ -26,6 +27,7 @@ class ShardDatasource(Datasource):
     skip: Mapping[str, Sequence[tuple[int, int]]] = field(default_factory=dict)
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     shard_log: ShardLog | None = None
+    telemetry: Telemetry | None = None
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(s.size for s in self.shards) or None
@@ -45,7 +47,7 @@ class ShardDatasource(Datasource):
                 self.rows_per_block,
                 {s.path: tuple(self.skip.get(s.path, ())) for s in group},
             )
-            kw = {"max_record_bytes": self.max_record_bytes, "on_shard_end": self.shard_log}
+            kw = {"max_record_bytes": self.max_record_bytes, "on_shard_end": _ShardEnd(self.shard_log, self.telemetry)}
             meta = BlockMetadata(
                 num_rows=None,
                 size_bytes=sum(s.size for s in group) or None,
@@ -61,3 +63,17 @@ class ShardDatasource(Datasource):
                 )
             )
         return tasks
+
+
+@dataclass(frozen=True)
+class _ShardEnd:
+    """A read task's end-of-shard report: the shard record for the ledger, the counts for telemetry."""
+
+    shard_log: ShardLog | None
+    telemetry: Telemetry | None
+
+    def __call__(self, shard: Shard, rows: int, remainder: str | None) -> None:
+        if self.shard_log is not None:
+            self.shard_log(shard, rows, remainder)
+        if self.telemetry is not None:
+            self.telemetry.shard_read(rows, shard.size)

@@ -1,0 +1,232 @@
+"""What a running job shows operators: Prometheus metrics and the driver's periodic status line.
+
+Read tasks, stage actors and write tasks report through a ``Telemetry`` handle (picklable: the
+run id and a progress actor). Each report increments ``ray.util.metrics`` counters, which Ray
+exports on every node's metrics endpoint (the dashboard's Prometheus/Grafana), and adds to the
+progress actor, which the driver reads every ``--status-interval-s`` for a one-line status with
+an ETA. Reports are fire-and-forget: telemetry never slows or fails the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# name -> (description, tag keys); Prometheus shows them as ray_<name>_total
+METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "e5_embed_input_records": ("input records read (shards read to their end)", ()),
+    "e5_embed_input_bytes": ("input bytes read (shards read to their end)", ()),
+    "e5_embed_records": ("input records written, by outcome (embedded, rejected)", ("outcome",)),
+    "e5_embed_rejects": ("rejected records by kind of reason", ("kind",)),
+    "e5_embed_tokens": ("tokens embedded (prefix and special tokens included)", ()),
+    "e5_embed_windows": ("data rows written: one per record, one per window with --chunk-tokens", ()),
+    "e5_embed_truncated": ("records cut at --max-length (or --max-chunks-per-record)", ()),
+    "e5_embed_files": ("data and rejects files written", ()),
+    "e5_embed_stage_rows": ("rows through a stage (tokenize, encode)", ("stage",)),
+    "e5_embed_stage_seconds": ("seconds a stage spent on its batches (rate = rows / seconds)", ("stage",)),
+    "e5_embed_oom_splits": ("encode micro-batches split after a device out-of-memory", ()),
+}
+PROGRESS_KEYS = ("read_rows", "read_bytes", "embedded", "rejected", "tokens", "windows")
+
+
+class _Counters:
+    """This process's ``ray.util.metrics`` counters (created on first use, once per process)."""
+
+    _instance: _Counters | None = None
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Counter
+
+        self.counters = {
+            name: Counter(name, description=desc, tag_keys=("run_id", *tags)) for name, (desc, tags) in METRICS.items()
+        }
+
+    @classmethod
+    def get(cls) -> _Counters:
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+
+def _progress_actor_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Progress:
+        def __init__(self) -> None:
+            self.values = dict.fromkeys(PROGRESS_KEYS, 0)
+
+        def add(self, values: Mapping[str, int]) -> None:
+            for k, v in values.items():
+                self.values[k] = self.values.get(k, 0) + int(v)
+
+        def snapshot(self) -> dict[str, int]:
+            return dict(self.values)
+
+    return Progress
+
+
+@dataclass
+class Telemetry:
+    """The handle tasks and actors report through."""
+
+    run_id: str
+    progress: Any = None  # the progress actor (None: metrics only)
+
+    @classmethod
+    def start(cls, run_id: str) -> Telemetry:
+        return cls(run_id=run_id, progress=_progress_actor_class().remote())
+
+    def _inc(self, name: str, value: float, **tags: str) -> None:
+        if value:
+            try:
+                _Counters.get().counters[name].inc(value, tags={"run_id": self.run_id, **tags})
+            except Exception as e:  # never fail the job over a metric
+                logger.debug("metric %s not recorded: %s", name, e)
+
+    def _progress(self, **values: int) -> None:
+        if self.progress is not None:
+            try:
+                self.progress.add.remote(values)
+            except Exception as e:
+                logger.debug("progress not recorded: %s", e)
+
+    def shard_read(self, rows: int, size: int) -> None:
+        self._inc("e5_embed_input_records", rows)
+        self._inc("e5_embed_input_bytes", size)
+        self._progress(read_rows=rows, read_bytes=size)
+
+    def written(self, counters) -> None:
+        """A write task's ``Counters``."""
+        self._inc("e5_embed_records", counters.rows_written, outcome="embedded")
+        self._inc("e5_embed_records", counters.rows_rejected, outcome="rejected")
+        for kind, n in counters.reject_kinds.items():
+            self._inc("e5_embed_rejects", n, kind=kind)
+        self._inc("e5_embed_tokens", counters.tokens)
+        self._inc("e5_embed_windows", counters.chunks)
+        self._inc("e5_embed_truncated", counters.truncated)
+        self._inc("e5_embed_files", counters.data_files + (1 if counters.rows_rejected else 0))
+        self._progress(
+            embedded=counters.rows_written,
+            rejected=counters.rows_rejected,
+            tokens=counters.tokens,
+            windows=counters.chunks,
+        )
+
+    def stage_batch(self, stage: str, rows: int, seconds: float, oom_splits: int = 0) -> None:
+        self._inc("e5_embed_stage_rows", rows, stage=stage)
+        self._inc("e5_embed_stage_seconds", seconds, stage=stage)
+        self._inc("e5_embed_oom_splits", oom_splits)
+
+    def snapshot(self, timeout_s: float = 10.0) -> dict[str, int] | None:
+        import ray
+
+        if self.progress is None:
+            return None
+        try:
+            return ray.get(self.progress.snapshot.remote(), timeout=timeout_s)
+        except Exception as e:
+            logger.debug("no progress snapshot: %s", e)
+            return None
+
+    def stop(self) -> None:
+        import ray
+
+        if self.progress is not None:
+            ray.kill(self.progress)
+            self.progress = None
+
+
+class TimedStage:
+    """Wraps a stage for Ray: builds it once per actor and reports each batch's rows and time."""
+
+    stage_name = "stage"
+
+    def __init__(self, stage_cls: type, telemetry: Telemetry | None, **kwargs: Any):
+        self.stage = stage_cls(**kwargs)
+        self.telemetry = telemetry
+        self._oom_seen = 0
+
+    def __call__(self, batch):
+        t0 = time.perf_counter()
+        out = self.stage(batch)
+        if self.telemetry is not None:
+            oom = int(getattr(self.stage, "oom_splits", 0))
+            self.telemetry.stage_batch(self.stage_name, batch.num_rows, time.perf_counter() - t0, oom - self._oom_seen)
+            self._oom_seen = oom
+        return out
+
+
+def timed(stage_cls: type, name: str) -> type:
+    """A TimedStage subclass named after the stage (Ray Data names operators by class)."""
+    return type(stage_cls.__name__, (TimedStage,), {"stage_name": name, "__module__": __name__})
+
+
+def status_line(values: Mapping[str, int], *, total_bytes: int, total_records: int | None, elapsed_s: float) -> str:
+    """``progress: …`` for the driver's log: records, share of the input, rates, rejects, ETA."""
+    done_bytes = values.get("read_bytes", 0)
+    share = done_bytes / total_bytes if total_bytes else 0.0
+    tokens_per_s = values.get("tokens", 0) / elapsed_s if elapsed_s > 0 else 0.0
+    eta = "unknown"
+    if 0 < share < 1:
+        eta = _duration(elapsed_s * (1 - share) / share)
+    elif share >= 1:
+        eta = "writing the last files"
+    total = f" of ~{total_records:,}" if total_records else ""
+    return (
+        f"progress: {values.get('embedded', 0):,}{total} records embedded, {values.get('rejected', 0):,} rejected, "
+        f"{values.get('read_rows', 0):,} read ({share:.0%} of input bytes), {tokens_per_s:,.0f} tokens/s, "
+        f"ETA {eta}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class StatusReporter:
+    """A driver thread that logs ``status_line`` every ``interval_s`` until stopped."""
+
+    def __init__(
+        self, telemetry: Telemetry, *, total_bytes: int, total_records: int | None = None, interval_s: float = 60.0
+    ):
+        self.telemetry = telemetry
+        self.total_bytes = total_bytes
+        self.total_records = total_records
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="e5-embed-status", daemon=True)
+        self._t0 = time.monotonic()
+
+    def __enter__(self) -> StatusReporter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            values = self.telemetry.snapshot()
+            if values is not None:
+                logger.info(
+                    "%s",
+                    status_line(
+                        values,
+                        total_bytes=self.total_bytes,
+                        total_records=self.total_records,
+                        elapsed_s=time.monotonic() - self._t0,
+                    ),
+                )
