@@ -10,6 +10,8 @@ from __future__ import annotations
 import _thread
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -125,21 +127,48 @@ def _acquire(config: JobConfig, storage: Storage) -> Lease:
     return lease
 
 
+class Phases:
+    """Seconds per named step of a run (``with phases("list_inputs"): ...``), for the run record."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+        self.t0 = time.monotonic()
+        self.t0_wall = time.time()
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.values[name] = round(self.values.get(name, 0.0) + time.monotonic() - start, 3)
+
+    def at(self, name: str, wall_time: float | None) -> None:
+        """A moment, as seconds since the run started (e.g. the first batch reaching the encoder)."""
+        if wall_time is not None:
+            self.values[name] = round(wall_time - self.t0_wall, 3)
+
+
 def run_job(config: JobConfig) -> RunSummary:
     """Lease the output, see what is left, embed it, prove the output complete, record the run."""
-    t0 = time.monotonic()
+    phases = Phases()
+    t0 = phases.t0
     started_at = _now()
     check_locations(config)
-    model, model_sha = _model(config)
-    info: ModelInfo = model.info()
+    with phases("model"):
+        model, model_sha = _model(config)
+        info: ModelInfo = model.info()
     metadata = output_metadata(config, info, model_sha)
-    shards = list_shards(config.inputs, config.storage_options, config.input_format)  # read-only: before the lease
+    with phases("list_inputs"):
+        shards = list_shards(config.inputs, config.storage_options, config.input_format)  # read-only: before the lease
     storage = Storage(config.output, config.storage_options)
-    lease = _acquire(config, storage)
+    with phases("lease"):
+        lease = _acquire(config, storage)
     if lease.waited:  # another run held the output meanwhile: list the inputs as they are now
-        shards = list_shards(config.inputs, config.storage_options, config.input_format)
+        with phases("list_inputs"):
+            shards = list_shards(config.inputs, config.storage_options, config.input_format)
     try:
-        return _run_leased(config, lease, storage, model, info, metadata, shards, t0, started_at)
+        return _run_leased(config, lease, storage, model, info, metadata, shards, t0, started_at, phases)
     except KeyboardInterrupt as e:
         if lease.lost:
             raise JobError(f"stopped: {lease.lost}") from e
@@ -160,9 +189,11 @@ def _run_leased(
     shards: list[Shard],
     t0: float,
     started_at: str,
+    phases: Phases,
 ) -> RunSummary:
     state = OutputState(storage, fence=lease.check)
-    work = state.prepare(config, metadata, shards)
+    with phases("prepare_output"):
+        work = state.prepare(config, metadata, shards)
     if work.noop:
         return RunSummary(
             status="noop",
@@ -184,6 +215,7 @@ def _run_leased(
         tokens_per_s=0.0,
         data_files=0,
         new_shards=work.new_shards,
+        phases=phases.values,
     )
     if work.rows_skipped:
         logger.info(
@@ -198,11 +230,15 @@ def _run_leased(
         GpuCapacity(min_gpus=config.gpus_to_wait_for, timeout_s=config.gpu_wait_s) as capacity,
     ):
         capacity.wait()
-        plan = _plan(config, info)
+        with phases("plan"):
+            plan = _plan(config, info)
         run.plan = plan.to_dict()
-        written = _embed(config, plan, model, info, metadata, work, lease, run, state, t0)
-        totals = state.reconcile(metadata)
-        duplicates = _duplicate_ids(config, storage, totals)  # inside the session: its cluster path needs Ray
+        with phases("embed"):
+            written = _embed(config, plan, model, info, metadata, work, lease, run, state, phases)
+        with phases("reconcile"):
+            totals = state.reconcile(metadata)
+        with phases("duplicate_ids"):
+            duplicates = _duplicate_ids(config, storage, totals)  # inside the session: its cluster path needs Ray
     return _prove_and_record(config, state, work, lease, run, t0, written, totals, duplicates, shards)
 
 
@@ -224,7 +260,7 @@ def _embed(
     lease: Lease,
     run: RunRecord,
     state: OutputState,
-    t0: float,
+    phases: Phases,
 ) -> Counters:
     """Run the pipeline over the shards left to read; the counters of what it wrote."""
     if not work.shards:
@@ -278,9 +314,12 @@ def _embed(
         if isinstance(e, LeaseLost) or lease.lost:
             raise LeaseLost(lease.lost or str(e)) from e
         run.status, run.error = "failed", scrub(f"{type(e).__name__}: {e}", config.storage_options)[:2000]
-        _record(run, state, work, t0, sink.totals, state.reconcile(dict(metadata)))
+        _record(run, state, work, phases.t0, sink.totals, state.reconcile(dict(metadata)))
         raise JobError(f"pipeline failed: {run.error.splitlines()[0]}") from e
     finally:
+        first = telemetry.first_seen()
+        for stage in ("tokenize", "chunktokenize", "encode"):
+            phases.at(f"first_{stage}_batch_at", first.get(stage))
         telemetry.stop()
     return sink.totals
 

@@ -62,12 +62,20 @@ def _progress_actor_class():
         def __init__(self) -> None:
             self.values = dict.fromkeys(PROGRESS_KEYS, 0)
 
+            self.first_seen: dict[str, float] = {}
+
         def add(self, values: Mapping[str, int]) -> None:
             for k, v in values.items():
                 self.values[k] = self.values.get(k, 0) + int(v)
 
+        def seen(self, what: str, at: float) -> None:
+            self.first_seen[what] = min(at, self.first_seen.get(what, at))
+
         def snapshot(self) -> dict[str, int]:
             return dict(self.values)
+
+        def first(self) -> dict[str, float]:
+            return dict(self.first_seen)
 
     return Progress
 
@@ -119,6 +127,25 @@ class Telemetry:
             windows=counters.chunks,
         )
 
+    def seen(self, what: str) -> None:
+        """The wall-clock time ``what`` first happened (e.g. the first batch reaching a stage)."""
+        if self.progress is not None:
+            try:
+                self.progress.seen.remote(what, time.time())
+            except Exception as e:
+                logger.debug("progress not recorded: %s", e)
+
+    def first_seen(self, timeout_s: float = 10.0) -> dict[str, float]:
+        import ray
+
+        if self.progress is None:
+            return {}
+        try:
+            return ray.get(self.progress.first.remote(), timeout=timeout_s)
+        except Exception as e:
+            logger.debug("no progress snapshot: %s", e)
+            return {}
+
     def stage_batch(self, stage: str, rows: int, seconds: float, oom_splits: int = 0) -> None:
         self._inc("e5_embed_stage_rows", rows, stage=stage)
         self._inc("e5_embed_stage_seconds", seconds, stage=stage)
@@ -152,8 +179,12 @@ class TimedStage:
         self.stage = stage_cls(**kwargs)
         self.telemetry = telemetry
         self._oom_seen = 0
+        self._called = False
 
     def __call__(self, batch):
+        if self.telemetry is not None and not self._called:
+            self._called = True
+            self.telemetry.seen(self.stage_name)
         t0 = time.perf_counter()
         out = self.stage(batch)
         if self.telemetry is not None:

@@ -40,6 +40,9 @@ class RunRecord:
     new_shards: int = 0  # input shards this run found that earlier runs had not (incremental runs)
     reject_kinds: dict[str, int] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
+    # seconds per step of the run (model pin, listing, lease, output scan, plan, embed, reconcile,
+    # duplicate-id check) and when (seconds after the start) the first batch reached each stage
+    phases: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
     def set_counters(self, written: Counters) -> None:

@@ -50,3 +50,7 @@ def test_a_run_logs_status_lines(ray_cluster, tmp_path, minilm_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress: ")]
     assert lines, "no status line was logged"
     assert any("records embedded" in line and "ETA" in line for line in lines)
+    phases = json.loads((tmp_path / "out" / "_manifest.json").read_text())["runs"][-1]["phases"]
+    steps = ("model", "list_inputs", "lease", "prepare_output", "plan", "embed", "reconcile", "duplicate_ids")
+    assert all(phases[k] >= 0 for k in steps)
+    assert 0 < phases["first_tokenize_batch_at"] <= phases["first_encode_batch_at"] < summary.wall_s
