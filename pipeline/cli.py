@@ -170,6 +170,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         with ray_session(args.ray_address):
             cluster = ClusterSpec.from_ray()
     plan = make_plan(cluster, info, request, scheduler)
+    estimate = _estimate(args, plan, cluster, info, scheduler) if args.inputs else None
     if args.json:
         out = {
             "model": info.name,
@@ -177,12 +178,52 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "scheduler_config": scheduler.source,
             **plan.to_dict(),
         }
+        if estimate is not None:
+            out["estimate"] = estimate.to_dict()
         sys.stdout.write(json.dumps(out, indent=2, sort_keys=True) + "\n")
     else:
         sys.stdout.write(f"{plan.describe()}\n")
         for note in plan.notes:
             sys.stdout.write(f"  note: {note}\n")
+        if estimate is not None:
+            sys.stdout.write(estimate.describe() + "\n")
     return 0
+
+
+def _estimate(args: argparse.Namespace, plan, cluster, info, scheduler):
+    """``plan --input``: sample the corpus and estimate records, tokens, GPU-hours and cost."""
+    from pipeline.config import parse_storage_options
+    from pipeline.io.sources import FieldSpec, list_shards
+    from pipeline.io.storage import register_secrets
+    from pipeline.planning.estimate import add_cost, estimate_corpus
+    from pipeline.planning.plan import E5_BASE
+    from pipeline.stages.chunking import ChunkSettings
+    from pipeline.stages.model import ModelSource
+
+    options = parse_storage_options(args.storage_options) if args.storage_options else {}
+    register_secrets(options, tuple(args.inputs))
+    shards = list_shards(args.inputs, options, args.input_format)
+    chunk = ChunkSettings.of_job(args)
+    estimate = estimate_corpus(
+        shards,
+        storage_options=options,
+        fields=FieldSpec(
+            text_field=args.text_field,
+            id_field=args.id_field,
+            title_field=args.title_field,
+            title_apart=chunk is not None,
+        ),
+        model=ModelSource(name_or_path=args.model, storage_options=options),
+        prefix=flags.PREFIXES[args.prefix],
+        max_length=args.max_length,
+        chunk=chunk,
+        sample_shards=args.sample_shards,
+        sample_records=args.sample_records,
+    )
+    gpus = plan.gpu_actors // plan.actors_per_gpu if plan.device == "cuda" else 0
+    _, profile = scheduler.profile_for(cluster.accelerator)
+    rate = profile.gpu_tokens_per_s * E5_BASE.parameters / info.parameters
+    return add_cost(estimate, gpus=gpus, gpu_tokens_per_s=rate, gpu_hour_price=args.gpu_hour_price)
 
 
 def _dev_tools(module: str):

@@ -103,6 +103,7 @@ FLAGS: tuple[Flag, ...] = (
         dest="inputs",
         repeat=True,
         metavar="URI",
+        commands=BOTH,
     ),
     Flag("output", "output folder/prefix for Parquet files (literal)", metavar="URI"),
     Flag(
@@ -118,6 +119,7 @@ FLAGS: tuple[Flag, ...] = (
         default="passage",
         choices=tuple(PREFIXES),
         check=one_of(tuple(PREFIXES)),
+        commands=BOTH,
     ),
     Flag(
         "max-length",
@@ -133,6 +135,7 @@ FLAGS: tuple[Flag, ...] = (
         "tokens included; <= --max-length), one output row per window, instead of truncating",
         type=int,
         check=int_range(16, 8192),
+        commands=BOTH,
     ),
     Flag(
         "chunk-overlap",
@@ -140,6 +143,7 @@ FLAGS: tuple[Flag, ...] = (
         type=int,
         default=32,
         check=int_range(0, 4096),
+        commands=BOTH,
     ),
     Flag(
         "max-chunks-per-record",
@@ -147,6 +151,7 @@ FLAGS: tuple[Flag, ...] = (
         type=int,
         default=256,
         check=int_range(1, 1 << 20),
+        commands=BOTH,
     ),
     Flag(
         "batch-size",
@@ -191,15 +196,23 @@ FLAGS: tuple[Flag, ...] = (
         default="auto",
         choices=INPUT_FORMATS,
         check=one_of(INPUT_FORMATS),
+        commands=BOTH,
     ),
-    Flag("text-field", "field holding the text", default="text", check=not_empty),
-    Flag("id-field", "field holding the id; missing ids become '<shard path>:<row>'", default="id", check=not_empty),
-    Flag("title-field", "optional title field, embedded as f'{title} {text}'"),
+    Flag("text-field", "field holding the text", default="text", check=not_empty, commands=BOTH),
+    Flag(
+        "id-field",
+        "field holding the id; missing ids become '<shard path>:<row>'",
+        default="id",
+        check=not_empty,
+        commands=BOTH,
+    ),
+    Flag("title-field", "optional title field, embedded as f'{title} {text}'", commands=BOTH),
     Flag(
         "storage-options",
         "fsspec storage options as JSON, or @FILE holding it (keeps secrets out of process "
         "listings); S3 already uses the AWS chain and AWS_ENDPOINT_URL",
         metavar="JSON",
+        commands=BOTH,
     ),
     Flag("rows-per-block", "rows per block read from a shard", type=int, default=4096, check=int_range(1, 1 << 22)),
     Flag(
@@ -319,6 +332,29 @@ FLAGS: tuple[Flag, ...] = (
     Flag("cpus", "describe a cluster: total CPUs", type=float, check=positive_number, commands=PLAN),
     Flag("nodes", "describe a cluster: nodes", type=int, default=1, check=int_range(1, 1 << 16), commands=PLAN),
     Flag("accelerator", "describe a cluster: accelerator type (T4, L4, A10G, A100-80G, H100, ...)", commands=PLAN),
+    Flag(
+        "sample-shards",
+        "with --input: read a sample from this many shards, spread over the listing",
+        type=int,
+        default=16,
+        check=int_range(1, 1 << 16),
+        commands=PLAN,
+    ),
+    Flag(
+        "sample-records",
+        "with --input: read at most this many records in all for the estimate",
+        type=int,
+        default=5000,
+        check=int_range(1, 1 << 24),
+        commands=PLAN,
+    ),
+    Flag(
+        "gpu-hour-price",
+        "with --input: price of one GPU-hour, for the cost estimate",
+        type=float,
+        check=positive_number,
+        commands=PLAN,
+    ),
 )
 
 BY_FIELD = {f.field: f for f in FLAGS}

@@ -14,8 +14,7 @@ def test_status_line_has_totals_rates_and_an_eta():
     values = {"read_rows": 500, "read_bytes": 250, "embedded": 400, "rejected": 3, "tokens": 12_000}
     line = status_line(values, total_bytes=1000, total_records=2000, elapsed_s=60)
     assert line == (
-        "progress: 400 of ~2,000 records embedded, 3 rejected, 500 read (25% of input bytes), "
-        "200 tokens/s, ETA 3m00s"
+        "progress: 400 of ~2,000 records embedded, 3 rejected, 500 read (25% of input bytes), 200 tokens/s, ETA 3m00s"
     )
     assert "ETA unknown" in status_line({}, total_bytes=1000, total_records=None, elapsed_s=5)
     assert "ETA 2h30m" in status_line({"read_bytes": 1}, total_bytes=10, total_records=None, elapsed_s=1000)

@@ -1,0 +1,222 @@
+"""Cost before spending: what a corpus holds, from a bounded sample, and what embedding it takes.
+
+``e5-embed plan --input URI`` lists the shards (sizes only), reads a bounded number of records
+spread over up to ``sample_shards`` of them (each read from its start; ``sample_records / shards`` records
+of each are kept), tokenizes them as the job would, and scales up by bytes: records per byte is
+measured per (format, compression) class on the stored (compressed) bytes the reader consumed,
+reading on to the end of the last chunk it fetched. With a plan on GPUs it adds GPU-hours and wall time at the profile's tokens/s per GPU
+(``gpu_tokens_per_s`` in the scheduler profiles, scaled to the model's size), and cost at
+``--gpu-hour-price``. An estimate, said as one: it assumes the sampled shards are typical.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.io.sources import FieldSpec, Shard, ShardReader
+from pipeline.io.storage import Storage
+from pipeline.stages.chunk_tokenize import ChunkTokenizeStage
+from pipeline.stages.chunking import ChunkSettings
+from pipeline.stages.embedder import records_table
+from pipeline.stages.model import ModelSource
+
+
+@dataclass
+class CorpusEstimate:
+    shards: int
+    bytes: int
+    sampled_shards: int
+    sampled_records: int
+    records: float  # estimated records in the corpus
+    rejected_share: float
+    mean_tokens: float  # per record, whole text, prefix and special tokens included
+    truncated_share: float  # records longer than max_length
+    tokens_embedded: float  # what the GPUs will see (truncated, or every window)
+    windows_per_record: float | None = None  # with --chunk-tokens
+    records_per_byte: dict[str, float] = field(default_factory=dict)
+    gpu_hours: float | None = None
+    wall_hours: float | None = None
+    cost: float | None = None
+    rate_tokens_per_s: float | None = None  # the cluster's expected rate
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        lines = [
+            f"corpus: {self.shards} shard(s), {self.bytes / 1e9:.2f} GB; sampled {self.sampled_records} record(s) "
+            f"from {self.sampled_shards} shard(s)",
+            f"  ~{self.records:,.0f} records, {self.mean_tokens:.0f} tokens each on average, "
+            f"{self.truncated_share:.1%} longer than max-length, {self.rejected_share:.2%} rejected",
+        ]
+        if self.windows_per_record is not None:
+            lines.append(f"  --chunk-tokens: {self.windows_per_record:.2f} windows per record")
+        lines.append(f"  ~{self.tokens_embedded:,.0f} tokens to embed")
+        if self.gpu_hours is not None:
+            cost = f", ~{self.cost:,.2f} at the given GPU-hour price" if self.cost is not None else ""
+            lines.append(
+                f"  ~{self.gpu_hours:,.1f} GPU-hours, ~{self.wall_hours:,.2f} h wall on the planned GPUs "
+                f"(at {self.rate_tokens_per_s:,.0f} tokens/s for the cluster){cost}"
+            )
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+class _CountingFS:
+    """An fsspec-like shim whose opened files count the bytes read from storage."""
+
+    def __init__(self, fs):
+        self.fs = fs
+        self.read_bytes = 0
+
+    def open(self, path: str, mode: str = "rb"):
+        return _Counted(self.fs.open(path, mode), self)
+
+    def info(self, path: str):
+        return self.fs.info(path)
+
+    def __getattr__(self, name: str):
+        return getattr(self.fs, name)
+
+
+class _Counted(io.RawIOBase):
+    def __init__(self, f, owner: _CountingFS):
+        self.f, self.owner = f, owner
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.owner.read_bytes += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self.f.seekable()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
+def pick_spread(shards: Sequence[Shard], n: int) -> list[Shard]:
+    """Up to ``n`` shards evenly spread over the listing (first and last included)."""
+    if len(shards) <= n:
+        return list(shards)
+    idx = np.unique(np.linspace(0, len(shards) - 1, n).round().astype(int))
+    return [shards[i] for i in idx]
+
+
+def estimate_corpus(
+    shards: Sequence[Shard],
+    *,
+    storage_options: Mapping[str, Any],
+    fields: FieldSpec,
+    model: ModelSource,
+    prefix: str,
+    max_length: int,
+    chunk: ChunkSettings | None = None,
+    sample_shards: int = 16,
+    sample_records: int = 5000,
+) -> CorpusEstimate:
+    """Records, tokens, truncation and windows of the corpus, from a bounded sample."""
+    picked = pick_spread(shards, sample_shards)
+    per_shard = max(1, sample_records // max(1, len(picked)))
+    texts: list[str] = []
+    titles: list[str | None] = []
+    rejected = 0
+    read: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # class -> [records, bytes]
+    for shard in picked:
+        counting = _CountingFS(Storage(shard.uri, storage_options).fs)
+        n, used, fetched = 0, shard.size, 0
+        for record in ShardReader(counting, shard, fields):
+            if n >= per_shard and counting.read_bytes != fetched:
+                # the reader just fetched more: the n records so far lay within the bytes fetched before
+                used = fetched
+                break
+            fetched = counting.read_bytes
+            n += 1
+            if n > per_shard:
+                continue  # counted only: reading on to the end of what was already fetched
+            if record["reject_reason"] is None:
+                texts.append(record["text"])
+                titles.append(record.get("title"))
+            else:
+                rejected += 1
+        if used:
+            key = f"{shard.format}/{shard.compression or 'none'}"
+            read[key][0] += n
+            read[key][1] += used
+    rates = {k: r / b for k, (r, b) in read.items() if b}
+    fallback = sum(r for r, _ in read.values()) / max(1.0, sum(b for _, b in read.values()))
+    records = sum(s.size * rates.get(f"{s.format}/{s.compression or 'none'}", fallback) for s in shards)
+    sampled = len(texts) + rejected  # the records kept for tokenizing (n counts more, for the rate)
+    estimate = CorpusEstimate(
+        shards=len(shards),
+        bytes=sum(s.size for s in shards),
+        sampled_shards=len(picked),
+        sampled_records=sampled,
+        records=records,
+        rejected_share=rejected / sampled if sampled else 0.0,
+        mean_tokens=0.0,
+        truncated_share=0.0,
+        tokens_embedded=0.0,
+        records_per_byte={k: round(v, 8) for k, v in rates.items()},
+    )
+    if not texts:
+        estimate.notes.append("no embeddable record in the sample")
+        return estimate
+    backend = copy.deepcopy(model.load_tokenizer())
+    backend.no_truncation()
+    backend.no_padding()
+    lengths = np.asarray([len(e.ids) for e in backend.encode_batch([prefix + t for t in texts])])
+    good_share = len(texts) / sampled
+    estimate.mean_tokens = float(lengths.mean())
+    estimate.truncated_share = float((lengths > max_length).mean())
+    if chunk is None:
+        per_record = float(np.minimum(lengths, max_length).mean())
+    else:
+        out = ChunkTokenizeStage(model=model, prefix=prefix, chunk=chunk)(records_table(texts, titles=titles))
+        windows = out["n_tokens"].to_pylist()
+        estimate.windows_per_record = float(np.mean([len(w or []) for w in windows]))
+        per_record = float(np.mean([sum(w or []) for w in windows]))
+    estimate.tokens_embedded = records * good_share * per_record
+    if len(picked) < len(shards):
+        estimate.notes.append(
+            f"scaled from {len(picked)} of {len(shards)} shards by bytes; assumes the sampled shards are typical"
+        )
+    return estimate
+
+
+def add_cost(
+    estimate: CorpusEstimate, *, gpus: int, gpu_tokens_per_s: float, gpu_hour_price: float | None = None
+) -> CorpusEstimate:
+    """GPU-hours and wall time for ``gpus`` GPUs at ``gpu_tokens_per_s`` each; cost at the price."""
+    if gpus < 1 or gpu_tokens_per_s <= 0:
+        estimate.notes.append("no GPU in the plan: no time or cost estimate")
+        return estimate
+    gpu_seconds = estimate.tokens_embedded / gpu_tokens_per_s
+    estimate.rate_tokens_per_s = gpus * gpu_tokens_per_s
+    estimate.gpu_hours = gpu_seconds / 3600
+    estimate.wall_hours = estimate.gpu_hours / gpus
+    if gpu_hour_price is not None:
+        estimate.cost = estimate.gpu_hours * gpu_hour_price
+    estimate.notes.append(
+        "GPU rate from the scheduler profile (gpu_tokens_per_s), not measured on this cluster; "
+        "`e5-embed bench` measures it"
+    )
+    return estimate
