@@ -603,19 +603,28 @@ def read_shards(
 
 
 def read_groups(shards: Sequence[Shard], parallelism: int) -> list[list[Shard]]:
-    """Shards grouped into read tasks of about TARGET_BYTES_PER_READ_TASK; at least ``parallelism``
-    tasks when there are that many shards."""
+    """Shards grouped into read tasks: about ``parallelism`` tasks (more when that would make a
+    task read over TARGET_BYTES_PER_READ_TASK), consecutive shards of about equal bytes per task.
+
+    Many small shards share a task (a task per 10 KB shard costs more in scheduling than in
+    reading); a shard is never split, and a big one is a task of its own.
+    """
+    if not shards:
+        return []
+    total = sum(s.size for s in shards)
+    tasks = min(len(shards), max(parallelism, -(-total // TARGET_BYTES_PER_READ_TASK), 1))
+    per_task = total / tasks
     groups: list[list[Shard]] = []
     group: list[Shard] = []
     size = 0
-    for shard in shards:
+    for i, shard in enumerate(shards):
         group.append(shard)
         size += shard.size
-        if size >= TARGET_BYTES_PER_READ_TASK:
+        shards_left = len(shards) - i - 1
+        groups_left = tasks - len(groups) - 1  # after closing this one
+        if groups_left > 0 and (size >= per_task or shards_left == groups_left):
             groups.append(group)
             group, size = [], 0
     if group:
         groups.append(group)
-    if len(groups) < min(parallelism, len(shards)):
-        groups = [[s] for s in shards]
     return groups

@@ -1,12 +1,13 @@
 """Cost before spending: what a corpus holds, from a bounded sample, and what embedding it takes.
 
 ``e5-embed plan --input URI`` lists the shards (sizes only), reads a bounded number of records
-spread over up to ``sample_shards`` of them (each read from its start; ``sample_records / shards`` records
-of each are kept), tokenizes them as the job would, and scales up by bytes: records per byte is
-measured per (format, compression) class on the stored (compressed) bytes the reader consumed,
-reading on to the end of the last chunk it fetched. With a plan on GPUs it adds GPU-hours and wall time at the profile's tokens/s per GPU
-(``gpu_tokens_per_s`` in the scheduler profiles, scaled to the model's size), and cost at
-``--gpu-hour-price``. An estimate, said as one: it assumes the sampled shards are typical.
+spread over up to ``sample_shards`` of them (each from its start; ``sample_records / shards``
+records of each are kept), tokenizes them as the job would, and scales up by bytes: records per
+byte is measured per (format, compression) class on the stored (compressed) bytes the reader
+consumed, reading on to the end of the last chunk it fetched. With a plan on GPUs it adds
+GPU-hours and wall time at the profile's tokens/s per GPU (``gpu_tokens_per_s`` in the scheduler
+profiles, scaled to the model's size), and cost at ``--gpu-hour-price``. An estimate, said as
+one: it assumes the sampled shards are typical.
 """
 
 from __future__ import annotations

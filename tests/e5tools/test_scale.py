@@ -1,0 +1,48 @@
+"""The scale rehearsal runs end to end at a tiny size and reports every step (not a timed test)."""
+
+import json
+
+import pytest
+
+from e5tools.scale import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_tiny_rehearsal_reports_every_step(tmp_path):
+    assert (
+        main(
+            [
+                "--out",
+                str(tmp_path),
+                "--records",
+                "600",
+                "--curve-shards",
+                "6",
+                "--curve-files",
+                "3",
+                "--shards",
+                "30",
+                "--files-records",
+                "600",
+                "--rows-per-file",
+                "60",
+                "--runs",
+                "7",
+                "--s3-objects",
+                "50",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((tmp_path / "scale.json").read_text())
+    (records,) = report["records"]
+    assert records["rows_embedded"] == 600 and records["driver_peak_mb"] > 0
+    assert records["phases"]["embed"] > 0 and records["phases"]["first_encode_batch_at"] > 0
+    (files,) = report["files"]
+    assert files["data_files"] == 10 and files["shards"] == 30
+    assert report["resume"]["noop"]["manifest_runs"] == 1  # a no-op records no run
+    assert report["resume"]["after_deleting_10pct"]["rows_embedded"] == 60  # one deleted file redone
+    assert report["manifest"]["runs"] == 7 and report["manifest"]["input_shards"] == 30
+    assert report["duplicates"]["rows"] == 600 and report["listing"]["objects"] == 50
+    assert 0 < report["cpu_side"]["ratio"]
