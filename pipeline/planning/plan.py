@@ -185,14 +185,18 @@ class ResourcePlan:
         # while the encoder still sees fixed-size micro-batches of windows.
         per_call = self.rows_per_encode_call if chunk is None else max(self.batch_size, self.rows_per_encode_call // 8)
         tokenize_rows = min(rows_per_block, TOKENIZE_BATCH_ROWS if chunk is None else TOKENIZE_BATCH_ROWS // 8)
+        threads = max(1, math.ceil(self.tokenizer_num_cpus))
         tokenize = StageSpec(
             stage=TokenizeStage if chunk is None else ChunkTokenizeStage,
             settings=(
-                TokenizeSettings(model=model, prefix=prefix, max_length=self.max_length)
+                TokenizeSettings(model=model, prefix=prefix, max_length=self.max_length, threads=threads)
                 if chunk is None
-                else ChunkTokenizeSettings(model=model, prefix=prefix, chunk=chunk)
+                else ChunkTokenizeSettings(model=model, prefix=prefix, chunk=chunk, threads=threads)
             ),
-            resources=Resources(num_cpus=self.tokenizer_num_cpus, min_actors=1, max_actors=self.tokenizer_actors),
+            # the pool starts at the size the encoders need (the plan sized it), not at one actor
+            resources=Resources(
+                num_cpus=self.tokenizer_num_cpus, min_actors=self.tokenizer_actors, max_actors=self.tokenizer_actors
+            ),
             batch_size=tokenize_rows,
         )
         encode = StageSpec(

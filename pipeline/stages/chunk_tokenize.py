@@ -19,7 +19,7 @@ import pyarrow as pa
 from pipeline.io import schemas
 from pipeline.stages.chunking import MIN_TEXT_TOKENS, ChunkSettings, windows
 from pipeline.stages.model import ModelSource
-from pipeline.stages.tokenize import CHARS_PER_TOKEN_CUTOFF, _cut_at_whitespace
+from pipeline.stages.tokenize import CHARS_PER_TOKEN_CUTOFF, _cut_at_whitespace, limit_threads
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +31,14 @@ class ChunkTokenizeSettings:
     model: ModelSource
     prefix: str  # the E5 prefix text, repeated in every window
     chunk: ChunkSettings
+    threads: int | None = None  # the Rust tokenizer's threads (the actor's CPUs)
 
 
 class ChunkTokenizeStage:
     """A callable class over RECORDS tables (one tokenizer per instance): CHUNK_TOKENIZED out."""
 
-    def __init__(self, *, model: ModelSource, prefix: str, chunk: ChunkSettings):
+    def __init__(self, *, model: ModelSource, prefix: str, chunk: ChunkSettings, threads: int | None = None):
+        limit_threads(threads)
         backend = copy.deepcopy(model.load_tokenizer())
         backend.no_padding()
         backend.no_truncation()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,12 +33,14 @@ class TokenizeSettings:
     model: ModelSource  # where the tokenizer comes from
     prefix: str  # the E5 prefix text ('passage: ', 'query: ' or '')
     max_length: int  # tokens per text, special tokens and prefix included
+    threads: int | None = None  # the Rust tokenizer's threads (the actor's CPUs); None: its default
 
 
 class TokenizeStage:
     """A callable class over RECORDS tables (one tokenizer per instance): TOKENIZED out."""
 
-    def __init__(self, *, model: ModelSource, prefix: str, max_length: int):
+    def __init__(self, *, model: ModelSource, prefix: str, max_length: int, threads: int | None = None):
+        limit_threads(threads)
         backend = copy.deepcopy(model.load_tokenizer())
         backend.no_padding()
         backend.enable_truncation(max_length)
@@ -99,3 +102,10 @@ def _cut_at_whitespace(text: str, limit: int) -> str:
         return text
     space = max(text.rfind(" ", 0, limit), text.rfind("\n", 0, limit))
     return text[:space] if space > 0 else text
+
+
+def limit_threads(threads: int | None) -> None:
+    """Hold the Rust tokenizer to ``threads`` (its pool reads RAYON_NUM_THREADS when first used):
+    an actor reserved one CPU must not run one thread per core of a 64-core node."""
+    if threads is not None:
+        os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, threads)))
