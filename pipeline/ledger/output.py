@@ -301,13 +301,13 @@ class OutputState:
         files = self.scan()
         if coverage.overlap(f.ranges for f in files) == 0:
             return Totals.of(files)
-        kept: list[coverage.Ranges] = []
+        seen: coverage.Ranges = {}  # rows of the files kept so far, merged as they are kept
         live: list[OutputFile] = []
+        live_paths: set[str] = set()
         repaired = 0
         for f in sorted(files, key=lambda f: (f.is_rejects, -f.stats.get("rows", 0), f.path)):
-            if any(f.path == k.path for k in live):
+            if f.path in live_paths:
                 continue  # a rewrite below produced this very file (same rows, same name)
-            seen = coverage.merge(kept)
             dup = coverage.count(coverage.intersect(f.ranges, seen))
             repeats = coverage.overlap([f.ranges])  # a row twice within this very file
             if dup or repeats:
@@ -321,8 +321,9 @@ class OutputState:
                 if new is None:
                     continue
                 f = new
-            kept.append(f.ranges)
+            seen = coverage.merge([seen, f.ranges])
             live.append(f)
+            live_paths.add(f.path)
         return Totals.of(live, repaired)
 
     def _rewrite_without(self, f: "OutputFile", seen: coverage.Ranges, metadata: Mapping[str, Any]) -> "OutputFile":

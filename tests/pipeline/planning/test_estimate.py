@@ -27,35 +27,30 @@ def write_corpus(folder, shards=30, per_shard=2000, compress=True):
     return shards * per_shard
 
 
+def estimate(shards, model, **kw):
+    return estimate_corpus(
+        shards,
+        storage_options={},
+        fields=FieldSpec(),
+        model=ModelSource(name_or_path=model),
+        prefix="passage: ",
+        max_length=32,
+        sample_shards=4,
+        sample_records=400,
+        **kw,
+    )
+
+
 @pytest.mark.parametrize("compress", [True, False])
 def test_records_and_tokens_are_estimated_from_a_small_sample(tmp_path, minilm_path, compress):
     total = write_corpus(tmp_path / "c", compress=compress)
     shards = list_shards([str(tmp_path / "c")], {})
-    est = estimate_corpus(
-        shards,
-        storage_options={},
-        fields=FieldSpec(),
-        model=ModelSource(name_or_path=minilm_path),
-        prefix="passage: ",
-        max_length=32,
-        sample_shards=4,
-        sample_records=400,
-    )
+    est = estimate(shards, minilm_path)
     assert est.sampled_shards == 4 and est.sampled_records == 400  # bounded: 100 kept per sampled shard
     assert abs(est.records - total) / total < 0.1, est.records
     assert 0.3 < est.truncated_share < 0.9  # texts of 6 to 55 words against 32 tokens
     assert est.tokens_embedded <= est.records * 32 * 1.01
-    chunked = estimate_corpus(
-        shards,
-        storage_options={},
-        fields=FieldSpec(),
-        model=ModelSource(name_or_path=minilm_path),
-        prefix="passage: ",
-        max_length=32,
-        chunk=ChunkSettings(tokens=32, overlap=4),
-        sample_shards=4,
-        sample_records=400,
-    )
+    chunked = estimate(shards, minilm_path, chunk=ChunkSettings(tokens=32, overlap=4))
     assert chunked.windows_per_record > 1.2 and chunked.tokens_embedded > est.tokens_embedded
     priced = add_cost(est, gpus=4, gpu_tokens_per_s=1000.0, gpu_hour_price=2.0)
     assert priced.gpu_hours == pytest.approx(est.tokens_embedded / 1000 / 3600)
