@@ -215,6 +215,68 @@ def listing_cost(objects: int) -> dict[str, Any]:
     return {"objects": objects, "list_s": round(list_s, 2), "upload_s": round(put_s, 1)}
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The measured tables for docs/scale.md."""
+    lines = [f"Model: {report.get('model')}; machine: {report.get('machine')}.", ""]
+
+    def runs_table(title: str, rows: list[dict[str, Any]]) -> None:
+        lines.extend(
+            [
+                f"**{title}**",
+                "",
+                "| records | shards | data files | wall s | driver peak MB | list inputs s | output scan s | "
+                "first tokenize batch at s | first encode batch at s | embed s | tokens/s (embed) | reconcile s | "
+                "duplicate ids s | manifest KB |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+        )
+        for r in rows:
+            p = r["phases"]
+            lines.append(
+                f"| {r['records']:,} | {r['shards']:,} | {r['data_files']:,} | {r['wall_s']:.0f} | "
+                f"{r['driver_peak_mb']:.0f} | {p.get('list_inputs', 0):.2f} | {p.get('prepare_output', 0):.2f} | "
+                f"{p.get('first_tokenize_batch_at', 0):.1f} | {p.get('first_encode_batch_at', 0):.1f} | "
+                f"{p.get('embed', 0):.0f} | {r['embed_tokens_per_s'] or 0:,.0f} | {p.get('reconcile', 0):.2f} | "
+                f"{p.get('duplicate_ids', 0):.2f} | {r['manifest_bytes'] / 1024:.0f} |"
+            )
+        lines.append("")
+
+    if report.get("records"):
+        runs_table("Records grow; shards and output files fixed", report["records"])
+    if report.get("files"):
+        runs_table("Shards and output files grow; records fixed", report["files"])
+    if report.get("resume"):
+        r = report["resume"]
+        for name in ("noop", "after_deleting_10pct"):
+            run = r[name]
+            lines.append(
+                f"- resume over {r['files']:,} files / {r['shards']:,} shards, {name.replace('_', ' ')}: wall "
+                f"{run['wall_s']:.0f} s, driver peak {run['driver_peak_mb']:.0f} MB, phases {run['phases']}"
+            )
+    if report.get("manifest"):
+        m = report["manifest"]
+        lines.append(
+            f"- manifest with {m['runs']} runs and {m['input_shards']:,} input shards: {m['bytes'] / 1e6:.2f} MB, "
+            f"save {m['save_s']} s, load {m['load_s']} s"
+        )
+    if report.get("duplicates"):
+        d = report["duplicates"]
+        lines.append(
+            f"- duplicate-id check over {d['rows']:,} rows in {d['files']:,} files: driver path {d['driver_s']} s, "
+            f"Ray path {d['cluster_s']} s (with its Ray start)"
+        )
+    if report.get("listing"):
+        li = report["listing"]
+        lines.append(f"- listing {li['objects']:,} objects on moto's S3 server: {li['list_s']} s")
+    if report.get("cpu_side"):
+        c = report["cpu_side"]
+        lines.append(
+            f"- CPU side: the job {c['job_embed_phase_tokens_per_s']:,.0f} tokens/s against the raw tokenizer "
+            f"{c['raw_encode_batch_tokens_per_s']:,.0f} tokens/s = {c['ratio']}x ({c['how']})"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e5tools.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for scale.json (and the work folders)")
@@ -301,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
             "count; raw: encode_batch over 200k of the same texts, same cores, all tokenizer threads",
         }
         save()
-    logger.info("wrote %s", report_path)
+    (work / "scale.md").write_text(markdown(report))
+    logger.info("wrote %s and scale.md", report_path)
     return 0
 
 

@@ -46,3 +46,4 @@ def test_tiny_rehearsal_reports_every_step(tmp_path):
     assert report["manifest"]["runs"] == 7 and report["manifest"]["input_shards"] == 30
     assert report["duplicates"]["rows"] == 600 and report["listing"]["objects"] == 50
     assert 0 < report["cpu_side"]["ratio"]
+    assert "Records grow" in (tmp_path / "scale.md").read_text()
