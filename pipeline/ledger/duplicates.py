@@ -55,19 +55,23 @@ def _on_driver(storage: Storage, files: Sequence[str], chunked: bool) -> Duplica
 
     dataset = pads.dataset(list(files), filesystem=storage.fs, format="parquet")
     where = pads.field("chunk") == 0 if chunked else None
+    # one file at a time, 8 bytes per id kept: memory grows by the hashes only (16 MB per 2M ids)
+    scan = dict(columns=["id"], filter=where, batch_size=1 << 16, batch_readahead=0, fragment_readahead=1)
     hashes = [
-        pd.util.hash_array(batch.column(0).to_numpy(zero_copy_only=False))
-        for batch in dataset.to_batches(columns=["id"], filter=where)
+        pd.util.hash_array(batch.column(0).to_numpy(zero_copy_only=False)) for batch in dataset.to_batches(**scan)
     ]
     if not hashes:
         return DuplicateReport(0)
-    values, counts = np.unique(np.concatenate(hashes), return_counts=True)
-    repeated = values[counts > 1]
+    flat = np.concatenate(hashes)
+    del hashes
+    flat.sort()
+    repeated = np.unique(flat[1:][flat[1:] == flat[:-1]])
+    del flat
     if not len(repeated):
         return DuplicateReport(0)
     examples: list[str] = []
     wanted = set(repeated[:EXAMPLES].tolist())
-    for batch in dataset.to_batches(columns=["id"], filter=where):
+    for batch in dataset.to_batches(**scan):
         ids = batch.column(0).to_numpy(zero_copy_only=False)
         for h, i in zip(pd.util.hash_array(ids), ids):
             if h in wanted and i not in examples:
