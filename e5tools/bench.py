@@ -320,6 +320,12 @@ def _tree_rss_mb(root: int) -> float:
     return total / 1024
 
 
+def job_argv(corpus: str | Path, out: str | Path, model: str, *extra: str) -> list[str]:
+    """``python -m pipeline run`` over ``corpus`` into ``out`` with ``model``, no progress bars."""
+    cmd = [sys.executable, "-m", "pipeline", "run", "--input", str(corpus), "--output", str(out)]
+    return cmd + ["--model", model, "--no-progress", *extra]
+
+
 def run_pipeline(model_path: str, texts: list[str], batch_size: int | None, workdir: Path, shards: int = 4):
     corpus = workdir / f"corpus-{len(texts)}"
     corpus.mkdir(parents=True, exist_ok=True)
@@ -329,22 +335,7 @@ def run_pipeline(model_path: str, texts: list[str], batch_size: int | None, work
             for i, text in enumerate(texts[s * per : (s + 1) * per]):
                 f.write(json.dumps({"id": f"{s}-{i}", "text": text}) + "\n")
     out = workdir / f"out-{len(texts)}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "run",
-        "--input",
-        str(corpus),
-        "--output",
-        str(out),
-        "--model",
-        model_path,
-        "--prefix",
-        "none",
-        "--no-progress",
-        "--overwrite",
-    ]
+    cmd = job_argv(corpus, out, model_path, "--prefix", "none", "--overwrite")
     if batch_size:
         cmd += ["--batch-size", str(batch_size)]
     env = {**os.environ, "RAY_ADDRESS": ""}

@@ -69,24 +69,9 @@ def write_corpus(folder: Path, records: int, shards: int, pool: list[str]) -> No
 
 def run_job(corpus: Path, out: Path, model: str, rows_per_file: int, *extra: str) -> dict[str, Any]:
     """One ``e5-embed run`` in a subprocess: wall time, the driver's peak RSS, the run record."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "run",
-        "--input",
-        str(corpus),
-        "--output",
-        str(out),
-        "--model",
-        model,
-        "--rows-per-file",
-        str(rows_per_file),
-        "--no-progress",
-        "--status-interval-s",
-        "30",
-        *extra,
-    ]
+    from e5tools.bench import job_argv
+
+    cmd = job_argv(corpus, out, model, "--rows-per-file", str(rows_per_file), "--status-interval-s", "30", *extra)
     env = {**os.environ, "RAY_ADDRESS": "", "HF_HUB_OFFLINE": "1"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -17,6 +16,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
+from e5tools.bench import job_argv
 from e5tools.sample_text import passages
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError
@@ -151,28 +151,8 @@ def test_chunked_s3_run_keeps_the_contract(ray_cluster, s3fs_client, bucket, min
 
 
 def _run_args(corpus: Path, out: Path, model: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "run",
-        "--input",
-        str(corpus),
-        "--output",
-        str(out),
-        "--model",
-        model,
-        "--chunk-tokens",
-        "96",
-        "--chunk-overlap",
-        "8",
-        "--title-field",
-        "title",
-        "--max-bad-fraction",
-        "0.1",
-        "--no-progress",
-        *extra,
-    ]
+    chunking = ["--chunk-tokens", "96", "--chunk-overlap", "8", "--title-field", "title"]
+    return job_argv(corpus, out, model, *chunking, "--max-bad-fraction", "0.1", *extra)
 
 
 def test_sigkill_mid_chunked_run_then_rerun_gives_every_window_once(tmp_path, minilm_path):
