@@ -155,8 +155,7 @@ def manifest_cost(output: Path, runs: int) -> dict[str, Any]:
 
 
 def duplicate_check_cost(output: Path, rows: int) -> dict[str, Any]:
-    import ray
-
+    from pipeline.backend.dataset import ray_session
     from pipeline.backend.duplicates import duplicate_ids_on_cluster
     from pipeline.io.storage import Storage
     from pipeline.ledger.duplicates import _on_driver
@@ -166,13 +165,10 @@ def duplicate_check_cost(output: Path, rows: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     driver = _on_driver(storage, files, False)
     driver_s = time.perf_counter() - t0
-    ray.init(address="local", include_dashboard=False, logging_level="WARNING")
-    try:
+    with ray_session(None):  # this process's Ray if it has one (tests), else a local one, stopped after
         t0 = time.perf_counter()
         cluster = duplicate_ids_on_cluster(storage, files)
         cluster_s = time.perf_counter() - t0
-    finally:
-        ray.shutdown()
     assert driver.duplicate_ids == cluster.duplicate_ids == 0
     return {"rows": rows, "files": len(files), "driver_s": round(driver_s, 2), "cluster_s": round(cluster_s, 2)}
 
@@ -185,7 +181,8 @@ def listing_cost(objects: int) -> dict[str, Any]:
     from pipeline.io.sources import list_shards
 
     with LocalS3Server() as s3, patched_env(s3.env()):
-        fs = s3fs.S3FileSystem()
+        options = {"endpoint_url": s3.endpoint_url}  # this server, whatever S3 this process used before
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
         fs.mkdir("scale")
         t0 = time.perf_counter()
         from concurrent.futures import ThreadPoolExecutor
@@ -194,7 +191,7 @@ def listing_cost(objects: int) -> dict[str, Any]:
             list(pool.map(lambda i: fs.pipe(f"scale/in/s-{i:06d}.jsonl", b'{"text": "x"}\n'), range(objects)))
         put_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        shards = list_shards(["s3://scale/in/"], {})
+        shards = list_shards(["s3://scale/in/"], options)
         list_s = time.perf_counter() - t0
     assert len(shards) == objects
     return {"objects": objects, "list_s": round(list_s, 2), "upload_s": round(put_s, 1)}
