@@ -53,7 +53,9 @@ def test_jobs_api_with_token(ray_head, tmp_path, minilm_path):
     assert "24 rows embedded" in logs
     got = pads.dataset(str(tmp_path / "out"), format="parquet").to_table(columns=["id"])["id"].to_pylist()
     assert sorted(got) == sorted(ids)
-    # the job's metrics reach the cluster's Prometheus endpoint (summed over the reporting workers)
+    # the job's metrics reach the cluster's Prometheus endpoint (its run's series, summed over workers;
+    # other jobs on this shared head have run ids of their own)
+    run_id = json.loads((tmp_path / "out" / "_manifest.json").read_text())["runs"][-1]["run_id"]
     wanted = {
         ("ray_e5_embed_records_total", 'outcome="embedded"'): 24,
         ("ray_e5_embed_input_records_total", ""): 24,
@@ -62,7 +64,7 @@ def test_jobs_api_with_token(ray_head, tmp_path, minilm_path):
     }
     deadline = time.monotonic() + 90
     while True:
-        found = scrape(ray_head.metrics_url, wanted)
+        found = scrape(ray_head.metrics_url, wanted, run_id)
         if found == wanted or time.monotonic() > deadline:
             break
         time.sleep(2)
@@ -70,8 +72,8 @@ def test_jobs_api_with_token(ray_head, tmp_path, minilm_path):
     assert "ray_e5_embed_tokens_total" in urllib.request.urlopen(ray_head.metrics_url, timeout=10).read().decode()
 
 
-def scrape(url: str, wanted: dict) -> dict:
-    """Sum each wanted (metric, tag) over the endpoint's series."""
+def scrape(url: str, wanted: dict, run_id: str) -> dict:
+    """Sum each wanted (metric, tag) over the endpoint's series of one run."""
     body = urllib.request.urlopen(url, timeout=10).read().decode()
     found = dict.fromkeys(wanted, 0)
     for line in body.splitlines():
@@ -79,7 +81,7 @@ def scrape(url: str, wanted: dict) -> dict:
             continue
         series, value = line.rsplit(" ", 1)
         for name, tag in wanted:
-            if series.startswith(name + "{") and tag in series:
+            if series.startswith(name + "{") and tag in series and f'run_id="{run_id}"' in series:
                 found[(name, tag)] += int(float(value))
     return found
 
