@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -338,7 +339,17 @@ def run_pipeline(model_path: str, texts: list[str], batch_size: int | None, work
     cmd = job_argv(corpus, out, model_path, "--prefix", "none", "--overwrite")
     if batch_size:
         cmd += ["--batch-size", str(batch_size)]
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    seconds, _, peak = run_sampled(cmd, {**os.environ, "RAY_ADDRESS": ""}, _tree_rss_mb, interval_s=0.2)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    manifest["steady_tokens_per_s"] = steady_tokens_per_s(out)
+    return seconds, manifest, peak
+
+
+def run_sampled(
+    cmd: list[str], env: dict[str, str], memory_mb: Callable[[int], float], *, interval_s: float
+) -> tuple[float, str, float]:
+    """Run ``cmd``; (seconds, stdout, the peak of ``memory_mb(pid)`` sampled every ``interval_s``).
+    A failed run raises with the end of its stderr."""
     peak = [0.0]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -346,8 +357,8 @@ def run_pipeline(model_path: str, texts: list[str], batch_size: int | None, work
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
-            done.wait(0.2)
+            peak[0] = max(peak[0], memory_mb(proc.pid))
+            done.wait(interval_s)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -356,10 +367,8 @@ def run_pipeline(model_path: str, texts: list[str], batch_size: int | None, work
     done.set()
     sampler.join()
     if proc.returncode != 0:
-        raise RuntimeError(f"pipeline run failed ({proc.returncode}): {stderr[-2000:]}")
-    manifest = json.loads((out / "_manifest.json").read_text())
-    manifest["steady_tokens_per_s"] = steady_tokens_per_s(out)
-    return seconds, manifest, peak[0]
+        raise RuntimeError(f"pipeline run failed ({proc.returncode}): {stderr[-3000:]}")
+    return seconds, stdout, peak[0]
 
 
 def steady_tokens_per_s(out: Path) -> float | None:

@@ -25,9 +25,7 @@ import logging
 import os
 import random
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -67,41 +65,30 @@ def write_corpus(folder: Path, records: int, shards: int, pool: list[str]) -> No
         row += n
 
 
+def _driver_peak_mb(pid: int) -> float:
+    """VmHWM: a process's own peak resident memory (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def run_job(corpus: Path, out: Path, model: str, rows_per_file: int, *extra: str) -> dict[str, Any]:
     """One ``e5-embed run`` in a subprocess: wall time, the driver's peak RSS, the run record."""
-    from e5tools.bench import job_argv
+    from e5tools.bench import job_argv, run_sampled
 
     cmd = job_argv(corpus, out, model, "--rows-per-file", str(rows_per_file), "--status-interval-s", "30", *extra)
     env = {**os.environ, "RAY_ADDRESS": "", "HF_HUB_OFFLINE": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = [0.0]
-    done = threading.Event()
-
-    def sample() -> None:  # VmHWM: the driver process's own peak resident memory
-        while not done.is_set():
-            try:
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak[0] = max(peak[0], int(line.split()[1]) / 1024)
-            except OSError:
-                pass
-            done.wait(0.5)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, stderr = proc.communicate()
-    wall = time.perf_counter() - t0
-    done.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"run failed ({proc.returncode}): {stderr[-3000:]}")
+    wall, stdout, peak = run_sampled(cmd, env, _driver_peak_mb, interval_s=0.5)
     manifest_path = out / "_manifest.json"
     manifest = json.loads(manifest_path.read_text())
     run = manifest["runs"][-1] if manifest["runs"] else {}
     return {
         "wall_s": round(wall, 2),
-        "driver_peak_mb": round(peak[0], 1),
+        "driver_peak_mb": round(peak, 1),
         "summary": stdout.strip().splitlines()[-1] if stdout.strip() else "",
         "phases": run.get("phases", {}),
         "rows_embedded": run.get("rows_embedded"),

@@ -170,7 +170,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         with ray_session(args.ray_address):
             cluster = ClusterSpec.from_ray()
     plan = make_plan(cluster, info, request, scheduler)
-    estimate = _estimate(args, plan, cluster, info, scheduler) if args.inputs else None
+    estimate = _estimate(args, plan) if args.inputs else None
     if args.json:
         out = {
             "model": info.name,
@@ -190,13 +190,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _estimate(args: argparse.Namespace, plan, cluster, info, scheduler):
+def _estimate(args: argparse.Namespace, plan):
     """``plan --input``: sample the corpus and estimate records, tokens, GPU-hours and cost."""
     from pipeline.config import parse_storage_options
     from pipeline.io.sources import FieldSpec, list_shards
     from pipeline.io.storage import register_secrets
     from pipeline.planning.estimate import add_cost, estimate_corpus
-    from pipeline.planning.plan import E5_BASE
     from pipeline.stages.chunking import ChunkSettings
     from pipeline.stages.model import ModelSource
 
@@ -221,9 +220,9 @@ def _estimate(args: argparse.Namespace, plan, cluster, info, scheduler):
         sample_records=args.sample_records,
     )
     gpus = plan.gpu_actors // plan.actors_per_gpu if plan.device == "cuda" else 0
-    _, profile = scheduler.profile_for(cluster.accelerator)
-    rate = profile.gpu_tokens_per_s * E5_BASE.parameters / info.parameters
-    return add_cost(estimate, gpus=gpus, gpu_tokens_per_s=rate, gpu_hour_price=args.gpu_hour_price)
+    return add_cost(
+        estimate, gpus=gpus, gpu_tokens_per_s=plan.gpu_tokens_per_s or 0.0, gpu_hour_price=args.gpu_hour_price
+    )
 
 
 def _dev_tools(module: str):

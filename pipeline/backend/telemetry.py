@@ -98,12 +98,28 @@ class Telemetry:
             except Exception as e:  # never fail the job over a metric
                 logger.debug("metric %s not recorded: %s", name, e)
 
-    def _progress(self, **values: int) -> None:
+    def _tell(self, method: str, *args: Any) -> None:
+        """Fire-and-forget a call on the progress actor."""
         if self.progress is not None:
             try:
-                self.progress.add.remote(values)
+                getattr(self.progress, method).remote(*args)
             except Exception as e:
                 logger.debug("progress not recorded: %s", e)
+
+    def _ask(self, method: str, timeout_s: float) -> Any:
+        """A call on the progress actor, waited for; None when there is no answer."""
+        import ray
+
+        if self.progress is None:
+            return None
+        try:
+            return ray.get(getattr(self.progress, method).remote(), timeout=timeout_s)
+        except Exception as e:
+            logger.debug("no progress snapshot: %s", e)
+            return None
+
+    def _progress(self, **values: int) -> None:
+        self._tell("add", values)
 
     def shard_read(self, rows: int, size: int) -> None:
         self._inc("e5_embed_input_records", rows)
@@ -129,22 +145,10 @@ class Telemetry:
 
     def seen(self, what: str) -> None:
         """The wall-clock time ``what`` first happened (e.g. the first batch reaching a stage)."""
-        if self.progress is not None:
-            try:
-                self.progress.seen.remote(what, time.time())
-            except Exception as e:
-                logger.debug("progress not recorded: %s", e)
+        self._tell("seen", what, time.time())
 
     def first_seen(self, timeout_s: float = 10.0) -> dict[str, float]:
-        import ray
-
-        if self.progress is None:
-            return {}
-        try:
-            return ray.get(self.progress.first.remote(), timeout=timeout_s)
-        except Exception as e:
-            logger.debug("no progress snapshot: %s", e)
-            return {}
+        return self._ask("first", timeout_s) or {}
 
     def stage_batch(self, stage: str, rows: int, seconds: float, oom_splits: int = 0) -> None:
         self._inc("e5_embed_stage_rows", rows, stage=stage)
@@ -152,15 +156,7 @@ class Telemetry:
         self._inc("e5_embed_oom_splits", oom_splits)
 
     def snapshot(self, timeout_s: float = 10.0) -> dict[str, int] | None:
-        import ray
-
-        if self.progress is None:
-            return None
-        try:
-            return ray.get(self.progress.snapshot.remote(), timeout=timeout_s)
-        except Exception as e:
-            logger.debug("no progress snapshot: %s", e)
-            return None
+        return self._ask("snapshot", timeout_s)
 
     def stop(self) -> None:
         import ray

@@ -81,9 +81,6 @@ class _CountingFS:
     def open(self, path: str, mode: str = "rb"):
         return _Counted(self.fs.open(path, mode), self)
 
-    def info(self, path: str):
-        return self.fs.info(path)
-
     def __getattr__(self, name: str):
         return getattr(self.fs, name)
 

@@ -162,6 +162,7 @@ class ResourcePlan:
     gpu_memory_gb: float | None
     estimated_peak_gpu_memory_gb: float | None
     model_parameters: int
+    gpu_tokens_per_s: float | None = None  # the profile's expected rate per GPU, scaled to this model
     notes: tuple[str, ...] = ()
 
     def stage_specs(
@@ -358,6 +359,7 @@ def _gpu_plan(cluster: ClusterSpec, model: ModelInfo, req: PlanRequest, schedule
         gpu_memory_gb=round(memory, 2),
         estimated_peak_gpu_memory_gb=round(peak, 2),
         model_parameters=model.parameters,
+        gpu_tokens_per_s=gpu_rate,
         notes=tuple(notes),
     )
 
