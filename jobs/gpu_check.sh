@@ -3,7 +3,7 @@
 #   ../shared/device/bundle.sh sentence-transformers==6.2.0 s3fs fsspec zstandard   (builds .device/)
 #   run: carry [".device"], command: source .device/setup.sh && bash jobs/gpu_check.sh
 # Leaves, under $OUT, in this order (each step writes its files as it ends, so a timeout keeps the earlier ones):
-#   memory/       planner's peak-memory estimate vs torch.cuda.max_memory_allocated
+#   memory/       planner's peak-memory estimate vs torch.cuda.max_memory_reserved on the job's encode path
 #   bench/        reference, sentence-transformers fp16, encode, encode_compiled, pipeline on the same 20k docs
 #   sustained/    the pipeline alone on 200k docs (~30M tokens): throughput once start-up is amortised
 # DEVICE=cpu DOCS=40 SUSTAINED_DOCS=80 bash jobs/gpu_check.sh  rehearses it on a CPU machine.
@@ -20,6 +20,8 @@ PY
 if [[ $device == cuda ]]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/nvidia-smi.csv"
   python jobs/gpu_memory_check.py --out "$out/memory"
+else
+  python jobs/gpu_memory_check.py --rehearse --out "$out/memory"
 fi
 python -m pipeline bench --device "$device" --docs "${DOCS:-20000}" \
   --rows reference,st_encode,encode,encode_compiled,pipeline --out "$out/bench"

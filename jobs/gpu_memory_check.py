@@ -1,9 +1,14 @@
-"""On a CUDA machine: real peak memory of one encode actor vs the planner's estimate.
+"""On a CUDA machine: peak memory of one encode actor on the job's own path vs the planner's estimate.
 
-e5-base-v2's architecture with random weights (memory does not depend on weight values),
-bf16, a grid of batch sizes and padded lengths. Writes a JSON + Markdown table.
+e5-base-v2's architecture with random weights (memory does not depend on weight values), a grid
+of micro-batch sizes x lengths. Each cell runs ``EncodeStage.encode_ragged`` (what the job runs)
+on rows of random lengths whose longest is ``length``, so every micro-batch is padded with a real
+padding mask. ``max_memory_reserved`` (what decides an OOM) and ``max_memory_allocated`` are
+compared with ``estimate_peak_gpu_memory_gb`` (without the CUDA context, which the planner adds).
+Writes ``memory.json`` (after every cell) and ``memory.md``.
 
     python jobs/gpu_memory_check.py --out $OUT/memory
+    python jobs/gpu_memory_check.py --rehearse --out /tmp/memory   # on CPU: tiny grid, nothing measured
 """
 
 from __future__ import annotations
@@ -11,75 +16,99 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+GRID = {"lengths": (128, 256, 512), "batches": (32, 128, 256, 512, 1024)}
+REHEARSAL_GRID = {"lengths": (16, 32), "batches": (2, 4)}
+
+
+def ragged_rows(batch: int, length: int, seed: int):
+    """``batch`` rows of random lengths in [length/4, length], the first exactly ``length`` long."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(max(1, length // 4), length + 1, size=batch)
+    lengths[0] = length
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    values = rng.integers(1000, 30000, size=int(offsets[-1])).astype(np.int64)
+    return values, offsets
+
 
 def main() -> int:
+    import numpy as np
     import torch
 
-    from e5tools.random_model import write_random_e5_base
+    from e5tools.random_model import write_random_bert, write_random_e5_base
     from pipeline.planning.plan import estimate_peak_gpu_memory_gb
     from pipeline.stages.encode import EncodeStage
-    from pipeline.stages.model import KNOWN_SHAPES, ModelSource
+    from pipeline.stages.model import ModelInfo, ModelSource
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="memory-check")
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--rehearse", action="store_true", help="CPU, a tiny random model and grid; measures nothing")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.stderr.write("gpu_memory_check: no CUDA device here; nothing measured\n")
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.rehearse:
+        sys.stderr.write("gpu_memory_check: no CUDA device here; nothing measured (--rehearse runs it on CPU)\n")
         return 2
-    path = write_random_e5_base(tempfile.mkdtemp(prefix="e5-base-random-"))
-    stage = EncodeStage(model=ModelSource(name_or_path=path), batch_size=1, dtype=args.dtype, device="cuda")
-    info = KNOWN_SHAPES["intfloat/e5-base-v2"]
-    rows = []
-    for length in (128, 256, 512):
-        for batch in (32, 128, 256, 512, 1024):
-            ids = torch.randint(1000, 30000, (batch, length)).numpy()
-            mask = torch.ones(batch, length, dtype=torch.int64).numpy()
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            try:
-                stage._forward(ids, mask)
-                torch.cuda.synchronize()
-                measured = torch.cuda.max_memory_allocated() / 2**30
-            except torch.OutOfMemoryError:
-                measured = None
-            estimate = estimate_peak_gpu_memory_gb(info, batch, length, args.dtype, context_gb=0.0)
-            rows.append(
-                {
-                    "batch": batch,
-                    "length": length,
-                    "measured_gb": measured,
-                    "estimate_gb": round(estimate, 3),
-                    "estimate_over_measured": round(estimate / measured, 3) if measured else None,
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
+    folder = tempfile.mkdtemp(prefix="e5-memory-")
+    if args.rehearse:
+        path = write_random_bert(folder, layers=2, hidden=64, heads=4, ffn=128)
+    else:
+        path = write_random_e5_base(folder)
+    device, dtype = ("cuda", args.dtype) if cuda else ("cpu", "float32")
+    info = ModelInfo.from_config(path, json.loads(Path(path, "config.json").read_text()))
+    stage = EncodeStage(model=ModelSource(name_or_path=path), batch_size=1, dtype=dtype, device=device)
+    grid = REHEARSAL_GRID if args.rehearse else GRID
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {
-        "device": torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name() if cuda else "cpu (rehearsal: nothing measured)",
         "torch": torch.__version__,
-        "dtype": args.dtype,
-        "note": "max_memory_allocated (excludes the CUDA context, which the planner adds as cuda_context_gb)",
-        "rows": rows,
+        "dtype": dtype,
+        "weights": "random (architecture only)",
+        "note": "estimate excludes the CUDA context (the planner adds cuda_context_gb); reserved decides an OOM",
+        "rows": [],
     }
-    (out / "memory.json").write_text(json.dumps(report, indent=2))
-    lines = ["| batch | length | measured GB | estimate GB | estimate/measured |", "|---:|---:|---:|---:|---:|"]
+    for length in grid["lengths"]:
+        for batch in grid["batches"]:
+            values, offsets = ragged_rows(batch, length, seed=batch * 1000 + length)
+            stage.batch_size = batch
+            row = {"batch": batch, "length": length, "reserved_gb": None, "allocated_gb": None}
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            try:
+                stage.encode_ragged(values, offsets, rows=np.arange(batch))
+                if cuda:
+                    torch.cuda.synchronize()
+                    row["reserved_gb"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)
+                    row["allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            except torch.OutOfMemoryError:
+                row["oom"] = True
+            row["oom_splits"] = stage.oom_splits
+            estimate = estimate_peak_gpu_memory_gb(info, batch, length, dtype, context_gb=0.0)
+            row["estimate_gb"] = round(estimate, 3)
+            row["estimate_over_reserved"] = round(estimate / row["reserved_gb"], 3) if row["reserved_gb"] else None
+            report["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            (out / "memory.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        "| batch | length | reserved GB | allocated GB | estimate GB | estimate/reserved | OOM splits |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     lines += [
-        f"| {r['batch']} | {r['length']} "
-        f"| {r['measured_gb'] if r['measured_gb'] is None else round(r['measured_gb'], 3)} "
-        f"| {r['estimate_gb']} | {r['estimate_over_measured']} |"
-        for r in rows
+        f"| {r['batch']} | {r['length']} | {r['reserved_gb']} | {r['allocated_gb']} | {r['estimate_gb']} "
+        f"| {r['estimate_over_reserved']} | {r['oom_splits']} |"
+        for r in report["rows"]
     ]
     (out / "memory.md").write_text(
-        f"{report['device']}, torch {report['torch']}, {args.dtype}\n\n" + "\n".join(lines) + "\n"
+        f"{report['device']}, torch {report['torch']}, {dtype}\n\n" + "\n".join(lines) + "\n"
     )
     return 0
 

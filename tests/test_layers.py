@@ -84,3 +84,16 @@ def test_every_subpackage_is_in_the_architecture_map():
     text = (ROOT / "docs" / "architecture.md").read_text()
     for sub in sorted(p.name for p in (ROOT / "pipeline").iterdir() if (p / "__init__.py").exists()):
         assert f"`pipeline/{sub}/`" in text, sub
+
+
+def test_storage_is_the_only_io_boundary():
+    """No product module reaches past Storage for the fsspec object, or builds its own filesystem."""
+    bad = []
+    for module, path in product_modules():
+        if module == "pipeline.io.storage":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("fs", "_fs", "_resolved"):
+                bad.append(f"{module}:{node.lineno} uses .{node.attr}")
+        bad += [f"{module} imports {n}" for n in imports(path) if n.split(".")[0] in ("fsspec", "s3fs")]
+    assert not bad, bad

@@ -10,12 +10,12 @@ from pipeline.ledger.duplicates import EXAMPLES, DuplicateReport
 
 def duplicate_ids_on_cluster(storage: Storage, files: Sequence[str], chunked: bool = False) -> DuplicateReport:
     """In chunked outputs only each record's first window (``chunk == 0``) counts."""
-    import pyarrow.fs as pafs
     import ray
     from ray.data.expressions import col
 
-    filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(storage.fs))
-    ids = ray.data.read_parquet(list(files), filesystem=filesystem, columns=["id", "chunk"] if chunked else ["id"])
+    ids = ray.data.read_parquet(
+        list(files), filesystem=storage.arrow_filesystem(), columns=["id", "chunk"] if chunked else ["id"]
+    )
     if chunked:
         ids = ids.filter(expr=col("chunk") == 0).select_columns(["id"])
     counts = ids.groupby("id").count()

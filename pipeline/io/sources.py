@@ -103,15 +103,15 @@ def _list_input(storage: Storage) -> tuple[str, dict[str, Any], bool]:
     component holds ``*``, ``?`` or ``[`` is that component a name pattern, matched against the
     listing of its (literal) parent folder: the path itself is never expanded as a glob.
     """
-    fs, path = storage.fs, storage.root
-    fs.invalidate_cache()
-    if fs.isdir(path):
-        return path, fs.find(path, detail=True), False
-    if fs.isfile(path):
-        return posixpath.dirname(path), {path: fs.info(path)}, True
+    path = storage.root
+    storage.forget_listings()
+    if storage.is_dir(path):
+        return path, storage.walk_files(path), False
+    if storage.is_file(path):
+        return posixpath.dirname(path), {path: storage.info(path)}, True
     parent, name = posixpath.split(path)
-    if has_pattern(name) and fs.isdir(parent):
-        listed = {i["name"]: i for i in fs.ls(parent, detail=True) if i.get("type") == "file"}
+    if has_pattern(name) and storage.is_dir(parent):
+        listed = dict(storage.files_in(parent))
         return parent, {p: i for p, i in listed.items() if fnmatch.fnmatchcase(posixpath.basename(p), name)}, False
     raise UsageError(f"input not found: {strip_uri_credentials(storage.uri)}")
 
@@ -389,7 +389,7 @@ class ShardReader:
 
     def __init__(
         self,
-        fs,
+        storage: Storage,
         shard: Shard,
         fields: FieldSpec,
         skip: Sequence[tuple[int, int]] = (),
@@ -399,7 +399,7 @@ class ShardReader:
         backoff_s: float = 1.0,
         check_fingerprint: bool = True,
     ):
-        self.fs, self.shard, self.fields = fs, shard, fields
+        self.storage, self.shard, self.fields = storage, shard, fields
         self.skip = tuple(skip)
         self.max_record_bytes = max_record_bytes
         self.attempts = attempts
@@ -449,8 +449,7 @@ class ShardReader:
     def _verify_fingerprint(self) -> None:
         if not self.check_fingerprint or not self.shard.version:
             return
-        self.fs.invalidate_cache(self.shard.path)
-        info = self.fs.info(self.shard.path)
+        info = self.storage.info(self.shard.path)
         now = (int(info.get("size") or 0), _version(info))
         if now != self.shard.fingerprint:
             raise ShardReadError(
@@ -463,7 +462,7 @@ class ShardReader:
         if self.shard.format == "parquet":
             yield from self._parquet_rows(start)
             return
-        with self.fs.open(self.shard.path, "rb") as f:
+        with self.storage.open(self.shard.path) as f:
             for row, line in enumerate(split_lines(_chunks(f, self.shard), self.max_record_bytes)):
                 if row < start:
                     yield row, None
@@ -502,7 +501,7 @@ class ShardReader:
 
     def _parquet_rows(self, start: int) -> Iterator[tuple[int, dict | None]]:
         row = 0
-        with self.fs.open(self.shard.path, "rb") as f:
+        with self.storage.open(self.shard.path) as f:
             try:
                 pf = pq.ParquetFile(f)
                 names = set(pf.schema_arrow.names)
@@ -551,11 +550,6 @@ class ShardReader:
                     row += 1
 
 
-def parse_shard(fs, shard: Shard, fields: FieldSpec, skip: Sequence[tuple[int, int]] = (), **kw: Any) -> Iterator[dict]:
-    """Yield one dict per input record: id, row, text, reject_reason. Never raises on bad data."""
-    yield from ShardReader(fs, shard, fields, skip, **kw)
-
-
 class _RowFilter:
     """True for rows inside already-done [start, end) ranges (sorted)."""
 
@@ -583,8 +577,13 @@ def read_shards(
     called when a shard has been read to its end (the ledger records it)."""
     builder = _BlockBuilder(rows_per_block)
     for shard in shards:
-        fs = Storage(shard.uri, storage_options).fs
-        reader = ShardReader(fs, shard, fields, skip.get(shard.path, ()), max_record_bytes=max_record_bytes)
+        reader = ShardReader(
+            Storage(shard.uri, storage_options),
+            shard,
+            fields,
+            skip.get(shard.path, ()),
+            max_record_bytes=max_record_bytes,
+        )
         for rec in reader:
             builder.add(
                 id=rec["id"] if rec["id"] is not None else f"{shard.relpath}:{rec['row']}",

@@ -87,10 +87,16 @@ def _s3_env_options() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Storage:
-    """A filesystem plus the root path inside it, built from a URI and storage options."""
+    """A filesystem plus the root path inside it, built from a URI and storage options.
+
+    The one IO boundary: listing, opening, reading, atomic writes and deletes go through these
+    methods; the fsspec object itself stays private. ``filesystem`` injects one (tests: a flaky
+    filesystem) instead of resolving it from the URI.
+    """
 
     uri: str
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    filesystem: fsspec.AbstractFileSystem | None = field(default=None, kw_only=True, compare=False, repr=False)
 
     @property
     def protocol(self) -> str:
@@ -111,11 +117,13 @@ class Storage:
 
     @cached_property
     def _resolved(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        if self.filesystem is not None:
+            return self.filesystem, self.uri.split("://", 1)[-1].rstrip("/")
         fs, path = url_to_fs(self.uri, **self._options())
         return fs, path.rstrip("/")
 
     @property
-    def fs(self) -> fsspec.AbstractFileSystem:
+    def _fs(self) -> fsspec.AbstractFileSystem:
         return self._resolved[0]
 
     @property
@@ -126,14 +134,40 @@ class Storage:
         return posixpath.join(self.root, *parts)
 
     def exists(self, path: str) -> bool:
-        return self.fs.exists(path)
+        return self._fs.exists(path)
+
+    def is_dir(self, path: str) -> bool:
+        return self._fs.isdir(path)
+
+    def is_file(self, path: str) -> bool:
+        return self._fs.isfile(path)
+
+    def info(self, path: str) -> dict[str, Any]:
+        """The object's current size/ETag/mtime (never a cached listing)."""
+        self._fs.invalidate_cache(path)
+        return self._fs.info(path)
+
+    def forget_listings(self) -> None:
+        """Drop every cached listing, so the next one sees the store as it is now."""
+        self._fs.invalidate_cache()
+
+    def open(self, path: str, mode: str = "rb"):
+        return self._fs.open(path, mode)
+
+    def walk_files(self, path: str | None = None) -> dict[str, dict[str, Any]]:
+        """Every file below ``path`` (default: the root), at any depth: ``{path: info}``."""
+        found = self._fs.find(self.root if path is None else path, detail=True)
+        return {p: i for p, i in found.items() if i.get("type") == "file"}
 
     def list_files(self, folder: str = "") -> list[tuple[str, dict[str, Any]]]:
         """Files directly in ``folder`` (relative to the root), literally: names are never patterns."""
-        path = self.join(folder) if folder else self.root
-        self.fs.invalidate_cache(path)
+        return self.files_in(self.join(folder) if folder else self.root)
+
+    def files_in(self, path: str) -> list[tuple[str, dict[str, Any]]]:
+        """Files directly in the folder ``path`` (a full path in this filesystem), sorted; [] if none."""
+        self._fs.invalidate_cache(path)
         try:
-            listed = self.fs.ls(path, detail=True)
+            listed = self._fs.ls(path, detail=True)
         except FileNotFoundError:
             return []
         out = []
@@ -145,6 +179,17 @@ class Storage:
                 name = name[len("file://") :]
             out.append((name.rstrip("/"), info))
         return sorted(out, key=lambda x: x[0])
+
+    def download(self, path: str, local_path: str) -> None:
+        self._fs.get_file(path, local_path)
+
+    def arrow_filesystem(self):
+        """This storage as a ``pyarrow.fs`` filesystem (for Arrow datasets and Ray's Parquet reader)."""
+        import pyarrow.fs as pafs
+
+        if self.is_local and self.filesystem is None:
+            return pafs.LocalFileSystem()
+        return pafs.PyFileSystem(pafs.FSSpecHandler(self._fs))
 
     def create_exclusive(self, path: str, data: bytes) -> bool:
         """Create ``path`` with ``data`` only if nothing is there (one atomic step); False if it exists.
@@ -166,15 +211,15 @@ class Storage:
             _fsync_dir(parent)
             return True
         try:
-            self.fs.pipe_file(path, data, mode="create")
+            self._fs.pipe_file(path, data, mode="create")
         except FileExistsError:
             return False
         finally:
-            self.fs.invalidate_cache(path)
+            self._fs.invalidate_cache(path)
         return True
 
     def read_bytes(self, path: str) -> bytes:
-        return self.fs.cat_file(path)
+        return self._fs.cat_file(path)
 
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
         """Readers never see a partial object.
@@ -182,7 +227,7 @@ class Storage:
         Object stores: one PUT (or one multipart upload, which is also atomic).
         Local/POSIX: write a temp file in the same folder, fsync, rename.
         """
-        fs = self.fs
+        fs = self._fs
         if self.is_local:
             parent = posixpath.dirname(path)
             os.makedirs(parent, exist_ok=True)
@@ -197,10 +242,10 @@ class Storage:
     def delete(self, path: str) -> None:
         """Remove one file, literally (``fs.rm`` would expand glob characters in the name)."""
         try:
-            self.fs.rm_file(path)
+            self._fs.rm_file(path)
         except FileNotFoundError:
             pass
-        self.fs.invalidate_cache(path)
+        self._fs.invalidate_cache(path)
 
     def describe(self) -> str:
         """A printable form of the location: URI only, never the options."""

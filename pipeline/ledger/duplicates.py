@@ -53,7 +53,7 @@ def find_duplicate_ids(
 def _on_driver(storage: Storage, files: Sequence[str], chunked: bool) -> DuplicateReport:
     import pandas as pd
 
-    dataset = pads.dataset(list(files), filesystem=storage.fs, format="parquet")
+    dataset = pads.dataset(list(files), filesystem=storage.arrow_filesystem(), format="parquet")
     where = pads.field("chunk") == 0 if chunked else None
     # one file at a time, 8 bytes per id kept: memory grows by the hashes only (16 MB per 2M ids)
     scan = dict(columns=["id"], filter=where, batch_size=1 << 16, batch_readahead=0, fragment_readahead=1)

@@ -240,11 +240,10 @@ class OutputState:
     def scan(self) -> list[OutputFile]:
         """Every data and rejects file with its footer's coverage and counters (footers only, in parallel)."""
         listed = [(p, False) for p in self._files()] + [(p, True) for p in self._files(REJECTS_DIR)]
-        fs = self.storage.fs
 
         def read(item: tuple[str, bool]) -> OutputFile:
             path, is_rejects = item
-            with fs.open(path, "rb") as f:
+            with self.storage.open(path) as f:
                 meta = pq.read_schema(f).metadata or {}
             produced = json.loads(meta.get(schemas.METADATA_KEY) or b"{}")
             return OutputFile(
@@ -329,7 +328,7 @@ class OutputState:
     def _rewrite_without(self, f: "OutputFile", seen: coverage.Ranges, metadata: Mapping[str, Any]) -> "OutputFile":
         from pipeline.io.sink import file_stats, put_file
 
-        with self.storage.fs.open(f.path, "rb") as fh:
+        with self.storage.open(f.path) as fh:
             table = pq.read_table(fh)
         table = table.filter(coverage.mask_outside(table, seen)).replace_schema_metadata(None)
         table = table.take(coverage.first_of_each_row(table))

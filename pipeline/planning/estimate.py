@@ -71,22 +71,22 @@ class CorpusEstimate:
         return "\n".join(lines)
 
 
-class _CountingFS:
-    """An fsspec-like shim whose opened files count the bytes read from storage."""
+class _CountingStorage:
+    """A Storage whose opened files count the bytes read from it."""
 
-    def __init__(self, fs):
-        self.fs = fs
+    def __init__(self, storage: Storage):
+        self.storage = storage
         self.read_bytes = 0
 
     def open(self, path: str, mode: str = "rb"):
-        return _Counted(self.fs.open(path, mode), self)
+        return _Counted(self.storage.open(path, mode), self)
 
     def __getattr__(self, name: str):
-        return getattr(self.fs, name)
+        return getattr(self.storage, name)
 
 
 class _Counted(io.RawIOBase):
-    def __init__(self, f, owner: _CountingFS):
+    def __init__(self, f, owner: _CountingStorage):
         self.f, self.owner = f, owner
 
     def read(self, n: int = -1) -> bytes:
@@ -139,7 +139,7 @@ def estimate_corpus(
     rejected = 0
     read: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # class -> [records, bytes]
     for shard in picked:
-        counting = _CountingFS(Storage(shard.uri, storage_options).fs)
+        counting = _CountingStorage(Storage(shard.uri, storage_options))
         n, used, fetched = 0, shard.size, 0
         for record in ShardReader(counting, shard, fields):
             if n >= per_shard and counting.read_bytes != fetched:

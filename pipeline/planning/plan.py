@@ -19,7 +19,7 @@ from pipeline.planning.scheduler_config import SchedulerConfig
 from pipeline.stages.chunk_tokenize import ChunkTokenizeSettings, ChunkTokenizeStage
 from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.encode import EncodeSettings, EncodeStage
-from pipeline.stages.model import ModelInfo, ModelSource
+from pipeline.stages.model import KNOWN_SHAPES, ModelInfo, ModelSource
 from pipeline.stages.spec import Resources, StageSpec
 from pipeline.stages.tokenize import TokenizeSettings, TokenizeStage
 
@@ -34,15 +34,7 @@ SORT_WINDOW_BATCHES = 8
 SORT_WINDOW_MIN_ROWS = 2048
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # e5-base-v2: the reference for the profiles' token targets and token rates
-E5_BASE = ModelInfo(
-    name="intfloat/e5-base-v2",
-    hidden_size=768,
-    num_layers=12,
-    num_heads=12,
-    intermediate_size=3072,
-    vocab_size=30522,
-    max_positions=512,
-)
+E5_BASE = KNOWN_SHAPES["intfloat/e5-base-v2"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,15 +242,18 @@ def estimate_peak_gpu_memory_gb(
 
     Weights, plus one transformer layer's live activations (layers run one after another
     under inference_mode): hidden in/out, Q/K/V and attention output, the FFN intermediate
-    and its activation, attention scores (counted as if materialised, the worst case of
-    SDPA's kernels), the float32 copy made for pooling, and the int64 ids/mask.
+    and its activation. Attention scores are not materialised: with a padding mask SDPA runs
+    its memory-efficient kernel, which holds the mask (boolean, then additive in the compute
+    dtype, broadcast over heads) but no (heads x length x length) scores. Pooling works in
+    float32 on a copy of the last hidden state and a masked copy of that; ids and mask are int64.
+    ``jobs/gpu_memory_check.py`` compares this with ``torch.cuda.max_memory_reserved``.
     """
     b = DTYPE_BYTES[dtype]
-    h, f, heads = model.hidden_size, model.intermediate_size, model.num_heads
+    h, f = model.hidden_size, model.intermediate_size
     tokens = batch * length
     weights = model.parameters * b
-    layer = tokens * (6 * h + 2 * f) * b + batch * heads * length * length * b
-    pooling = tokens * h * 4 + tokens * 8 * 2
+    layer = tokens * (6 * h + 2 * f) * b + batch * length * length * (1 + b)
+    pooling = 2 * tokens * h * 4 + tokens * 8 * 2
     return (context_gb * GB + weights + layer + pooling) / GB
 
 

@@ -256,10 +256,6 @@ class EncodeStage:
             done.record()
         return _InFlight(host=host, done=done)
 
-    def _forward(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """One padded micro-batch to embeddings, synchronously."""
-        return self._launch(input_ids, mask).result()
-
 
 @dataclass
 class _InFlight:

@@ -21,7 +21,6 @@ from pipeline.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-TORCH_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 _FETCH_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model"]
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 _DIGEST_WHOLE_BELOW = 16 << 20  # files under this size are hashed whole; larger ones by head and tail
@@ -47,9 +46,9 @@ def fetch_folder(uri: str, storage_options: Mapping[str, Any]) -> str:
     from pipeline.io.storage import Storage, strip_uri_credentials
 
     storage = Storage(uri, storage_options)
-    fs, root = storage.fs, storage.root
+    root = storage.root
     try:
-        listed = {p: i for p, i in fs.find(root, detail=True).items() if i.get("type") == "file"}
+        listed = storage.walk_files()
     except Exception as e:
         raise UsageError(f"cannot list model folder {strip_uri_credentials(uri)}: {type(e).__name__}: {e}") from e
     files = sorted(
@@ -69,7 +68,7 @@ def fetch_folder(uri: str, storage_options: Mapping[str, Any]) -> str:
         for name, size, _ in files:
             local = os.path.join(tmp, name)
             os.makedirs(os.path.dirname(local), exist_ok=True)
-            fs.get_file(posixpath.join(root, name), local)
+            storage.download(posixpath.join(root, name), local)
             if os.path.getsize(local) != size:
                 raise UsageError(
                     f"model file {name} of {strip_uri_credentials(uri)} arrived with "
@@ -297,10 +296,12 @@ class ModelSource:
         import torch
         from transformers import AutoModel
 
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"compute dtype must be float32, float16 or bfloat16 (resolved), not {dtype!r}")
         quiet_transformers()
         model = AutoModel.from_pretrained(
             self.local_path(),
-            dtype=getattr(torch, TORCH_DTYPES[dtype]),
+            dtype=getattr(torch, dtype),
             attn_implementation="sdpa",
             add_pooling_layer=False,
         )

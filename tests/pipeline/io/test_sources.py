@@ -17,6 +17,7 @@ from pipeline.io.sources import (
     list_shards,
     read_shards,
 )
+from pipeline.io.storage import Storage
 
 
 def _read(folder, fields=None, skip=None, **kw):
@@ -110,9 +111,14 @@ def test_bad_records_are_rejected_with_reasons_not_raised(tmp_path):
     assert reasons[7] == "blank line"
 
 
+def _local(filesystem):
+    """A Storage over an injected (possibly flaky) local filesystem."""
+    return Storage("/", filesystem=filesystem)
+
+
 def _reader(folder, name, **kw):
     shard = next(s for s in list_shards([str(folder)], {}) if s.path.endswith(name))
-    return ShardReader(LocalFileSystem(), shard, FieldSpec(), **kw)
+    return ShardReader(_local(LocalFileSystem()), shard, FieldSpec(), **kw)
 
 
 @pytest.mark.parametrize("compress", ["gzip", "zstd"])
@@ -166,7 +172,7 @@ def test_transient_read_errors_reopen_and_continue_without_losing_or_repeating_r
     monkeypatch.setattr("pipeline.io.sources.READ_CHUNK", 64)
     (tmp_path / "s.jsonl").write_text("".join(json.dumps({"id": i, "text": f"text {i}"}) + "\n" for i in range(200)))
     shard = list_shards([str(tmp_path)], {})[0]
-    reader = ShardReader(_FlakyFS({5, 40, 41}), shard, FieldSpec(), backoff_s=0)
+    reader = ShardReader(_local(_FlakyFS({5, 40, 41})), shard, FieldSpec(), backoff_s=0)
     rows = [r["row"] for r in reader]
     assert rows == list(range(200)) and reader.rows == 200 and reader.remainder is None
 
@@ -174,7 +180,7 @@ def test_transient_read_errors_reopen_and_continue_without_losing_or_repeating_r
 def test_persistent_io_errors_fail_the_shard_by_name(tmp_path):
     (tmp_path / "s.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
     shard = list_shards([str(tmp_path)], {})[0]
-    reader = ShardReader(_FlakyFS(set(range(1, 100)), TimeoutError), shard, FieldSpec(), backoff_s=0)
+    reader = ShardReader(_local(_FlakyFS(set(range(1, 100)), TimeoutError)), shard, FieldSpec(), backoff_s=0)
     with pytest.raises(ShardReadError, match="s.jsonl.*after 4 attempt"):
         list(reader)
 
@@ -184,7 +190,7 @@ def test_a_shard_changed_since_listing_is_refused(tmp_path):
     shard = list_shards([str(tmp_path)], {})[0]
     (tmp_path / "s.jsonl").write_text(json.dumps({"text": "other and longer"}) + "\n")
     with pytest.raises(ShardReadError, match="changed after it was listed"):
-        list(ShardReader(LocalFileSystem(), shard, FieldSpec()))
+        list(ShardReader(_local(LocalFileSystem()), shard, FieldSpec()))
 
 
 def test_hostile_records_are_rejected_one_by_one(tmp_path):
@@ -271,4 +277,4 @@ def test_a_shard_replaced_between_a_transient_error_and_the_retry_is_refused(tmp
             return f
 
     with pytest.raises(ShardReadError, match="changed after it was listed"):
-        list(ShardReader(ReplacedOnError({4}), shard, FieldSpec(), backoff_s=0))
+        list(ShardReader(_local(ReplacedOnError({4})), shard, FieldSpec(), backoff_s=0))

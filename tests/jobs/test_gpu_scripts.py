@@ -1,0 +1,58 @@
+"""The GPU script set, rehearsed on CPU (tiny sizes): a GPU session must not be the first time it runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env():
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` is this venv's
+    return env
+
+
+def test_memory_check_rehearsal_runs_the_job_encode_path(tmp_path):
+    subprocess.run(
+        [sys.executable, "jobs/gpu_memory_check.py", "--rehearse", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=_env(),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    report = json.loads((tmp_path / "memory.json").read_text())
+    assert [(r["batch"], r["length"]) for r in report["rows"]] == [(2, 16), (4, 16), (2, 32), (4, 32)]
+    assert all(r["estimate_gb"] > 0 and r["oom_splits"] == 0 for r in report["rows"])
+    assert "| batch | length | reserved GB" in (tmp_path / "memory.md").read_text()
+
+
+def test_without_cuda_and_without_rehearse_it_measures_nothing_and_says_so(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "jobs/gpu_memory_check.py", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "no CUDA device" in done.stderr
+    assert not (tmp_path / "memory.json").exists()
+
+
+@pytest.mark.slow
+def test_gpu_check_script_rehearsed_on_cpu(tmp_path):
+    env = _env() | {"DEVICE": "cpu", "DOCS": "40", "SUSTAINED_DOCS": "80", "OUT": str(tmp_path)}
+    subprocess.run(["bash", "jobs/gpu_check.sh"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
+    assert "torch" in (tmp_path / "versions.txt").read_text()
+    assert (tmp_path / "memory" / "memory.json").exists()
+    bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert set(bench["rows"]) == {"reference", "st_encode", "encode", "encode_compiled", "pipeline"}
+    assert all(r["docs"] == 40 and r["tokens"] > 0 for r in bench["rows"].values())
+    sustained = json.loads((tmp_path / "sustained" / "bench.json").read_text())
+    assert sustained["rows"]["pipeline"]["docs"] == 80
