@@ -132,3 +132,17 @@ def passages(limit: int) -> list[tuple[str, str]]:
             seen.add(text)
             unique.append((title, text))
     return unique[:limit]
+
+
+# One sentence per script (several without spaces: Chinese, Japanese, Thai), for the multilingual tests.
+MULTILINGUAL_SENTENCES = [
+    "The quick brown fox jumps over the lazy dog, and then it naps in the afternoon sun.",
+    "Der schnelle braune Fuchs springt über den faulen Hund; später schläft er im Garten.",
+    "Быстрая коричневая лиса прыгает через ленивую собаку и убегает в лес.",
+    "敏捷的棕色狐狸跳过了懒狗。我们今天去公园散步吧，天气很好。",  # no spaces
+    "素早い茶色の狐がのろまな犬を飛び越える。今日はとても良い天気です。",  # no spaces
+    "สุนัขจิ้งจอกสีน้ำตาลกระโดดข้ามสุนัขขี้เกียจแล้ววิ่งหนีไป",  # Thai: no spaces
+    "الثعلب البني السريع يقفز فوق الكلب الكسول ثم يركض بعيدا",
+    "तेज़ भूरी लोमड़ी आलसी कुत्ते के ऊपर कूदती है और भाग जाती है",
+    "Ο γρήγορος καφέ αλεπού πηδά πάνω από τον τεμπέλη σκύλο.",
+]

@@ -11,7 +11,8 @@ import pytest
 
 from e5tools.demo import offline_model_path, patched_env
 from e5tools.local_s3 import LocalS3Server
-from e5tools.random_model import write_random_bert
+from e5tools.random_model import write_random_bert, write_random_xlmr
+from e5tools.sample_text import MULTILINGUAL_SENTENCES
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +69,14 @@ def tiny_e5_path(tmp_path_factory) -> str:
         positions=512,
         seed=1,
     )
+
+
+@pytest.fixture(scope="session")
+def xlmr_path(tmp_path_factory) -> str:
+    """Multilingual E5's architecture (XLM-R, random weights) with a Unigram/Metaspace tokenizer
+    trained here on text in nine scripts."""
+    texts = ["passage: ", "query: "] + MULTILINGUAL_SENTENCES * 20
+    return write_random_xlmr(str(tmp_path_factory.mktemp("xlmr")), texts, vocab_size=600)
 
 
 @pytest.fixture

@@ -278,6 +278,11 @@ def _max_fitting_batch(model: ModelInfo, length: int, dtype: str, budget_gb: flo
 
 
 def make_plan(cluster: ClusterSpec, model: ModelInfo, request: PlanRequest, scheduler: SchedulerConfig) -> ResourcePlan:
+    if request.max_length > model.max_tokens:
+        raise UsageError(
+            f"--max-length {request.max_length} is more than {model.name} takes ({model.max_tokens} tokens, "
+            f"its position table)"
+        )
     if cluster.gpus > 0 and request.device != "cpu":
         return _gpu_plan(cluster, model, request, scheduler)
     if request.device == "cuda":

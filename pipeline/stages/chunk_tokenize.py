@@ -19,7 +19,7 @@ import pyarrow as pa
 from pipeline.io import schemas
 from pipeline.stages.chunking import MIN_TEXT_TOKENS, ChunkSettings, windows
 from pipeline.stages.model import ModelSource
-from pipeline.stages.tokenize import CHARS_PER_TOKEN_CUTOFF, _cut_at_whitespace, limit_threads
+from pipeline.stages.tokenize import CHARS_PER_TOKEN_CUTOFF, _cut_at_whitespace, cut_characters, limit_threads
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class ChunkTokenizeStage:
         backend.no_truncation()
         self._backend = backend
         self._chunk = chunk
-        self._prefix_ids = np.asarray(backend.encode(prefix, add_special_tokens=False).ids, dtype=np.int32)
+        self._prefix_ids = np.asarray(_prefix_ids(backend, prefix), dtype=np.int32)
         self._head, self._tail = _special_tokens(backend)
         # the fixed part of every window: special tokens and the prefix
         self._fixed = len(self._head) + len(self._tail) + len(self._prefix_ids)
@@ -53,6 +53,7 @@ class ChunkTokenizeStage:
         # a record longer than this many characters is cut at whitespace before tokenizing:
         # bounded memory for megabyte records, whose windows past max_chunks are dropped anyway
         self._cutoff = chunk.max_chunks * chunk.tokens * CHARS_PER_TOKEN_CUTOFF
+        self._cut_chars = cut_characters(backend)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -61,7 +62,7 @@ class ChunkTokenizeStage:
         texts = batch["text"].to_pylist()
         titles = batch["title"].to_pylist() if "title" in batch.column_names else [None] * n
         built = _Builder(n, self._tail.tolist())
-        cut = [_cut_at_whitespace(texts[i], self._cutoff) for i in good]
+        cut = [_cut_at_whitespace(texts[i], self._cutoff, self._cut_chars) for i in good]
         encodings = self._backend.encode_batch(cut, add_special_tokens=False) if good else []
         title_ids = self._titles([titles[i] for i in good])
         fixed_head = self._head.tolist() + self._prefix_ids.tolist()
@@ -102,6 +103,13 @@ class ChunkTokenizeStage:
             ):
                 out[i] = e.ids
         return out
+
+
+def _prefix_ids(backend, prefix: str) -> list[int]:
+    """The prefix's tokens as they are when text follows it: without its trailing space. For a
+    Metaspace tokenizer (XLM-R) ``passage: `` alone ends in a ``▁`` token of its own, while before a
+    word that space is the ``▁`` the word's first token starts with (and the text's encoding has it)."""
+    return backend.encode(prefix.rstrip(), add_special_tokens=False).ids if prefix.strip() else []
 
 
 def _special_tokens(backend) -> tuple[np.ndarray, np.ndarray]:

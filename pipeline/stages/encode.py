@@ -93,6 +93,8 @@ class EncodeStage:
                 torch.cuda.set_per_process_memory_fraction(memory_fraction)  # several actors share the GPU
         self.model = model.load_model(dtype=self.dtype, device=self.device)
         self.dim = int(self.model.config.hidden_size)
+        # padding positions hold the model's pad id (1 for XLM-R, whose position ids skip it)
+        self.pad_id = int(getattr(self.model.config, "pad_token_id", None) or 0)
         # torch.compile with dynamic shapes: one compilation serves every (rows, width); it costs a
         # warm-up per actor (12-30 s for MiniLM on 2 CPU cores) and is opt-in (docs/benchmarks.md).
         self.forward = torch.compile(self.model, dynamic=True) if compile_model else self.model
@@ -187,7 +189,7 @@ class EncodeStage:
     def _pad(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         longest = max(len(s) for s in seqs)
         width = -(-longest // self.pad_multiple) * self.pad_multiple
-        input_ids = np.zeros((len(seqs), width), dtype=np.int64)
+        input_ids = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(seqs), width), dtype=np.int64)
         for i, s in enumerate(seqs):
             input_ids[i, : len(s)] = s

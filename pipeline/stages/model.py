@@ -112,6 +112,12 @@ class ModelInfo:
     intermediate_size: int
     vocab_size: int
     max_positions: int
+    position_offset: int = 0  # RoBERTa/XLM-R number positions after the padding id: 514 positions, 512 tokens
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest input (special tokens included) the position table allows."""
+        return self.max_positions - self.position_offset
 
     @property
     def parameters(self) -> int:
@@ -131,6 +137,9 @@ class ModelInfo:
             intermediate_size=int(get("intermediate_size")),
             vocab_size=int(get("vocab_size")),
             max_positions=int(get("max_position_embeddings")),
+            position_offset=int(get("pad_token_id") or 0) + 1
+            if get("model_type") in ("roberta", "xlm-roberta", "camembert")
+            else 0,
         )
 
 
@@ -143,6 +152,7 @@ def _shape(name: str, layers: int, hidden: int, heads: int, ffn: int, vocab: int
         intermediate_size=ffn,
         vocab_size=vocab,
         max_positions=positions,
+        position_offset=2 if positions == 514 else 0,  # the XLM-R models: padding id 1
     )
 
 

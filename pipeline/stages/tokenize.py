@@ -48,6 +48,7 @@ class TokenizeStage:
         self._prefix = prefix
         self._max_length = max_length
         self._cutoff = max_length * CHARS_PER_TOKEN_CUTOFF
+        self._cut_chars = cut_characters(backend)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ok = pc.is_null(batch["reject_reason"]).to_numpy(zero_copy_only=False)
@@ -79,7 +80,7 @@ class TokenizeStage:
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
         """Token ids (special tokens included, truncated) and whether each was truncated."""
         prefixed = [self._prefix + t for t in texts]
-        cut = [_cut_at_whitespace(t, self._cutoff) for t in prefixed]
+        cut = [_cut_at_whitespace(t, self._cutoff, self._cut_chars) for t in prefixed]
         encodings = self._backend.encode_batch(cut)
         ids = [e.ids for e in encodings]
         truncated = [bool(e.overflowing) for e in encodings]
@@ -91,17 +92,37 @@ class TokenizeStage:
         return ids, truncated
 
 
-def _cut_at_whitespace(text: str, limit: int) -> str:
-    """The text up to the last whitespace before ``limit`` chars, or the text unchanged.
+def cut_characters(backend) -> str:
+    """Where a long text may be cut before tokenizing without changing the tokens before the cut.
 
-    BERT's pre-tokenizer splits at whitespace and its normalizer is per character,
-    so the tokens before the cut are the full text's tokens; when the cut text
-    alone overflows max_length, its truncated ids equal the full text's.
+    BERT-style pre-tokenizers split at every whitespace character; a Metaspace one (XLM-R, the
+    multilingual E5 models) splits only at spaces (a tab or newline is part of a word), so only
+    spaces. Any other pre-tokenizer: nowhere ("" disables the cut; the text is tokenized whole).
     """
-    if len(text) <= limit:
+    import json
+
+    spec = json.loads(backend.to_str()).get("pre_tokenizer") or {}
+    kinds = {p.get("type") for p in spec.get("pretokenizers", [spec])}
+    if kinds & {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}:
+        return " \n"
+    if "Metaspace" in kinds and all(p.get("split", True) for p in spec.get("pretokenizers", [spec])):
+        return " "
+    logger.info("tokenizer pre-tokenizer %s: long texts are tokenized whole (no cut before tokenizing)", kinds)
+    return ""
+
+
+def _cut_at_whitespace(text: str, limit: int, chars: str = " \n") -> str:
+    """The text up to the last of ``chars`` before ``limit`` chars (and before any whitespace run
+    that ends there), or the text unchanged.
+
+    The pre-tokenizer splits at those characters and the normalizer is per character, so the
+    tokens before the cut are the full text's tokens; when the cut text alone overflows
+    max_length, its truncated ids equal the full text's.
+    """
+    if len(text) <= limit or not chars:
         return text
-    space = max(text.rfind(" ", 0, limit), text.rfind("\n", 0, limit))
-    return text[:space] if space > 0 else text
+    space = max(text.rfind(c, 0, limit) for c in chars)
+    return text[:space].rstrip() if space > 0 else text
 
 
 def limit_threads(threads: int | None) -> None:

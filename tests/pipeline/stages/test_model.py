@@ -84,3 +84,63 @@ def test_a_model_folder_in_object_storage_is_copied_once_per_node_and_embeds(
     assert summary.status == "complete" and summary.rows_embedded == 1
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["metadata"]["model_sha"] == "sha256:" + folder_digest(minilm_path)
+
+
+@pytest.mark.slow
+def test_a_pinned_hub_model_runs_with_the_hub_unreachable_and_no_actor_calls_it(tmp_path, minilm_path):
+    """The whole job (own local Ray, tokenizer and encode actors) against a 'Hub' that counts and fails
+    every request (HF_ENDPOINT on loopback, offline mode off): a model pinned to a commit in the node's
+    cache is loaded by every process with zero Hub requests."""
+    import http.server
+    import os
+    import subprocess
+    import threading
+
+    from e5tools.bench import job_argv
+
+    seen: list[str] = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def _fail(self):
+            seen.append(f"{self.command} {self.path}")
+            self.send_response(503)
+            self.end_headers()
+
+        do_GET = do_HEAD = do_POST = _fail
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        sha = "c" * 40
+        repo = tmp_path / "hub" / "models--acme--e5-test"
+        shutil.copytree(minilm_path, repo / "snapshots" / sha)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(sha)
+        (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": f"doc {i} words"}) + "\n" for i in range(40)))
+        env = {
+            **os.environ,
+            "RAY_ADDRESS": "",
+            "HF_HUB_OFFLINE": "0",
+            "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+            "HF_HUB_CACHE": str(tmp_path / "hub"),
+            "HF_HUB_ETAG_TIMEOUT": "2",
+            "HF_HUB_DOWNLOAD_TIMEOUT": "2",
+        }
+        argv = job_argv(tmp_path / "in.jsonl", tmp_path / "out", "acme/e5-test", "--revision", sha)
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
+        assert (
+            manifest["complete"]
+            and manifest["rows_written"] == 40
+            and manifest["metadata"]["model_sha"] == f"git:{sha}"
+        )
+        assert seen == []  # not one request to the Hub, from the driver or any actor
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
