@@ -34,7 +34,7 @@ from e5tools.sample_text import passages
 from pipeline.stages.model import ModelInfo
 
 logger = logging.getLogger(__name__)
-ROWS = ("reference", "st_encode", "encode", "encode_compiled", "pipeline")
+ROWS = ("reference", "st_encode", "encode", "encode_compiled", "encode_packed", "pipeline")
 DEFAULT_ROWS = ("reference", "st_encode", "encode", "pipeline")
 
 
@@ -193,6 +193,7 @@ def run_encode_stage(
     max_length: int,
     window: int,
     compile_model: bool = False,
+    attention: str = "padded",
 ):
     from pipeline.stages.embedder import Embedder, embeddings_array
 
@@ -204,6 +205,7 @@ def run_encode_stage(
         dtype=dtype,
         device=device,
         compile_model=compile_model,
+        attention=attention,
     )
     n = len(texts)
     t0 = time.perf_counter()
@@ -220,7 +222,10 @@ def run_encode_stage(
             part = tokens.slice(start, window)
             out = enc(part)
             embeddings.append(embeddings_array(out))  # numpy view of the Arrow buffer: no Python lists in the timing
-            padded += _padded_tokens(part["n_tokens"].to_numpy(), batch_size, enc.pad_multiple)
+            n_tokens = part["n_tokens"].to_numpy()
+            padded += (
+                int(n_tokens.sum()) if attention == "packed" else _padded_tokens(n_tokens, batch_size, enc.pad_multiple)
+            )
         if device == "cuda":
             import torch
 
@@ -429,6 +434,7 @@ def run_benchmark(
     rows: tuple[str, ...] = DEFAULT_ROWS,
     memory_check: bool = False,
     longdoc: bool = False,
+    cpu_side: tuple[int, int] | None = None,
     out_dir: str = "bench-results",
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -497,6 +503,21 @@ def run_benchmark(
             f"{dtype}, torch.compile(dynamic=True); compiling took {warm_s:.1f}s (not in seconds)",
         )
         embeddings["encode_compiled"] = emb
+    if "encode_packed" in rows:
+        s, _, _, emb, padded, tokens_total, gpu = run_encode_stage(
+            model, texts, batch, device, dtype, max_length, _sort_window(batch), attention="packed"
+        )
+        results["encode_packed"] = Row(
+            "encode_packed",
+            s,
+            docs,
+            tokens_total,
+            padded,
+            _host_peak_mb(),
+            gpu,
+            f"{dtype}, --attention packed (rows end to end; varlen attention on CUDA, per-row SDPA on CPU)",
+        )
+        embeddings["encode_packed"] = emb
     if "reference" in rows:
         s, emb, padded, gpu = run_reference(model, texts, batch, device, max_length)
         results["reference"] = Row(
@@ -556,6 +577,11 @@ def run_benchmark(
             }
 
     tokenize_rates = run_tokenize_rates(model, texts, max_length)
+    cpu_side_report: dict[str, Any] = {}
+    if cpu_side:
+        from e5tools.cpu_account import cpu_side_curve
+
+        cpu_side_report = cpu_side_curve(workdir, cpu_side)
     retrieval: dict[str, Any] = {}
     if longdoc:
         retrieval = _longdoc(model, weights, max_length)
@@ -563,7 +589,7 @@ def run_benchmark(
     mean_len = (tokens_total or 1) / docs
     fpt = flops_per_token(info, mean_len)
     parity = {}
-    for name in ("encode", "encode_compiled"):
+    for name in ("encode", "encode_compiled", "encode_packed"):
         if name in embeddings and "reference" in embeddings:
             a, b = embeddings[name], embeddings["reference"]
             parity[f"{name}_vs_reference_min_cosine"] = float(((a * b).sum(1)).min())
@@ -591,6 +617,7 @@ def run_benchmark(
         "steady_state": steady_state,
         "longdoc": retrieval,
         "tokenize": tokenize_rates,
+        "cpu_side": cpu_side_report,
     }
     speed = {k: v["tokens_per_s"] for k, v in report["rows"].items()}
     report["ratios"] = {
@@ -599,6 +626,7 @@ def run_benchmark(
             ("encode", "reference"),
             ("encode", "st_encode"),
             ("encode_compiled", "encode"),
+            ("encode_packed", "encode"),
             ("pipeline", "st_encode"),
             ("pipeline", "reference"),
         )
@@ -672,6 +700,10 @@ def markdown(report: dict[str, Any]) -> str:
             + ", ".join(f"{k} = {v}x" for k, v in t["ratios"].items())
             + f" ({t['how']})"
         )
+    if report.get("cpu_side"):
+        from e5tools.cpu_account import markdown as cpu_side_markdown
+
+        lines += ["", cpu_side_markdown(report["cpu_side"])]
     if report.get("longdoc", {}).get("results"):
         from e5tools.longdoc import markdown as longdoc_markdown
 

@@ -14,7 +14,8 @@ its result to ``DIR/scale.json`` as it finishes:
   and the time to load and save it;
 - ``duplicates``: the duplicate-id check on the largest output, driver path and Ray path;
 - ``listing``: listing ``--s3-objects`` objects on a moto S3 server;
-- ``cpu_side``: the job's tokens/s against the raw Rust tokenizer on the same texts and cores.
+- ``cpu_side``: the job's CPU side (tokenizer actors, read/write workers) per CPU second against the raw
+  Rust tokenizer on the same records (``e5tools.cpu_account``).
 """
 
 from __future__ import annotations
@@ -100,21 +101,6 @@ def run_job(corpus: Path, out: Path, model: str, rows_per_file: int, *extra: str
         "manifest_bytes": manifest_path.stat().st_size,
         "manifest_runs": len(manifest["runs"]),
     }
-
-
-def raw_tokenizer_rate(model: str, texts: list[str]) -> float:
-    import copy
-
-    from pipeline.stages.model import ModelSource
-
-    backend = copy.deepcopy(ModelSource(name_or_path=model).load_tokenizer())
-    backend.no_padding()
-    backend.enable_truncation(512)
-    prefixed = ["passage: " + t for t in texts]
-    backend.encode_batch(prefixed[:1000])
-    t0 = time.perf_counter()
-    tokens = sum(len(e.ids) for e in backend.encode_batch(prefixed))
-    return tokens / (time.perf_counter() - t0)
 
 
 def manifest_cost(output: Path, runs: int) -> dict[str, Any]:
@@ -240,12 +226,10 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("listing"):
         li = report["listing"]
         lines.append(f"- listing {li['objects']:,} objects on moto's S3 server: {li['list_s']} s")
-    if report.get("cpu_side"):
-        c = report["cpu_side"]
-        lines.append(
-            f"- CPU side: the job {c['job_embed_phase_tokens_per_s']:,.0f} tokens/s against the raw tokenizer "
-            f"{c['raw_encode_batch_tokens_per_s']:,.0f} tokens/s = {c['ratio']}x ({c['how']})"
-        )
+    if report.get("cpu_side", {}).get("runs"):
+        from e5tools.cpu_account import markdown as cpu_markdown
+
+        lines += ["", cpu_markdown(report["cpu_side"])]
     return "\n".join(lines) + "\n"
 
 
@@ -261,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--s3-objects", type=int, default=20_000)
     parser.add_argument("--steps", default="records,files,resume,manifest,duplicates,listing,cpu_side")
+    parser.add_argument("--cpu-side-records", default="100000,400000", help="the CPU-side step's two sizes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -323,17 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     if "listing" in steps:
         report["listing"] = listing_cost(args.s3_objects)
         save()
-    if "cpu_side" in steps and report.get("records"):
-        last = report["records"][-1]
-        texts = [f"{pool[i % len(pool)]} {i}" for i in range(200_000)]
-        raw = raw_tokenizer_rate(model, texts)
-        report["cpu_side"] = {
-            "raw_encode_batch_tokens_per_s": round(raw, 1),
-            "job_embed_phase_tokens_per_s": last["embed_tokens_per_s"],
-            "ratio": round(last["embed_tokens_per_s"] / raw, 3),
-            "how": "job: tokens / the run's embed phase (read, tokenize, encode, write) at the largest record "
-            "count; raw: encode_batch over 200k of the same texts, same cores, all tokenizer threads",
-        }
+    if "cpu_side" in steps:
+        from e5tools.cpu_account import cpu_side_curve
+
+        report["cpu_side"] = cpu_side_curve(work, tuple(int(x) for x in args.cpu_side_records.split(",")))
         save()
     (work / "scale.md").write_text(markdown(report))
     logger.info("wrote %s and scale.md", report_path)

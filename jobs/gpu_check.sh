@@ -24,5 +24,5 @@ else
   python jobs/gpu_memory_check.py --rehearse --out "$out/memory"
 fi
 python -m pipeline bench --device "$device" --docs "${DOCS:-20000}" \
-  --rows reference,st_encode,encode,encode_compiled,pipeline --out "$out/bench"
+  --rows reference,st_encode,encode,encode_compiled,encode_packed,pipeline --out "$out/bench"
 python -m pipeline bench --device "$device" --docs "${SUSTAINED_DOCS:-200000}" --rows pipeline --out "$out/sustained"

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-length", type=int, default=512)
     bench.add_argument(
         "--rows",
-        help="comma-separated rows: reference, st_encode, encode, encode_compiled, pipeline "
+        help="comma-separated rows: reference, st_encode, encode, encode_compiled, encode_packed, pipeline "
         "(default: all but encode_compiled)",
     )
     bench.add_argument("--memory-check", action="store_true", help="also run the pipeline on 4x the corpus")
@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--longdoc",
         action="store_true",
         help="also the long-document retrieval check: recall of truncation vs --chunk-tokens windows (real weights)",
+    )
+    bench.add_argument(
+        "--cpu-side",
+        metavar="SMALL,LARGE",
+        help="also the CPU side: the job at two record counts (e.g. 50000,200000) with a near-free encoder, "
+        "CPU seconds by role, marginal tokens per CPU-s against the raw tokenizer",
     )
     bench.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     _common(bench)
@@ -245,6 +251,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(f"--rows: unknown {', '.join(unknown)}; valid: {', '.join(ROWS)}")
     if args.docs < 1:
         raise UsageError("--docs must be >= 1")
+    cpu_side = None
+    if args.cpu_side:
+        try:
+            small, large = (int(x) for x in args.cpu_side.split(","))
+        except ValueError as e:
+            raise UsageError(f"--cpu-side: two record counts, SMALL,LARGE (got {args.cpu_side!r})") from e
+        if not 0 < small < large:
+            raise UsageError(f"--cpu-side: need 0 < SMALL < LARGE (got {small},{large})")
+        cpu_side = (small, large)
     report = run_benchmark(
         docs=args.docs,
         device=args.device,
@@ -254,6 +269,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows=rows,
         memory_check=args.memory_check,
         longdoc=args.longdoc,
+        cpu_side=cpu_side,
         out_dir=args.out,
     )
     sys.stdout.write(markdown(report))

@@ -38,6 +38,7 @@ class JobConfig:
     output_dtype: str = "float32"
     device: str = "auto"
     compile: bool = False
+    attention: str = "padded"  # padded or packed encoder micro-batches
     input_format: str = "auto"
     text_field: str = "text"
     id_field: str = "id"

@@ -18,6 +18,7 @@ from pipeline.errors import UsageError
 PREFIXES = {"passage": "passage: ", "query": "query: ", "none": ""}
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 OUTPUT_DTYPES = ("float32", "float16")
+ATTENTION_MODES = ("padded", "packed")
 INPUT_FORMATS = ("auto", "text", "jsonl", "parquet")
 DEVICES = ("auto", "cuda", "cpu")
 DEFAULT_MODEL = "intfloat/e5-base-v2"
@@ -189,6 +190,14 @@ FLAGS: tuple[Flag, ...] = (
         type=None,
         default=False,
         check=boolean,
+    ),
+    Flag(
+        "attention",
+        "encoder micro-batches: padded (SDPA over a padding mask) or packed (rows end to end, variable-length "
+        "attention on CUDA; same embeddings, a GPU fast-path candidate: measure with `e5-embed bench`)",
+        default="padded",
+        choices=ATTENTION_MODES,
+        check=one_of(ATTENTION_MODES),
     ),
     Flag(
         "input-format",

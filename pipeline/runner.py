@@ -298,6 +298,7 @@ def _embed(
         output_dtype=config.output_dtype,
         rows_per_block=config.rows_per_block,
         compile_model=config.compile,
+        attention=config.attention,
         device=config.device,
         chunk=chunk,
     )

@@ -37,6 +37,7 @@ RUN_FLAGS: dict[str, bool] = {
     "--output-dtype": True,
     "--device": True,
     "--compile": False,
+    "--attention": True,
     "--input-format": True,
     "--text-field": True,
     "--id-field": True,

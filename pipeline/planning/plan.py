@@ -165,6 +165,7 @@ class ResourcePlan:
         output_dtype: str,
         rows_per_block: int,
         compile_model: bool,
+        attention: str = "padded",
         device: str = "auto",
         chunk: ChunkSettings | None = None,
     ) -> tuple[StageSpec, StageSpec]:
@@ -204,6 +205,7 @@ class ResourcePlan:
                 expect_gpu=self.device == "cuda",
                 memory_fraction=round(1.0 / self.actors_per_gpu, 4) if self.actors_per_gpu > 1 else None,
                 compile_model=compile_model,
+                attention=attention,
             ),
             resources=Resources(
                 num_cpus=self.encode_num_cpus,

@@ -59,6 +59,7 @@ class Embedder:
         device: str = "cpu",
         output_dtype: str = "float32",
         compile_model: bool = False,
+        attention: str = "padded",
     ):
         if prefix not in PREFIXES:
             raise ValueError(f"prefix must be one of {', '.join(PREFIXES)}; got {prefix!r}")
@@ -73,6 +74,7 @@ class Embedder:
             device=device,
             output_dtype=output_dtype,
             compile_model=compile_model,
+            attention=attention,
         )
 
     @property

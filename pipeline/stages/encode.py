@@ -18,8 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.flags import ATTENTION_MODES
 from pipeline.io import schemas
 from pipeline.stages.model import ModelSource, resolve_device, resolve_dtype
+from pipeline.stages.packed import PackedEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class EncodeSettings:
     expect_gpu: bool = False  # the plan gave this actor a GPU
     compile_model: bool = False  # torch.compile the encoder
     memory_fraction: float | None = None  # share of the GPU this actor may use (several actors per GPU)
+    attention: str = "padded"  # padded micro-batches (SDPA) or packed rows (varlen attention)
 
 
 class EncodeStage:
@@ -66,6 +69,7 @@ class EncodeStage:
         expect_gpu: bool = False,
         compile_model: bool = False,
         memory_fraction: float | None = None,
+        attention: str = "padded",
     ):
         import torch
 
@@ -98,6 +102,9 @@ class EncodeStage:
         # torch.compile with dynamic shapes: one compilation serves every (rows, width); it costs a
         # warm-up per actor (12-30 s for MiniLM on 2 CPU cores) and is opt-in (docs/benchmarks.md).
         self.forward = torch.compile(self.model, dynamic=True) if compile_model else self.model
+        if attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, not {attention!r}")
+        self.packed = PackedEncoder(self.model) if attention == "packed" else None
         self.batch_size = batch_size
         self.output_dtype = output_dtype
         self.pad_multiple = pad_multiple if pad_multiple is not None else (8 if self.device == "cuda" else 1)
@@ -175,16 +182,38 @@ class EncodeStage:
         order = np.argsort(-lengths, kind="stable")
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         in_flight: tuple[np.ndarray, _InFlight] | None = None
-        for start in range(0, len(rows), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            input_ids, mask = self._pad([values[offsets[r] : offsets[r + 1]] for r in rows[chunk]])
-            launched = self._launch_splitting(input_ids, mask)
+        for chunk in self._micro_batches(lengths, order):
+            seqs = [values[offsets[r] : offsets[r + 1]] for r in rows[chunk]]
+            if self.packed is not None:
+                launched = self._launch_packed_splitting(
+                    np.concatenate(seqs).astype(np.int64, copy=False), lengths[chunk].astype(np.int64)
+                )
+            else:
+                launched = self._launch_splitting(*self._pad(seqs))
             if in_flight is not None:
                 out[in_flight[0]] = in_flight[1].result()
             in_flight = (chunk, launched)
         if in_flight is not None:
             out[in_flight[0]] = in_flight[1].result()
         return out
+
+    def _micro_batches(self, lengths: np.ndarray, order: np.ndarray):
+        """Row indices per micro-batch, longest rows first. Padded: ``batch_size`` rows each. Packed: as
+        many rows as fit ``batch_size`` x the longest row's tokens (the padded batch's token slots)."""
+        if self.packed is None:
+            for start in range(0, len(order), self.batch_size):
+                yield order[start : start + self.batch_size]
+            return
+        if not len(order):
+            return
+        budget = self.batch_size * int(lengths[order[0]])
+        start, used = 0, 0
+        for i, r in enumerate(order):
+            if i > start and used + lengths[r] > budget:
+                yield order[start:i]
+                start, used = i, 0
+            used += int(lengths[r])
+        yield order[start:]
 
     def _pad(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         longest = max(len(s) for s in seqs)
@@ -204,38 +233,68 @@ class EncodeStage:
         return isinstance(e, RuntimeError) and any(m in text for m in ALLOC_FAILURES)
 
     def _launch_splitting(self, input_ids: np.ndarray, mask: np.ndarray) -> _InFlight:
-        """Queue a micro-batch; on a device out-of-memory, split it in halves and run those now.
+        """Queue a padded micro-batch (``_with_oom_split``)."""
+        return self._with_oom_split(self._launch, (input_ids, mask), _split_padded)
+
+    def _launch_packed_splitting(self, ids: np.ndarray, lengths: np.ndarray) -> _InFlight:
+        """Queue a packed micro-batch (``_with_oom_split``)."""
+        return self._with_oom_split(self._launch_packed, (ids, lengths), _split_packed)
+
+    def _with_oom_split(self, launch, batch: tuple[np.ndarray, np.ndarray], split) -> _InFlight:
+        """``launch(*batch)``; on a device out-of-memory, split the batch's rows in halves and run those now.
 
         The retry happens after the ``except`` block is left, so the failed forward's tensors
         (held by the traceback) are freed first; the actor's micro-batch is lowered for the rest
         of its life, so later batches do not fail the same way again.
         """
         torch = self._torch
+        rows, tokens = len(batch[1]), int(np.asarray(batch[1]).sum()) if batch[1].ndim == 1 else batch[1].size
         try:
-            return self._launch(input_ids, mask)
+            return launch(*batch)
         except Exception as e:
-            if not self._is_out_of_memory(e) or len(input_ids) == 1:
+            if not self._is_out_of_memory(e) or rows == 1:
                 raise
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         # out of the handler: the exception and its frames are gone
         self.oom_splits += 1
         if self.device == "cuda":
             torch.cuda.empty_cache()
-        half = len(input_ids) // 2
+        half = rows // 2
         if half < self.batch_size:
             logger.warning(
-                "out of memory on a batch of %d x %d tokens (%s); micro-batch lowered from %d to %d rows for "
-                "this actor",
-                len(input_ids),
-                input_ids.shape[1],
+                "out of memory on a batch of %d rows (%d token slots) (%s); micro-batch lowered from %d to %d "
+                "rows for this actor",
+                rows,
+                tokens,
                 reason,
                 self.batch_size,
                 half,
             )
             self.batch_size = half
-        first = self._launch_splitting(input_ids[:half], mask[:half]).result()
-        second = self._launch_splitting(input_ids[half:], mask[half:]).result()
-        return _InFlight(host=np.concatenate([first, second]))
+        first, second = split(batch, half)
+        done = [self._with_oom_split(launch, part, split).result() for part in (first, second)]
+        return _InFlight(host=np.concatenate(done))
+
+    def _launch_packed(self, ids: np.ndarray, lengths: np.ndarray) -> _InFlight:
+        """Queue a packed micro-batch (rows laid end to end, no padding) through ``PackedEncoder``."""
+        torch = self._torch
+        ids_t, lengths_t = torch.from_numpy(ids), torch.from_numpy(lengths)
+        with torch.inference_mode():
+            if self.device == "cuda":
+                ids_t = ids_t.pin_memory().to(self.device, non_blocking=True)
+                lengths_t = lengths_t.pin_memory().to(self.device, non_blocking=True)
+            return self._to_host(self.packed(ids_t, lengths_t))
+
+    def _to_host(self, pooled) -> _InFlight:
+        """The pooled embeddings to host memory: at once on CPU; on CUDA a queued copy to pinned memory."""
+        torch = self._torch
+        if self.device != "cuda":
+            return _InFlight(host=pooled.numpy())
+        host = torch.empty(pooled.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(pooled, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return _InFlight(host=host, done=done)
 
     def _launch(self, input_ids: np.ndarray, mask: np.ndarray) -> _InFlight:
         """Queue forward, pooling and the copy back to host; on CUDA this returns before they finish."""
@@ -249,14 +308,18 @@ class EncodeStage:
                 ids_t = ids_t.pin_memory().to(self.device, non_blocking=True)
                 mask_t = mask_t.pin_memory().to(self.device, non_blocking=True)
             hidden = self.forward(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
-            pooled = l2_normalize(average_pool(hidden.float(), mask_t))
-            if self.device != "cuda":
-                return _InFlight(host=pooled.numpy())
-            host = torch.empty(pooled.shape, dtype=torch.float32, pin_memory=True)
-            host.copy_(pooled, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
-        return _InFlight(host=host, done=done)
+            return self._to_host(l2_normalize(average_pool(hidden.float(), mask_t)))
+
+
+def _split_padded(batch, half: int):
+    input_ids, mask = batch
+    return (input_ids[:half], mask[:half]), (input_ids[half:], mask[half:])
+
+
+def _split_packed(batch, half: int):
+    ids, lengths = batch
+    cut = int(lengths[:half].sum())
+    return (ids[:cut], lengths[:half]), (ids[cut:], lengths[half:])
 
 
 @dataclass

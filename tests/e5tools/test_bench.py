@@ -27,6 +27,17 @@ def test_unknown_row_is_a_usage_error():
     assert result.returncode == 2 and "unknown warp" in result.stderr
 
 
+@pytest.mark.parametrize("value", ["200000", "200000,50000", "a,b"])
+def test_a_bad_cpu_side_size_pair_is_a_usage_error(value):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "bench", "--cpu-side", value],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "--cpu-side" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_every_row_and_memory_check_are_well_formed(tmp_path):
     report = run_benchmark(docs=24, device="cpu", rows=ROWS, memory_check=True, out_dir=str(tmp_path))
@@ -39,11 +50,14 @@ def test_every_row_and_memory_check_are_well_formed(tmp_path):
     assert report["parity"]["encode_vs_reference_min_cosine"] >= 0.99999
     assert report["parity"]["encode_compiled_vs_reference_min_cosine"] >= 0.9999
     assert "compiling took" in report["rows"]["encode_compiled"]["notes"]
+    assert report["parity"]["encode_packed_vs_reference_min_cosine"] >= 0.9999
+    assert report["rows"]["encode_packed"]["padding_overhead"] == 0  # no padding at all
     assert report["memory_check"]["docs_4x"] == 96 and report["memory_check"]["ratio_4x_over_1x"] > 0
     assert set(report["ratios"]) >= {
         "encode/reference",
         "encode/st_encode",
         "encode_compiled/encode",
+        "encode_packed/encode",
         "pipeline/st_encode",
     }
     assert report["matmul_peak_flops"] > 0 and report["versions"]["ray"]

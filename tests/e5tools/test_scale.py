@@ -31,6 +31,8 @@ def test_tiny_rehearsal_reports_every_step(tmp_path):
                 "7",
                 "--s3-objects",
                 "50",
+                "--cpu-side-records",
+                "300,1200",
             ]
         )
         == 0
@@ -45,5 +47,9 @@ def test_tiny_rehearsal_reports_every_step(tmp_path):
     assert report["resume"]["after_deleting_10pct"]["rows_embedded"] == 60  # one deleted file redone
     assert report["manifest"]["runs"] == 7 and report["manifest"]["input_shards"] == 30
     assert report["duplicates"]["rows"] == 600 and report["listing"]["objects"] == 50
-    assert 0 < report["cpu_side"]["ratio"]
+    small, large = report["cpu_side"]["runs"]
+    assert (small["records"], large["records"]) == (300, 1200) and large["tokens"] > small["tokens"]
+    for run in (small, large):  # every role's processes were found and sampled
+        assert all(run["cpu_s_by_role"][role] > 0 for role in ("encode", "tokenize", "io", "driver", "runtime"))
+    assert report["cpu_side"]["marginal_ratio"] is not None
     assert "Records grow" in (tmp_path / "scale.md").read_text()

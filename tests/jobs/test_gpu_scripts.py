@@ -52,7 +52,7 @@ def test_gpu_check_script_rehearsed_on_cpu(tmp_path):
     assert "torch" in (tmp_path / "versions.txt").read_text()
     assert (tmp_path / "memory" / "memory.json").exists()
     bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
-    assert set(bench["rows"]) == {"reference", "st_encode", "encode", "encode_compiled", "pipeline"}
+    assert set(bench["rows"]) == {"reference", "st_encode", "encode", "encode_compiled", "encode_packed", "pipeline"}
     assert all(r["docs"] == 40 and r["tokens"] > 0 for r in bench["rows"].values())
     sustained = json.loads((tmp_path / "sustained" / "bench.json").read_text())
     assert sustained["rows"]["pipeline"]["docs"] == 80

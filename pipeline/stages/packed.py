@@ -1,0 +1,85 @@
+"""Packed (unpadded) encoding: a micro-batch is its rows' tokens laid end to end, no padding.
+
+Candidate (b) of the GPU fast path (``--attention packed``). The encoder's own modules (the
+Hugging Face BERT / XLM-R weights, untouched) run on a ``(tokens, hidden)`` tensor; only attention
+needs to know where each row starts: ``cu_seqlens`` (cumulative row lengths). On CUDA that is
+torch's variable-length flash attention (``torch.nn.attention.varlen.varlen_attn``); on CPU, and
+wherever it is missing, each row runs through ``scaled_dot_product_attention`` on its own (what the
+CPU parity tests exercise). Pooling is a segment mean (``index_add_``) in float32: no padding
+mask, no boolean mask that forces SDPA off its flash kernel, no host sync on the mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
+
+
+class PackedEncoder:
+    """Runs a loaded BertModel/XLMRobertaModel (eval) over packed rows; returns L2-normalised means."""
+
+    def __init__(self, model: Any, *, use_varlen: bool | None = None):
+        import torch
+
+        self.torch = torch
+        self.model = model
+        config = model.config
+        self.heads = int(config.num_attention_heads)
+        self.head_dim = int(config.hidden_size) // self.heads
+        # RoBERTa/XLM-R number positions from padding_idx + 1 (the padded model's position ids do the same)
+        self.position_offset = int(config.pad_token_id) + 1 if getattr(config, "model_type", "") in ROBERTA_TYPES else 0
+        self.varlen = None
+        if use_varlen is not False:
+            try:
+                from torch.nn.attention.varlen import varlen_attn
+
+                self.varlen = varlen_attn
+            except ImportError:
+                if use_varlen:
+                    raise
+        self.use_varlen = bool(use_varlen) if use_varlen is not None else None  # None: on CUDA only
+
+    def __call__(self, ids, lengths):
+        """``ids``: (tokens,) int64 on the model's device; ``lengths``: (rows,) int64, summing to tokens.
+
+        Returns (rows, hidden) float32 embeddings, L2-normalised (E5's mean pooling over each row)."""
+        torch = self.torch
+        F = torch.nn.functional
+        device = ids.device
+        rows = lengths.shape[0]
+        starts = torch.cumsum(lengths, 0) - lengths
+        row_of = torch.repeat_interleave(torch.arange(rows, device=device), lengths)
+        positions = torch.arange(ids.shape[0], device=device) - starts[row_of] + self.position_offset
+        emb = self.model.embeddings
+        hidden = emb.word_embeddings(ids) + emb.token_type_embeddings(torch.zeros_like(ids))
+        hidden = emb.LayerNorm(hidden + emb.position_embeddings(positions))
+        cu = torch.cat([starts, lengths.sum().reshape(1)]).to(torch.int32)
+        longest = int(lengths.max()) if rows else 0
+        bounds = None
+        for layer in self.model.encoder.layer:
+            attn = layer.attention.self
+            shape = (-1, self.heads, self.head_dim)
+            q, k, v = (proj(hidden).view(shape) for proj in (attn.query, attn.key, attn.value))
+            if self._varlen_here(q):
+                context = self.varlen(q, k, v, cu, cu, longest, longest)
+            else:
+                if bounds is None:
+                    bounds = cu.tolist()
+                context = torch.empty_like(q)
+                for a, b in zip(bounds[:-1], bounds[1:]):
+                    # (1, heads, len, dim) per row: the same math as the padded path, without padding
+                    part = F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1)[None] for t in (q, k, v)))
+                    context[a:b] = part[0].transpose(0, 1)
+            attention_out = layer.attention.output(context.reshape(hidden.shape), hidden)
+            hidden = layer.output(layer.intermediate(attention_out), attention_out)
+        sums = torch.zeros((rows, hidden.shape[1]), dtype=torch.float32, device=device)
+        sums.index_add_(0, row_of, hidden.float())
+        return F.normalize(sums / lengths[:, None].to(torch.float32), p=2, dim=1)
+
+    def _varlen_here(self, q) -> bool:
+        if self.varlen is None:
+            return False
+        if self.use_varlen is None:
+            return q.is_cuda and q.dtype in (self.torch.float16, self.torch.bfloat16)
+        return self.use_varlen
