@@ -306,6 +306,7 @@ def _embed(
     status = StatusReporter(
         telemetry, total_bytes=sum(s.size for s in work.shards), interval_s=config.status_interval_s
     )
+    failure: Exception | None = None
     try:
         with status:
             build_dataset(source, stages, read_num_cpus=plan.io_num_cpus, telemetry=telemetry).write_datasink(
@@ -314,14 +315,20 @@ def _embed(
     except Exception as e:
         if isinstance(e, LeaseLost) or lease.lost:
             raise LeaseLost(lease.lost or str(e)) from e
-        run.status, run.error = "failed", scrub(f"{type(e).__name__}: {e}", config.storage_options)[:2000]
-        _record(run, state, work, phases.t0, sink.totals, state.reconcile(dict(metadata)))
-        raise JobError(f"pipeline failed: {run.error.splitlines()[0]}") from e
+        failure = e
     finally:
         first = telemetry.first_seen()
         for stage in ("tokenize", "chunktokenize", "encode"):
             phases.at(f"first_{stage}_batch_at", first.get(stage))
+        run.oom_splits = int((telemetry.snapshot() or {}).get("oom_splits", 0))
+        if run.oom_splits:
+            logger.warning("%d encode micro-batch(es) split after running out of device memory", run.oom_splits)
         telemetry.stop()
+    if failure is not None:
+        run.status = "failed"
+        run.error = scrub(f"{type(failure).__name__}: {failure}", config.storage_options)[:2000]
+        _record(run, state, work, phases.t0, sink.totals, state.reconcile(dict(metadata)))
+        raise JobError(f"pipeline failed: {run.error.splitlines()[0]}") from failure
     return sink.totals
 
 

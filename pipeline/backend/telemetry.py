@@ -32,7 +32,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "e5_embed_stage_seconds": ("seconds a stage spent on its batches (rate = rows / seconds)", ("stage",)),
     "e5_embed_oom_splits": ("encode micro-batches split after a device out-of-memory", ()),
 }
-PROGRESS_KEYS = ("read_rows", "read_bytes", "embedded", "rejected", "tokens", "windows")
+PROGRESS_KEYS = ("read_rows", "read_bytes", "embedded", "rejected", "tokens", "windows", "oom_splits")
 
 
 class _Counters:
@@ -154,6 +154,8 @@ class Telemetry:
         self._inc("e5_embed_stage_rows", rows, stage=stage)
         self._inc("e5_embed_stage_seconds", seconds, stage=stage)
         self._inc("e5_embed_oom_splits", oom_splits)
+        if oom_splits:
+            self._tell("add", {"oom_splits": oom_splits})  # the run record counts them too
 
     def snapshot(self, timeout_s: float = 10.0) -> dict[str, int] | None:
         return self._ask("snapshot", timeout_s)

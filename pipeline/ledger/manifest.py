@@ -38,6 +38,7 @@ class RunRecord:
     data_files: int
     chunks: int = 0  # data rows written: one per record, or one per window in chunked runs
     new_shards: int = 0  # input shards this run found that earlier runs had not (incremental runs)
+    oom_splits: int = 0  # encode micro-batches split after a device out-of-memory (each lowers that actor's batch)
     reject_kinds: dict[str, int] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
     # seconds per step of the run (model pin, listing, lease, output scan, plan, embed, reconcile,

@@ -148,3 +148,25 @@ def test_compiled_encoder_matches_the_reference(ray_cluster, tmp_path, minilm_pa
     ours = np.asarray(table["embedding"].to_pylist(), dtype=np.float32)
     ref, _ = reference_embeddings(minilm_path, ["passage: " + texts[int(i)] for i in table["id"].to_pylist()])
     assert (ours * ref).sum(1).min() >= 0.9999
+
+
+def test_out_of_memory_splits_are_counted_in_the_run_record(ray_cluster, minilm_path, tmp_path, monkeypatch):
+    """An encode actor that runs out of device memory (injected) splits and retries; the run record says
+    how often, and every row is still embedded."""
+    from tests.faults import OutOfMemoryAboveTwoRows
+
+    monkeypatch.setattr("pipeline.planning.plan.EncodeStage", OutOfMemoryAboveTwoRows)
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"text": f"document {i} " * (i + 1)}) + "\n" for i in range(12))
+    )
+    config = JobConfig(
+        inputs=(str(tmp_path / "in.jsonl"),),
+        output=str(tmp_path / "out"),
+        model=minilm_path,
+        progress=False,
+        batch_size=8,
+    )
+    summary = run_job(config)
+    assert summary.status == "complete" and summary.rows_embedded == 12
+    run = json.loads((tmp_path / "out" / "_manifest.json").read_text())["runs"][-1]
+    assert run["oom_splits"] >= 2  # 8 rows -> 4+4 -> 2+2+2+2 at least once
