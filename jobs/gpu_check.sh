@@ -1,28 +1,53 @@
 #!/usr/bin/env bash
-# The whole GPU check in one call, for a session lent a GPU machine (see docs/benchmarks.md):
+# The GPU check, for a session lent a GPU machine (see docs/benchmarks.md):
 #   ../shared/device/bundle.sh sentence-transformers==6.2.0 s3fs fsspec zstandard   (builds .device/)
 #   run: carry [".device"], command: source .device/setup.sh && bash jobs/gpu_check.sh
-# Leaves, under $OUT, in this order (each step writes its files as it ends, so a timeout keeps the earlier ones):
+# Steps (STEPS="..." picks some; each fits in a few minutes on an H100 and writes its files as it goes,
+# so a timeout keeps the earlier ones; run them in one call or one call each):
+#   versions      python/torch/transformers/ray/pyarrow, the device, nvidia-smi
 #   memory/       planner's peak-memory estimate vs torch.cuda.max_memory_reserved on the job's encode path
-#   bench/        reference, sentence-transformers fp16, encode, encode_compiled, pipeline on the same 20k docs
-#   sustained/    the pipeline alone on 200k docs (~30M tokens): throughput once start-up is amortised
-# DEVICE=cpu DOCS=40 SUSTAINED_DOCS=80 bash jobs/gpu_check.sh  rehearses it on a CPU machine.
+#   profile/      forward-only tokens/s over batch x length (CUDA events); torch.profiler of the encode
+#                 path, padded and packed: the attention kernel that ran, the GPU's idle share
+#   bench/        reference, sentence-transformers fp16, encode, encode_compiled, encode_packed,
+#                 encode_buckets, pipeline on the same 20k docs
+#   actors1/ actors2/  the pipeline on 50k docs with 1 and 2 encode actors per GPU
+#   sustained/    the pipeline alone on 200k docs (~30M tokens): steady-state throughput
+# DEVICE=cpu DOCS=40 ACTORS_DOCS=40 SUSTAINED_DOCS=80 bash jobs/gpu_check.sh  rehearses it on a CPU machine
+# (tests/jobs/test_gpu_scripts.py runs that rehearsal).
 set -euo pipefail
 out=${OUT:-gpu-check}
 device=${DEVICE:-cuda}
+steps=" ${STEPS:-versions memory profile bench actors sustained} "
+rehearse=()
+[[ $device == cuda ]] || rehearse=(--rehearse)
 mkdir -p "$out"
-python - <<'PY' | tee "$out/versions.txt"
+if [[ $steps == *" versions "* ]]; then
+  python - <<'PY' | tee "$out/versions.txt"
 import platform, torch, transformers, pyarrow, ray
 print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
       f"transformers {transformers.__version__}, ray {ray.__version__}, pyarrow {pyarrow.__version__}")
 print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device")
 PY
-if [[ $device == cuda ]]; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/nvidia-smi.csv"
-  python jobs/gpu_memory_check.py --out "$out/memory"
-else
-  python jobs/gpu_memory_check.py --rehearse --out "$out/memory"
+  if [[ $device == cuda ]]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/nvidia-smi.csv"
+  fi
 fi
-python -m pipeline bench --device "$device" --docs "${DOCS:-20000}" \
-  --rows reference,st_encode,encode,encode_compiled,encode_packed,pipeline --out "$out/bench"
-python -m pipeline bench --device "$device" --docs "${SUSTAINED_DOCS:-200000}" --rows pipeline --out "$out/sustained"
+if [[ $steps == *" memory "* ]]; then
+  python jobs/gpu_memory_check.py "${rehearse[@]}" --out "$out/memory"
+fi
+if [[ $steps == *" profile "* ]]; then
+  python jobs/gpu_profile.py "${rehearse[@]}" --out "$out/profile"
+fi
+if [[ $steps == *" bench "* ]]; then
+  python -m pipeline bench --device "$device" --docs "${DOCS:-20000}" \
+    --rows reference,st_encode,encode,encode_compiled,encode_packed,encode_buckets,pipeline --out "$out/bench"
+fi
+if [[ $steps == *" actors "* ]]; then
+  for n in 1 2; do
+    python -m pipeline bench --device "$device" --docs "${ACTORS_DOCS:-50000}" --rows pipeline \
+      --actors-per-gpu "$n" --out "$out/actors$n"
+  done
+fi
+if [[ $steps == *" sustained "* ]]; then
+  python -m pipeline bench --device "$device" --docs "${SUSTAINED_DOCS:-200000}" --rows pipeline --out "$out/sustained"
+fi

@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-length", type=int, default=512)
     bench.add_argument(
         "--rows",
-        help="comma-separated rows: reference, st_encode, encode, encode_compiled, encode_packed, pipeline "
-        "(default: all but encode_compiled)",
+        help="comma-separated rows: reference, st_encode, encode, encode_compiled, encode_packed, "
+        "encode_buckets, pipeline (default: reference, st_encode, encode, pipeline)",
     )
     bench.add_argument("--memory-check", action="store_true", help="also run the pipeline on 4x the corpus")
     bench.add_argument(
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also the CPU side: the job at two record counts (e.g. 50000,200000) with a near-free encoder, "
         "CPU seconds by role, marginal tokens per CPU-s against the raw tokenizer",
     )
+    bench.add_argument("--actors-per-gpu", type=int, help="the pipeline row's encode actors per GPU (default: plan)")
     bench.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     _common(bench)
     bench.set_defaults(handler=cmd_bench)
@@ -270,6 +271,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         memory_check=args.memory_check,
         longdoc=args.longdoc,
         cpu_side=cpu_side,
+        actors_per_gpu=args.actors_per_gpu,
         out_dir=args.out,
     )
     sys.stdout.write(markdown(report))

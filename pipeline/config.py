@@ -39,6 +39,7 @@ class JobConfig:
     device: str = "auto"
     compile: bool = False
     attention: str = "padded"  # padded or packed encoder micro-batches
+    shape_buckets: tuple[int, ...] | None = None  # static padded widths for a compiled encoder
     input_format: str = "auto"
     text_field: str = "text"
     id_field: str = "id"
@@ -75,7 +76,15 @@ class JobConfig:
             raise UsageError("at least one --input is required")
         if not self.output:
             raise UsageError("--output is required")
+        if isinstance(self.shape_buckets, list):
+            object.__setattr__(self, "shape_buckets", tuple(self.shape_buckets))
         flags.validate({f.name: getattr(self, f.name) for f in fields(self)})  # each flag's own check
+        if self.shape_buckets and self.shape_buckets[-1] < self.max_length:
+            raise UsageError(
+                f"--shape-buckets must reach --max-length {self.max_length} (largest is {self.shape_buckets[-1]})"
+            )
+        if self.shape_buckets and self.attention == "packed":
+            raise UsageError("--shape-buckets pads to fixed shapes; it does not combine with --attention packed")
         if self.max_gpus is not None and self.min_gpus is not None and self.min_gpus > self.max_gpus:
             raise UsageError(f"--min-gpus {self.min_gpus} is more than --max-gpus {self.max_gpus}")
         if self.chunk_tokens is not None:

@@ -66,6 +66,26 @@ def one_of(valid: Sequence[str]) -> Check:
     return check
 
 
+def token_buckets(text: str) -> tuple[int, ...]:
+    """``128,256,512`` -> (128, 256, 512)."""
+    try:
+        return tuple(int(x) for x in str(text).split(",") if x.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"comma-separated token counts, e.g. 128,256,512; got {text!r}") from e
+
+
+def ascending_buckets(flag: str, value: Any) -> None:
+    if value is None:
+        return
+    ok = (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    )
+    if not ok or any(v < 8 for v in value) or list(value) != sorted(set(value)):
+        raise UsageError(f"--{flag} must be ascending token counts >= 8, e.g. 128,256,512; got {value!r}")
+
+
 def not_empty(flag: str, value: Any) -> None:
     if not value:
         raise UsageError(f"--{flag} must not be empty")
@@ -198,6 +218,13 @@ FLAGS: tuple[Flag, ...] = (
         default="padded",
         choices=ATTENTION_MODES,
         check=one_of(ATTENTION_MODES),
+    ),
+    Flag(
+        "shape-buckets",
+        "compile the encoder for these padded widths only (e.g. 128,256,512; rows padded to --batch-size), "
+        "warmed at actor start, CUDA graphs per shape on GPU: a fast-path candidate, measure with `e5-embed bench`",
+        type=token_buckets,
+        check=ascending_buckets,
     ),
     Flag(
         "input-format",

@@ -299,6 +299,7 @@ def _embed(
         rows_per_block=config.rows_per_block,
         compile_model=config.compile,
         attention=config.attention,
+        shape_buckets=config.shape_buckets,
         device=config.device,
         chunk=chunk,
     )

@@ -38,6 +38,7 @@ RUN_FLAGS: dict[str, bool] = {
     "--device": True,
     "--compile": False,
     "--attention": True,
+    "--shape-buckets": True,
     "--input-format": True,
     "--text-field": True,
     "--id-field": True,

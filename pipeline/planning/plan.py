@@ -166,6 +166,7 @@ class ResourcePlan:
         rows_per_block: int,
         compile_model: bool,
         attention: str = "padded",
+        shape_buckets: tuple[int, ...] | None = None,
         device: str = "auto",
         chunk: ChunkSettings | None = None,
     ) -> tuple[StageSpec, StageSpec]:
@@ -206,6 +207,7 @@ class ResourcePlan:
                 memory_fraction=round(1.0 / self.actors_per_gpu, 4) if self.actors_per_gpu > 1 else None,
                 compile_model=compile_model,
                 attention=attention,
+                shape_buckets=shape_buckets,
             ),
             resources=Resources(
                 num_cpus=self.encode_num_cpus,

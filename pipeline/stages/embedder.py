@@ -60,6 +60,7 @@ class Embedder:
         output_dtype: str = "float32",
         compile_model: bool = False,
         attention: str = "padded",
+        shape_buckets: tuple[int, ...] | None = None,
     ):
         if prefix not in PREFIXES:
             raise ValueError(f"prefix must be one of {', '.join(PREFIXES)}; got {prefix!r}")
@@ -75,6 +76,7 @@ class Embedder:
             output_dtype=output_dtype,
             compile_model=compile_model,
             attention=attention,
+            shape_buckets=shape_buckets,
         )
 
     @property

@@ -51,6 +51,7 @@ class EncodeSettings:
     compile_model: bool = False  # torch.compile the encoder
     memory_fraction: float | None = None  # share of the GPU this actor may use (several actors per GPU)
     attention: str = "padded"  # padded micro-batches (SDPA) or packed rows (varlen attention)
+    shape_buckets: tuple[int, ...] | None = None  # compile for these padded widths only (static shapes)
 
 
 class EncodeStage:
@@ -70,6 +71,7 @@ class EncodeStage:
         compile_model: bool = False,
         memory_fraction: float | None = None,
         attention: str = "padded",
+        shape_buckets: tuple[int, ...] | None = None,
     ):
         import torch
 
@@ -101,7 +103,15 @@ class EncodeStage:
         self.pad_id = int(getattr(self.model.config, "pad_token_id", None) or 0)
         # torch.compile with dynamic shapes: one compilation serves every (rows, width); it costs a
         # warm-up per actor (12-30 s for MiniLM on 2 CPU cores) and is opt-in (docs/benchmarks.md).
-        self.forward = torch.compile(self.model, dynamic=True) if compile_model else self.model
+        self.shape_buckets = tuple(shape_buckets) if shape_buckets else None
+        if self.shape_buckets:
+            # static shapes: one graph per (batch_size, bucket), CUDA graphs on a GPU ("reduce-overhead")
+            mode = "reduce-overhead" if self.device == "cuda" else "default"
+            self.forward = torch.compile(self.model, dynamic=False, mode=mode)
+        elif compile_model:
+            self.forward = torch.compile(self.model, dynamic=True)
+        else:
+            self.forward = self.model
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, not {attention!r}")
         self.packed = PackedEncoder(self.model) if attention == "packed" else None
@@ -117,6 +127,8 @@ class EncodeStage:
             batch_size,
             compile_model,
         )
+        if self.shape_buckets:
+            self._warm_buckets()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids_col = (
@@ -191,10 +203,10 @@ class EncodeStage:
             else:
                 launched = self._launch_splitting(*self._pad(seqs))
             if in_flight is not None:
-                out[in_flight[0]] = in_flight[1].result()
+                out[in_flight[0]] = in_flight[1].result()[: len(in_flight[0])]  # filler rows dropped
             in_flight = (chunk, launched)
         if in_flight is not None:
-            out[in_flight[0]] = in_flight[1].result()
+            out[in_flight[0]] = in_flight[1].result()[: len(in_flight[0])]
         return out
 
     def _micro_batches(self, lengths: np.ndarray, order: np.ndarray):
@@ -218,12 +230,33 @@ class EncodeStage:
     def _pad(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         longest = max(len(s) for s in seqs)
         width = -(-longest // self.pad_multiple) * self.pad_multiple
-        input_ids = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(seqs), width), dtype=np.int64)
+        rows = len(seqs)
+        if self.shape_buckets:  # a compiled shape: the bucket's width, batch_size rows
+            width = next((b for b in self.shape_buckets if b >= longest), width)
+            rows = max(rows, self.batch_size)
+        input_ids = np.full((rows, width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((rows, width), dtype=np.int64)
+        mask[len(seqs) :, 0] = 1  # filler rows attend to one token (no all-masked row); dropped after
         for i, s in enumerate(seqs):
             input_ids[i, : len(s)] = s
             mask[i, : len(s)] = 1
         return input_ids, mask
+
+    def _warm_buckets(self) -> None:
+        """Compile (and on CUDA capture) every bucket's shape before the first batch arrives."""
+        import time
+
+        started = time.perf_counter()
+        for width in self.shape_buckets:
+            ids, mask = self._pad([np.full(width, self.pad_id, dtype=np.int64)])
+            self._launch(ids, mask).result()
+        logger.info(
+            "encoder compiled for %d shape(s) (%d rows x %s tokens) in %.1fs",
+            len(self.shape_buckets),
+            self.batch_size,
+            ",".join(map(str, self.shape_buckets)),
+            time.perf_counter() - started,
+        )
 
     def _is_out_of_memory(self, e: BaseException) -> bool:
         """A device allocation failure: torch's OOM, or cuBLAS/cuDNN failing to get a workspace."""

@@ -52,12 +52,14 @@ def test_every_row_and_memory_check_are_well_formed(tmp_path):
     assert "compiling took" in report["rows"]["encode_compiled"]["notes"]
     assert report["parity"]["encode_packed_vs_reference_min_cosine"] >= 0.9999
     assert report["rows"]["encode_packed"]["padding_overhead"] == 0  # no padding at all
+    assert report["parity"]["encode_buckets_vs_reference_min_cosine"] >= 0.9999
     assert report["memory_check"]["docs_4x"] == 96 and report["memory_check"]["ratio_4x_over_1x"] > 0
     assert set(report["ratios"]) >= {
         "encode/reference",
         "encode/st_encode",
         "encode_compiled/encode",
         "encode_packed/encode",
+        "encode_buckets/encode",
         "pipeline/st_encode",
     }
     assert report["matmul_peak_flops"] > 0 and report["versions"]["ray"]
