@@ -13,10 +13,8 @@ Writes ``memory.json`` (after every cell) and ``memory.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -41,26 +39,18 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from e5tools.random_model import write_random_bert, write_random_e5_base
+    from e5tools.device_scripts import device_or_exit, model_folder, parse_args
     from pipeline.planning.plan import estimate_peak_gpu_memory_gb
     from pipeline.stages.encode import EncodeStage
     from pipeline.stages.model import ModelInfo, ModelSource
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="memory-check")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--rehearse", action="store_true", help="CPU, a tiny random model and grid; measures nothing")
-    args = parser.parse_args()
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.rehearse:
-        sys.stderr.write("gpu_memory_check: no CUDA device here; nothing measured (--rehearse runs it on CPU)\n")
+    args = parse_args("gpu_memory_check", __doc__.splitlines()[0], "memory-check")
+    resolved = device_or_exit("gpu_memory_check", args)
+    if resolved is None:
         return 2
-    folder = tempfile.mkdtemp(prefix="e5-memory-")
-    if args.rehearse:
-        path = write_random_bert(folder, layers=2, hidden=64, heads=4, ffn=128)
-    else:
-        path = write_random_e5_base(folder)
-    device, dtype = ("cuda", args.dtype) if cuda else ("cpu", "float32")
+    device, dtype = resolved
+    cuda = device == "cuda"
+    path = model_folder(args.rehearse, "e5-memory-")
     info = ModelInfo.from_config(path, json.loads(Path(path, "config.json").read_text()))
     stage = EncodeStage(model=ModelSource(name_or_path=path), batch_size=1, dtype=dtype, device=device)
     grid = REHEARSAL_GRID if args.rehearse else GRID

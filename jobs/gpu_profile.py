@@ -11,11 +11,9 @@ e5-base-v2's architecture with random weights (speed does not depend on weight v
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -71,26 +69,21 @@ def main() -> int:
     import torch
 
     from e5tools.bench import make_corpus
-    from e5tools.random_model import write_random_bert, write_random_e5_base
+    from e5tools.device_scripts import device_or_exit, model_folder, parse_args
     from pipeline.stages.embedder import Embedder
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="profile")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--docs", type=int, default=4096, help="documents for the profiled encode path")
-    parser.add_argument("--rehearse", action="store_true", help="CPU, a tiny random model and grid")
-    args = parser.parse_args()
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.rehearse:
-        sys.stderr.write("gpu_profile: no CUDA device here; nothing measured (--rehearse runs it on CPU)\n")
-        return 2
-    folder = tempfile.mkdtemp(prefix="e5-profile-")
-    path = (
-        write_random_bert(folder, layers=2, hidden=64, heads=4, ffn=128)
-        if args.rehearse
-        else write_random_e5_base(folder)
+    args = parse_args(
+        "gpu_profile",
+        __doc__.splitlines()[0],
+        "profile",
+        lambda p: p.add_argument("--docs", type=int, default=4096, help="documents for the profiled encode path"),
     )
-    device, dtype = ("cuda", args.dtype) if cuda else ("cpu", "float32")
+    resolved = device_or_exit("gpu_profile", args)
+    if resolved is None:
+        return 2
+    device, dtype = resolved
+    cuda = device == "cuda"
+    path = model_folder(args.rehearse, "e5-profile-")
     grid = REHEARSAL_GRID if args.rehearse else GRID
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

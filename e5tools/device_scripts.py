@@ -1,0 +1,39 @@
+"""What the GPU scripts in ``jobs/`` share: their command line, the CUDA check, the model they time."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+
+
+def parse_args(name: str, description: str, default_out: str, add=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=name, description=description)
+    parser.add_argument("--out", default=default_out)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--rehearse", action="store_true", help="CPU, a tiny random model and grid")
+    if add is not None:
+        add(parser)
+    return parser.parse_args()
+
+
+def device_or_exit(name: str, args: argparse.Namespace) -> tuple[str, str] | None:
+    """("cuda", dtype), ("cpu", "float32") when rehearsing, or None (said on stderr) with no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", args.dtype
+    if args.rehearse:
+        return "cpu", "float32"
+    sys.stderr.write(f"{name}: no CUDA device here; nothing measured (--rehearse runs it on CPU)\n")
+    return None
+
+
+def model_folder(rehearse: bool, prefix: str) -> str:
+    """e5-base-v2's architecture with random weights, or a tiny random BERT for a CPU rehearsal."""
+    from e5tools.random_model import write_random_bert, write_random_e5_base
+
+    folder = tempfile.mkdtemp(prefix=prefix)
+    return (
+        write_random_bert(folder, layers=2, hidden=64, heads=4, ffn=128) if rehearse else write_random_e5_base(folder)
+    )
