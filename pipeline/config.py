@@ -79,9 +79,10 @@ class JobConfig:
         if isinstance(self.shape_buckets, list):
             object.__setattr__(self, "shape_buckets", tuple(self.shape_buckets))
         flags.validate({f.name: getattr(self, f.name) for f in fields(self)})  # each flag's own check
-        if self.shape_buckets and self.shape_buckets[-1] < self.max_length:
+        if self.shape_buckets and self.shape_buckets[-1] != self.max_length:
             raise UsageError(
-                f"--shape-buckets must reach --max-length {self.max_length} (largest is {self.shape_buckets[-1]})"
+                f"--shape-buckets must end at --max-length {self.max_length} (no longer shape is needed, and a "
+                f"shorter one leaves long rows uncompiled); largest is {self.shape_buckets[-1]}"
             )
         if self.shape_buckets and self.attention == "packed":
             raise UsageError("--shape-buckets pads to fixed shapes; it does not combine with --attention packed")

@@ -118,7 +118,7 @@ class Storage:
     @cached_property
     def _resolved(self) -> tuple[fsspec.AbstractFileSystem, str]:
         if self.filesystem is not None:
-            return self.filesystem, self.uri.split("://", 1)[-1].rstrip("/")
+            return self.filesystem, self.filesystem._strip_protocol(self.uri).rstrip("/")
         fs, path = url_to_fs(self.uri, **self._options())
         return fs, path.rstrip("/")
 

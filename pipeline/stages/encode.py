@@ -193,8 +193,10 @@ class EncodeStage:
         lengths = offsets[rows + 1] - offsets[rows]
         order = np.argsort(-lengths, kind="stable")
         out = np.empty((len(rows), self.dim), dtype=np.float32)
+        written = 0
         in_flight: tuple[np.ndarray, _InFlight] | None = None
         for chunk in self._micro_batches(lengths, order):
+            written += len(chunk)
             seqs = [values[offsets[r] : offsets[r + 1]] for r in rows[chunk]]
             if self.packed is not None:
                 launched = self._launch_packed_splitting(
@@ -207,25 +209,29 @@ class EncodeStage:
             in_flight = (chunk, launched)
         if in_flight is not None:
             out[in_flight[0]] = in_flight[1].result()[: len(in_flight[0])]
+        if written != len(rows):  # every row in exactly one micro-batch, or no result at all
+            raise RuntimeError(f"encoder micro-batches covered {written} of {len(rows)} rows")
         return out
 
     def _micro_batches(self, lengths: np.ndarray, order: np.ndarray):
         """Row indices per micro-batch, longest rows first. Padded: ``batch_size`` rows each. Packed: as
-        many rows as fit ``batch_size`` x the longest row's tokens (the padded batch's token slots)."""
-        if self.packed is None:
-            for start in range(0, len(order), self.batch_size):
-                yield order[start : start + self.batch_size]
-            return
-        if not len(order):
-            return
-        budget = self.batch_size * int(lengths[order[0]])
-        start, used = 0, 0
-        for i, r in enumerate(order):
-            if i > start and used + lengths[r] > budget:
-                yield order[start:i]
-                start, used = i, 0
-            used += int(lengths[r])
-        yield order[start:]
+        many rows as fit ``batch_size`` x the longest row's tokens (the padded batch's token slots).
+
+        ``batch_size`` is read again for every micro-batch: an out-of-memory lowers it while this
+        generator is paused, and the next micro-batch starts right after the last one, whatever its size.
+        """
+        start, n = 0, len(order)
+        longest = int(lengths[order[0]]) if n else 0
+        while start < n:
+            if self.packed is None:
+                end = min(n, start + self.batch_size)
+            else:
+                budget, used, end = self.batch_size * longest, 0, start
+                while end < n and (end == start or used + lengths[order[end]] <= budget):
+                    used += int(lengths[order[end]])
+                    end += 1
+            yield order[start:end]
+            start = end
 
     def _pad(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         longest = max(len(s) for s in seqs)
@@ -293,7 +299,9 @@ class EncodeStage:
         if self.device == "cuda":
             torch.cuda.empty_cache()
         half = rows // 2
-        if half < self.batch_size:
+        # padded: the failed rows' half; packed (many short rows per batch): half the token budget
+        lowered = half if split is _split_padded else max(1, self.batch_size // 2)
+        if lowered < self.batch_size:
             logger.warning(
                 "out of memory on a batch of %d rows (%d token slots) (%s); micro-batch lowered from %d to %d "
                 "rows for this actor",
@@ -301,9 +309,13 @@ class EncodeStage:
                 tokens,
                 reason,
                 self.batch_size,
-                half,
+                lowered,
             )
-            self.batch_size = half
+            self.batch_size = lowered
+        if self.shape_buckets:
+            # the warmed shapes no longer fit; new shapes would each recompile (and capture a CUDA graph)
+            logger.warning("shape buckets given up after an out-of-memory: this actor runs the encoder uncompiled")
+            self.shape_buckets, self.forward = None, self.model
         first, second = split(batch, half)
         done = [self._with_oom_split(launch, part, split).result() for part in (first, second)]
         return _InFlight(host=np.concatenate(done))
@@ -311,12 +323,11 @@ class EncodeStage:
     def _launch_packed(self, ids: np.ndarray, lengths: np.ndarray) -> _InFlight:
         """Queue a packed micro-batch (rows laid end to end, no padding) through ``PackedEncoder``."""
         torch = self._torch
-        ids_t, lengths_t = torch.from_numpy(ids), torch.from_numpy(lengths)
+        ids_t = torch.from_numpy(ids)
         with torch.inference_mode():
             if self.device == "cuda":
                 ids_t = ids_t.pin_memory().to(self.device, non_blocking=True)
-                lengths_t = lengths_t.pin_memory().to(self.device, non_blocking=True)
-            return self._to_host(self.packed(ids_t, lengths_t))
+            return self._to_host(self.packed(ids_t, lengths))
 
     def _to_host(self, pooled) -> _InFlight:
         """The pooled embeddings to host memory: at once on CPU; on CUDA a queued copy to pinned memory."""

@@ -41,20 +41,34 @@ class PackedEncoder:
         self.use_varlen = bool(use_varlen) if use_varlen is not None else None  # None: on CUDA only
 
     def __call__(self, ids, lengths):
-        """``ids``: (tokens,) int64 on the model's device; ``lengths``: (rows,) int64, summing to tokens.
+        """``ids``: (tokens,) int64 on the model's device; ``lengths``: (rows,) a numpy int array on the
+        host, summing to tokens.
 
-        Returns (rows, hidden) float32 embeddings, L2-normalised (E5's mean pooling over each row)."""
+        Returns (rows, hidden) float32 embeddings, L2-normalised (E5's mean pooling over each row).
+        Row bounds, positions and the row of each token are built on the host from ``lengths`` and
+        copied without waiting, so nothing here makes the host wait for the device.
+        """
+        import numpy as np
+
         torch = self.torch
         F = torch.nn.functional
         device = ids.device
-        rows = lengths.shape[0]
-        starts = torch.cumsum(lengths, 0) - lengths
-        row_of = torch.repeat_interleave(torch.arange(rows, device=device), lengths)
-        positions = torch.arange(ids.shape[0], device=device) - starts[row_of] + self.position_offset
+        lengths = np.asarray(lengths, dtype=np.int64)
+        rows = len(lengths)
+        cu_host = np.concatenate([[0], np.cumsum(lengths)])
+        row_host = np.repeat(np.arange(rows, dtype=np.int64), lengths)
+        positions_host = np.arange(int(cu_host[-1]), dtype=np.int64) - cu_host[:-1][row_host] + self.position_offset
+
+        def to_device(a):
+            t = torch.from_numpy(np.ascontiguousarray(a))
+            return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+        row_of, positions = to_device(row_host), to_device(positions_host)
+        cu = to_device(cu_host.astype(np.int32))
+        lengths_t = to_device(lengths)
         emb = self.model.embeddings
         hidden = emb.word_embeddings(ids) + emb.token_type_embeddings(torch.zeros_like(ids))
         hidden = emb.LayerNorm(hidden + emb.position_embeddings(positions))
-        cu = torch.cat([starts, lengths.sum().reshape(1)]).to(torch.int32)
         longest = int(lengths.max()) if rows else 0
         bounds = None
         for layer in self.model.encoder.layer:
@@ -65,7 +79,7 @@ class PackedEncoder:
                 context = self.varlen(q, k, v, cu, cu, longest, longest)
             else:
                 if bounds is None:
-                    bounds = cu.tolist()
+                    bounds = cu_host.tolist()
                 context = torch.empty_like(q)
                 for a, b in zip(bounds[:-1], bounds[1:]):
                     # (1, heads, len, dim) per row: the same math as the padded path, without padding
@@ -75,7 +89,7 @@ class PackedEncoder:
             hidden = layer.output(layer.intermediate(attention_out), attention_out)
         sums = torch.zeros((rows, hidden.shape[1]), dtype=torch.float32, device=device)
         sums.index_add_(0, row_of, hidden.float())
-        return F.normalize(sums / lengths[:, None].to(torch.float32), p=2, dim=1)
+        return F.normalize(sums / lengths_t[:, None].to(torch.float32), p=2, dim=1)
 
     def _varlen_here(self, q) -> bool:
         if self.varlen is None:

@@ -34,8 +34,10 @@ def test_shape_buckets_must_reach_max_length_and_not_mix_with_packed():
     from pipeline.config import JobConfig
     from pipeline.errors import UsageError
 
-    with pytest.raises(UsageError, match="must reach --max-length 512"):
+    with pytest.raises(UsageError, match="must end at --max-length 512"):
         JobConfig(inputs=("i",), output="o", shape_buckets=(128, 256))
+    with pytest.raises(UsageError, match="must end at --max-length 512"):  # past the position table
+        JobConfig(inputs=("i",), output="o", shape_buckets=(128, 1024))
     with pytest.raises(UsageError, match="ascending"):
         JobConfig(inputs=("i",), output="o", shape_buckets=(512, 128))
     with pytest.raises(UsageError, match="packed"):

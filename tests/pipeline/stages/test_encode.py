@@ -88,6 +88,32 @@ def test_out_of_memory_splits_the_batch_and_retries(minilm_path, caplog):
     assert np.allclose(np.asarray(out["embedding"].to_pylist()), np.asarray(normal["embedding"].to_pylist()), atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["padded", "packed"])
+def test_an_out_of_memory_mid_call_loses_no_row(minilm_path, attention):
+    """A lowered micro-batch must not skip the rows between the old and the new batch size: 60 rows,
+    batch 16, every micro-batch above 5 rows fails once lowered to 8, then 4."""
+    source = ModelSource(name_or_path=minilm_path)
+
+    class TightMemory(EncodeStage):
+        def _launch(self, input_ids, mask):
+            if len(input_ids) > 5:
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            return super()._launch(input_ids, mask)
+
+        def _launch_packed(self, ids, lengths):
+            if len(lengths) > 5:
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            return super()._launch_packed(ids, lengths)
+
+    texts = [f"row {i} " + "word " * (i % 7) for i in range(60)]
+    tokens = TokenizeStage(model=source, prefix="passage: ", max_length=512)(records_table(texts, source="s"))
+    tight = TightMemory(model=source, batch_size=16, dtype="float32", device="cpu", attention=attention)
+    out = np.asarray(tight(tokens)["embedding"].to_pylist())
+    normal = np.asarray(EncodeStage(model=source, batch_size=16, device="cpu")(tokens)["embedding"].to_pylist())
+    assert tight.oom_splits >= 1 and tight.batch_size < 16
+    assert np.allclose(out, normal, atol=1e-5)  # every row, in order: none skipped, none left uninitialised
+
+
 def test_embedder_is_the_model_card_code_in_process(minilm_path):
     from pipeline.stages.embedder import Embedder
 
