@@ -103,12 +103,12 @@ def job_cpu_side(corpus: Path, out: Path, model: str, texts: list[str], *extra: 
     (the same records): the CPU side's tokens per CPU second, and the cores Ray and the driver hold."""
     import json
 
-    from e5tools.bench import _tree_rss_mb, job_argv, run_sampled
+    from e5tools.bench import job_argv, run_sampled
 
     account = ProcessCPU()
     cmd = job_argv(corpus, out, model, "--overwrite", *extra)
     env = {**os.environ, "RAY_ADDRESS": "", "HF_HUB_OFFLINE": "1"}
-    wall, _, _ = run_sampled(cmd, env, lambda pid: (account(pid), _tree_rss_mb(pid))[1], interval_s=0.25)
+    wall, _, _ = run_sampled(cmd, env, account, interval_s=0.25)  # one /proc walk per sample; its "peak" unused
     manifest = json.loads((out / "_manifest.json").read_text())
     tokens = int(manifest["tokens"])
     roles = account.by_role()
@@ -175,15 +175,25 @@ def markdown(report: dict) -> str:
         c = r["cpu_s_by_role"]
         lines.append(
             f"| {r['records']:,} | {r['tokens']:,} | {r['wall_s']} | {c['encode']} | {c['tokenize']} | {c['io']} "
-            f"| {c['driver']} | {c['runtime']} | {r['cpu_side_tokens_per_cpu_s']:,.0f} | {r['ratio']} |"
+            f"| {c['driver']} | {c['runtime']} | {_number(r['cpu_side_tokens_per_cpu_s'])} | {r['ratio']} |"
         )
-    lines += [
-        "",
-        f"Marginal CPU side: {report['marginal_cpu_side_tokens_per_cpu_s']:,.0f} tokens per CPU-s against the raw "
-        f"tokenizer's {report['raw_tokenizer_tokens_per_cpu_s']:,.0f}: **{report['marginal_ratio']}x** "
-        f"({report['how']}).",
-    ]
+    if report["marginal_ratio"] is None:  # tiny runs: start-up noise larger than the work between them
+        lines += [
+            "",
+            f"Marginal CPU side: not measurable, the two runs' CPU difference is within noise ({report['how']}).",
+        ]
+    else:
+        lines += [
+            "",
+            f"Marginal CPU side: {_number(report['marginal_cpu_side_tokens_per_cpu_s'])} tokens per CPU-s against the "
+            f"raw tokenizer's {_number(report['raw_tokenizer_tokens_per_cpu_s'])}: **{report['marginal_ratio']}x** "
+            f"({report['how']}).",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
 
 
 if __name__ == "__main__":

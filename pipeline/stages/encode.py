@@ -75,6 +75,8 @@ class EncodeStage:
     ):
         import torch
 
+        if attention not in ATTENTION_MODES:  # before any model is loaded
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, not {attention!r}")
         self._torch = torch
         self.device = resolve_device(device)
         if expect_gpu and self.device != "cuda":
@@ -112,8 +114,6 @@ class EncodeStage:
             self.forward = torch.compile(self.model, dynamic=True)
         else:
             self.forward = self.model
-        if attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, not {attention!r}")
         self.packed = PackedEncoder(self.model) if attention == "packed" else None
         self.batch_size = batch_size
         self.output_dtype = output_dtype

@@ -19,7 +19,7 @@ ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
 class PackedEncoder:
     """Runs a loaded BertModel/XLMRobertaModel (eval) over packed rows; returns L2-normalised means."""
 
-    def __init__(self, model: Any, *, use_varlen: bool | None = None):
+    def __init__(self, model: Any):
         import torch
 
         self.torch = torch
@@ -29,16 +29,11 @@ class PackedEncoder:
         self.head_dim = int(config.hidden_size) // self.heads
         # RoBERTa/XLM-R number positions from padding_idx + 1 (the padded model's position ids do the same)
         self.position_offset = int(config.pad_token_id) + 1 if getattr(config, "model_type", "") in ROBERTA_TYPES else 0
-        self.varlen = None
-        if use_varlen is not False:
-            try:
-                from torch.nn.attention.varlen import varlen_attn
-
-                self.varlen = varlen_attn
-            except ImportError:
-                if use_varlen:
-                    raise
-        self.use_varlen = bool(use_varlen) if use_varlen is not None else None  # None: on CUDA only
+        try:  # torch's variable-length flash attention (CUDA, fp16/bf16); absent in older builds
+            from torch.nn.attention.varlen import varlen_attn
+        except ImportError:
+            varlen_attn = None
+        self.varlen = varlen_attn
 
     def __call__(self, ids, lengths):
         """``ids``: (tokens,) int64 on the model's device; ``lengths``: (rows,) a numpy int array on the
@@ -92,8 +87,4 @@ class PackedEncoder:
         return F.normalize(sums / lengths_t[:, None].to(torch.float32), p=2, dim=1)
 
     def _varlen_here(self, q) -> bool:
-        if self.varlen is None:
-            return False
-        if self.use_varlen is None:
-            return q.is_cuda and q.dtype in (self.torch.float16, self.torch.bfloat16)
-        return self.use_varlen
+        return self.varlen is not None and q.is_cuda and q.dtype in (self.torch.float16, self.torch.bfloat16)

@@ -51,5 +51,6 @@ def test_tiny_rehearsal_reports_every_step(tmp_path):
     assert (small["records"], large["records"]) == (300, 1200) and large["tokens"] > small["tokens"]
     for run in (small, large):  # every role's processes were found and sampled
         assert all(run["cpu_s_by_role"][role] > 0 for role in ("encode", "tokenize", "io", "driver", "runtime"))
-    assert report["cpu_side"]["marginal_ratio"] is not None
+    # at this size the CPU between the two runs is start-up noise: the ratio may be unmeasurable (None), never a crash
+    assert "marginal_ratio" in report["cpu_side"] and "Marginal CPU side" in (tmp_path / "scale.md").read_text()
     assert "Records grow" in (tmp_path / "scale.md").read_text()
