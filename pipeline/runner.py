@@ -8,7 +8,9 @@ through the Ray backend -> repair, prove complete and record the run (ledger) ->
 from __future__ import annotations
 
 import _thread
+import functools
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ from pipeline.backend.telemetry import StatusReporter, Telemetry
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, UsageError
 from pipeline.io.counters import Counters
+from pipeline.io.record_counts import parquet_rows
 from pipeline.io.sources import FieldSpec, Shard, list_shards
 from pipeline.io.storage import Storage, has_pattern, is_within, scrub, strip_uri_credentials
 from pipeline.ledger.duplicates import DuplicateReport, find_duplicate_ids
@@ -250,6 +253,14 @@ def _plan(config: JobConfig, info: ModelInfo) -> ResourcePlan:
     return plan
 
 
+def _count_records(storage_options: dict[str, Any], shards: list[Shard], stop: threading.Event) -> int | None:
+    """The shards' exact record total where the format stores it (all Parquet), for the status line."""
+    try:
+        return parquet_rows(storage_options, shards, stop=stop)
+    except Exception as e:
+        raise JobError(scrub(f"{type(e).__name__}: {e}", storage_options)[:500]) from e
+
+
 def _embed(
     config: JobConfig,
     plan: ResourcePlan,
@@ -305,7 +316,11 @@ def _embed(
     )
     configure(progress=config.progress)
     status = StatusReporter(
-        telemetry, total_bytes=sum(s.size for s in work.shards), interval_s=config.status_interval_s
+        telemetry,
+        total_bytes=sum(s.size for s in work.shards),
+        count_records=functools.partial(_count_records, config.storage_options, work.shards),
+        records_done=sum(end - start for s in work.shards for start, end in work.skip.get(s.path, ())),
+        interval_s=config.status_interval_s,
     )
     failure: Exception | None = None
     try:

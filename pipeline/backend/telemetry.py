@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,21 +197,33 @@ def timed(stage_cls: type, name: str) -> type:
     return type(stage_cls.__name__, (TimedStage,), {"stage_name": name, "__module__": __name__})
 
 
-def status_line(values: Mapping[str, int], *, total_bytes: int, total_records: int | None, elapsed_s: float) -> str:
-    """``progress: …`` for the driver's log: records, share of the input, rates, rejects, ETA."""
-    done_bytes = values.get("read_bytes", 0)
-    share = done_bytes / total_bytes if total_bytes else 0.0
+def status_line(
+    values: Mapping[str, int], *, total_bytes: int, total_records: int | None, elapsed_s: float, records_done: int = 0
+) -> str:
+    """``progress: …`` for the driver's log: records, share of the input, rates, rejects, ETA.
+
+    With ``total_records`` (exact: the input's records, Parquet footers) the share and the ETA
+    count records read, and the embedded count is stated against the records left to do
+    (``total_records - records_done``, rows earlier runs embedded); otherwise they count the input
+    bytes of shards read to their end.
+    """
     tokens_per_s = values.get("tokens", 0) / elapsed_s if elapsed_s > 0 else 0.0
+    if total_records:
+        share = values.get("read_rows", 0) / total_records
+        unit = "input records"
+        of = f" of {max(0, total_records - records_done):,}"
+    else:
+        share = values.get("read_bytes", 0) / total_bytes if total_bytes else 0.0
+        unit = "input bytes"
+        of = ""
     eta = "unknown"
     if 0 < share < 1:
         eta = _duration(elapsed_s * (1 - share) / share)
     elif share >= 1:
         eta = "writing the last files"
-    total = f" of ~{total_records:,}" if total_records else ""
     return (
-        f"progress: {values.get('embedded', 0):,}{total} records embedded, {values.get('rejected', 0):,} rejected, "
-        f"{values.get('read_rows', 0):,} read ({share:.0%} of input bytes), {tokens_per_s:,.0f} tokens/s, "
-        f"ETA {eta}"
+        f"progress: {values.get('embedded', 0):,}{of} records embedded, {values.get('rejected', 0):,} rejected, "
+        f"{values.get('read_rows', 0):,} read ({share:.0%} of {unit}), {tokens_per_s:,.0f} tokens/s, ETA {eta}"
     )
 
 
@@ -225,26 +237,53 @@ def _duration(seconds: float) -> str:
 
 
 class StatusReporter:
-    """A driver thread that logs ``status_line`` every ``interval_s`` until stopped."""
+    """A driver thread that logs ``status_line`` every ``interval_s`` until stopped.
+
+    ``count_records`` (if given) runs once on a thread of its own; when it returns a total, the
+    lines state progress in records from then on. If it fails, they keep to bytes (said once).
+    """
 
     def __init__(
-        self, telemetry: Telemetry, *, total_bytes: int, total_records: int | None = None, interval_s: float = 60.0
+        self,
+        telemetry: Telemetry,
+        *,
+        total_bytes: int,
+        count_records: Callable[[threading.Event], int | None] | None = None,
+        records_done: int = 0,
+        interval_s: float = 60.0,
     ):
         self.telemetry = telemetry
         self.total_bytes = total_bytes
-        self.total_records = total_records
+        self.total_records: int | None = None
+        self.records_done = records_done
         self.interval_s = interval_s
+        self._count_records = count_records
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="e5-embed-status", daemon=True)
+        self._counter = threading.Thread(target=self._count, name="e5-embed-record-count", daemon=True)
         self._t0 = time.monotonic()
 
     def __enter__(self) -> StatusReporter:
         self._thread.start()
+        if self._count_records is not None:
+            self._counter.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=15)
+
+    def _count(self) -> None:
+        if self._count_records is None:
+            return
+        try:
+            total = self._count_records(self._stop)
+        except Exception as e:
+            logger.warning("progress stays in input bytes: counting the input's records failed: %s", e)
+            return
+        if total is not None and not self._stop.is_set():
+            self.total_records = total
+            logger.info("input holds %s records (Parquet footers); progress counts records", f"{total:,}")
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -256,6 +295,7 @@ class StatusReporter:
                         values,
                         total_bytes=self.total_bytes,
                         total_records=self.total_records,
+                        records_done=self.records_done,
                         elapsed_s=time.monotonic() - self._t0,
                     ),
                 )

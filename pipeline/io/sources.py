@@ -157,36 +157,32 @@ def list_shards(inputs: Sequence[str], storage_options: Mapping[str, Any], input
 class _BlockBuilder:
     """Accumulates records into RECORDS-schema tables of at most ``rows`` rows."""
 
+    _COLUMNS = ("id", "source", "row", "reject_reason", "text", "title")
+
     def __init__(self, rows: int):
         self.rows = rows
-        self._cols: dict[str, list] = {name: [] for name in schemas.RECORDS.names}
+        self._lists: tuple[list, ...] = tuple([] for _ in self._COLUMNS)
 
     def add(
-        self,
-        *,
-        id: str | None,
-        source: str,
-        row: int,
-        reject_reason: str | None,
-        text: str | None,
-        title: str | None = None,
+        self, id: str | None, source: str, row: int, reject_reason: str | None, text: str | None, title: str | None
     ) -> None:
-        self._cols["id"].append(id)
-        self._cols["source"].append(source)
-        self._cols["row"].append(row)
-        self._cols["reject_reason"].append(reject_reason)
-        self._cols["text"].append(text)
-        self._cols["title"].append(title)
+        ids, sources, rows, reasons, texts, titles = self._lists
+        ids.append(id)
+        sources.append(source)
+        rows.append(row)
+        reasons.append(reject_reason)
+        texts.append(text)
+        titles.append(title)
 
     def __len__(self) -> int:
-        return len(self._cols["row"])
+        return len(self._lists[2])
 
     def full(self) -> bool:
         return len(self) >= self.rows
 
     def take(self) -> pa.Table:
-        table = pa.Table.from_pydict(self._cols, schema=schemas.RECORDS)
-        self._cols = {name: [] for name in schemas.RECORDS.names}
+        table = pa.Table.from_pydict(dict(zip(self._COLUMNS, self._lists)), schema=schemas.RECORDS)
+        self._lists = tuple([] for _ in self._COLUMNS)
         return table
 
 
@@ -332,12 +328,13 @@ def _check_text(value: Any, field_name: str) -> tuple[str | None, str | None]:
         return None, f"missing text field {field_name!r}"
     if not isinstance(value, str):
         return None, f"text field {field_name!r} is not a string (got {type(value).__name__})"
-    if not value.strip():
+    if not value or value.isspace():
         return None, "empty or whitespace-only text"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return None, "text is not valid Unicode (lone surrogate)"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None, "text is not valid Unicode (lone surrogate)"
     return value, None
 
 
@@ -375,6 +372,32 @@ def _is_transient(e: BaseException) -> bool:
     if type(e).__name__ == "FileExpired":
         return False
     return isinstance(e, OSError) and not isinstance(e, (gzip.BadGzipFile, FileNotFoundError))
+
+
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+class _Invalid:
+    """A line that is not one JSON value, and why."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _parse_json(decoded: str) -> Any:
+    """``json.loads`` with the reject reason for a line that is not one JSON value."""
+    if not decoded.strip():
+        return _Invalid("blank line")
+    try:
+        return json.loads(decoded)
+    except json.JSONDecodeError as e:
+        return _Invalid(f"invalid JSON: {e.msg} at column {e.colno}")
+    except Exception as e:  # RecursionError (deep nesting), ValueError (huge numbers), ...
+        return _Invalid(f"invalid JSON: {type(e).__name__}: {str(e)[:200]}")
+
+
+def _reject(row: int, reason: str) -> dict:
+    return {"row": row, "id": None, "text": None, "reject_reason": reason}
 
 
 class ShardReader:
@@ -472,31 +495,28 @@ class ShardReader:
                 yield row, self._parse_line(line, row)
 
     def _parse_line(self, line: bytes | TooLong, row: int) -> dict:
-        def reject(reason: str, record_id: str | None = None) -> dict:
-            return {"row": row, "id": record_id, "text": None, "reject_reason": reason}
-
         if isinstance(line, TooLong):
-            return reject(f"record larger than --max-record-bytes ({line.size} > {self.max_record_bytes} bytes)")
+            return _reject(row, f"record larger than --max-record-bytes ({line.size} > {self.max_record_bytes} bytes)")
         try:
             decoded = line.decode("utf-8")
         except UnicodeDecodeError as e:
-            return reject(f"invalid UTF-8 at byte {e.start}")
+            return _reject(row, f"invalid UTF-8 at byte {e.start}")
         if self.shard.format == "text":
             text, reason = _check_text(decoded, "line")
             return {"row": row, "id": None, "text": text, "reject_reason": reason}
-        if not decoded.strip():
-            return reject("blank line")
-        try:
-            obj = json.loads(decoded)
-        except json.JSONDecodeError as e:
-            return reject(f"invalid JSON: {e.msg} at column {e.colno}")
-        except Exception as e:  # RecursionError (deep nesting), ValueError (huge numbers), ...
-            return reject(f"invalid JSON: {type(e).__name__}: {str(e)[:200]}")
+        try:  # the common case: one object, nothing around it (anything else takes json.loads' path)
+            obj, end = _raw_decode(decoded)
+            if end != len(decoded):
+                obj = _parse_json(decoded)
+        except Exception:
+            obj = _parse_json(decoded)
+        if isinstance(obj, _Invalid):
+            return _reject(row, obj.reason)
         try:
             record_id, text, reason = _record_from_json(obj, self.fields)
             title = _title_of(obj, self.fields) if reason is None else None
         except Exception as e:  # a record must never fail its shard
-            return reject(f"unusable record: {type(e).__name__}: {str(e)[:200]}")
+            return _reject(row, f"unusable record: {type(e).__name__}: {str(e)[:200]}")
         return {"row": row, "id": record_id, "text": text, "title": title, "reject_reason": reason}
 
     def _parquet_rows(self, start: int) -> Iterator[tuple[int, dict | None]]:
@@ -585,13 +605,15 @@ def read_shards(
             max_record_bytes=max_record_bytes,
         )
         for rec in reader:
+            row = rec["row"]
+            record_id = rec["id"]
             builder.add(
-                id=rec["id"] if rec["id"] is not None else f"{shard.relpath}:{rec['row']}",
-                source=shard.path,
-                row=rec["row"],
-                reject_reason=rec["reject_reason"],
-                text=rec["text"],
-                title=rec.get("title"),
+                f"{shard.relpath}:{row}" if record_id is None else record_id,
+                shard.path,
+                row,
+                rec["reject_reason"],
+                rec["text"],
+                rec.get("title"),
             )
             if builder.full():
                 yield builder.take()

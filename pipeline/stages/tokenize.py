@@ -7,6 +7,7 @@ the encode stage's job, per length-sorted micro-batch.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import os
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ class TokenizeStage:
         trunc[good_rows] = truncated
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
-        values = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
+        values = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
         input_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=pa.array(~ok))
         return pa.Table.from_arrays(
             [

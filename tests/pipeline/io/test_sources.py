@@ -278,3 +278,54 @@ def test_a_shard_replaced_between_a_transient_error_and_the_retry_is_refused(tmp
 
     with pytest.raises(ShardReadError, match="changed after it was listed"):
         list(ShardReader(_local(ReplacedOnError({4})), shard, FieldSpec(), backoff_s=0))
+
+
+def _reference_reason(line: str) -> str | None:
+    """What json.loads says about one line: the reject reason the fast parse must reproduce."""
+    if not line.strip():
+        return "blank line"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        return f"invalid JSON: {e.msg} at column {e.colno}"
+    if not isinstance(obj, dict):
+        return f"JSON record is not an object (got {type(obj).__name__})"
+    text = obj.get("text")
+    if text is None:
+        return "missing text field 'text'"
+    if not isinstance(text, str):
+        return f"text field 'text' is not a string (got {type(text).__name__})"
+    if not text.strip():
+        return "empty or whitespace-only text"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "text is not valid Unicode (lone surrogate)"
+    return None
+
+
+def test_the_fast_json_parse_rejects_exactly_what_json_loads_rejects(tmp_path):
+    lines = [
+        '{"text": "plain"}',
+        '   {"text": "leading blanks"}',
+        '{"text": "trailing blanks"}   \t',
+        '{"text": "a"} {"text": "b"}',  # two values on one line
+        '{"text": "a"}x',
+        '{"text": "\\ud800 lone surrogate"}',
+        '{"text": "caf\\u00e9 fine"}',
+        '{"text": "\\u00a0\\u2003"}',  # whitespace-only beyond ASCII
+        '{"text": ""}',
+        '{"text": NaN}',
+        '{"text": "x", "text": 5}',  # a duplicate key: the last one wins, as in json.loads
+        "[1, 2]",
+        '"just a string"',
+        "\t ",
+        '{"text": "unterminated',
+        '\ufeff{"text": "BOM after row 0"}',
+        '{"text": "tab\\tinside"}',
+    ]
+    (tmp_path / "f.jsonl").write_text("x\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    rows = _read(tmp_path)
+    assert len(rows) == len(lines) + 1
+    assert [r["reject_reason"] for r in rows[1:]] == [_reference_reason(line) for line in lines]
+    assert rows[1]["text"] == "plain" and rows[3]["text"] == "trailing blanks"

@@ -1,0 +1,41 @@
+"""Exact record totals from Parquet footers, for progress in records."""
+
+import threading
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.io.record_counts import parquet_rows
+from pipeline.io.sources import list_shards
+
+
+def _parquet(path, rows):
+    pq.write_table(pa.table({"text": [f"t{i}" for i in range(rows)]}), path, row_group_size=5)
+
+
+def test_footers_give_the_exact_total(tmp_path):
+    for i, n in enumerate([0, 1, 17, 40]):
+        _parquet(tmp_path / f"p{i}.parquet", n)
+    assert parquet_rows({}, list_shards([str(tmp_path)], {}), workers=3) == 58
+
+
+def test_no_total_unless_every_shard_is_parquet(tmp_path):
+    _parquet(tmp_path / "a.parquet", 3)
+    (tmp_path / "b.jsonl").write_text('{"text": "x"}\n')
+    assert parquet_rows({}, list_shards([str(tmp_path)], {})) is None
+    assert parquet_rows({}, []) is None
+
+
+def test_a_stop_gives_no_total(tmp_path):
+    _parquet(tmp_path / "a.parquet", 3)
+    stop = threading.Event()
+    stop.set()
+    assert parquet_rows({}, list_shards([str(tmp_path)], {}), stop=stop) is None
+
+
+def test_an_unreadable_footer_raises(tmp_path):
+    _parquet(tmp_path / "a.parquet", 3)
+    (tmp_path / "b.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(Exception, match="(?i)parquet|magic"):
+        parquet_rows({}, list_shards([str(tmp_path)], {}))
