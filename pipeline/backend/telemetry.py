@@ -202,28 +202,30 @@ def status_line(
 ) -> str:
     """``progress: …`` for the driver's log: records, share of the input, rates, rejects, ETA.
 
-    With ``total_records`` (exact: the input's records, Parquet footers) the share and the ETA
-    count records read, and the embedded count is stated against the records left to do
-    (``total_records - records_done``, rows earlier runs embedded); otherwise they count the input
-    bytes of shards read to their end.
+    With ``total_records`` (exact: the records of the shards this run reads, Parquet footers) the
+    share and the ETA count records read, and what was embedded or rejected is stated against the
+    records left to do (``total_records - records_done``: rows earlier runs already wrote);
+    otherwise they count the input bytes of shards read to their end. Either way a resumed run's
+    ETA runs short at first: its already-done rows are read, not embedded, and go fast.
     """
     tokens_per_s = values.get("tokens", 0) / elapsed_s if elapsed_s > 0 else 0.0
+    embedded, rejected = values.get("embedded", 0), values.get("rejected", 0)
     if total_records:
         share = values.get("read_rows", 0) / total_records
         unit = "input records"
-        of = f" of {max(0, total_records - records_done):,}"
+        done = f"{embedded:,} embedded and {rejected:,} rejected of {max(0, total_records - records_done):,} records"
     else:
         share = values.get("read_bytes", 0) / total_bytes if total_bytes else 0.0
         unit = "input bytes"
-        of = ""
+        done = f"{embedded:,} records embedded, {rejected:,} rejected"
     eta = "unknown"
     if 0 < share < 1:
         eta = _duration(elapsed_s * (1 - share) / share)
     elif share >= 1:
         eta = "writing the last files"
     return (
-        f"progress: {values.get('embedded', 0):,}{of} records embedded, {values.get('rejected', 0):,} rejected, "
-        f"{values.get('read_rows', 0):,} read ({share:.0%} of {unit}), {tokens_per_s:,.0f} tokens/s, ETA {eta}"
+        f"progress: {done}, {values.get('read_rows', 0):,} read ({share:.0%} of {unit}), "
+        f"{tokens_per_s:,.0f} tokens/s, ETA {eta}"
     )
 
 
@@ -272,6 +274,8 @@ class StatusReporter:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=15)
+        if self._counter.is_alive():  # a daemon: a footer read in flight cannot hold up the exit
+            self._counter.join(timeout=1)
 
     def _count(self) -> None:
         if self._count_records is None:

@@ -2,7 +2,8 @@
 
 Text and JSONL shards say nothing about their records until read, so a run over them states its
 progress in input bytes; a run over Parquet shards can state it in records. Footers are read by a
-small thread pool (one ranged read per shard), off the job's path.
+few daemon threads (one ranged read per shard), off the job's path: they hold no per-shard state
+beyond a counter, stop between shards when asked, and never hold up the driver's exit.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -21,6 +21,12 @@ from pipeline.io.storage import Storage
 logger = logging.getLogger(__name__)
 
 FOOTER_READERS = 16
+
+
+def _footer_rows(storage_options: Mapping[str, Any], shard: Shard) -> int:
+    storage = Storage(shard.uri, storage_options)
+    with storage.open(shard.path) as f:
+        return pq.ParquetFile(f).metadata.num_rows
 
 
 def parquet_rows(
@@ -34,19 +40,35 @@ def parquet_rows(
     ``stop`` is set before the count is complete. A footer that cannot be read raises."""
     if not shards or any(s.format != "parquet" for s in shards):
         return None
+    stop = stop or threading.Event()
+    pending = iter(shards)
+    lock = threading.Lock()
+    totals: list[int] = []
+    errors: list[BaseException] = []
 
-    def rows(shard: Shard) -> int:
-        storage = Storage(shard.uri, storage_options)
-        with storage.open(shard.path) as f:
-            return pq.ParquetFile(f).metadata.num_rows
+    def count() -> None:
+        rows = 0
+        try:
+            while not stop.is_set():
+                with lock:
+                    shard = None if errors else next(pending, None)
+                if shard is None:
+                    break
+                rows += _footer_rows(storage_options, shard)
+        except Exception as e:
+            with lock:
+                errors.append(e)
+        with lock:
+            totals.append(rows)
 
-    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="e5-embed-footers")
-    try:
-        total = 0
-        for future in [pool.submit(rows, s) for s in shards]:
-            if stop is not None and stop.is_set():
-                return None
-            total += future.result()
-        return total
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    threads = [
+        threading.Thread(target=count, name=f"e5-embed-footers-{i}", daemon=True)
+        for i in range(max(1, min(workers, len(shards))))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return None if stop.is_set() else sum(totals)

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 FORMAT_BY_EXTENSION = {".txt": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 COMPRESSION_BY_EXTENSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 TARGET_BYTES_PER_READ_TASK = 64 << 20
+MIN_BYTES_PER_READ_TASK = 8 << 20
+MIN_READ_TASKS = 16
 
 
 @dataclass(frozen=True)
@@ -504,7 +506,10 @@ class ShardReader:
         if self.shard.format == "text":
             text, reason = _check_text(decoded, "line")
             return {"row": row, "id": None, "text": text, "reject_reason": reason}
-        try:  # the common case: one object, nothing around it (anything else takes json.loads' path)
+        # The common case: one value, nothing around it; anything else takes json.loads' path and its
+        # reject reasons. (Nesting right at Python's recursion limit may parse here one or two levels
+        # deeper than json.loads would, as it always varied with the caller's stack depth.)
+        try:
             obj, end = _raw_decode(decoded)
             if end != len(decoded):
                 obj = _parse_json(decoded)
@@ -624,28 +629,31 @@ def read_shards(
 
 
 def read_groups(shards: Sequence[Shard], parallelism: int) -> list[list[Shard]]:
-    """Shards grouped into read tasks: about ``parallelism`` tasks (more when that would make a
-    task read over TARGET_BYTES_PER_READ_TASK), consecutive shards of about equal bytes per task.
+    """Shards grouped into read tasks of consecutive shards of about equal bytes: about
+    ``parallelism`` tasks, fewer when that would make tasks under MIN_BYTES_PER_READ_TASK (but not
+    fewer than MIN_READ_TASKS), more when it would make a task read over TARGET_BYTES_PER_READ_TASK.
 
-    Many small shards share a task (a task per 10 KB shard costs more in scheduling than in
-    reading); a shard is never split, and a big one is a task of its own.
+    Many small shards share a task: a read task costs tens of milliseconds of CPU in Ray itself
+    (more than reading a 300 KB shard), and Ray's parallelism (at least 200) is about blocks, which
+    a task yields many of. A shard is never split, and a big one is a task of its own.
     """
     if not shards:
         return []
     total = sum(s.size for s in shards)
-    tasks = min(len(shards), max(parallelism, -(-total // TARGET_BYTES_PER_READ_TASK), 1))
+    wanted = min(parallelism, max(MIN_READ_TASKS, -(-total // MIN_BYTES_PER_READ_TASK)))
+    tasks = min(len(shards), max(wanted, -(-total // TARGET_BYTES_PER_READ_TASK), 1))
     per_task = total / tasks
     groups: list[list[Shard]] = []
     group: list[Shard] = []
-    size = 0
+    read = 0  # bytes of all shards so far: task k ends nearest to k x per_task (no drift to the end)
     for i, shard in enumerate(shards):
         group.append(shard)
-        size += shard.size
+        read += shard.size
         shards_left = len(shards) - i - 1
         groups_left = tasks - len(groups) - 1  # after closing this one
-        if groups_left > 0 and (size >= per_task or shards_left == groups_left):
+        if groups_left > 0 and (read >= (len(groups) + 1) * per_task - shard.size / 2 or shards_left == groups_left):
             groups.append(group)
-            group, size = [], 0
+            group = []
     if group:
         groups.append(group)
     return groups

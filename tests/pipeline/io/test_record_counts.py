@@ -39,3 +39,32 @@ def test_an_unreadable_footer_raises(tmp_path):
     (tmp_path / "b.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(Exception, match="(?i)parquet|magic"):
         parquet_rows({}, list_shards([str(tmp_path)], {}))
+
+
+def test_a_stop_mid_count_reads_no_further_footer(tmp_path, monkeypatch):
+    for i in range(20):
+        _parquet(tmp_path / f"p{i:02d}.parquet", 2)
+    stop = threading.Event()
+    reads = []
+
+    def footer_rows(options, shard):  # the first read asks the count to stop (as the run ending would)
+        reads.append(shard.path)
+        stop.set()
+        return 2
+
+    monkeypatch.setattr("pipeline.io.record_counts._footer_rows", footer_rows)
+    assert parquet_rows({}, list_shards([str(tmp_path)], {}), workers=1, stop=stop) is None
+    assert len(reads) == 1
+
+
+def test_the_footer_readers_are_daemons(tmp_path, monkeypatch):
+    """A footer read that hangs (an S3 request in retries) must not hold up the driver's exit."""
+    _parquet(tmp_path / "a.parquet", 2)
+    seen = []
+
+    def footer_rows(options, shard):
+        seen.append(threading.current_thread().daemon)
+        return 2
+
+    monkeypatch.setattr("pipeline.io.record_counts._footer_rows", footer_rows)
+    assert parquet_rows({}, list_shards([str(tmp_path)], {})) == 2 and seen == [True]

@@ -11,10 +11,12 @@ from fsspec.implementations.local import LocalFileSystem
 from pipeline.errors import UsageError
 from pipeline.io.sources import (
     FieldSpec,
+    Shard,
     ShardReader,
     ShardReadError,
     detect_format,
     list_shards,
+    read_groups,
     read_shards,
 )
 from pipeline.io.storage import Storage
@@ -288,6 +290,8 @@ def _reference_reason(line: str) -> str | None:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         return f"invalid JSON: {e.msg} at column {e.colno}"
+    except ValueError as e:
+        return f"invalid JSON: ValueError: {str(e)[:200]}"
     if not isinstance(obj, dict):
         return f"JSON record is not an object (got {type(obj).__name__})"
     text = obj.get("text")
@@ -323,9 +327,30 @@ def test_the_fast_json_parse_rejects_exactly_what_json_loads_rejects(tmp_path):
         '{"text": "unterminated',
         '\ufeff{"text": "BOM after row 0"}',
         '{"text": "tab\\tinside"}',
+        '{"text": "big number", "n": ' + "9" * 5000 + "}",  # ValueError: int digits limit
+        '{"text": "huge float", "n": 1e999}',  # inf, as json.loads reads it
     ]
     (tmp_path / "f.jsonl").write_text("x\n" + "\n".join(lines) + "\n", encoding="utf-8")
     rows = _read(tmp_path)
     assert len(rows) == len(lines) + 1
     assert [r["reject_reason"] for r in rows[1:]] == [_reference_reason(line) for line in lines]
     assert rows[1]["text"] == "plain" and rows[3]["text"] == "trailing blanks"
+
+
+@pytest.mark.parametrize(
+    ("shards", "size", "parallelism", "tasks"),
+    [
+        (200, 300 << 10, 200, 16),  # many small shards: a task's Ray overhead outweighs a shard's read
+        (3, 10, 3, 3),  # a few tiny shards keep their parallelism
+        (1000, 1 << 20, 200, 125),  # 1 GB: tasks of 8 MiB
+        (100, 100 << 20, 200, 100),  # big shards: one task each
+        (10, 1 << 30, 2, 10),  # never more than 64 MiB a task unless one shard is larger
+    ],
+)
+def test_read_groups_size_tasks_by_bytes(shards, size, parallelism, tasks):
+    listed = [Shard(f"s{i:05d}", f"s{i:05d}", size, "jsonl", None) for i in range(shards)]
+    groups = read_groups(listed, parallelism)
+    assert len(groups) == tasks
+    assert [s for g in groups for s in g] == listed  # every shard once, in order
+    sizes = [sum(s.size for s in g) for g in groups]
+    assert max(sizes) - min(sizes) <= size  # about equal bytes per task
