@@ -13,7 +13,8 @@
 #   actors1/ actors2/  the pipeline on 50k docs with 1 and 2 encode actors per GPU
 #   sustained/    the pipeline alone on 200k docs (~30M tokens): steady-state throughput
 # DEVICE=cpu DOCS=40 ACTORS_DOCS=40 SUSTAINED_DOCS=80 bash jobs/gpu_check.sh  rehearses it on a CPU machine
-# (tests/jobs/test_gpu_scripts.py runs that rehearsal).
+# (tests/jobs/test_gpu_scripts.py runs that rehearsal, with BENCH_ROWS=reference,encode,pipeline: every
+# bench row is rehearsed by tests/e5tools/test_bench.py through the same `pipeline bench`).
 set -euo pipefail
 out=${OUT:-gpu-check}
 device=${DEVICE:-cuda}
@@ -40,7 +41,8 @@ if [[ $steps == *" profile "* ]]; then
 fi
 if [[ $steps == *" bench "* ]]; then
   python -m pipeline bench --device "$device" --docs "${DOCS:-20000}" \
-    --rows reference,st_encode,encode,encode_compiled,encode_packed,encode_buckets,pipeline --out "$out/bench"
+    --rows "${BENCH_ROWS:-reference,st_encode,encode,encode_compiled,encode_packed,encode_buckets,pipeline}" \
+    --out "$out/bench"
 fi
 if [[ $steps == *" actors "* ]]; then
   for n in 1 2; do
