@@ -118,10 +118,10 @@ def raw_tokenizer_one_thread(model: str, records: int) -> dict[str, float]:
 
 def rehearsal_texts(records: int, pool: list[str] | None = None) -> list[str]:
     """The texts ``e5tools.scale.write_corpus`` writes for ``records`` records from ``pool``, in order."""
-    from e5tools.scale import texts_pool
+    from e5tools.scale import record_text, texts_pool
 
     pool = pool or texts_pool()
-    return [f"{pool[i % len(pool)]} {i}" for i in range(records)]
+    return [record_text(pool, i) for i in range(records)]
 
 
 def job_cpu_side(corpus: Path, out: Path, model: str, texts: list[str], *extra: str) -> dict:
@@ -229,13 +229,12 @@ def markdown(report: dict) -> str:
             f"Marginal CPU side: {_number(report['marginal_cpu_side_tokens_per_cpu_s'])} tokens per CPU-s against the "
             f"raw tokenizer's {_number(report['raw_tokenizer_tokens_per_cpu_s'])}: **{report['marginal_ratio']}x** "
             f"({report['how']}; against the lowest raw measurement "
-            f"{_number((report.get('raw_tokenizer_range') or [None])[0])}: "
-            f"{(report.get('marginal_ratio_range') or [None, None])[1]}x).",
+            f"{_number(report['raw_tokenizer_range'][0])}: {report['marginal_ratio_range'][1]}x).",
             "",
             f"For context: the raw tokenizer held to one thread does "
-            f"{_number(report.get('raw_tokenizer_one_thread_tokens_per_cpu_s'))} tokens per CPU-s (no CPU spent "
+            f"{_number(report['raw_tokenizer_one_thread_tokens_per_cpu_s'])} tokens per CPU-s (no CPU spent "
             f"coordinating threads; each 1-CPU tokenizer actor runs one); the CPU side is "
-            f"{report.get('marginal_ratio_to_one_thread')}x of that.",
+            f"{report['marginal_ratio_to_one_thread']}x of that.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -48,6 +48,11 @@ def texts_pool(n: int = 20_000, seed: int = 0) -> list[str]:
     return out
 
 
+def record_text(pool: list[str], i: int) -> str:
+    """The text of record ``i`` of a rehearsal corpus (unique: the pool's passage and its number)."""
+    return f"{pool[i % len(pool)]} {i}"
+
+
 def write_corpus(folder: Path, records: int, shards: int, pool: list[str]) -> None:
     if folder.exists():
         shutil.rmtree(folder)
@@ -59,10 +64,7 @@ def write_corpus(folder: Path, records: int, shards: int, pool: list[str]) -> No
         if n <= 0:
             break
         with open(folder / f"shard-{s:06d}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(
-                json.dumps({"id": f"r{row + i}", "text": f"{pool[(row + i) % len(pool)]} {row + i}"}) + "\n"
-                for i in range(n)
-            )
+            f.writelines(json.dumps({"id": f"r{row + i}", "text": record_text(pool, row + i)}) + "\n" for i in range(n))
         row += n
 
 

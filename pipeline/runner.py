@@ -25,6 +25,7 @@ from pipeline.backend.duplicates import duplicate_ids_on_cluster
 from pipeline.backend.telemetry import StatusReporter, Telemetry
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, UsageError
+from pipeline.io import coverage
 from pipeline.io.counters import Counters
 from pipeline.io.record_counts import parquet_rows
 from pipeline.io.sources import FieldSpec, Shard, list_shards
@@ -319,7 +320,7 @@ def _embed(
         telemetry,
         total_bytes=sum(s.size for s in work.shards),
         count_records=functools.partial(_count_records, config.storage_options, work.shards),
-        records_done=sum(end - start for s in work.shards for start, end in work.skip.get(s.path, ())),
+        records_done=coverage.count(work.skip),  # rows of the shards left that earlier runs wrote
         interval_s=config.status_interval_s,
     )
     failure: Exception | None = None

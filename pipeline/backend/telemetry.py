@@ -259,29 +259,32 @@ class StatusReporter:
         self.total_records: int | None = None
         self.records_done = records_done
         self.interval_s = interval_s
-        self._count_records = count_records
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="e5-embed-status", daemon=True)
-        self._counter = threading.Thread(target=self._count, name="e5-embed-record-count", daemon=True)
+        self._counter = (
+            threading.Thread(target=self._count, args=(count_records,), name="e5-embed-record-count", daemon=True)
+            if count_records is not None
+            else None
+        )
         self._t0 = time.monotonic()
 
     def __enter__(self) -> StatusReporter:
         self._thread.start()
-        if self._count_records is not None:
+        if self._counter is not None:
             self._counter.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=15)
-        if self._counter.is_alive():  # a daemon: a footer read in flight cannot hold up the exit
+        if (
+            self._counter is not None and self._counter.is_alive()
+        ):  # a daemon: a footer read in flight cannot hold up the exit
             self._counter.join(timeout=1)
 
-    def _count(self) -> None:
-        if self._count_records is None:
-            return
+    def _count(self, count_records: Callable[[threading.Event], int | None]) -> None:
         try:
-            total = self._count_records(self._stop)
+            total = count_records(self._stop)
         except Exception as e:
             logger.warning("progress stays in input bytes: counting the input's records failed: %s", e)
             return

@@ -8,7 +8,6 @@ beyond a counter, stop between shards when asked, and never hold up the driver's
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,8 +16,6 @@ import pyarrow.parquet as pq
 
 from pipeline.io.sources import Shard
 from pipeline.io.storage import Storage
-
-logger = logging.getLogger(__name__)
 
 FOOTER_READERS = 16
 

@@ -159,7 +159,7 @@ def list_shards(inputs: Sequence[str], storage_options: Mapping[str, Any], input
 class _BlockBuilder:
     """Accumulates records into RECORDS-schema tables of at most ``rows`` rows."""
 
-    _COLUMNS = ("id", "source", "row", "reject_reason", "text", "title")
+    _COLUMNS = tuple(schemas.RECORDS.names)  # id, source, row, reject_reason, text, title: add()'s order
 
     def __init__(self, rows: int):
         self.rows = rows

@@ -153,9 +153,9 @@ def test_compiled_encoder_matches_the_reference(ray_cluster, tmp_path, minilm_pa
 def test_out_of_memory_splits_are_counted_in_the_run_record(ray_cluster, minilm_path, tmp_path, monkeypatch):
     """An encode actor that runs out of device memory (injected) splits and retries; the run record says
     how often, and every row is still embedded."""
-    from tests.faults import OutOfMemoryAboveTwoRows
+    from tests.faults import OutOfMemoryAbove
 
-    monkeypatch.setattr("pipeline.planning.plan.EncodeStage", OutOfMemoryAboveTwoRows)
+    monkeypatch.setattr("pipeline.planning.plan.EncodeStage", OutOfMemoryAbove)  # above 2 rows
     (tmp_path / "in.jsonl").write_text(
         "".join(json.dumps({"text": f"document {i} " * (i + 1)}) + "\n" for i in range(12))
     )

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
-import torch
 
 from pipeline.io import schemas
 from pipeline.stages.embedder import records_table
 from pipeline.stages.encode import EncodeStage
 from pipeline.stages.model import ModelSource
 from pipeline.stages.tokenize import TokenizeStage
+from tests.faults import OutOfMemoryAbove
 from tests.reference import reference_embeddings
 
 TEXTS = [
@@ -72,11 +72,8 @@ def test_out_of_memory_splits_the_batch_and_retries(minilm_path, caplog):
     """Injected OOM (no GPU here): batches above 2 rows fail; results must still match."""
     source = ModelSource(name_or_path=minilm_path)
 
-    class TightMemory(EncodeStage):
-        def _launch(self, input_ids, mask):
-            if len(input_ids) > 2:
-                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-            return super()._launch(input_ids, mask)
+    class TightMemory(OutOfMemoryAbove):
+        max_rows = 2
 
     records = records_table(TEXTS, source="s")
     tokens = TokenizeStage(model=source, prefix="passage: ", max_length=512)(records)
@@ -94,16 +91,8 @@ def test_an_out_of_memory_mid_call_loses_no_row(minilm_path, attention):
     batch 16, every micro-batch above 5 rows fails once lowered to 8, then 4."""
     source = ModelSource(name_or_path=minilm_path)
 
-    class TightMemory(EncodeStage):
-        def _launch(self, input_ids, mask):
-            if len(input_ids) > 5:
-                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-            return super()._launch(input_ids, mask)
-
-        def _launch_packed(self, ids, lengths):
-            if len(lengths) > 5:
-                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-            return super()._launch_packed(ids, lengths)
+    class TightMemory(OutOfMemoryAbove):
+        max_rows = 5
 
     texts = [f"row {i} " + "word " * (i % 7) for i in range(60)]
     tokens = TokenizeStage(model=source, prefix="passage: ", max_length=512)(records_table(texts, source="s"))

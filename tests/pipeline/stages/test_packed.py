@@ -3,12 +3,12 @@ the model card's code. On CPU attention runs per row (torch's varlen kernel is C
 
 import numpy as np
 import pytest
-import torch
 
 from pipeline.stages.embedder import Embedder, records_table
 from pipeline.stages.encode import EncodeStage
 from pipeline.stages.model import ModelSource
 from pipeline.stages.tokenize import TokenizeStage
+from tests.faults import OutOfMemoryAbove
 from tests.reference import reference_embeddings
 
 TEXTS = ["short", "a medium sized sentence about gzip compression", "long words " * 300, "x", "ünïcödé 東京 text"]
@@ -39,11 +39,8 @@ def test_micro_batches_hold_at_most_the_padded_batch_token_slots(minilm_path):
 
 
 def test_packed_out_of_memory_splits_rows_and_matches(minilm_path):
-    class TightMemory(EncodeStage):
-        def _launch_packed(self, ids, lengths):
-            if len(lengths) > 1:
-                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-            return super()._launch_packed(ids, lengths)
+    class TightMemory(OutOfMemoryAbove):
+        max_rows = 1
 
     source = ModelSource(name_or_path=minilm_path)
     tokens = _tokens(minilm_path)
