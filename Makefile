@@ -1,7 +1,11 @@
 # Entry points that work on a fresh machine with only the package index:
 #   make demo   - the whole job offline (local S3 + local Ray + bundled corpus and model)
-#   make test   - the test suite
-#   make lint   - ruff (lint + format check), which CI runs before the tests
+#   make test      - the fast tiers (unit + integration): minutes; what a developer runs on each change
+#   make test-unit - the unit tier alone (no Ray, no S3 server, no subprocess)
+#   make test-all  - every tier (+ e2e: whole-job subprocesses, kills, Ray Jobs, Airflow; + rehearsal:
+#                    bench, scale, GPU scripts, the wheel): what CI runs (.ci/run)
+#   make test-soak - the extra kill/resume seeds (marker `soak`), on demand
+#   make lint      - ruff (lint + format check), which CI runs before the tests
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
@@ -24,7 +28,19 @@ lint: install
 	$(VENV)/bin/ruff check pipeline e5tools tests jobs
 	$(VENV)/bin/ruff format --check pipeline e5tools tests jobs
 
-test: install
-	$(PY) -m pytest -q
+PYTEST := $(PY) -m pytest -q
+DURATIONS ?= 25
 
-.PHONY: install demo lint test
+test: install
+	$(PYTEST) -m "unit or integration" --durations=$(DURATIONS)
+
+test-unit: install
+	$(PYTEST) -m unit --durations=$(DURATIONS)
+
+test-all: install
+	$(PYTEST) -m "not soak" --durations=$(DURATIONS)
+
+test-soak: install
+	$(PYTEST) -m soak --durations=$(DURATIONS)
+
+.PHONY: install demo lint test test-unit test-all test-soak

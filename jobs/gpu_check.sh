@@ -12,9 +12,10 @@
 #                 encode_buckets, pipeline on the same 20k docs
 #   actors1/ actors2/  the pipeline on 50k docs with 1 and 2 encode actors per GPU
 #   sustained/    the pipeline alone on 200k docs (~30M tokens): steady-state throughput
-# DEVICE=cpu DOCS=40 ACTORS_DOCS=40 SUSTAINED_DOCS=80 bash jobs/gpu_check.sh  rehearses it on a CPU machine
-# (tests/jobs/test_gpu_scripts.py runs that rehearsal, with BENCH_ROWS=reference,encode,pipeline: every
-# bench row is rehearsed by tests/e5tools/test_bench.py through the same `pipeline bench`).
+# DEVICE=cpu DOCS=40 ACTORS_DOCS=40 bash jobs/gpu_check.sh  rehearses it on a CPU machine.
+# tests/jobs/test_gpu_scripts.py runs each step once: STEPS without `sustained` (the same `pipeline bench
+# --rows pipeline` as the bench step), BENCH_ROWS=reference and ACTORS=2 (every bench row, the pipeline
+# included, is rehearsed by tests/e5tools/test_bench.py through the same `pipeline bench`).
 set -euo pipefail
 out=${OUT:-gpu-check}
 device=${DEVICE:-cuda}
@@ -45,7 +46,7 @@ if [[ $steps == *" bench "* ]]; then
     --out "$out/bench"
 fi
 if [[ $steps == *" actors "* ]]; then
-  for n in 1 2; do
+  for n in ${ACTORS:-1 2}; do
     python -m pipeline bench --device "$device" --docs "${ACTORS_DOCS:-50000}" --rows pipeline \
       --actors-per-gpu "$n" --out "$out/actors$n"
   done

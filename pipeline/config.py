@@ -17,7 +17,7 @@ from typing import Any
 from pipeline import flags
 from pipeline.errors import UsageError
 from pipeline.flags import DEFAULT_MODEL, DEVICES, DTYPES, INPUT_FORMATS, OUTPUT_DTYPES, PREFIXES  # noqa: F401
-from pipeline.io.storage import register_secrets
+from pipeline.io.storage import register_secrets, safe_uri, uri_credentials
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +99,13 @@ class JobConfig:
             raise UsageError("--storage-options must be a JSON object")
         object.__setattr__(self, "storage_options", dict(self.storage_options))
         register_secrets(self.storage_options, (*self.inputs, self.output, self.model))
+        for flag, uri in [("--input", u) for u in self.inputs] + [("--output", self.output), ("--model", self.model)]:
+            kind = uri_credentials(uri)
+            if kind:  # it would be written into the manifest, the data files' `source` and the logs
+                raise UsageError(
+                    f"{flag} {safe_uri(uri)} carries {kind}; credentials in a URI would be recorded in the "
+                    f"output and its logs: pass them with --storage-options (or the store's environment)"
+                )
 
     @property
     def gpus_to_wait_for(self) -> int:

@@ -1,11 +1,18 @@
-"""Session-scoped real parts: a moto S3 server on loopback, a local Ray cluster, real models.
+"""Session-scoped real parts: a moto S3 server on loopback, a local Ray cluster, real models;
+and the test tiers.
 
-Each fixture stops what it started by the handle it holds.
+Each fixture stops what it started by the handle it holds. Every test carries exactly one tier
+marker (see ``TIERS``); collection fails on a test without one, with two, or on a ``unit`` test
+that asks for a server or a cluster, and a ``unit`` test that starts a process or Ray fails.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 
 import pytest
 
@@ -13,6 +20,49 @@ from e5tools.demo import offline_model_path, patched_env
 from e5tools.local_s3 import LocalS3Server
 from e5tools.random_model import write_random_bert, write_random_xlmr
 from e5tools.sample_text import MULTILINGUAL_SENTENCES
+
+# tier -> what its tests may use (pyproject.toml declares the same markers for --strict-markers)
+TIERS = {
+    "unit": "no Ray, no S3 server, no subprocess",
+    "integration": "the one session Ray cluster and S3 server; whole runs in-process",
+    "e2e": "whole-job subprocesses: kills, Ray Jobs, Airflow, the CLI as users run it",
+    "rehearsal": "benchmarks, scale and GPU-script rehearsals, the wheel install, torch.compile",
+}
+# fixtures that start a server or a cluster (directly or through another fixture)
+SERVER_FIXTURES = {"s3_server", "ray_cluster", "ray_head", "airflow_python"}
+
+
+def pytest_collection_modifyitems(config, items):
+    problems = []
+    for item in items:
+        tiers = [m.name for m in item.iter_markers() if m.name in TIERS]
+        if len(tiers) != 1:
+            problems.append(f"{item.nodeid}: {len(tiers)} tier markers {tiers}; give it exactly one of {sorted(TIERS)}")
+        elif tiers[0] == "unit" and SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            used = sorted(SERVER_FIXTURES & set(item.fixturenames))
+            problems.append(f"{item.nodeid}: a unit test may not use {used}; mark it integration")
+    if problems:
+        raise pytest.UsageError("tier markers:\n  " + "\n  ".join(problems))
+
+
+class _NoProcessInUnitTests(subprocess.Popen):
+    def __init__(self, *args, **kwargs):
+        raise AssertionError(
+            f"a unit test started a process ({args[0] if args else kwargs.get('args')!r}); mark it e2e"
+        )
+
+
+@pytest.fixture(autouse=True)
+def _tier_guard(request, monkeypatch):
+    """Hold unit tests to their tier: no subprocess, no Ray."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    monkeypatch.setattr(subprocess, "Popen", _NoProcessInUnitTests)
+    ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    yield
+    if "ray" in sys.modules and not ray_before:
+        assert not sys.modules["ray"].is_initialized(), "a unit test started Ray; mark it integration"
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +150,13 @@ def bucket(s3fs_client, request):
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # pinned model copies (content-addressed) in a cache of this session's, not the user's ~/.cache;
+    # set before any Ray starts, so every worker and every job subprocess shares it
+    config._e5_model_cache = tempfile.mkdtemp(prefix="e5-model-cache-")
+    os.environ["E5_EMBED_MODEL_CACHE"] = config._e5_model_cache
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_e5_model_cache", None)
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)

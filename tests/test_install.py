@@ -43,6 +43,7 @@ def _requires(wheel: Path) -> set[str]:
     return required
 
 
+@pytest.mark.unit
 def test_the_wheel_declares_every_third_party_package_the_product_imports(wheel):
     stdlib = set(sys.stdlib_module_names)
     imported = set()
@@ -57,7 +58,7 @@ def test_the_wheel_declares_every_third_party_package_the_product_imports(wheel)
     assert not missing, f"imported by the product but not declared in pyproject.toml: {sorted(missing)}"
 
 
-@pytest.mark.slow
+@pytest.mark.rehearsal
 def test_wheel_plans_with_the_packaged_profiles_in_a_clean_venv_from_another_directory(tmp_path, wheel):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True, system_site_packages=False, clear=True).create(env_dir)

@@ -4,6 +4,10 @@ Ray only in the backend, the runner and cluster probing, dev tools out of the pr
 import ast
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 # lowest first; a module may import its own layer and the ones before it
 LAYERS = [

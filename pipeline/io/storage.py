@@ -61,6 +61,32 @@ def strip_uri_credentials(uri: str) -> str:
     return _URI_CREDENTIALS.sub(lambda m: m.group("scheme") if ":" in m.group("creds") else m.group(0), uri)
 
 
+# query parameters that carry a credential (presigned S3/GCS URLs, SAS tokens, API keys)
+_SECRET_QUERY = re.compile(r"signature|credential|token|secret|password|passwd|^sig$|^se$|accesskey|api[-_]?key", re.I)
+
+
+def uri_credentials(uri: str) -> str | None:
+    """What kind of credential a URI carries inside it (``user:password@``, or an http(s) query string
+    with a signature, token or key), or None. Such a URI would be recorded (manifest, ``source``
+    columns, shard log, logs), so the job refuses it and points to ``--storage-options``."""
+    match = _URI_CREDENTIALS.match(uri)
+    if match and ":" in match.group("creds"):
+        return "a user:password@ part"
+    if uri.lower().startswith(("http://", "https://")) and "?" in uri:
+        from urllib.parse import parse_qsl, urlsplit
+
+        names = [name for name, _ in parse_qsl(urlsplit(uri).query, keep_blank_values=True)]
+        if any(_SECRET_QUERY.search(name) for name in names):
+            return "a signed or token-bearing query string"
+    return None
+
+
+def safe_uri(uri: str) -> str:
+    """A URI as it may be shown: no ``user:password@``, no query string on http(s)."""
+    uri = strip_uri_credentials(uri)
+    return uri.split("?", 1)[0] if uri.lower().startswith(("http://", "https://")) else uri
+
+
 def normalize_uri(uri: str) -> str:
     """One spelling per location: absolute ``file://`` paths, no credentials, no trailing slash."""
     uri = strip_uri_credentials(os.fspath(uri))

@@ -169,12 +169,19 @@ class OutputState:
         )
 
     def _check_identity(self, existing: Manifest, metadata: Mapping[str, Any]) -> None:
+        if existing.metadata.get("model_sha") is None and metadata.get("model_sha") is not None:
+            # made before model digests were recorded: any model of the same name would pass
+            raise UsageError(
+                f"{self.storage.describe()} was made before this job recorded model digests, so the model "
+                f"that made it cannot be checked against {metadata.get('model_sha')}; use --overwrite or "
+                f"another --output"
+            )
         mismatched = [
             k
             for k in IDENTITY_KEYS
             if _identity(existing.metadata, k) != _identity(metadata, k)
-            # outputs made before these keys were recorded are resumed without them
-            and not (k in ("model_sha", "input_format") and k not in existing.metadata)
+            # outputs made before input_format was recorded are resumed without it
+            and not (k == "input_format" and k not in existing.metadata)
         ]
         if mismatched:
             diffs = "; ".join(f"{k}: {existing.metadata.get(k)!r} -> {metadata.get(k)!r}" for k in mismatched)

@@ -4,17 +4,24 @@
 a local folder. The driver checks it before any actor starts (fail fast, exit
 2); each actor then loads it once. Hub downloads go through the node's Hugging
 Face cache, whose file locks make it one download per node.
+
+A folder (local or in object storage) is identified by a digest of every byte of
+every file (``folder_digest``). The driver pins it; every process then loads the
+node's content-addressed copy of exactly those bytes (``pinned_copy``), made and
+verified once per node, so a folder changed or repointed mid-run fails the actor
+instead of embedding with other weights under the pinned digest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import posixpath
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.errors import UsageError
@@ -23,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 _FETCH_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model"]
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
-_DIGEST_WHOLE_BELOW = 16 << 20  # files under this size are hashed whole; larger ones by head and tail
+_READ_BYTES = 8 << 20  # digest and copy in 8 MiB reads
 
 
 def model_cache_root() -> str:
@@ -82,23 +89,89 @@ def fetch_folder(uri: str, storage_options: Mapping[str, Any]) -> str:
     return target
 
 
-def folder_digest(folder: str) -> str:
-    """A content digest of a model folder (names, sizes, bytes; large files by first and last MiB)."""
-    h = hashlib.sha256()
-    for root, dirs, files in os.walk(folder):
+def _folder_files(folder: str) -> list[tuple[str, str]]:
+    """(relative name, path) of every file loading may read, in a fixed order (dot-entries are the
+    caches' own markers, never model files)."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(f for f in files if not f.startswith(".")):
             path = os.path.join(root, name)
-            size = os.path.getsize(path)
-            h.update(f"{os.path.relpath(path, folder)}\0{size}\0".encode())
-            with open(path, "rb") as f:
-                if size < _DIGEST_WHOLE_BELOW:
-                    h.update(f.read())
-                else:
-                    h.update(f.read(1 << 20))
-                    f.seek(size - (1 << 20))
-                    h.update(f.read(1 << 20))
+            found.append((os.path.relpath(path, folder), path))
+    return found
+
+
+def _digest_files(folder: str, copy_to: str | None = None) -> str:
+    """sha256 over each file's name, size and every byte; with ``copy_to``, the bytes hashed are the
+    bytes written there (one pass: what is copied is what is hashed)."""
+    h = hashlib.sha256()
+    buffer = bytearray(_READ_BYTES)
+    view = memoryview(buffer)
+    for rel, path in _folder_files(folder):
+        dest = None if copy_to is None else os.path.join(copy_to, rel)
+        if dest is not None:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with open(path, "rb") as f, open(dest, "wb") if dest else contextlib.nullcontext() as out:
+            size = os.fstat(f.fileno()).st_size
+            h.update(f"{rel}\0{size}\0".encode())
+            read = 0
+            while n := f.readinto(buffer):
+                h.update(view[:n])
+                read += n
+                if out is not None:
+                    out.write(view[:n])
+            if read != size:
+                raise OSError(f"{rel} changed while it was read ({size} bytes listed, {read} read)")
     return h.hexdigest()
+
+
+def folder_digest(folder: str) -> str:
+    """A content digest of a model folder: every file's name, size and every byte (sha256)."""
+    return _digest_files(folder)
+
+
+def _cache_dir(hex_digest: str) -> str:
+    return os.path.join(model_cache_root(), f"sha256-{hex_digest}")
+
+
+def pinned_copy(folder: str, digest: str) -> str:
+    """The node's copy of ``folder`` as it was when pinned to ``digest`` (``sha256:<hex>``).
+
+    Made once per node under a file lock: the bytes are hashed as they are copied, and a copy whose
+    digest is not the pinned one is thrown away with a clear error (the folder changed, or a symlink
+    was repointed, after the driver pinned it). Later processes on the node load the verified copy.
+    """
+    import shutil
+
+    import filelock
+
+    hex_digest = digest.removeprefix("sha256:")
+    target = _cache_dir(hex_digest)
+    if os.path.isfile(os.path.join(target, ".complete")):
+        return target
+    os.makedirs(model_cache_root(), exist_ok=True)
+    with filelock.FileLock(target + ".lock"):
+        if os.path.isfile(os.path.join(target, ".complete")):
+            return target
+        tmp = f"{target}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            found = _digest_files(folder, copy_to=tmp)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UsageError(f"cannot copy model folder {folder!r}: {e}") from e
+        if found != hex_digest:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UsageError(
+                f"model folder {folder!r} changed after the run pinned it: it was {digest}, it is now "
+                f"sha256:{found}; no process may embed with other weights under the pinned digest"
+            )
+        with open(os.path.join(tmp, ".complete"), "w", encoding="utf-8") as f:
+            f.write(f"{folder}\n")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        logger.info("copied model %s to %s", folder, target)
+    return target
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,6 +265,8 @@ class ModelSource:
 
     name_or_path: str
     revision: str | None = None
+    # a folder's content digest (``sha256:<hex>``), set by ``pinned``: what every process must load
+    digest: str | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -209,10 +284,12 @@ class ModelSource:
         in the node's cache without any network first: only the first actor on a node whose cache
         lacks it downloads (the cache's file locks make that one download per node).
         """
-        if self.is_local:
-            return self.name_or_path
-        if self.is_remote_folder:
-            return fetch_folder(self.name_or_path, self.storage_options)
+        if self.is_local or self.is_remote_folder:
+            copy = _cache_dir(self.digest.removeprefix("sha256:")) if self.digest else None
+            if copy is not None and os.path.isfile(os.path.join(copy, ".complete")):
+                return copy  # this node's verified copy: no listing, no read
+            folder = self.name_or_path if self.is_local else fetch_folder(self.name_or_path, self.storage_options)
+            return folder if self.digest is None else pinned_copy(folder, self.digest)
         from huggingface_hub import snapshot_download
 
         if self.revision and _COMMIT_SHA.fullmatch(self.revision):
@@ -234,12 +311,20 @@ class ModelSource:
         """This model pinned to what it is now, and its identity for the output's metadata.
 
         A Hub model: the revision resolved to its commit sha (``main`` today may be another commit
-        tomorrow); actors load exactly that sha. A local folder: a digest of its files' names, sizes
-        and contents (large files by their first and last MiB), so an edited folder is noticed.
+        tomorrow); actors load exactly that sha. A folder: the digest of every byte of its files,
+        taken while copying it into this node's content-addressed cache; every process loads a copy
+        verified against that digest (``pinned_copy``).
         """
-        path = self.local_path()
         if self.is_local or self.is_remote_folder:
-            return self, "sha256:" + folder_digest(path)
+            folder = self.name_or_path if self.is_local else fetch_folder(self.name_or_path, self.storage_options)
+            try:
+                digest = "sha256:" + folder_digest(folder)
+            except OSError as e:
+                raise UsageError(f"cannot read model folder {folder!r}: {e}") from e
+            pinned = replace(self, digest=digest)
+            pinned.local_path()  # this node's verified copy, made now (the driver's node needs no second)
+            return pinned, digest
+        path = self.local_path()
         sha = os.path.basename(os.path.normpath(path))
         if not _COMMIT_SHA.fullmatch(sha):
             raise UsageError(f"cannot tell the commit of model {self.name_or_path!r} (snapshot folder {sha!r})")

@@ -13,6 +13,8 @@ from e5_embed_args import DENIED_FLAGS, RUN_FLAGS, BadParams, build_entrypoint, 
 
 from pipeline.cli import build_parser  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 BASE = {"input": "s3://c/shards/", "output": "s3://e/out/", "model": "intfloat/e5-base-v2", "prefix": "passage"}
 
 

@@ -3,8 +3,10 @@ have), against a real token-auth Ray head; the token travels only in the Airflow
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,33 +14,51 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_VERSION = "3.3.2"
-VENV = ROOT / ".venv-airflow"
+REQUIREMENTS = ROOT / "jobs" / "airflow" / "requirements.txt"
+
+
+def airflow_venv() -> Path:
+    """Where the Airflow virtualenv lives: outside the clone, keyed by what it is built from (Airflow's
+    version, the DAG's requirements, this Python), so a clean clone on a machine that built it once
+    reuses it and any change of pin builds a new one. ``E5_EMBED_TEST_CACHE`` moves the cache."""
+    key = hashlib.sha256(
+        f"{AIRFLOW_VERSION}\n{sys.version_info[:2]}\n".encode() + REQUIREMENTS.read_bytes()
+    ).hexdigest()[:16]
+    cache = Path(os.environ.get("E5_EMBED_TEST_CACHE") or Path.home() / ".cache" / "e5-embed-tests")
+    return cache / f"airflow-{AIRFLOW_VERSION}-py{sys.version_info[0]}{sys.version_info[1]}-{key}"
 
 
 @pytest.fixture(scope="session")
 def airflow_python() -> str:
-    python = VENV / "bin" / "python"
-    marker = VENV / f".installed-{AIRFLOW_VERSION}"
-    if not marker.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                f"apache-airflow=={AIRFLOW_VERSION}",
-                "-r",
-                str(ROOT / "jobs" / "airflow" / "requirements.txt"),
-            ],
-            check=True,
-            timeout=1500,
-        )
-        marker.touch()
+    from filelock import FileLock
+
+    venv_dir = airflow_venv()
+    python = venv_dir / "bin" / "python"
+    marker = venv_dir / ".installed"
+    venv_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(venv_dir) + ".lock"):  # two sessions on one machine build it once
+        if not marker.exists():
+            shutil.rmtree(venv_dir, ignore_errors=True)  # a half-built one from an interrupted session
+            subprocess.run([sys.executable, "-m", "venv", str(venv_dir)], check=True)
+            subprocess.run(
+                [
+                    str(python),
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    f"apache-airflow=={AIRFLOW_VERSION}",
+                    "-r",
+                    str(REQUIREMENTS),
+                ],
+                check=True,
+                timeout=1500,
+            )
+            marker.touch()
     return str(python)
 
 

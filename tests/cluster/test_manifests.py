@@ -9,6 +9,8 @@ from pipeline.planning.plan import ClusterSpec, PlanRequest, make_plan
 from pipeline.planning.scheduler_config import load_scheduler_config
 from pipeline.stages.model import KNOWN_SHAPES
 
+pytestmark = pytest.mark.unit
+
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 E5_BASE = KNOWN_SHAPES["intfloat/e5-base-v2"]
 # instance type -> (GPUs, vCPUs, accelerator): what the launcher's resources must say

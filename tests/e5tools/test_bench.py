@@ -2,14 +2,14 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
 from e5tools.bench import ROWS, make_corpus, run_benchmark
+from tests.clirun import run_cli
 
 
+@pytest.mark.unit
 def test_corpus_is_real_text_with_a_length_mix():
     docs = make_corpus(300)
     assert len(docs) == 300 and docs == make_corpus(300)  # deterministic
@@ -17,28 +17,20 @@ def test_corpus_is_real_text_with_a_length_mix():
     assert words[0] < 40 < words[150] < 200 < words[-1]  # short, median and a long tail
 
 
+@pytest.mark.unit
 def test_unknown_row_is_a_usage_error():
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "bench", "--rows", "encode,warp"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli("bench", "--rows", "encode,warp")
     assert result.returncode == 2 and "unknown warp" in result.stderr
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("value", ["200000", "200000,50000", "a,b"])
 def test_a_bad_cpu_side_size_pair_is_a_usage_error(value):
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "bench", "--cpu-side", value],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli("bench", "--cpu-side", value)
     assert result.returncode == 2 and "--cpu-side" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
-@pytest.mark.slow
+@pytest.mark.rehearsal
 def test_every_row_and_memory_check_are_well_formed(tmp_path):
     report = run_benchmark(docs=24, device="cpu", rows=ROWS, memory_check=True, out_dir=str(tmp_path))
     assert set(report["rows"]) == set(ROWS)
@@ -72,6 +64,7 @@ def test_every_row_and_memory_check_are_well_formed(tmp_path):
     assert all(f"| {name} |" in table for name in ROWS)
 
 
+@pytest.mark.unit
 def test_steady_state_rate_leaves_out_start_up(tmp_path):
     import os
 

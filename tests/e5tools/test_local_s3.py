@@ -1,4 +1,8 @@
+import pytest
+
 from e5tools.local_s3 import free_ports
+
+pytestmark = pytest.mark.unit
 
 
 def test_free_ports_are_distinct():

@@ -7,6 +7,7 @@ from e5tools.longdoc import best_window_scores, build_task, recall, run_check
 from pipeline.stages.chunking import ChunkSettings
 
 
+@pytest.mark.unit
 def test_task_queries_target_every_position_and_are_held_out():
     task = build_task(n_docs=6, paragraphs_per_doc=20, seed=1)
     assert len(task.docs) == 6 and len(task.queries) == len(task.target) == len(task.target_char)
@@ -18,6 +19,7 @@ def test_task_queries_target_every_position_and_are_held_out():
     assert min(fractions) == 0.0 and max(fractions) > 0.8
 
 
+@pytest.mark.unit
 def test_scores_and_recall():
     q = np.eye(3, dtype=np.float32)
     windows = np.array([[1, 0, 0], [0, 0.5, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
@@ -27,7 +29,7 @@ def test_scores_and_recall():
     assert recall(scores, np.array([0, 1, 0]), 3) == 1.0
 
 
-@pytest.mark.slow
+@pytest.mark.rehearsal
 def test_windows_beat_truncation_on_long_documents(minilm_path):
     report = run_check(minilm_path, n_docs=12, paragraphs_per_doc=30, chunkings=[ChunkSettings(tokens=256, overlap=32)])
     assert report["mean_doc_tokens"] > 1000 and report["queries_beyond_max_length"] > 50

@@ -6,7 +6,7 @@ import pytest
 
 from e5tools.scale import main
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.rehearsal
 
 
 def test_tiny_rehearsal_reports_every_step(tmp_path):

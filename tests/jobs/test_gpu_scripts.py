@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.rehearsal
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -15,21 +17,6 @@ def _env():
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` is this venv's
     return env
-
-
-def test_memory_check_rehearsal_runs_the_job_encode_path(tmp_path):
-    subprocess.run(
-        [sys.executable, "jobs/gpu_memory_check.py", "--rehearse", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=_env(),
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    report = json.loads((tmp_path / "memory.json").read_text())
-    assert [(r["batch"], r["length"]) for r in report["rows"]] == [(2, 16), (4, 16), (2, 32), (4, 32)]
-    assert all(r["estimate_gb"] > 0 and r["oom_splits"] == 0 for r in report["rows"])
-    assert "| batch | length | reserved GB" in (tmp_path / "memory.md").read_text()
 
 
 def test_without_cuda_and_without_rehearse_it_measures_nothing_and_says_so(tmp_path):
@@ -45,30 +32,32 @@ def test_without_cuda_and_without_rehearse_it_measures_nothing_and_says_so(tmp_p
     assert not (tmp_path / "memory.json").exists()
 
 
-@pytest.mark.slow
 def test_gpu_check_script_rehearsed_on_cpu(tmp_path):
-    # every bench row runs in tests/e5tools/test_bench.py (the same `pipeline bench`); here a few, for the glue
-    rows = "reference,encode,pipeline"
+    """Every step of jobs/gpu_check.sh once, at tiny sizes. The bench step runs one row for its glue:
+    every row (the pipeline too, which the actors and sustained steps repeat at other sizes) is
+    rehearsed by tests/e5tools/test_bench.py through the same `pipeline bench`."""
     env = _env() | {
         "DEVICE": "cpu",
         "DOCS": "40",
         "ACTORS_DOCS": "40",
-        "SUSTAINED_DOCS": "80",
-        "BENCH_ROWS": rows,
+        "STEPS": "versions memory profile bench actors",
+        "BENCH_ROWS": "reference",
+        "ACTORS": "2",
         "OUT": str(tmp_path),
     }
     subprocess.run(["bash", "jobs/gpu_check.sh"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
     assert "torch" in (tmp_path / "versions.txt").read_text()
-    assert (tmp_path / "memory" / "memory.json").exists()
+    # memory: the job's ragged encode path against the planner's estimate
+    report = json.loads((tmp_path / "memory" / "memory.json").read_text())
+    assert [(r["batch"], r["length"]) for r in report["rows"]] == [(2, 16), (4, 16), (2, 32), (4, 32)]
+    assert all(r["estimate_gb"] > 0 and r["oom_splits"] == 0 for r in report["rows"])
+    assert "| batch | length | reserved GB" in (tmp_path / "memory" / "memory.md").read_text()
     profile = json.loads((tmp_path / "profile" / "profile.json").read_text())
     assert len(profile["forward"]) == 4 and all(r["tokens_per_s"] > 0 for r in profile["forward"])
     for attention in ("padded", "packed"):  # the attention kernel that ran is named
         assert any("scaled_dot_product" in k for k in profile["profile"][attention]["attention_kernels"])
     bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
-    assert set(bench["rows"]) == set(rows.split(","))
-    assert all(r["docs"] == 40 and r["tokens"] > 0 for r in bench["rows"].values())
-    for n in (1, 2):
-        actors = json.loads((tmp_path / f"actors{n}" / "bench.json").read_text())
-        assert f"--actors-per-gpu {n}" in actors["rows"]["pipeline"]["notes"]
-    sustained = json.loads((tmp_path / "sustained" / "bench.json").read_text())
-    assert sustained["rows"]["pipeline"]["docs"] == 80
+    assert set(bench["rows"]) == {"reference"} and bench["rows"]["reference"]["docs"] == 40
+    actors = json.loads((tmp_path / "actors2" / "bench.json").read_text())
+    assert "--actors-per-gpu 2" in actors["rows"]["pipeline"]["notes"] and actors["rows"]["pipeline"]["docs"] == 40
+    assert not (tmp_path / "actors1").exists() and not (tmp_path / "sustained").exists()  # steps as asked

@@ -25,8 +25,6 @@ from pipeline.runner import run_job
 from tests.pipeline.test_fault_tolerance import ENV, ROOT, kill_job
 from tests.reference import reference_embeddings
 
-pytestmark = pytest.mark.slow
-
 
 def corpus_records(n: int = 24, seed: int = 0) -> list[dict]:
     """Documents of 1 to 14 real paragraphs (most well past 512 tokens), some with titles."""
@@ -82,6 +80,7 @@ def check_chunked_output(table: pa.Table, records: list[dict], model_path: str, 
     assert [rows[i]["n_tokens"] for i in picked] == lengths.tolist()
 
 
+@pytest.mark.integration
 def test_chunked_local_run_keeps_the_contract_and_its_settings(ray_cluster, tmp_path, minilm_path):
     records = corpus_records()
     write_jsonl(tmp_path / "corpus" / "a.jsonl", records[:12])
@@ -127,6 +126,7 @@ def test_chunked_local_run_keeps_the_contract_and_its_settings(ray_cluster, tmp_
         run_job(JobConfig(**{**base, "chunk_tokens": None}))  # a truncating run cannot extend it either
 
 
+@pytest.mark.integration
 def test_chunked_s3_run_keeps_the_contract(ray_cluster, s3fs_client, bucket, minilm_path):
     fs = s3fs_client
     records = corpus_records(n=12, seed=3)
@@ -155,6 +155,7 @@ def _run_args(corpus: Path, out: Path, model: str, *extra: str) -> list[str]:
     return job_argv(corpus, out, model, *chunking, "--max-bad-fraction", "0.1", *extra)
 
 
+@pytest.mark.e2e
 def test_sigkill_mid_chunked_run_then_rerun_gives_every_window_once(tmp_path, minilm_path):
     records = corpus_records(n=48, seed=5)[:-1]
     for s in range(4):

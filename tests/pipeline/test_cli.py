@@ -1,4 +1,5 @@
-"""The command as users run it: subprocesses, exit codes, one-line errors."""
+"""The command as users run it: exit codes, one-line errors (in-process where a process adds nothing;
+the demo and the secrets check run ``python -m pipeline`` as users do)."""
 
 import json
 import os
@@ -7,6 +8,8 @@ import sys
 
 import pyarrow.dataset as pads
 import pytest
+
+from tests.clirun import run_cli
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
 
@@ -17,8 +20,9 @@ def cli(*args, timeout=300, env=None):
     )
 
 
+@pytest.mark.unit
 def test_help_explains_every_flag():
-    out = cli("run", "--help").stdout
+    out = run_cli("run", "--help").stdout
     for flag in (
         "--input",
         "--output",
@@ -50,27 +54,32 @@ def test_help_explains_every_flag():
         (["run", "--config", "/nonexistent.yaml"], "cannot read --config"),
     ],
 )
+@pytest.mark.unit
 def test_usage_errors_exit_2_with_one_line(args, message):
-    result = cli(*args)
+    result = run_cli(*args)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
 
 
+@pytest.mark.unit
 def test_missing_input_is_exit_2(tmp_path, minilm_path):
-    result = cli("run", "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o"), "--model", minilm_path)
+    result = run_cli(
+        "run", "--input", str(tmp_path / "nothing"), "--output", str(tmp_path / "o"), "--model", minilm_path
+    )
     assert result.returncode == 2 and "input not found" in result.stderr
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.unit
 def test_debug_shows_the_traceback(tmp_path):
-    result = cli(
+    result = run_cli(
         "run", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", str(tmp_path / "m"), "--debug"
     )
     assert result.returncode == 2 and "Traceback" in result.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_run_from_a_yaml_job_file(tmp_path, minilm_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -82,7 +91,7 @@ def test_run_from_a_yaml_job_file(tmp_path, minilm_path):
         f"input: {corpus}\noutput: {tmp_path / 'out'}\nmodel: {minilm_path}\n"
         "text-field: body\nid_field: key\nprefix: query\nprogress: false\n"
     )
-    result = cli("run", "--config", str(job), "--batch-size", "4")
+    result = run_cli("run", "--config", str(job), "--batch-size", "4")  # on the session's Ray
     assert result.returncode == 0, result.stderr[-3000:]
     assert "12 rows embedded, 0 rejected" in result.stdout
     table = pads.dataset(str(tmp_path / "out"), format="parquet").to_table()
@@ -91,7 +100,7 @@ def test_run_from_a_yaml_job_file(tmp_path, minilm_path):
     assert manifest["metadata"]["prefix"] == "query: " and manifest["runs"][0]["plan"]["batch_size"] == 4
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_runs_offline_end_to_end():
     result = cli("demo", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -103,27 +112,20 @@ def test_demo_runs_offline_end_to_end():
     assert "chunked (best window per document)" in result.stdout and "its best window is chunk" in result.stdout
 
 
+@pytest.mark.integration
 def test_missing_buckets_fail_fast_naming_the_resource(s3_server, s3fs_client, bucket, minilm_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
-    result = cli(
-        "run", "--input", "s3://no-such-bucket-in/x/", "--output", f"s3://{bucket}/o/", "--model", minilm_path, env=env
+    result = run_cli(
+        "run", "--input", "s3://no-such-bucket-in/x/", "--output", f"s3://{bucket}/o/", "--model", minilm_path
     )
     assert result.returncode == 2 and "no-such-bucket-in" in result.stderr and "Traceback" not in result.stderr
     s3fs_client.pipe(f"{bucket}/in/a.txt", b"hello\n")
-    result = cli(
-        "run",
-        "--input",
-        f"s3://{bucket}/in/",
-        "--output",
-        "s3://no-such-bucket-out/o/",
-        "--model",
-        minilm_path,
-        env=env,
+    result = run_cli(
+        "run", "--input", f"s3://{bucket}/in/", "--output", "s3://no-such-bucket-out/o/", "--model", minilm_path
     )
     assert result.returncode == 2 and "cannot write to output s3://no-such-bucket-out/o/" in result.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_secrets_never_reach_logs_outputs_or_metadata(s3_server, s3fs_client, bucket, minilm_path):
     secret = "sEcReT-value-that-must-not-leak-0123456789"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

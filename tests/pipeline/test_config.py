@@ -1,8 +1,12 @@
+import re
+
 import pytest
 
 from pipeline.cli import build_parser, job_config_from_args
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError
+
+pytestmark = pytest.mark.unit
 
 
 def test_defaults_follow_e5():
@@ -71,6 +75,34 @@ def test_scrub_finds_secrets_at_any_depth_and_inside_uris():
     assert "PASSWD-78" not in scrub("s3fs says: USERX:PASSWD-78@bucket/k not found")  # no scheme in the message
     assert normalize_uri("s3://USER:PASSWD-77@bucket/k/") == "s3://bucket/k"
     assert normalize_uri("abfs://container@account/x") == "abfs://container@account/x"  # a location, kept
+
+
+@pytest.mark.parametrize(
+    "flag, uri",
+    [
+        ("inputs", "https://reader:HTTP-PASS-51@files.example/corpus/a.jsonl"),
+        ("inputs", "s3://AKIAUSER:S3-PASS-52@bucket/corpus/"),
+        (
+            "inputs",
+            "https://bucket.s3.amazonaws.com/a.jsonl?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F"
+            "20261130&X-Amz-Signature=PRESIGNED-SIG-53",
+        ),
+        ("inputs", "https://store.example/a.jsonl?sv=2024&sig=SAS-SIG-54"),
+        ("output", "https://u:OUT-PASS-55@dav.example/out/"),
+        ("model", "https://m.example/e5/?token=MODEL-TOKEN-56"),
+    ],
+)
+def test_credentials_inside_a_uri_are_refused_before_anything_is_recorded(flag, uri):
+    """They would reach the manifest, the data files' `source`, the shard log and the logs."""
+    base = {"inputs": ("in/",), "output": "out/", "model": "m"}
+    with pytest.raises(UsageError, match="pass them with --storage-options") as refused:
+        JobConfig(**{**base, flag: (uri,) if flag == "inputs" else uri})
+    assert not any(secret in str(refused.value) for secret in re.findall(r"[A-Z0-9]+-[A-Z]+-\d\d", uri))
+
+
+def test_uris_that_name_a_location_are_not_credentials():
+    for uri in ("abfs://container@account/x/", "s3://bucket/what?.jsonl", "https://files.example/a.jsonl?part=2"):
+        assert JobConfig(inputs=(uri,), output="out/", model="m").inputs == (uri,)
 
 
 def test_storage_options_from_a_file_stay_off_the_command_line(tmp_path):

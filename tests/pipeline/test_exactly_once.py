@@ -23,9 +23,9 @@ from pipeline.config import JobConfig
 from pipeline.errors import JobError, UsageError
 from pipeline.io.storage import ScrubFilter, Storage
 from pipeline.runner import run_job
+from tests.clirun import run_cli
 from tests.pipeline.test_fault_tolerance import output_ids, write_corpus
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
 
@@ -51,6 +51,7 @@ def assert_exactly(out: Path, ids: set[str]) -> None:
     assert sorted(got) == sorted(ids) and len(got) == len(set(got))
 
 
+@pytest.mark.e2e
 def test_two_runs_at_once_one_writes_the_other_refuses_or_waits(tmp_path, minilm_path):
     """An Airflow retry while the first job still runs, with other flags: it must not write."""
     ids = write_corpus(tmp_path / "corpus", shards=3, per_shard=40)
@@ -81,6 +82,7 @@ def test_two_runs_at_once_one_writes_the_other_refuses_or_waits(tmp_path, minilm
     assert all(len(pq.read_table(p)) <= 8 for p in out.glob("part-*.parquet"))  # only the first run's files
 
 
+@pytest.mark.integration
 def test_a_shard_added_after_completion_is_embedded_on_rerun(ray_cluster, tmp_path, minilm_path):
     ids = write_corpus(tmp_path / "corpus", shards=2, per_shard=20)
     out = tmp_path / "out"
@@ -96,6 +98,7 @@ def test_a_shard_added_after_completion_is_embedded_on_rerun(ray_cluster, tmp_pa
     assert run_job(config(tmp_path / "corpus", out, minilm_path)).status == "noop"  # nothing changed now
 
 
+@pytest.mark.integration
 def test_a_shard_changed_or_gone_is_refused_until_overwrite(ray_cluster, tmp_path, minilm_path):
     write_corpus(tmp_path / "corpus", shards=2, per_shard=20)
     out = tmp_path / "out"
@@ -118,6 +121,7 @@ def test_a_shard_changed_or_gone_is_refused_until_overwrite(ray_cluster, tmp_pat
     assert_exactly(out, {f"r{i}" for i in range(20)})
 
 
+@pytest.mark.integration
 def test_a_cut_shard_fails_the_job_unless_remainders_are_accepted(ray_cluster, tmp_path, minilm_path):
     """A .jsonl.gz cut to 20% of its bytes used to pass as '1 rejected' with _SUCCESS."""
     corpus = tmp_path / "corpus"
@@ -151,6 +155,7 @@ def test_a_cut_shard_fails_the_job_unless_remainders_are_accepted(ray_cluster, t
     assert (out / "_SUCCESS").exists()
 
 
+@pytest.mark.integration
 def test_output_paths_with_glob_characters_are_literal_on_s3(ray_cluster, s3fs_client, bucket, minilm_path):
     fs = s3fs_client
     for s in range(2):
@@ -171,6 +176,7 @@ def test_output_paths_with_glob_characters_are_literal_on_s3(ray_cluster, s3fs_c
     assert sorted(got["id"].to_pylist()) == sorted(f"g{s}-{i}" for s in range(2) for i in range(6))
 
 
+@pytest.mark.integration
 def test_interrupted_overwrite_never_leaves_success_and_spares_foreign_files(
     ray_cluster, tmp_path, minilm_path, monkeypatch
 ):
@@ -200,6 +206,7 @@ def test_interrupted_overwrite_never_leaves_success_and_spares_foreign_files(
     assert sorted(got) == sorted(ids)
 
 
+@pytest.mark.unit
 def test_output_inside_input_and_input_inside_output_are_refused(tmp_path, minilm_path):
     write_corpus(tmp_path / "corpus", shards=1, per_shard=2)
     with pytest.raises(UsageError, match="lies inside --input"):
@@ -210,6 +217,7 @@ def test_output_inside_input_and_input_inside_output_are_refused(tmp_path, minil
         run_job(config(f"{tmp_path}/./corpus/", f"{tmp_path}/corpus//emb", minilm_path))
 
 
+@pytest.mark.integration
 def test_within_file_duplicate_rows_are_repaired_on_rerun(ray_cluster, tmp_path, minilm_path):
     ids = write_corpus(tmp_path / "corpus", shards=1, per_shard=10)
     out = tmp_path / "out"
@@ -230,6 +238,7 @@ def test_within_file_duplicate_rows_are_repaired_on_rerun(ray_cluster, tmp_path,
     assert json.loads((out / "_manifest.json").read_text())["repaired_files"] == 1
 
 
+@pytest.mark.integration
 def test_secrets_nested_in_options_or_in_uris_reach_no_log_error_or_output(
     ray_cluster, s3_server, s3fs_client, bucket, tmp_path, minilm_path, caplog
 ):
@@ -255,7 +264,9 @@ def test_secrets_nested_in_options_or_in_uris_reach_no_log_error_or_output(
     # a failing run: the error line names no secret, also not one written inside the URI
     options_file = tmp_path / "opts.json"
     options_file.write_text(json.dumps(options))
-    proc = cli(
+    failed = run_cli(
+        "run",
+        "--no-progress",
         "--input",
         f"s3://AKIAUSER:URI-PASSWORD-44@{bucket}/missing/",
         "--output",
@@ -265,12 +276,13 @@ def test_secrets_nested_in_options_or_in_uris_reach_no_log_error_or_output(
         "--storage-options",
         f"@{options_file}",
     )
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 2 and err.strip().splitlines()[-1].startswith("e5-embed: error: "), err[-2000:]
+    err = failed.stderr
+    assert failed.returncode == 2 and err.strip().splitlines()[-1].startswith("e5-embed: error: "), err[-2000:]
     for value in (secret, "SECRET-ACCESS-KEY-43", "URI-PASSWORD-44", "AKIAUSER"):
-        assert value not in err
+        assert value not in err and value not in caplog.text
 
 
+@pytest.mark.integration
 def test_a_model_changed_between_crash_and_resume_is_refused(ray_cluster, tmp_path, minilm_path):
     import shutil
 
@@ -283,4 +295,9 @@ def test_a_model_changed_between_crash_and_resume_is_refused(ray_cluster, tmp_pa
     (out / "_SUCCESS").unlink()  # the durable state of a crash before the end
     (model / "README.md").write_text("the weights were replaced upstream")
     with pytest.raises(UsageError, match="different settings.*model_sha"):
+        run_job(config(tmp_path / "corpus", out, str(model)))
+    # an output made before model digests were recorded: no model of the same name passes silently
+    manifest["metadata"].pop("model_sha")
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UsageError, match="made before this job recorded model digests"):
         run_job(config(tmp_path / "corpus", out, str(model)))

@@ -20,7 +20,6 @@ from pipeline.errors import JobError
 from pipeline.runner import run_job
 from tests.faulty_proxy import FaultyProxy
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
 
@@ -105,7 +104,8 @@ def kill_job(proc: subprocess.Popen) -> str:
     return proc.communicate(timeout=60)[1]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.e2e
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.soak), pytest.param(2, marks=pytest.mark.soak)])
 def test_sigkill_anywhere_then_rerun_gives_every_id_once(tmp_path, minilm_path, seed):
     rng = random.Random(seed)
     ids = write_corpus(tmp_path / "corpus")
@@ -152,6 +152,7 @@ def test_sigkill_anywhere_then_rerun_gives_every_id_once(tmp_path, minilm_path, 
     assert not list(out.glob("._tmp-*"))
 
 
+@pytest.mark.integration
 def test_messy_corpus_finishes_with_every_record_accounted_for(ray_cluster, tmp_path, minilm_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -189,6 +190,7 @@ def test_messy_corpus_finishes_with_every_record_accounted_for(ray_cluster, tmp_
     assert manifest["duplicate_ids"] == 1 and manifest["duplicate_id_examples"] == ["g0"]
 
 
+@pytest.mark.integration
 def test_too_many_rejects_fail_without_success_marker(ray_cluster, tmp_path, minilm_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -201,6 +203,7 @@ def test_too_many_rejects_fail_without_success_marker(ray_cluster, tmp_path, min
     assert len(output_ids(out)) == 20
 
 
+@pytest.mark.integration
 def test_transient_s3_errors_are_retried(ray_cluster, s3_server, s3fs_client, bucket, minilm_path):
     fs = s3fs_client
     ids = set()
@@ -226,6 +229,7 @@ def test_transient_s3_errors_are_retried(ray_cluster, s3_server, s3fs_client, bu
     assert sorted(got) == sorted(ids)
 
 
+@pytest.mark.e2e
 def test_worker_node_death_mid_run(tmp_path, minilm_path):
     ids = write_corpus(tmp_path / "corpus", shards=4, per_shard=60)
     out = tmp_path / "out"

@@ -10,6 +10,8 @@ from pipeline.cli import build_parser, job_config_from_args
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -14,9 +14,8 @@ from pipeline.runner import run_job
 from tests.pipeline.stages.test_multilingual import corpus
 from tests.reference import reference_embeddings
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.integration
 def test_multilingual_corpus_end_to_end_matches_the_card(ray_cluster, xlmr_path, tmp_path):
     docs = corpus(120, seed=3) + ["敏捷的棕色狐狸跳过了懒狗。" * 400]  # one far past 512 tokens
     (tmp_path / "in").mkdir()
@@ -45,6 +44,7 @@ def test_multilingual_corpus_end_to_end_matches_the_card(ray_cluster, xlmr_path,
     assert [n_tokens[f"d{i}"] for i in range(len(docs))] == lengths.tolist()
 
 
+@pytest.mark.unit
 def test_a_max_length_past_the_position_table_is_refused(xlmr_path, tmp_path):
     (tmp_path / "in.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
     config = JobConfig(

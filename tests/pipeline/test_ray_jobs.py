@@ -13,7 +13,8 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

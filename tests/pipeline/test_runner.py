@@ -7,6 +7,8 @@ from pipeline.errors import UsageError
 from pipeline.planning.plan import ClusterSpec
 from pipeline.runner import check_locations, check_shared_paths
 
+pytestmark = pytest.mark.unit
+
 
 def test_local_paths_on_a_multi_node_cluster_need_the_shared_flag(tmp_path):
     config = JobConfig(inputs=("s3://b/in/",), output=str(tmp_path / "out"))

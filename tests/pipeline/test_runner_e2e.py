@@ -14,8 +14,6 @@ from pipeline.io import schemas
 from pipeline.runner import run_job
 from tests.reference import reference_embeddings
 
-pytestmark = pytest.mark.slow
-
 
 def upload_corpus(fs, bucket, n_shards=3, per_shard=40):
     """Mixed lengths, including documents over 512 tokens; ids on some shards, derived on others."""
@@ -40,6 +38,7 @@ def read_output(fs, bucket, prefix="out"):
     return pads.dataset(f"{bucket}/{prefix}/", filesystem=fs, format="parquet").to_table()
 
 
+@pytest.mark.integration
 def test_s3_to_s3_every_id_once_matching_the_reference(ray_cluster, s3fs_client, bucket, minilm_path):
     fs = s3fs_client
     texts = upload_corpus(fs, bucket)
@@ -96,6 +95,7 @@ def test_s3_to_s3_every_id_once_matching_the_reference(ray_cluster, s3fs_client,
     assert {p.rsplit("/", 1)[1] for p in local} >= {"_manifest.json", "_SUCCESS"}
 
 
+@pytest.mark.integration
 def test_downstream_duckdb_reads_local_output(ray_cluster, tmp_path, minilm_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -113,6 +113,7 @@ def test_downstream_duckdb_reads_local_output(ray_cluster, tmp_path, minilm_path
     )
 
 
+@pytest.mark.integration
 def test_rerun_of_complete_output_is_a_noop_and_settings_cannot_mix(ray_cluster, tmp_path, minilm_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -127,6 +128,7 @@ def test_rerun_of_complete_output_is_a_noop_and_settings_cannot_mix(ray_cluster,
     assert len(json.loads((tmp_path / "out" / "_manifest.json").read_text())["runs"]) == 1
 
 
+@pytest.mark.rehearsal
 def test_compiled_encoder_matches_the_reference(ray_cluster, tmp_path, minilm_path):
     """--compile (torch.compile, dynamic shapes) changes speed, not the embeddings."""
     corpus = tmp_path / "corpus"
@@ -150,6 +152,7 @@ def test_compiled_encoder_matches_the_reference(ray_cluster, tmp_path, minilm_pa
     assert (ours * ref).sum(1).min() >= 0.9999
 
 
+@pytest.mark.integration
 def test_out_of_memory_splits_are_counted_in_the_run_record(ray_cluster, minilm_path, tmp_path, monkeypatch):
     """An encode actor that runs out of device memory (injected) splits and retries; the run record says
     how often, and every row is still embedded."""

@@ -1,7 +1,11 @@
 """The Ray Data datasource shell: read tasks over groups of shards."""
 
+import pytest
+
 from pipeline.backend.datasource import ShardDatasource
 from pipeline.io.sources import list_shards
+
+pytestmark = pytest.mark.unit
 
 
 def test_datasource_makes_one_task_per_large_shard(tmp_path):

@@ -12,6 +12,7 @@ from pipeline.config import JobConfig
 from pipeline.runner import run_job
 
 
+@pytest.mark.unit
 def test_status_line_has_totals_rates_and_an_eta():
     values = {"read_rows": 500, "read_bytes": 250, "embedded": 400, "rejected": 3, "tokens": 12_000}
     line = status_line(values, total_bytes=1000, total_records=None, elapsed_s=60)
@@ -28,11 +29,12 @@ def test_status_line_has_totals_rates_and_an_eta():
     assert "ETA 2h30m" in status_line({"read_bytes": 1}, total_bytes=10, total_records=None, elapsed_s=1000)
 
 
+@pytest.mark.unit
 def test_metric_names_are_prometheus_names():
     assert all(name.startswith("e5_embed_") and name.isidentifier() for name in METRICS)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_a_run_logs_status_lines(ray_cluster, tmp_path, minilm_path, caplog, fmt):
     corpus = tmp_path / "corpus"

@@ -9,6 +9,8 @@ import pytest
 from pipeline.io.record_counts import parquet_rows
 from pipeline.io.sources import list_shards
 
+pytestmark = pytest.mark.unit
+
 
 def _parquet(path, rows):
     pq.write_table(pa.table({"text": [f"t{i}" for i in range(rows)]}), path, row_group_size=5)

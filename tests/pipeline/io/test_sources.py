@@ -21,6 +21,8 @@ from pipeline.io.sources import (
 )
 from pipeline.io.storage import Storage
 
+pytestmark = pytest.mark.unit
+
 
 def _read(folder, fields=None, skip=None, **kw):
     shards = list_shards([str(folder)], {}, **kw)

@@ -1,8 +1,12 @@
 """The proof behind _SUCCESS: each listed shard read to its end and covered exactly once."""
 
+import pytest
+
 from pipeline.io.sources import Shard
 from pipeline.ledger.completeness import fully_covered, prove
 from pipeline.ledger.shard_log import ShardRecord
+
+pytestmark = pytest.mark.unit
 
 
 def shard(path, size=10, version="v1"):

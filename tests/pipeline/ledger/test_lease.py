@@ -17,7 +17,9 @@ from pipeline.ledger.lease import LEASE_DIR, Lease, LeaseHeld, LeaseLost, LeaseR
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(
+    params=[pytest.param("local", marks=pytest.mark.unit), pytest.param("s3", marks=pytest.mark.integration)]
+)
 def storage(request, tmp_path):
     if request.param == "local":
         return Storage(str(tmp_path / "out"))
@@ -105,6 +107,7 @@ def test_waiting_run_proceeds_when_the_holder_releases(storage):
     waiter.release()
 
 
+@pytest.mark.e2e
 def test_sigkilled_holder_on_this_host_is_taken_over_at_once(tmp_path):
     """A real process takes the lease (ttl 1 h) and is SIGKILLed: a retry must not wait an hour."""
     out = tmp_path / "out"
@@ -146,6 +149,7 @@ def test_a_rival_overwriting_our_generation_is_noticed(storage):
         mine.release()
 
 
+@pytest.mark.unit
 def test_a_create_whose_answer_was_lost_is_settled_by_reading_it_back(tmp_path, monkeypatch):
     """A retried PUT whose first try succeeded is answered 412: the lease is ours all the same."""
     storage = Storage(str(tmp_path / "out"))
@@ -162,6 +166,7 @@ def test_a_create_whose_answer_was_lost_is_settled_by_reading_it_back(tmp_path, 
     lease.release()
 
 
+@pytest.mark.unit
 def test_same_hostname_other_pid_namespace_is_not_judged_dead(tmp_path):
     """Containers with host networking share a hostname, not PIDs: a holder there is live until expiry."""
     import os

@@ -47,6 +47,7 @@ def chunk_table(source, rows, windows=3, dim=4):
     )
 
 
+@pytest.mark.unit
 def test_coverage_ranges_and_digest_are_order_independent():
     t = data_table("s", [5, 1, 2, 3, 9])
     assert coverage.ranges_of(t) == {"s": [(1, 4), (5, 6), (9, 10)]}
@@ -56,6 +57,7 @@ def test_coverage_ranges_and_digest_are_order_independent():
     assert coverage.intersect({"s": [(0, 5), (7, 9)]}, {"s": [(3, 8)]}) == {"s": [(3, 5), (7, 8)]}
 
 
+@pytest.mark.unit
 def test_reconcile_repairs_overlapping_files(tmp_path):
     storage = Storage(str(tmp_path))
     meta = {"model": "m"}
@@ -73,6 +75,7 @@ def test_reconcile_repairs_overlapping_files(tmp_path):
         assert json.loads(table.schema.metadata[schemas.STATS_KEY])["rows"] == table.num_rows
 
 
+@pytest.mark.unit
 def test_reconcile_repairs_a_row_twice_within_one_file(tmp_path):
     storage = Storage(str(tmp_path))
     t = data_table("s", [0, 1, 1, 2, 3])
@@ -83,6 +86,7 @@ def test_reconcile_repairs_a_row_twice_within_one_file(tmp_path):
     assert rows == [0, 1, 2, 3, 4, 5] and totals.counters.rows_written == 6 and totals.repaired_files == 1
 
 
+@pytest.mark.unit
 def test_chunked_files_count_records_and_windows_and_repair_whole_records(tmp_path):
     storage = Storage(str(tmp_path))
     a = chunk_table("s", [0, 1, 2])
@@ -102,6 +106,7 @@ def test_chunked_files_count_records_and_windows_and_repair_whole_records(tmp_pa
         assert json.loads(t.schema.metadata[schemas.STATS_KEY])["chunks"] == t.num_rows
 
 
+@pytest.mark.unit
 def test_duplicate_ids_in_chunked_files_count_records_not_windows(tmp_path):
     from pipeline.ledger.duplicates import find_duplicate_ids
 
@@ -114,6 +119,7 @@ def test_duplicate_ids_in_chunked_files_count_records_not_windows(tmp_path):
     assert report.duplicate_ids == 1 and report.examples == ["s:1"]
 
 
+@pytest.mark.unit
 def test_retried_write_of_same_rows_overwrites_the_same_name(tmp_path):
     storage = Storage(str(tmp_path))
     t = data_table("s", [0, 1, 2])
@@ -123,6 +129,7 @@ def test_retried_write_of_same_rows_overwrites_the_same_name(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temp files left behind
 
 
+@pytest.mark.unit
 def test_duplicate_ids_are_counted_with_examples(tmp_path):
     from pipeline.ledger.duplicates import find_duplicate_ids
 
@@ -135,7 +142,7 @@ def test_duplicate_ids_are_counted_with_examples(tmp_path):
     assert find_duplicate_ids(storage, paths[:1], 3).duplicate_ids == 0
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_duplicate_ids_on_the_cluster_path(ray_cluster, tmp_path):
     from pipeline.backend.duplicates import duplicate_ids_on_cluster
 

@@ -23,6 +23,7 @@ class Clock:
         self.now += seconds
 
 
+@pytest.mark.integration
 def test_waits_until_enough_gpus_joined_then_withdraws_its_request(ray_cluster):
     seen = iter([0, 1, 1, 3])
     clock = Clock()
@@ -34,6 +35,7 @@ def test_waits_until_enough_gpus_joined_then_withdraws_its_request(ray_cluster):
     assert not capacity.requested
 
 
+@pytest.mark.integration
 def test_no_wait_when_the_gpus_are_there_or_none_are_asked_for(ray_cluster):
     with GpuCapacity(min_gpus=2, timeout_s=60, gpus=lambda: 2) as capacity:
         assert capacity.wait() == 2 and not capacity.requested
@@ -41,6 +43,7 @@ def test_no_wait_when_the_gpus_are_there_or_none_are_asked_for(ray_cluster):
         assert capacity.wait() == 0
 
 
+@pytest.mark.integration
 def test_times_out_with_a_clear_error(ray_cluster):
     clock = Clock()
     capacity = GpuCapacity(min_gpus=4, timeout_s=30, poll_s=10, gpus=lambda: 1, sleep=clock.sleep, clock=clock)
@@ -49,6 +52,7 @@ def test_times_out_with_a_clear_error(ray_cluster):
     assert not capacity.requested
 
 
+@pytest.mark.integration
 def test_job_on_a_cluster_without_gpus_fails_after_the_wait(ray_cluster, tmp_path, minilm_path):
     """Real local cluster (no GPU): --max-gpus implies waiting for one GPU, and none comes."""
     corpus = tmp_path / "corpus"
@@ -71,6 +75,7 @@ def test_job_on_a_cluster_without_gpus_fails_after_the_wait(ray_cluster, tmp_pat
         ({"gpu_wait_s": 0}, "--gpu-wait-s must be a number of seconds > 0"),
     ],
 )
+@pytest.mark.unit
 def test_bad_gpu_options_are_usage_errors(bad, message):
     with pytest.raises(UsageError, match=message):
         JobConfig(inputs=("a",), output="b", **bad)

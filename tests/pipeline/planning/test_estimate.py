@@ -2,8 +2,6 @@
 
 import gzip
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -11,6 +9,9 @@ from pipeline.io.sources import FieldSpec, list_shards
 from pipeline.planning.estimate import add_cost, estimate_corpus, pick_spread
 from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.model import ModelSource
+from tests.clirun import run_cli
+
+pytestmark = pytest.mark.unit
 
 
 def write_corpus(folder, shards=30, per_shard=2000, compress=True):
@@ -67,16 +68,9 @@ def test_the_sample_is_spread_over_the_listing():
 def test_plan_input_prints_the_estimate_with_cost(tmp_path, minilm_path):
     write_corpus(tmp_path / "c", shards=6, per_shard=300)
     args = ["--input", str(tmp_path / "c"), "--model", minilm_path, "--gpus", "8", "--accelerator", "H100"]
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "plan", *args, "--gpu-hour-price", "3", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_cli("plan", *args, "--gpu-hour-price", "3", "--json")
     assert result.returncode == 0, result.stderr[-2000:]
     est = json.loads(result.stdout)["estimate"]
     assert est["records"] == pytest.approx(1800, rel=0.1) and est["gpu_hours"] > 0 and est["cost"] > 0
-    text = subprocess.run(
-        [sys.executable, "-m", "pipeline", "plan", *args], capture_output=True, text=True, timeout=300
-    ).stdout
+    text = run_cli("plan", *args).stdout
     assert "records" in text and "GPU-hours" in text and "tokens to embed" in text

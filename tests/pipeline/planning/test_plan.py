@@ -10,6 +10,7 @@ from pipeline.errors import UsageError
 from pipeline.planning.plan import ClusterSpec, PlanRequest, estimate_peak_gpu_memory_gb, make_plan
 from pipeline.planning.scheduler_config import Profile, load_scheduler_config
 from pipeline.stages.model import KNOWN_SHAPES, offline_info
+from tests.clirun import run_cli
 
 ROOT = Path(__file__).resolve().parents[3]
 BASE = KNOWN_SHAPES["intfloat/e5-base-v2"]
@@ -38,6 +39,7 @@ def fits(plan, scheduler):
 @pytest.mark.parametrize(
     "model", ["intfloat/e5-small-v2", "intfloat/e5-base-v2", "intfloat/e5-large-v2", "intfloat/multilingual-e5-large"]
 )
+@pytest.mark.unit
 @pytest.mark.parametrize("max_length", [128, 512])
 def test_every_plan_fits(scheduler, accelerator, gpus, model, max_length):
     plan = plan_for(scheduler, gpus=gpus, accelerator=accelerator, model=KNOWN_SHAPES[model], max_length=max_length)
@@ -46,6 +48,7 @@ def test_every_plan_fits(scheduler, accelerator, gpus, model, max_length):
     assert plan.batch_size >= 1 and plan.tokenizer_actors >= 1
 
 
+@pytest.mark.unit
 def test_batch_grows_with_vram_and_shrinks_with_length_and_model_size(scheduler):
     t4 = plan_for(scheduler, gpus=4, accelerator="T4")
     h100 = plan_for(scheduler, gpus=8, accelerator="H100")
@@ -65,12 +68,14 @@ def test_batch_grows_with_vram_and_shrinks_with_length_and_model_size(scheduler)
     assert big.batch_size > small.batch_size and big.profile == small.profile == "default"
 
 
+@pytest.mark.unit
 def test_tokenizer_pool_is_sized_to_feed_the_gpus(scheduler):
     t4 = plan_for(scheduler, gpus=4, accelerator="T4")
     h100 = plan_for(scheduler, gpus=8, accelerator="H100")
     assert h100.tokenizer_actors > t4.tokenizer_actors >= 1
 
 
+@pytest.mark.unit
 def test_estimate_is_monotonic():
     a = estimate_peak_gpu_memory_gb(BASE, 64, 256, "bfloat16")
     assert estimate_peak_gpu_memory_gb(BASE, 128, 256, "bfloat16") > a
@@ -80,12 +85,14 @@ def test_estimate_is_monotonic():
     assert 0.15 < estimate_peak_gpu_memory_gb(BASE, 1, 1, "bfloat16", context_gb=0) < 0.3
 
 
+@pytest.mark.unit
 def test_batch_that_cannot_fit_is_refused_saying_what_fits(scheduler):
     with pytest.raises(UsageError, match=r"--batch-size 4096 needs ~[\d.]+ GB .* at most \d+ fits"):
         plan_for(scheduler, gpus=4, accelerator="T4", batch_size=4096)
     assert plan_for(scheduler, gpus=4, accelerator="T4", batch_size=16).batch_size == 16
 
 
+@pytest.mark.unit
 def test_explicit_settings_win(scheduler):
     plan = plan_for(
         scheduler, gpus=8, accelerator="H100", actors_per_gpu=1, gpu_actors=3, tokenizer_actors=5, memory=40
@@ -93,6 +100,7 @@ def test_explicit_settings_win(scheduler):
     assert (plan.actors_per_gpu, plan.gpu_actors, plan.tokenizer_actors, plan.gpu_memory_gb) == (1, 3, 5, 40)
 
 
+@pytest.mark.unit
 def test_no_gpu_plans_cpu_actors(scheduler):
     plan = make_plan(ClusterSpec(gpus=0, cpus=2, nodes=1), BASE, PlanRequest(), scheduler)
     assert plan.device == "cpu" and plan.torch_threads == 2 and plan.num_gpus_per_actor == 0
@@ -100,6 +108,7 @@ def test_no_gpu_plans_cpu_actors(scheduler):
         make_plan(ClusterSpec(gpus=0, cpus=2), BASE, PlanRequest(device="cuda"), scheduler)
 
 
+@pytest.mark.unit
 def test_scheduler_profiles(scheduler, tmp_path):
     assert scheduler.profile_for("Tesla T4")[0] == "T4"
     assert scheduler.profile_for("NVIDIA H100 80GB HBM3")[0] == "H100"
@@ -113,6 +122,7 @@ def test_scheduler_profiles(scheduler, tmp_path):
         Profile(memory_headroom=0.95)
 
 
+@pytest.mark.unit
 def test_offline_model_shapes(tmp_path, minilm_path):
     assert offline_info("intfloat/e5-large-v2").hidden_size == 1024
     assert offline_info(minilm_path).num_layers == 6
@@ -121,16 +131,10 @@ def test_offline_model_shapes(tmp_path, minilm_path):
 
 
 def cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env={**os.environ, "RAY_ADDRESS": ""},
-    )
+    return run_cli(*args, env={"RAY_ADDRESS": ""})
 
 
+@pytest.mark.unit
 def test_plan_command_offline_for_4xT4_and_8xH100():
     for args, accel in (
         (["--gpus", "4", "--accelerator", "T4", "--cpus", "32", "--nodes", "4"], "T4"),
@@ -156,7 +160,7 @@ def test_plan_command_offline_for_4xT4_and_8xH100():
     assert refused.returncode == 2 and "at most" in refused.stderr and "Traceback" not in refused.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_live_probe_on_a_fake_gpu_cluster_and_the_job_uses_the_plan(tmp_path, minilm_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -187,6 +191,7 @@ def test_live_probe_on_a_fake_gpu_cluster_and_the_job_uses_the_plan(tmp_path, mi
     assert "no CUDA device is visible" in result.stderr  # the actors say they encode on CPU
 
 
+@pytest.mark.unit
 def test_max_gpus_bounds_the_pool_both_ways(scheduler):
     def bounds(gpus, max_gpus):
         cluster = ClusterSpec(gpus=gpus, cpus=64.0, accelerator="H100", max_gpus=max_gpus)
@@ -198,6 +203,7 @@ def test_max_gpus_bounds_the_pool_both_ways(scheduler):
     assert bounds(8, 2) == (2, 2)  # a bigger, shared cluster: use at most 2
 
 
+@pytest.mark.unit
 def test_a_user_file_is_laid_over_the_packaged_profiles(tmp_path, monkeypatch):
     override = tmp_path / "mine.yaml"
     override.write_text(

@@ -6,7 +6,8 @@ import pytest
 from pipeline.stages.embedder import Embedder
 from tests.reference import reference_embeddings
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.rehearsal
+
 
 TEXTS = ["short", "a medium sized sentence about gzip compression", "long words " * 100, "x", "ünïcödé 東京 text"] * 3
 

@@ -11,6 +11,8 @@ from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.embedder import records_table
 from pipeline.stages.model import ModelSource
 
+pytestmark = pytest.mark.unit
+
 ODD = [
     "Tabs\tand\nnewlines\r\nand  double  spaces, punctuation!!! (brackets) [x] {y} a-b_c",
     "東京都は日本の首都です。" * 40,  # no spaces at all: CJK characters are words of their own

@@ -5,6 +5,8 @@ import pytest
 
 from pipeline.stages.chunking import ChunkSettings, windows
 
+pytestmark = pytest.mark.unit
+
 
 def offsets_of(words: list[int], gap: int = 1):
     """Token offsets of words made of ``words[i]`` tokens (word pieces touch, words are spaced)."""

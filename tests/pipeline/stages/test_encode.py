@@ -9,6 +9,8 @@ from pipeline.stages.tokenize import TokenizeStage
 from tests.faults import OutOfMemoryAbove
 from tests.reference import reference_embeddings
 
+pytestmark = pytest.mark.unit
+
 TEXTS = [
     "what is the capital of France?",
     "Paris is the capital and most populous city of France. " * 60,  # > 512 tokens: truncated

@@ -14,13 +14,60 @@ def model_copy(tmp_path, minilm_path):
     return shutil.copytree(minilm_path, tmp_path / "model")
 
 
+@pytest.fixture(autouse=True)
+def model_cache(tmp_path, monkeypatch):
+    """Each test its own node cache of pinned model copies."""
+    monkeypatch.setenv("E5_EMBED_MODEL_CACHE", str(tmp_path / "model-cache"))
+    return tmp_path / "model-cache"
+
+
+@pytest.mark.unit
 def test_a_local_folder_is_identified_by_its_content(model_copy):
     source, identity = ModelSource(name_or_path=str(model_copy)).pinned()
     assert source.name_or_path == str(model_copy) and identity == "sha256:" + folder_digest(str(model_copy))
+    assert source.digest == identity
     (model_copy / "README.md").write_text("edited")
     assert ModelSource(name_or_path=str(model_copy)).pinned()[1] != identity
 
 
+@pytest.mark.unit
+def test_every_byte_of_a_large_file_is_in_the_digest(tmp_path):
+    """An adapter merged into the weights changes bytes in the middle of a large file: no sampling."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    weights = bytearray(b"\x01" * (40 << 20))
+    (folder / "model.safetensors").write_bytes(weights)
+    before = folder_digest(str(folder))
+    weights[20 << 20] ^= 0xFF  # one byte, far from both ends
+    (folder / "model.safetensors").write_bytes(weights)
+    assert folder_digest(str(folder)) != before
+
+
+@pytest.mark.unit
+def test_what_a_process_loads_is_what_the_driver_pinned(model_copy, tmp_path, minilm_path, model_cache):
+    """Files replaced, or a symlink repointed, between the driver's pin and an actor's load: the actor
+    fails with the two digests, never loads other weights under the pinned one."""
+    link = tmp_path / "current"
+    link.symlink_to(model_copy)
+    pinned, identity = ModelSource(name_or_path=str(link)).pinned()
+    shutil.rmtree(model_cache)  # another node: nothing copied there yet
+    other = shutil.copytree(minilm_path, tmp_path / "other")
+    (other / "README.md").write_text("another model's folder")
+    link.unlink()
+    link.symlink_to(other)  # repointed after the pin
+    with pytest.raises(UsageError, match=r"changed after the run pinned it: it was sha256:\w+, it is now sha256:"):
+        pinned.local_path()
+    assert not any(model_cache.glob("sha256-*/.complete"))  # no copy filed under either digest
+    link.unlink()
+    link.symlink_to(model_copy)  # back to the pinned bytes: the node's verified copy is loaded
+    loaded = pinned.local_path()
+    assert loaded != str(link) and folder_digest(loaded) == identity.removeprefix("sha256:")
+    (model_copy / "model.safetensors").write_bytes(b"replaced")  # the source changes once a copy is made ...
+    assert folder_digest(pinned.local_path()) == identity.removeprefix("sha256:")  # ... the copy does not
+
+
+@pytest.mark.unit
 def test_a_hub_revision_is_pinned_to_its_commit_from_the_cache(tmp_path, minilm_path, monkeypatch):
     """The real huggingface_hub resolution, offline: a cache whose refs/main moves to a new commit."""
     import huggingface_hub.constants as hub
@@ -42,6 +89,7 @@ def test_a_hub_revision_is_pinned_to_its_commit_from_the_cache(tmp_path, minilm_
     assert pinned.local_path().endswith(first)  # a pinned source does not move with it
 
 
+@pytest.mark.unit
 def test_a_folder_declaring_another_pooling_or_prompt_is_refused(model_copy):
     source = ModelSource(name_or_path=str(model_copy))
     source.check_declared("passage", "passage: ")  # MiniLM's folder declares mean pooling
@@ -56,7 +104,7 @@ def test_a_folder_declaring_another_pooling_or_prompt_is_refused(model_copy):
     source.check_declared("passage", "passage: ")  # no passage prompt declared: nothing to disagree with
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_model_folder_in_object_storage_is_copied_once_per_node_and_embeds(
     ray_cluster, s3fs_client, bucket, minilm_path, tmp_path, monkeypatch
 ):
@@ -86,7 +134,7 @@ def test_a_model_folder_in_object_storage_is_copied_once_per_node_and_embeds(
     assert manifest["metadata"]["model_sha"] == "sha256:" + folder_digest(minilm_path)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_pinned_hub_model_runs_with_the_hub_unreachable_and_no_actor_calls_it(tmp_path, minilm_path):
     """The whole job (own local Ray, tokenizer and encode actors) against a 'Hub' that counts and fails
     every request (HF_ENDPOINT on loopback, offline mode off): a model pinned to a commit in the node's

@@ -13,6 +13,8 @@ from pipeline.stages.embedder import records_table
 from pipeline.stages.model import ModelSource
 from pipeline.stages.tokenize import TokenizeStage
 
+pytestmark = pytest.mark.unit
+
 SENTENCES = MULTILINGUAL_SENTENCES
 
 

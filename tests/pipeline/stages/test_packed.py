@@ -11,6 +11,8 @@ from pipeline.stages.tokenize import TokenizeStage
 from tests.faults import OutOfMemoryAbove
 from tests.reference import reference_embeddings
 
+pytestmark = pytest.mark.unit
+
 TEXTS = ["short", "a medium sized sentence about gzip compression", "long words " * 300, "x", "ünïcödé 東京 text"]
 
 

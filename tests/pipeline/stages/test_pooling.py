@@ -1,6 +1,9 @@
+import pytest
 import torch
 
 from pipeline.stages.pooling import average_pool, l2_normalize
+
+pytestmark = pytest.mark.unit
 
 
 def test_average_pool_by_hand():

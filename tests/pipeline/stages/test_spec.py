@@ -6,6 +6,8 @@ import pytest
 
 from pipeline.stages.spec import Resources, StageSpec
 
+pytestmark = pytest.mark.unit
+
 
 class Upper:
     def __init__(self, *, column: str, factor: int = 1):

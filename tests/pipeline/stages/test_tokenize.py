@@ -6,6 +6,8 @@ from pipeline.stages.embedder import records_table
 from pipeline.stages.model import ModelSource
 from pipeline.stages.tokenize import TokenizeStage
 
+pytestmark = pytest.mark.unit
+
 
 def records(texts, rejects=None):
     return records_table(texts, source="s", rejects=rejects)
