@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 import venv
 import zipfile
 from pathlib import Path
@@ -24,12 +25,30 @@ def _run(argv, **kw):
     return done
 
 
+# A Python warning class in the build's output (setuptools' SetuptoolsDeprecationWarning,
+# BuildBackendWarning, ...): the backend complaining about this project's metadata. pip's own
+# "WARNING: ..." lines (about this machine's index settings) are not warning classes.
+BUILD_WARNING = re.compile(r"\b[A-Z]\w*Warning\b")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """The wheel, built with a current setuptools in pip's isolated build environment; a build that
+    warns about this project's metadata fails here the day the warning appears, not the day builds break."""
     out = tmp_path_factory.mktemp("wheels")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)])
-    [built] = out.glob("e5_embed-*.whl")
-    return built
+    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(out), str(ROOT)])
+    warnings = sorted(
+        {line.strip() for line in (built.stdout + built.stderr).splitlines() if BUILD_WARNING.search(line)}
+    )
+    assert not warnings, "the build backend warns about this project:\n" + "\n".join(warnings[:20])
+    [wheel] = out.glob("e5_embed-*.whl")
+    return wheel
+
+
+def _declared() -> set[str]:
+    """The runtime dependencies pyproject.toml declares (distribution names, lower case)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {re.split(r"[<>=!\[; ]", req.strip())[0].lower() for req in project["dependencies"]}
 
 
 def _requires(wheel: Path) -> set[str]:
@@ -44,7 +63,7 @@ def _requires(wheel: Path) -> set[str]:
 
 
 @pytest.mark.unit
-def test_the_wheel_declares_every_third_party_package_the_product_imports(wheel):
+def test_the_project_declares_every_third_party_package_the_product_imports():
     stdlib = set(sys.stdlib_module_names)
     imported = set()
     for path in (ROOT / "pipeline").rglob("*.py"):
@@ -54,7 +73,7 @@ def test_the_wheel_declares_every_third_party_package_the_product_imports(wheel)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 imported.add(node.module.split(".")[0])
     third_party = {DISTRIBUTION_OF.get(m, m) for m in imported - stdlib - {"pipeline", "__future__"}}
-    missing = third_party - _requires(wheel)
+    missing = third_party - _declared()
     assert not missing, f"imported by the product but not declared in pyproject.toml: {sorted(missing)}"
 
 
@@ -64,7 +83,9 @@ def test_wheel_plans_with_the_packaged_profiles_in_a_clean_venv_from_another_dir
     venv.EnvBuilder(with_pip=True, system_site_packages=False, clear=True).create(env_dir)
     python = str(env_dir / "bin" / "python")
     _run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)])
-    assert set(PLAN_RUNTIME) <= _requires(wheel)
+    assert _requires(wheel) == _declared() and set(PLAN_RUNTIME) <= _requires(
+        wheel
+    )  # the wheel says what pyproject says
     _run([python, "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), *PLAN_RUNTIME])
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -85,3 +106,7 @@ def test_wheel_plans_with_the_packaged_profiles_in_a_clean_venv_from_another_dir
         text=True,
     )
     assert located.stdout.startswith(str(env_dir))  # the wheel's copy in the clean venv, not the checkout
+    shown = _run([python, "-m", "pip", "show", "-v", "e5-embed"], cwd=elsewhere, env=env).stdout
+    for line in ("Name: e5-embed", "License-Expression: Apache-2.0", "Requires-Python: >=3.11"):
+        assert line in shown, shown  # what a package index and `pip show` present
+    assert "Programming Language :: Python :: 3.11" in shown and "Summary: Ray Data streaming job" in shown

@@ -13,6 +13,7 @@ import fnmatch
 import gzip
 import json
 import logging
+import os
 import posixpath
 import time
 import zlib
@@ -119,8 +120,14 @@ def _list_input(storage: Storage) -> tuple[str, dict[str, Any], bool]:
 
 
 def list_shards(inputs: Sequence[str], storage_options: Mapping[str, Any], input_format: str = "auto") -> list[Shard]:
-    """Expand folders/prefixes, name patterns and files into a sorted, de-duplicated shard list."""
-    shards: dict[str, Shard] = {}
+    """Expand folders/prefixes, name patterns and files into a sorted, de-duplicated shard list.
+
+    A file named by an ``--input`` is read whatever its name; inside a listed folder, ``_``/``.``
+    side files are skipped. A file reached twice (overlapping inputs, a symlink) is one shard.
+    Derived ids (``<relpath>:<row>``) are relative to the inputs' common root, so two inputs that
+    both hold ``part-0.jsonl`` cannot collide and the order of ``--input`` flags changes nothing.
+    """
+    listed: list[tuple[str, Storage, str, dict[str, Any], bool]] = []
     for uri in inputs:
         storage = Storage(uri, storage_options)
         try:
@@ -129,10 +136,13 @@ def list_shards(inputs: Sequence[str], storage_options: Mapping[str, Any], input
             raise
         except Exception as e:  # listing happens before any work: every failure here is the input's
             raise UsageError(f"cannot list input {strip_uri_credentials(uri)}: {type(e).__name__}: {e}") from e
+        listed.append((uri, storage, root, found, single_file))
+    id_root = _common_root([root for _, _, root, _, _ in listed])
+    shards: dict[str, Shard] = {}
+    for uri, storage, root, found, single_file in listed:
         skipped = 0
         for p, info in sorted(found.items()):
-            rel = posixpath.relpath(p, root) if root else p
-            if _is_side_file(rel):
+            if not single_file and _is_side_file(posixpath.relpath(p, root) if root else p):
                 continue
             fmt, compression = detect_format(p, input_format)
             if fmt is None:
@@ -143,14 +153,24 @@ def list_shards(inputs: Sequence[str], storage_options: Mapping[str, Any], input
                     )
                 skipped += 1
                 continue
-            shards.setdefault(
-                p, Shard(p, rel, int(info.get("size") or 0), fmt, compression, storage.protocol, _version(info))
-            )
+            key = os.path.realpath(p) if storage.is_local else p
+            if key in shards and shards[key].path <= p:
+                continue  # the same file by another name: one shard, under the first name in sort order
+            rel = posixpath.relpath(p, id_root) if id_root else p
+            shards[key] = Shard(p, rel, int(info.get("size") or 0), fmt, compression, storage.protocol, _version(info))
         if skipped:
             logger.warning("input %s: skipped %d file(s) with unknown extensions", strip_uri_credentials(uri), skipped)
     if not shards:
         raise UsageError(f"no input files found in {', '.join(strip_uri_credentials(u) for u in inputs)}")
     return sorted(shards.values(), key=lambda s: s.path)
+
+
+def _common_root(roots: Sequence[str]) -> str:
+    """The deepest folder holding every input root ('' when they share none: full paths then)."""
+    try:
+        return posixpath.commonpath(roots) if roots else ""
+    except ValueError:  # absolute and relative (local and object-store paths) mixed
+        return ""
 
 
 # --------------------------------------------------------------------------- parsing

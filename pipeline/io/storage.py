@@ -100,8 +100,11 @@ def normalize_uri(uri: str) -> str:
 
 
 def is_within(child: str, parent: str) -> bool:
-    """Whether normalised URI ``child`` is ``parent`` or lies below it."""
+    """Whether normalised URI ``child`` is ``parent`` or lies below it (local paths with their
+    symlinks resolved: a link into the input is still inside it)."""
     a, b = normalize_uri(child), normalize_uri(parent)
+    if a.startswith("file://") and b.startswith("file://"):
+        a, b = ("file://" + os.path.realpath(u.removeprefix("file://")) for u in (a, b))
     return a == b or a.startswith(b.rstrip("/") + "/")
 
 

@@ -25,3 +25,10 @@ def test_nesting_is_checked_on_normalised_uris_and_pattern_parents():
     with pytest.raises(UsageError, match="lies inside --output"):
         check_locations(JobConfig(inputs=("s3://b/out/x/",), output="s3://b/out"))
     check_locations(JobConfig(inputs=("s3://b/data/",), output="s3://b/database/"))  # a prefix, not a folder
+
+
+def test_an_output_reached_through_a_symlink_into_the_input_is_refused(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "corpus")
+    with pytest.raises(UsageError, match="lies inside --input"):
+        check_locations(JobConfig(inputs=(str(tmp_path / "corpus"),), output=str(tmp_path / "link" / "emb")))

@@ -252,6 +252,41 @@ def test_glob_and_list_inputs(tmp_path):
     assert len(list_shards([str(tmp_path / "a.txt"), str(tmp_path / "c.jsonl")], {})) == 2
 
 
+def test_a_file_named_by_an_input_is_read_whatever_its_name(tmp_path):
+    """Side-file skipping (`_`, `.`) applies inside listed folders only, never to a file the operator named."""
+    (tmp_path / "_part-0.jsonl").write_text('{"id": "u", "text": "underscore"}\n')
+    (tmp_path / ".hidden.txt").write_text("dot\n")
+    (tmp_path / "kept.txt").write_text("kept\n")
+    assert [s.relpath for s in list_shards([str(tmp_path)], {})] == ["kept.txt"]  # a folder: side files skipped
+    named = list_shards([str(tmp_path / "_part-0.jsonl"), str(tmp_path / ".hidden.txt")], {})
+    assert sorted(s.relpath for s in named) == [".hidden.txt", "_part-0.jsonl"]
+
+
+def test_derived_ids_are_unique_across_inputs_and_independent_of_their_order(tmp_path):
+    """Two day folders that both hold part-0.txt: their derived ids must not collide."""
+    for day in ("day-1", "day-2"):
+        (tmp_path / day).mkdir()
+        (tmp_path / day / "part-0.txt").write_text(f"{day} line\n")
+    forward = [str(tmp_path / "day-1"), str(tmp_path / "day-2")]
+
+    def ids(inputs):
+        shards = list_shards(inputs, {})
+        return [r["id"] for t in read_shards({}, shards, FieldSpec(), 10, {}) for r in t.to_pylist()]
+
+    assert ids(forward) == ids(forward[::-1]) == ["day-1/part-0.txt:0", "day-2/part-0.txt:0"]
+    assert ids(forward[:1]) == ["part-0.txt:0"]  # one input: relative to it, as before
+
+
+def test_the_same_file_reached_twice_is_one_shard(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("one\ntwo\n")
+    (tmp_path / "alias").symlink_to(tmp_path / "corpus")
+    inputs = [str(tmp_path / "alias"), str(tmp_path / "corpus"), str(tmp_path / "corpus" / "a.txt")]
+    for order in (inputs, inputs[::-1]):
+        [shard] = list_shards(order, {})
+        assert shard.path.endswith("alias/a.txt")  # the same name whatever the order of the flags
+
+
 def test_missing_input_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="input not found"):
         list_shards([str(tmp_path / "nope")], {})
