@@ -208,7 +208,7 @@ def _estimate(args: argparse.Namespace, plan):
 
     options = parse_storage_options(args.storage_options) if args.storage_options else {}
     register_secrets(options, tuple(args.inputs))
-    shards = list_shards(args.inputs, options, args.input_format)
+    shards = list_shards(args.inputs, options, args.input_format, ignore_unknown=args.ignore_unknown_files)
     chunk = ChunkSettings.of_job(args)
     estimate = estimate_corpus(
         shards,

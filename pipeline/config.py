@@ -57,6 +57,7 @@ class JobConfig:
     scheduler_config: str | None = None
     max_bad_fraction: float = 0.001
     skip_corrupt_remainders: bool = False
+    ignore_unknown_files: bool = False
     max_record_bytes: int = 16 << 20
     lease_wait_s: float = 0.0
     lease_ttl_s: float = 120.0

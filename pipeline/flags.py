@@ -319,6 +319,15 @@ FLAGS: tuple[Flag, ...] = (
         check=boolean,
     ),
     Flag(
+        "ignore-unknown-files",
+        "skip files of unknown format inside input folders (they are listed in the manifest). "
+        "Default: such files fail the run (exit 2), named",
+        type=None,
+        default=False,
+        check=boolean,
+        commands=BOTH,
+    ),
+    Flag(
         "max-record-bytes",
         "reject a record (line) longer than this without reading it whole",
         type=int,

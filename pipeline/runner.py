@@ -28,7 +28,7 @@ from pipeline.errors import JobError, UsageError
 from pipeline.io import coverage
 from pipeline.io.counters import Counters
 from pipeline.io.record_counts import parquet_rows
-from pipeline.io.sources import FieldSpec, Shard, list_shards
+from pipeline.io.sources import FieldSpec, Listing, Shard, list_inputs
 from pipeline.io.storage import Storage, has_pattern, is_within, scrub, strip_uri_credentials
 from pipeline.ledger.duplicates import DuplicateReport, find_duplicate_ids
 from pipeline.ledger.lease import Lease, LeaseHeld, LeaseLost, new_run_id
@@ -164,15 +164,15 @@ def run_job(config: JobConfig) -> RunSummary:
         info: ModelInfo = model.info()
     metadata = output_metadata(config, info, model_sha)
     with phases("list_inputs"):
-        shards = list_shards(config.inputs, config.storage_options, config.input_format)  # read-only: before the lease
+        listing = _list_inputs(config)  # read-only: before the lease
     storage = Storage(config.output, config.storage_options)
     with phases("lease"):
         lease = _acquire(config, storage)
     if lease.waited:  # another run held the output meanwhile: list the inputs as they are now
         with phases("list_inputs"):
-            shards = list_shards(config.inputs, config.storage_options, config.input_format)
+            listing = _list_inputs(config)
     try:
-        return _run_leased(config, lease, storage, model, info, metadata, shards, t0, started_at, phases)
+        return _run_leased(config, lease, storage, model, info, metadata, listing, t0, started_at, phases)
     except KeyboardInterrupt as e:
         if lease.lost:
             raise JobError(f"stopped: {lease.lost}") from e
@@ -183,6 +183,12 @@ def run_job(config: JobConfig) -> RunSummary:
         lease.release()
 
 
+def _list_inputs(config: JobConfig) -> Listing:
+    return list_inputs(
+        config.inputs, config.storage_options, config.input_format, ignore_unknown=config.ignore_unknown_files
+    )
+
+
 def _run_leased(
     config: JobConfig,
     lease: Lease,
@@ -190,14 +196,17 @@ def _run_leased(
     model: ModelSource,
     info: ModelInfo,
     metadata: dict[str, Any],
-    shards: list[Shard],
+    listing: Listing,
     t0: float,
     started_at: str,
     phases: Phases,
 ) -> RunSummary:
     state = OutputState(storage, fence=lease.check)
+    shards = listing.shards
     with phases("prepare_output"):
         work = state.prepare(config, metadata, shards)
+    work.manifest.ignored_files = len(listing.ignored)  # saved with the run record
+    work.manifest.ignored_file_examples = listing.ignored[:100]
     if work.noop:
         return RunSummary(
             status="noop",

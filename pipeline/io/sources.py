@@ -119,13 +119,29 @@ def _list_input(storage: Storage) -> tuple[str, dict[str, Any], bool]:
     raise UsageError(f"input not found: {strip_uri_credentials(storage.uri)}")
 
 
-def list_shards(inputs: Sequence[str], storage_options: Mapping[str, Any], input_format: str = "auto") -> list[Shard]:
+@dataclass(frozen=True)
+class Listing:
+    shards: list[Shard]
+    ignored: list[str]  # files of unknown format inside listed folders (skipped with --ignore-unknown-files)
+
+
+def list_shards(
+    inputs: Sequence[str], storage_options: Mapping[str, Any], input_format: str = "auto", *, ignore_unknown=False
+) -> list[Shard]:
+    return list_inputs(inputs, storage_options, input_format, ignore_unknown=ignore_unknown).shards
+
+
+def list_inputs(
+    inputs: Sequence[str], storage_options: Mapping[str, Any], input_format: str = "auto", *, ignore_unknown=False
+) -> Listing:
     """Expand folders/prefixes, name patterns and files into a sorted, de-duplicated shard list.
 
     A file named by an ``--input`` is read whatever its name; inside a listed folder, ``_``/``.``
     side files are skipped. A file reached twice (overlapping inputs, a symlink) is one shard.
     Derived ids (``<relpath>:<row>``) are relative to the inputs' common root, so two inputs that
     both hold ``part-0.jsonl`` cannot collide and the order of ``--input`` flags changes nothing.
+    A file of unknown format inside a listed folder is refused by name (exit 2) unless
+    ``ignore_unknown``: then it is skipped and listed in ``Listing.ignored`` (the manifest keeps it).
     """
     listed: list[tuple[str, Storage, str, dict[str, Any], bool]] = []
     for uri in inputs:
@@ -139,8 +155,8 @@ def list_shards(inputs: Sequence[str], storage_options: Mapping[str, Any], input
         listed.append((uri, storage, root, found, single_file))
     id_root = _common_root([root for _, _, root, _, _ in listed])
     shards: dict[str, Shard] = {}
+    unknown: list[str] = []
     for uri, storage, root, found, single_file in listed:
-        skipped = 0
         for p, info in sorted(found.items()):
             if not single_file and _is_side_file(posixpath.relpath(p, root) if root else p):
                 continue
@@ -151,18 +167,25 @@ def list_shards(inputs: Sequence[str], storage_options: Mapping[str, Any], input
                         f"cannot tell the format of {strip_uri_credentials(uri)}; "
                         "pass --input-format text|jsonl|parquet"
                     )
-                skipped += 1
+                unknown.append(p)
                 continue
             key = os.path.realpath(p) if storage.is_local else p
             if key in shards and shards[key].path <= p:
                 continue  # the same file by another name: one shard, under the first name in sort order
             rel = posixpath.relpath(p, id_root) if id_root else p
             shards[key] = Shard(p, rel, int(info.get("size") or 0), fmt, compression, storage.protocol, _version(info))
-        if skipped:
-            logger.warning("input %s: skipped %d file(s) with unknown extensions", strip_uri_credentials(uri), skipped)
+    unknown = sorted(set(unknown))
+    if unknown and not ignore_unknown:
+        raise UsageError(
+            f"{len(unknown)} input file(s) of unknown format: {', '.join(unknown[:5])}"
+            f"{' …' if len(unknown) > 5 else ''}; pass --input-format to read them as one format, or "
+            "--ignore-unknown-files to skip them (they are listed in the manifest)"
+        )
+    if unknown:
+        logger.warning("skipped %d input file(s) of unknown format (--ignore-unknown-files)", len(unknown))
     if not shards:
         raise UsageError(f"no input files found in {', '.join(strip_uri_credentials(u) for u in inputs)}")
-    return sorted(shards.values(), key=lambda s: s.path)
+    return Listing(sorted(shards.values(), key=lambda s: s.path), unknown)
 
 
 def _common_root(roots: Sequence[str]) -> str:

@@ -70,6 +70,9 @@ class Manifest:
     # (ETag/generation/mtime) and, once proven, rows; a changed or vanished shard is refused
     input_shards: list[dict[str, Any]] = field(default_factory=list)
     corrupt_remainders: list[dict[str, Any]] = field(default_factory=list)
+    # files of unknown format skipped with --ignore-unknown-files (the latest run's listing)
+    ignored_files: int = 0
+    ignored_file_examples: list[str] = field(default_factory=list)
     rows_written: int = 0
     rows_rejected: int = 0
     chunks: int = 0  # data rows: one per record, or one per window in chunked runs

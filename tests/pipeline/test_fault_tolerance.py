@@ -167,6 +167,7 @@ def test_messy_corpus_finishes_with_every_record_accounted_for(ray_cluster, tmp_
     (corpus / "mixed.jsonl").write_bytes(b"\n".join(good[:20] + bad + good[20:] + dup) + b"\n")
     (corpus / "empty.txt").write_text("")
     (corpus / "corrupt.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00garbage-not-gzip")
+    (corpus / "notes.csv").write_text("not a shard")  # unknown format: skipped only because the run says so
     config = JobConfig(
         inputs=(str(corpus),),
         output=str(tmp_path / "out"),
@@ -174,6 +175,7 @@ def test_messy_corpus_finishes_with_every_record_accounted_for(ray_cluster, tmp_
         progress=False,
         max_bad_fraction=0.2,
         skip_corrupt_remainders=True,
+        ignore_unknown_files=True,
     )
     summary = run_job(config)
     assert summary.status == "complete"
@@ -188,6 +190,7 @@ def test_messy_corpus_finishes_with_every_record_accounted_for(ray_cluster, tmp_
     # the corrupt shard's remainder is not a record: the run accepted it (--skip-corrupt-remainders) and says so
     assert [r["path"].rsplit("/", 1)[1] for r in manifest["corrupt_remainders"]] == ["corrupt.jsonl.gz"]
     assert manifest["duplicate_ids"] == 1 and manifest["duplicate_id_examples"] == ["g0"]
+    assert manifest["ignored_files"] == 1 and manifest["ignored_file_examples"][0].endswith("notes.csv")
 
 
 @pytest.mark.integration

@@ -15,6 +15,7 @@ from pipeline.io.sources import (
     ShardReader,
     ShardReadError,
     detect_format,
+    list_inputs,
     list_shards,
     read_groups,
     read_shards,
@@ -50,7 +51,13 @@ def test_every_format_and_compression(tmp_path):
     pq.write_table(pa.table({"id": ["p1", None], "text": ["pq one", "pq two"]}), tmp_path / "d.parquet")
     (tmp_path / "_SUCCESS").write_text("")
     (tmp_path / "notes.csv").write_text("ignored")
-    rows = _read(tmp_path)
+    with pytest.raises(
+        UsageError, match=r"1 input file\(s\) of unknown format: .*notes\.csv; .*--ignore-unknown-files"
+    ):
+        list_shards([str(tmp_path)], {})  # not skipped with exit 0 while the output is called complete
+    listing = list_inputs([str(tmp_path)], {}, ignore_unknown=True)
+    assert [p.rsplit("/", 1)[1] for p in listing.ignored] == ["notes.csv"]
+    rows = _read(tmp_path, ignore_unknown=True)
     got = {(r["id"], r["text"]) for r in rows}
     assert got == {
         ("a.txt:0", "first line"),
