@@ -367,7 +367,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("progress", "hide progress bars", type=None, default=True, check=boolean, negate=True),
     Flag(
         "status-interval-s",
-        "log a one-line status (records, tokens/s, rejects, ETA) this often",
+        "log a one-line status (records tokenized, encoded and committed, tokens/s, ETA) this often",
         type=float,
         default=60.0,
         check=seconds(allow_zero=False),

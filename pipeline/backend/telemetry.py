@@ -9,10 +9,11 @@ an ETA. Reports are fire-and-forget: telemetry never slows or fails the job.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +30,24 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "e5_embed_truncated": ("records cut at --max-length (or --max-chunks-per-record)", ()),
     "e5_embed_files": ("data and rejects files written", ()),
     "e5_embed_stage_rows": ("rows through a stage (tokenize, encode)", ("stage",)),
+    "e5_embed_stage_tokens": ("tokens through a stage (encode: what the model read)", ("stage",)),
     "e5_embed_stage_seconds": ("seconds a stage spent on its batches (rate = rows / seconds)", ("stage",)),
     "e5_embed_oom_splits": ("encode micro-batches split after a device out-of-memory", ()),
 }
-PROGRESS_KEYS = ("read_rows", "read_bytes", "embedded", "rejected", "tokens", "windows", "oom_splits")
+PROGRESS_KEYS = (
+    "read_rows",
+    "read_bytes",
+    "tokenized",  # records out of the tokenize stage
+    "encoded",  # records out of the encode stage (rejects pass through it too)
+    "encoded_tokens",
+    "embedded",  # committed: in published files
+    "rejected",
+    "tokens",
+    "windows",
+    "oom_splits",
+)
+# stage name -> the progress key its rows count under
+STAGE_PROGRESS = {"tokenize": "tokenized", "chunktokenize": "tokenized", "encode": "encoded"}
 
 
 class _Counters:
@@ -150,12 +165,16 @@ class Telemetry:
     def first_seen(self, timeout_s: float = 10.0) -> dict[str, float]:
         return self._ask("first", timeout_s) or {}
 
-    def stage_batch(self, stage: str, rows: int, seconds: float, oom_splits: int = 0) -> None:
+    def stage_batch(self, stage: str, rows: int, seconds: float, oom_splits: int = 0, tokens: int = 0) -> None:
+        """One batch out of a stage: counted where the work happens, not when its file is committed."""
         self._inc("e5_embed_stage_rows", rows, stage=stage)
+        self._inc("e5_embed_stage_tokens", tokens, stage=stage)
         self._inc("e5_embed_stage_seconds", seconds, stage=stage)
         self._inc("e5_embed_oom_splits", oom_splits)
-        if oom_splits:
-            self._tell("add", {"oom_splits": oom_splits})  # the run record counts them too
+        values = {STAGE_PROGRESS.get(stage, stage): rows, "oom_splits": oom_splits}  # oom: the run record too
+        if stage == "encode":
+            values["encoded_tokens"] = tokens
+        self._progress(**{k: v for k, v in values.items() if v})
 
     def snapshot(self, timeout_s: float = 10.0) -> dict[str, int] | None:
         return self._ask("snapshot", timeout_s)
@@ -187,9 +206,25 @@ class TimedStage:
         out = self.stage(batch)
         if self.telemetry is not None:
             oom = int(getattr(self.stage, "oom_splits", 0))
-            self.telemetry.stage_batch(self.stage_name, batch.num_rows, time.perf_counter() - t0, oom - self._oom_seen)
+            tokens = _tokens(out) if self.stage_name == "encode" else 0
+            self.telemetry.stage_batch(
+                self.stage_name, batch.num_rows, time.perf_counter() - t0, oom - self._oom_seen, tokens
+            )
             self._oom_seen = oom
         return out
+
+
+def _tokens(table) -> int:
+    """The tokens a batch's ``n_tokens`` column holds (per row, or per window in chunked runs)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if "n_tokens" not in table.column_names:
+        return 0
+    column = table["n_tokens"]
+    if pa.types.is_list(column.type):
+        column = pc.list_flatten(column)
+    return int(pc.sum(column).as_py() or 0)
 
 
 def timed(stage_cls: type, name: str) -> type:
@@ -198,34 +233,50 @@ def timed(stage_cls: type, name: str) -> type:
 
 
 def status_line(
-    values: Mapping[str, int], *, total_bytes: int, total_records: int | None, elapsed_s: float, records_done: int = 0
+    values: Mapping[str, int],
+    *,
+    total_bytes: int,
+    total_records: int | None,
+    elapsed_s: float,
+    records_done: int = 0,
+    recent: Mapping[str, float] | None = None,
 ) -> str:
-    """``progress: …`` for the driver's log: records, share of the input, rates, rejects, ETA.
+    """``progress: …`` for the driver's log: work counted where it happens, the encode rate, an ETA.
 
-    With ``total_records`` (exact: the records of the shards this run reads, Parquet footers) the
-    share and the ETA count records read, and what was embedded or rejected is stated against the
-    records left to do (``total_records - records_done``: rows earlier runs already wrote);
-    otherwise they count the input bytes of shards read to their end. Either way a resumed run's
-    ETA runs short at first: its already-done rows are read, not embedded, and go fast.
+    Three counts, apart: records tokenized, records encoded (out of the encode stage) and records
+    committed (in published files, embedded + rejected) — a file is published every
+    ``--rows-per-file`` rows, so commits trail encoding. tokens/s and the ETA come from the encode
+    stage's rate over a recent window (``recent``: per-second rates of ``encoded`` and
+    ``encoded_tokens``; the whole run's when not given). The records to do are exact with
+    ``total_records`` (Parquet footers: the records of the shards this run reads, less
+    ``records_done`` that earlier runs wrote), else estimated from the share of input bytes read.
+    Once every record is read and encoded, the ETA says it waits for the last files.
     """
-    tokens_per_s = values.get("tokens", 0) / elapsed_s if elapsed_s > 0 else 0.0
-    embedded, rejected = values.get("embedded", 0), values.get("rejected", 0)
+    recent = recent or {
+        k: values.get(k, 0) / elapsed_s if elapsed_s > 0 else 0.0 for k in ("encoded", "encoded_tokens")
+    }
+    read_rows, encoded = values.get("read_rows", 0), values.get("encoded", 0)
+    committed = values.get("embedded", 0) + values.get("rejected", 0)
     if total_records:
-        share = values.get("read_rows", 0) / total_records
+        share = read_rows / total_records
         unit = "input records"
-        done = f"{embedded:,} embedded and {rejected:,} rejected of {max(0, total_records - records_done):,} records"
+        todo: float | None = max(0, total_records - records_done)
     else:
         share = values.get("read_bytes", 0) / total_bytes if total_bytes else 0.0
         unit = "input bytes"
-        done = f"{embedded:,} records embedded, {rejected:,} rejected"
-    eta = "unknown"
-    if 0 < share < 1:
-        eta = _duration(elapsed_s * (1 - share) / share)
-    elif share >= 1:
-        eta = "writing the last files"
+        todo = (read_rows / share - records_done) if share > 0 else None
+    if share >= 1 and encoded >= read_rows - records_done:
+        eta = f"encoding done; writing the last files ({max(0, encoded - committed):,} records to commit)"
+    elif todo is not None and recent.get("encoded", 0) > 0:
+        eta = _duration(max(0.0, todo - encoded) / recent["encoded"])
+    else:
+        eta = "unknown"
+    of = f" of {int(todo):,}" if total_records else ""
     return (
-        f"progress: {done}, {values.get('read_rows', 0):,} read ({share:.0%} of {unit}), "
-        f"{tokens_per_s:,.0f} tokens/s, ETA {eta}"
+        f"progress: {values.get('tokenized', 0):,} tokenized, {encoded:,} encoded, {committed:,} committed "
+        f"({values.get('embedded', 0):,} embedded, {values.get('rejected', 0):,} rejected){of} records, "
+        f"{read_rows:,} read ({min(share, 1.0):.0%} of {unit}), {recent.get('encoded_tokens', 0):,.0f} tokens/s "
+        f"encoding, ETA {eta}"
     )
 
 
@@ -293,16 +344,36 @@ class StatusReporter:
             logger.info("input holds %s records (Parquet footers); progress counts records", f"{total:,}")
 
     def _run(self) -> None:
+        history: collections.deque[tuple[float, Mapping[str, int]]] = collections.deque()
         while not self._stop.wait(self.interval_s):
             values = self.telemetry.snapshot()
-            if values is not None:
-                logger.info(
-                    "%s",
-                    status_line(
-                        values,
-                        total_bytes=self.total_bytes,
-                        total_records=self.total_records,
-                        records_done=self.records_done,
-                        elapsed_s=time.monotonic() - self._t0,
-                    ),
-                )
+            if values is None:
+                continue
+            now = time.monotonic()
+            history.append((now, values))
+            while len(history) > 2 and now - history[1][0] >= RATE_WINDOW_S:
+                history.popleft()  # keep about RATE_WINDOW_S of snapshots (at least two)
+            logger.info(
+                "%s",
+                status_line(
+                    values,
+                    total_bytes=self.total_bytes,
+                    total_records=self.total_records,
+                    records_done=self.records_done,
+                    elapsed_s=now - self._t0,
+                    recent=_rates(history, since=(self._t0, {})),
+                ),
+            )
+
+
+RATE_WINDOW_S = 60.0  # tokens/s and the ETA: the encode stage's rate over about the last minute
+
+
+def _rates(
+    history: Sequence[tuple[float, Mapping[str, int]]], since: tuple[float, Mapping[str, int]]
+) -> dict[str, float]:
+    """Per-second rates of the encode counts between the oldest kept snapshot and the newest
+    (``since``, the run's start, while there is only one)."""
+    (t0, first), (t1, last) = (history[0] if len(history) > 1 else since), history[-1]
+    span = t1 - t0
+    return {k: (last.get(k, 0) - first.get(k, 0)) / span if span > 0 else 0.0 for k in ("encoded", "encoded_tokens")}

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,20 +14,41 @@ from pipeline.runner import run_job
 
 
 @pytest.mark.unit
-def test_status_line_has_totals_rates_and_an_eta():
-    values = {"read_rows": 500, "read_bytes": 250, "embedded": 400, "rejected": 3, "tokens": 12_000}
-    line = status_line(values, total_bytes=1000, total_records=None, elapsed_s=60)
+def test_status_line_counts_work_where_it_happens_with_the_encode_rate_and_an_eta():
+    values = {
+        "read_rows": 500,
+        "read_bytes": 250,
+        "tokenized": 450,
+        "encoded": 400,
+        "encoded_tokens": 12_000,
+        "embedded": 0,
+        "rejected": 0,
+    }
+    recent = {"encoded": 5.0, "encoded_tokens": 150.0}  # the encode stage's rate over the last minute
+    line = status_line(values, total_bytes=1000, total_records=None, elapsed_s=60, recent=recent)
+    # nothing committed yet (one file, written at the end), yet the encoder's work shows; 25% of the
+    # bytes held 500 records: ~2,000 in all, 1,600 left to encode at 5 records/s
     assert line == (
-        "progress: 400 records embedded, 3 rejected, 500 read (25% of input bytes), 200 tokens/s, ETA 3m00s"
+        "progress: 450 tokenized, 400 encoded, 0 committed (0 embedded, 0 rejected) records, 500 read "
+        "(25% of input bytes), 150 tokens/s encoding, ETA 5m20s"
     )
-    # an exact record total (Parquet footers): share and ETA by records, embedded against what is left
-    line = status_line(values, total_bytes=1000, total_records=2500, records_done=500, elapsed_s=60)
+    # an exact record total (Parquet footers): the records this run has left, less what earlier runs wrote
+    values |= {"embedded": 300, "rejected": 3}
+    line = status_line(values, total_bytes=1000, total_records=2500, records_done=500, elapsed_s=60, recent=recent)
     assert line == (
-        "progress: 400 embedded and 3 rejected of 2,000 records, 500 read (20% of input records), 200 tokens/s, "
-        "ETA 4m00s"
+        "progress: 450 tokenized, 400 encoded, 303 committed (300 embedded, 3 rejected) of 2,000 records, "
+        "500 read (20% of input records), 150 tokens/s encoding, ETA 5m20s"
+    )
+    # everything read and encoded: the ETA says what it waits for (not while records are still encoding)
+    done = values | {"read_bytes": 1000, "read_rows": 2000, "tokenized": 2000, "encoded": 1990}
+    assert "ETA 2s" in status_line(done, total_bytes=1000, total_records=None, elapsed_s=60, recent=recent)
+    done["encoded"] = 2000
+    assert status_line(done, total_bytes=1000, total_records=None, elapsed_s=60, recent=recent).endswith(
+        "ETA encoding done; writing the last files (1,697 records to commit)"
     )
     assert "ETA unknown" in status_line({}, total_bytes=1000, total_records=None, elapsed_s=5)
-    assert "ETA 2h30m" in status_line({"read_bytes": 1}, total_bytes=10, total_records=None, elapsed_s=1000)
+    # no window given: the whole run's encode rate
+    assert "200 tokens/s" in status_line(values, total_bytes=1000, total_records=None, elapsed_s=60)
 
 
 @pytest.mark.unit
@@ -34,9 +56,23 @@ def test_metric_names_are_prometheus_names():
     assert all(name.startswith("e5_embed_") and name.isidentifier() for name in METRICS)
 
 
+PROGRESS = re.compile(
+    r"progress: ([\d,]+) tokenized, ([\d,]+) encoded, ([\d,]+) committed .* ([\d,]+) tokens/s encoding, ETA (.*)"
+)
+
+
+def _counts(line: str) -> tuple[int, int, int, int, str]:
+    match = PROGRESS.match(line)
+    assert match, line
+    *numbers, eta = match.groups()
+    return (*(int(n.replace(",", "")) for n in numbers), eta)
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
-def test_a_run_logs_status_lines(ray_cluster, tmp_path, minilm_path, caplog, fmt):
+@pytest.mark.parametrize("fmt, rows_per_file", [("jsonl", 16), ("parquet", None)])
+def test_a_run_logs_status_lines(ray_cluster, tmp_path, minilm_path, caplog, fmt, rows_per_file):
+    """Several files (jsonl, 16 rows a file): commits trail encoding. One file (parquet, the default
+    --rows-per-file): encoded records and tokens/s move while nothing is committed yet."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for s in range(3):
@@ -53,19 +89,21 @@ def test_a_run_logs_status_lines(ray_cluster, tmp_path, minilm_path, caplog, fmt
                 model=minilm_path,
                 progress=False,
                 rows_per_block=8,
-                rows_per_file=16,
-                batch_size=8,
-                status_interval_s=0.5,
+                batch_size=4,
+                status_interval_s=0.2,
+                **({"rows_per_file": rows_per_file} if rows_per_file else {}),
             )
         )
     assert summary.rows_embedded == 120
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress: ")]
-    assert lines, "no status line was logged"
-    assert any("embedded" in line and "ETA" in line for line in lines)
-    if fmt == "parquet":  # the footers' exact total, once counted (a line or two may come before it)
-        assert any(" rejected of 120 records" in line and "of input records" in line for line in lines), lines
-    else:  # no record total without reading: progress in input bytes
-        assert all("records embedded" in line and "of input bytes" in line for line in lines)
+    counts = [_counts(line) for line in lines]
+    assert all(t >= e >= c for t, e, c, _, _ in counts), lines  # work flows tokenize -> encode -> commit
+    assert all("writing the last files" not in eta for _, e, _, _, eta in counts if e < 120), lines
+    if rows_per_file:  # several files: some line shows commits trailing the encoder
+        assert any(0 < c < e for _, e, c, _, _ in counts), lines
+    else:  # one file: encoding shows (records and tokens/s) before the file is written
+        assert any(e > 0 and c == 0 and rate > 0 for _, e, c, rate, _ in counts), lines
+        assert any(" of 120 records" in line and "of input records" in line for line in lines), lines
     phases = json.loads((tmp_path / "out" / "_manifest.json").read_text())["runs"][-1]["phases"]
     steps = ("model", "list_inputs", "lease", "prepare_output", "plan", "embed", "reconcile", "duplicate_ids")
     assert all(phases[k] >= 0 for k in steps)
