@@ -142,7 +142,7 @@ def duplicate_check_cost(output: Path, rows: int) -> dict[str, Any]:
     driver_s = time.perf_counter() - t0
     with ray_session(None):  # this process's Ray if it has one (tests), else a local one, stopped after
         t0 = time.perf_counter()
-        cluster = duplicate_ids_on_cluster(storage, files)
+        cluster = duplicate_ids_on_cluster(storage, files, rows=rows)
         cluster_s = time.perf_counter() - t0
     assert driver.duplicate_ids == cluster.duplicate_ids == 0
     return {"rows": rows, "files": len(files), "driver_s": round(driver_s, 2), "cluster_s": round(cluster_s, 2)}

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from pipeline.io.storage import Storage
 from pipeline.ledger.duplicates import EXAMPLES, DuplicateReport
 
+IDS_PER_PARTITION = 5_000_000  # one hash partition's table: ~5M ids (a few hundred MB), at most MAX_PARTITIONS
+MAX_PARTITIONS = 200
 
-def duplicate_ids_on_cluster(storage: Storage, files: Sequence[str], chunked: bool = False) -> DuplicateReport:
-    """In chunked outputs only each record's first window (``chunk == 0``) counts."""
+
+def duplicate_ids_on_cluster(
+    storage: Storage, files: Sequence[str], chunked: bool = False, rows: int | None = None
+) -> DuplicateReport:
+    """In chunked outputs only each record's first window (``chunk == 0``) counts. The hash
+    aggregation has one partition per ``IDS_PER_PARTITION`` of the output's ``rows`` (a small output
+    does not start Ray Data's default 200 aggregators)."""
     import ray
     from ray.data.expressions import col
 
@@ -18,6 +26,7 @@ def duplicate_ids_on_cluster(storage: Storage, files: Sequence[str], chunked: bo
     )
     if chunked:
         ids = ids.filter(expr=col("chunk") == 0).select_columns(["id"])
-    counts = ids.groupby("id").count()
+    partitions = None if rows is None else max(1, min(MAX_PARTITIONS, math.ceil(rows / IDS_PER_PARTITION)))
+    counts = ids.groupby("id", num_partitions=partitions).count()
     repeated = counts.filter(expr=col("count()") > 1).materialize()
     return DuplicateReport(repeated.count(), [r["id"] for r in repeated.take(EXAMPLES)])

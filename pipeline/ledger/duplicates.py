@@ -36,7 +36,7 @@ def find_duplicate_ids(
     storage: Storage,
     files: Sequence[str],
     total_rows: int,
-    on_cluster: Callable[[Storage, Sequence[str], bool], DuplicateReport] | None = None,
+    on_cluster: Callable[[Storage, Sequence[str], bool, int], DuplicateReport] | None = None,
     *,
     chunked: bool = False,
 ) -> DuplicateReport:
@@ -47,7 +47,7 @@ def find_duplicate_ids(
         return DuplicateReport(0)
     if total_rows <= DRIVER_CHECK_MAX_ROWS or on_cluster is None:
         return _on_driver(storage, files, chunked)
-    return on_cluster(storage, files, chunked)
+    return on_cluster(storage, files, chunked, total_rows)
 
 
 def _on_driver(storage: Storage, files: Sequence[str], chunked: bool) -> DuplicateReport:
