@@ -56,6 +56,7 @@ RUN_FLAGS: dict[str, bool] = {
     "--scheduler-config": True,
     "--max-bad-fraction": True,
     "--skip-corrupt-remainders": False,
+    "--ignore-unknown-files": False,
     "--max-record-bytes": True,
     "--lease-wait-s": True,
     "--lease-ttl-s": True,

@@ -41,7 +41,7 @@ def read_output(fs, bucket, prefix="out"):
 @pytest.mark.integration
 def test_s3_to_s3_every_id_once_matching_the_reference(ray_cluster, s3fs_client, bucket, minilm_path):
     fs = s3fs_client
-    texts = upload_corpus(fs, bucket)
+    texts = upload_corpus(fs, bucket, per_shard=24)  # 72 documents, 3 files, some over 512 tokens
     config = JobConfig(
         inputs=(f"s3://{bucket}/corpus/",),
         output=f"s3://{bucket}/out/",
