@@ -20,7 +20,7 @@ import logging
 import os
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -46,10 +46,6 @@ def fetch_folder(uri: str, storage_options: Mapping[str, Any]) -> str:
     changed folder is copied anew. A file lock makes one process per node copy while the others
     wait; the copy is checked (every file, its size) before it is renamed into place.
     """
-    import shutil
-
-    import filelock
-
     from pipeline.io.storage import Storage, strip_uri_credentials
 
     storage = Storage(uri, storage_options)
@@ -65,13 +61,8 @@ def fetch_folder(uri: str, storage_options: Mapping[str, Any]) -> str:
     if not any(name == "config.json" for name, _, _ in files):
         raise UsageError(f"model folder {strip_uri_credentials(uri)} has no config.json")
     key = hashlib.sha256(repr((strip_uri_credentials(uri), files)).encode()).hexdigest()[:24]
-    target = os.path.join(model_cache_root(), key)
-    os.makedirs(model_cache_root(), exist_ok=True)
-    with filelock.FileLock(target + ".lock"):
-        if os.path.isfile(os.path.join(target, ".complete")):
-            return target
-        tmp = f"{target}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def fill(tmp: str) -> None:
         for name, size, _ in files:
             local = os.path.join(tmp, name)
             os.makedirs(os.path.dirname(local), exist_ok=True)
@@ -81,11 +72,36 @@ def fetch_folder(uri: str, storage_options: Mapping[str, Any]) -> str:
                     f"model file {name} of {strip_uri_credentials(uri)} arrived with "
                     f"{os.path.getsize(local)} bytes, expected {size}"
                 )
+
+    return _cached_once(os.path.join(model_cache_root(), key), fill, strip_uri_credentials(uri))
+
+
+def _cached_once(target: str, fill: Callable[[str], None], source: str) -> str:
+    """``target`` in the node's model cache, made once per node: under a file lock, ``fill`` writes a
+    private temporary folder (and raises if what it got is wrong), which is marked complete and
+    renamed into place. Later callers find it complete without taking the lock."""
+    import shutil
+
+    import filelock
+
+    if os.path.isfile(os.path.join(target, ".complete")):
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with filelock.FileLock(target + ".lock"):
+        if os.path.isfile(os.path.join(target, ".complete")):
+            return target
+        tmp = f"{target}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            fill(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         with open(os.path.join(tmp, ".complete"), "w", encoding="utf-8") as f:
-            f.write(f"{strip_uri_credentials(uri)}\n")
+            f.write(f"{source}\n")
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-        logger.info("copied model %s to %s (%d files)", strip_uri_credentials(uri), target, len(files))
+        logger.info("copied model %s to %s", source, target)
     return target
 
 
@@ -137,41 +153,23 @@ def _cache_dir(hex_digest: str) -> str:
 def pinned_copy(folder: str, digest: str) -> str:
     """The node's copy of ``folder`` as it was when pinned to ``digest`` (``sha256:<hex>``).
 
-    Made once per node under a file lock: the bytes are hashed as they are copied, and a copy whose
+    Made once per node (``_cached_once``): the bytes are hashed as they are copied, and a copy whose
     digest is not the pinned one is thrown away with a clear error (the folder changed, or a symlink
     was repointed, after the driver pinned it). Later processes on the node load the verified copy.
     """
-    import shutil
 
-    import filelock
-
-    hex_digest = digest.removeprefix("sha256:")
-    target = _cache_dir(hex_digest)
-    if os.path.isfile(os.path.join(target, ".complete")):
-        return target
-    os.makedirs(model_cache_root(), exist_ok=True)
-    with filelock.FileLock(target + ".lock"):
-        if os.path.isfile(os.path.join(target, ".complete")):
-            return target
-        tmp = f"{target}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+    def fill(tmp: str) -> None:
         try:
             found = _digest_files(folder, copy_to=tmp)
         except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise UsageError(f"cannot copy model folder {folder!r}: {e}") from e
-        if found != hex_digest:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if "sha256:" + found != digest:
             raise UsageError(
                 f"model folder {folder!r} changed after the run pinned it: it was {digest}, it is now "
                 f"sha256:{found}; no process may embed with other weights under the pinned digest"
             )
-        with open(os.path.join(tmp, ".complete"), "w", encoding="utf-8") as f:
-            f.write(f"{folder}\n")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-        logger.info("copied model %s to %s", folder, target)
-    return target
+
+    return _cached_once(_cache_dir(digest.removeprefix("sha256:")), fill, folder)
 
 
 @dataclass(frozen=True, kw_only=True)
