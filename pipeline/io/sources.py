@@ -126,13 +126,22 @@ class Listing:
 
 
 def list_shards(
-    inputs: Sequence[str], storage_options: Mapping[str, Any], input_format: str = "auto", *, ignore_unknown=False
+    inputs: Sequence[str],
+    storage_options: Mapping[str, Any],
+    input_format: str = "auto",
+    *,
+    ignore_unknown: bool = False,
 ) -> list[Shard]:
+    """The shards of ``list_inputs`` (for callers that record nothing about ignored files)."""
     return list_inputs(inputs, storage_options, input_format, ignore_unknown=ignore_unknown).shards
 
 
 def list_inputs(
-    inputs: Sequence[str], storage_options: Mapping[str, Any], input_format: str = "auto", *, ignore_unknown=False
+    inputs: Sequence[str],
+    storage_options: Mapping[str, Any],
+    input_format: str = "auto",
+    *,
+    ignore_unknown: bool = False,
 ) -> Listing:
     """Expand folders/prefixes, name patterns and files into a sorted, de-duplicated shard list.
 
