@@ -12,10 +12,11 @@
 #                 encode_buckets, pipeline on the same 20k docs
 #   actors1/ actors2/  the pipeline on 50k docs with 1 and 2 encode actors per GPU
 #   sustained/    the pipeline alone on 200k docs (~30M tokens): steady-state throughput
-# DEVICE=cpu DOCS=40 ACTORS_DOCS=40 bash jobs/gpu_check.sh  rehearses it on a CPU machine.
-# tests/jobs/test_gpu_scripts.py runs each step once: STEPS without `sustained` (the same `pipeline bench
-# --rows pipeline` as the bench step), BENCH_ROWS=reference and ACTORS=2 (every bench row, the pipeline
-# included, is rehearsed by tests/e5tools/test_bench.py through the same `pipeline bench`).
+# DEVICE=cpu DOCS=40 ACTORS_DOCS=40 SUSTAINED_DOCS=80 bash jobs/gpu_check.sh  rehearses it on a CPU machine.
+# tests/jobs/test_gpu_scripts.py runs the steps with code of their own once (STEPS="versions memory profile
+# bench", BENCH_ROWS=reference) and parses the rest (bash -n): the actors and sustained steps are
+# `pipeline bench --rows pipeline` at other sizes, which tests/e5tools/test_bench.py rehearses (with
+# --actors-per-gpu 2) through the same command. ACTORS="1 2" picks the actors step's pool sizes.
 set -euo pipefail
 out=${OUT:-gpu-check}
 device=${DEVICE:-cuda}

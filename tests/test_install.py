@@ -106,7 +106,12 @@ def test_wheel_plans_with_the_packaged_profiles_in_a_clean_venv_from_another_dir
         text=True,
     )
     assert located.stdout.startswith(str(env_dir))  # the wheel's copy in the clean venv, not the checkout
+    with zipfile.ZipFile(wheel) as z:  # what a package index shows (core metadata 2.4, PEP 639)
+        [meta] = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = z.read(meta).decode()
+        assert any(n.endswith(".dist-info/licenses/LICENSE") for n in z.namelist())
+    for line in ("License-Expression: Apache-2.0", "License-File: LICENSE", "Requires-Python: >=3.11"):
+        assert line in metadata.splitlines(), metadata[:2000]
     shown = _run([python, "-m", "pip", "show", "-v", "e5-embed"], cwd=elsewhere, env=env).stdout
-    for line in ("Name: e5-embed", "License-Expression: Apache-2.0", "Requires-Python: >=3.11"):
-        assert line in shown, shown  # what a package index and `pip show` present
-    assert "Programming Language :: Python :: 3.11" in shown and "Summary: Ray Data streaming job" in shown
+    assert "Name: e5-embed" in shown and "Summary: Ray Data streaming job" in shown, shown
+    assert "Programming Language :: Python :: 3.11" in shown and "Author: e5-embed maintainers" in shown, shown

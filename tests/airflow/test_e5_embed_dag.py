@@ -19,14 +19,16 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_VERSION = "3.3.2"
 REQUIREMENTS = ROOT / "jobs" / "airflow" / "requirements.txt"
+CONSTRAINTS = ROOT / "jobs" / "airflow" / "constraints-test.txt"  # every package pinned: no resolving
 
 
 def airflow_venv() -> Path:
     """Where the Airflow virtualenv lives: outside the clone, keyed by what it is built from (Airflow's
-    version, the DAG's requirements, this Python), so a clean clone on a machine that built it once
-    reuses it and any change of pin builds a new one. ``E5_EMBED_TEST_CACHE`` moves the cache."""
+    version, the DAG's requirements and their pinned constraints, this Python), so a clean clone on a
+    machine that built it once reuses it and any change of pin builds a new one.
+    ``E5_EMBED_TEST_CACHE`` moves the cache."""
     key = hashlib.sha256(
-        f"{AIRFLOW_VERSION}\n{sys.version_info[:2]}\n".encode() + REQUIREMENTS.read_bytes()
+        f"{AIRFLOW_VERSION}\n{sys.version_info[:2]}\n".encode() + REQUIREMENTS.read_bytes() + CONSTRAINTS.read_bytes()
     ).hexdigest()[:16]
     cache = Path(os.environ.get("E5_EMBED_TEST_CACHE") or Path.home() / ".cache" / "e5-embed-tests")
     return cache / f"airflow-{AIRFLOW_VERSION}-py{sys.version_info[0]}{sys.version_info[1]}-{key}"
@@ -54,6 +56,8 @@ def airflow_python() -> str:
                     f"apache-airflow=={AIRFLOW_VERSION}",
                     "-r",
                     str(REQUIREMENTS),
+                    "-c",
+                    str(CONSTRAINTS),
                 ],
                 check=True,
                 timeout=1500,

@@ -34,7 +34,10 @@ def test_a_bad_cpu_side_size_pair_is_a_usage_error(value):
 def test_every_row_and_memory_check_are_well_formed(tmp_path):
     # --max-length 128: one shape bucket to compile (not three) and shorter compiled shapes; the rows are
     # the same code at any length (the GPU session runs them at 512)
-    report = run_benchmark(docs=24, device="cpu", rows=ROWS, memory_check=True, max_length=128, out_dir=str(tmp_path))
+    # --actors-per-gpu 2: what jobs/gpu_check.sh's actors step passes to the pipeline row
+    report = run_benchmark(
+        docs=24, device="cpu", rows=ROWS, memory_check=True, max_length=128, actors_per_gpu=2, out_dir=str(tmp_path)
+    )
     assert set(report["rows"]) == set(ROWS)
     for name, row in report["rows"].items():
         for key in ("seconds", "docs_per_s", "tokens_per_s", "fraction_of_peak"):
@@ -57,6 +60,7 @@ def test_every_row_and_memory_check_are_well_formed(tmp_path):
         "pipeline/st_encode",
     }
     assert report["matmul_peak_flops"] > 0 and report["versions"]["ray"]
+    assert "--actors-per-gpu 2" in report["rows"]["pipeline"]["notes"]
     rates = report["tokenize"]["rates"]  # the CPU side on the same texts: raw tokenizer and both stages
     assert rates["raw_encode_batch"]["tokens"] == rates["tokenize_stage"]["tokens"] > 0
     assert rates["chunk_tokenize_stage"]["tokens"] >= rates["tokenize_stage"]["tokens"]  # nothing cut off
