@@ -126,7 +126,7 @@ class RayHead:
         # SIGTERM to `ray start --block` stops the processes it started; then the session group
         try:
             self._proc.send_signal(signal.SIGTERM)
-            self._proc.wait(timeout=60)
+            self._proc.wait(timeout=10)  # then the whole session group by SIGKILL: a test cluster keeps no state
         except subprocess.TimeoutExpired:
             pass
         try:

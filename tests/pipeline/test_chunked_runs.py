@@ -157,7 +157,7 @@ def _run_args(corpus: Path, out: Path, model: str, *extra: str) -> list[str]:
 
 @pytest.mark.e2e
 def test_sigkill_mid_chunked_run_then_rerun_gives_every_window_once(tmp_path, minilm_path):
-    records = corpus_records(n=24, seed=5)[:-1]  # 23 long documents, hundreds of windows
+    records = corpus_records(n=48, seed=5)[:-1]
     for s in range(4):
         write_jsonl(tmp_path / "corpus" / f"shard-{s}.jsonl", records[s::4])
     out = tmp_path / "out"
