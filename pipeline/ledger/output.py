@@ -53,6 +53,7 @@ IDENTITY_KEYS = (
     "inputs",
     "model_sha",
     "chunking",
+    "derived_ids",
 )
 PRODUCER = schemas.PRODUCER
 
@@ -77,6 +78,10 @@ def output_metadata(config: JobConfig, info: ModelInfo, model_sha: str | None = 
         "model_sha": model_sha,  # the Hub commit (git:<sha>) or the local folder's content digest
         "producer": PRODUCER,
     }
+    if len(meta["inputs"]) > 1:  # one input: ids relative to it, as they always were
+        # several inputs: relative to their common root, so two inputs' part-0 files cannot collide;
+        # an output made before (ids relative to each input) is refused rather than mixed
+        meta["derived_ids"] = "relative to the inputs' common root"
     chunking = ChunkSettings.of_job(config)
     if chunking is not None:  # absent in truncating runs: their metadata is what it always was
         meta["chunking"] = chunking.metadata()

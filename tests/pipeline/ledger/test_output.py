@@ -157,3 +157,32 @@ def test_duplicate_ids_on_the_cluster_path(ray_cluster, tmp_path):
     # one aggregation for both: windows sharing their record's id (s:0's) count once, a real repeat (s:1) is found
     report = duplicate_ids_on_cluster(storage, chunked, True, 4)
     assert report.duplicate_ids == 1 and report.examples == ["s:1"]
+
+
+@pytest.mark.unit
+def test_a_multi_input_output_made_before_common_root_ids_is_refused_not_mixed(tmp_path):
+    """Derived ids of several inputs are relative to their common root now; an output whose ids were
+    made relative to each input must not be resumed with the other kind."""
+    from pipeline.config import JobConfig
+    from pipeline.errors import UsageError
+    from pipeline.io.sources import list_shards
+    from pipeline.ledger.output import output_metadata
+    from pipeline.stages.model import offline_info
+
+    for day in ("day-1", "day-2"):
+        (tmp_path / day).mkdir()
+        (tmp_path / day / "part-0.txt").write_text("x\n")
+    inputs = (str(tmp_path / "day-1"), str(tmp_path / "day-2"))
+    config = JobConfig(inputs=inputs, output=str(tmp_path / "out"), model="intfloat/e5-small-v2")
+    info = offline_info("intfloat/e5-small-v2")
+    meta = output_metadata(config, info, "git:" + "a" * 40)
+    shards = list_shards(inputs, {})
+    OutputState(Storage(config.output)).prepare(config, meta, shards)  # an output in progress
+    manifest_path = tmp_path / "out" / "_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["metadata"].pop("derived_ids")  # as an earlier version wrote it
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(UsageError, match="different settings.*derived_ids"):
+        OutputState(Storage(config.output)).prepare(config, meta, shards)
+    one = JobConfig(inputs=inputs[:1], output=str(tmp_path / "o1"), model="intfloat/e5-small-v2")
+    assert "derived_ids" not in output_metadata(one, info, None)  # one input: ids as they always were
