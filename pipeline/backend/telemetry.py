@@ -252,9 +252,7 @@ def status_line(
     ``records_done`` that earlier runs wrote), else estimated from the share of input bytes read.
     Once every record is read and encoded, the ETA says it waits for the last files.
     """
-    recent = recent or {
-        k: values.get(k, 0) / elapsed_s if elapsed_s > 0 else 0.0 for k in ("encoded", "encoded_tokens")
-    }
+    recent = recent or _rates([(elapsed_s, values)], since=(0.0, {}))  # no window given: the whole run's
     read_rows, encoded = values.get("read_rows", 0), values.get("encoded", 0)
     committed = values.get("embedded", 0) + values.get("rejected", 0)
     if total_records:

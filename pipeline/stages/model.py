@@ -84,11 +84,11 @@ def _cached_once(target: str, fill: Callable[[str], None], source: str) -> str:
 
     import filelock
 
-    if os.path.isfile(os.path.join(target, ".complete")):
+    if _is_complete(target):
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
     with filelock.FileLock(target + ".lock"):
-        if os.path.isfile(os.path.join(target, ".complete")):
+        if _is_complete(target):
             return target
         tmp = f"{target}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -148,6 +148,11 @@ def folder_digest(folder: str) -> str:
 
 def _cache_dir(hex_digest: str) -> str:
     return os.path.join(model_cache_root(), f"sha256-{hex_digest}")
+
+
+def _is_complete(folder: str) -> bool:
+    """A cache folder whose fill finished (its ``.complete`` marker is written last)."""
+    return os.path.isfile(os.path.join(folder, ".complete"))
 
 
 def pinned_copy(folder: str, digest: str) -> str:
@@ -284,7 +289,7 @@ class ModelSource:
         """
         if self.is_local or self.is_remote_folder:
             copy = _cache_dir(self.digest.removeprefix("sha256:")) if self.digest else None
-            if copy is not None and os.path.isfile(os.path.join(copy, ".complete")):
+            if copy is not None and _is_complete(copy):
                 return copy  # this node's verified copy: no listing, no read
             folder = self.name_or_path if self.is_local else fetch_folder(self.name_or_path, self.storage_options)
             return folder if self.digest is None else pinned_copy(folder, self.digest)
@@ -309,9 +314,9 @@ class ModelSource:
         """This model pinned to what it is now, and its identity for the output's metadata.
 
         A Hub model: the revision resolved to its commit sha (``main`` today may be another commit
-        tomorrow); actors load exactly that sha. A folder: the digest of every byte of its files,
-        taken while copying it into this node's content-addressed cache; every process loads a copy
-        verified against that digest (``pinned_copy``).
+        tomorrow); actors load exactly that sha. A folder: the digest of every byte of its files; this
+        node's content-addressed copy is made now (``pinned_copy``: hashed again as it is copied, so a
+        change between the two reads fails here) and every process loads a copy verified against it.
         """
         if self.is_local or self.is_remote_folder:
             folder = self.name_or_path if self.is_local else fetch_folder(self.name_or_path, self.storage_options)
