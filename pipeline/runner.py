@@ -28,7 +28,7 @@ from pipeline.errors import JobError, UsageError
 from pipeline.io import coverage
 from pipeline.io.counters import Counters
 from pipeline.io.record_counts import parquet_rows
-from pipeline.io.sources import FieldSpec, Listing, Shard, list_inputs
+from pipeline.io.sources import FieldSpec, Listing, Shard, list_inputs, unversioned
 from pipeline.io.storage import Storage, has_pattern, is_within, scrub, strip_uri_credentials
 from pipeline.ledger.duplicates import DuplicateReport, find_duplicate_ids
 from pipeline.ledger.lease import Lease, LeaseHeld, LeaseLost, new_run_id
@@ -184,9 +184,19 @@ def run_job(config: JobConfig) -> RunSummary:
 
 
 def _list_inputs(config: JobConfig) -> Listing:
-    return list_inputs(
+    listing = list_inputs(
         config.inputs, config.storage_options, config.input_format, ignore_unknown=config.ignore_unknown_files
     )
+    blind = unversioned(listing.shards)
+    if blind:  # change detection cannot rest on a version here: say so, never switch it off silently
+        logger.warning(
+            "%d input shard(s) come from a store that gives no ETag, generation or modification time "
+            "(e.g. %s): a rewrite that keeps a shard's size cannot be detected between runs; the "
+            "manifest records them as unversioned_shards",
+            len(blind),
+            strip_uri_credentials(blind[0].uri),
+        )
+    return listing
 
 
 def _run_leased(
@@ -207,6 +217,7 @@ def _run_leased(
         work = state.prepare(config, metadata, shards)
     work.manifest.ignored_files = len(listing.ignored)  # saved with the run record
     work.manifest.ignored_file_examples = listing.ignored[:100]
+    work.manifest.unversioned_shards = len(unversioned(shards))
     if work.noop:
         return RunSummary(
             status="noop",
@@ -310,7 +321,7 @@ def _embed(
             title_field=config.title_field,
             title_apart=chunk is not None,
         ),
-        shard_log=ShardLog(config.output, config.storage_options),
+        shard_log=ShardLog(config.output, config.storage_options, fence=sink.fence),
         telemetry=telemetry,
     )
     stages = plan.stage_specs(

@@ -64,11 +64,9 @@ def write_rows(
 ) -> Counters:
     """Write embedded rows to data files and rejected rows under ``_rejects/``, at most
     ``rows_per_file`` rows per file, sorted by input position; the counters of what was written.
-    ``fence`` (the run's lease check) runs before anything is written."""
+    ``fence`` (the run's lease check) runs before each file is published."""
     if table.num_rows == 0:
         return Counters()
-    if fence is not None:
-        fence()
     # Sorted by input position, so each file covers few, contiguous row ranges.
     table = table.sort_by([("source", "ascending"), ("row", "ascending")])
     is_reject = pc.is_valid(table["reject_reason"])
@@ -88,6 +86,8 @@ def write_rows(
             if chunked and not folder:
                 part = explode_windows(part, schema)
             counters = Counters.of_table(part)
+            if fence is not None:
+                fence()
             put_file(storage, folder, part, metadata, counters.footer())
             written = written + counters
     return written

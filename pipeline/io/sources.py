@@ -81,22 +81,37 @@ def _is_side_file(path: str) -> bool:
 
 
 def _version(info: Mapping[str, Any]) -> str:
-    """What changes when an object is rewritten: its ETag (S3), generation (GCS) or mtime (local)."""
+    """What changes when an object is rewritten: its ETag (S3, HTTP), generation (GCS), or on a
+    local disk its inode and ctime (with mtime). Size + mtime alone is not enough: ``cp -p`` and
+    ``rsync -a`` keep both, but a rewrite cannot keep the ctime (set by the kernel on every change,
+    ``utime`` included) and a rename-into-place brings a new inode. Metadata changes (``chmod``,
+    a new hard link) also move the ctime: such a shard counts as changed (refused, never mixed).
+    '' when the store gives none of these (see ``unversioned``)."""
+    if "ino" in info and "mtime" in info:  # a POSIX filesystem (fsspec's local info)
+        return f"local:ino={info['ino']},ctime={info.get('created')!r},mtime={info['mtime']!r}"
     for key in (
         "ETag",
         "etag",
         "generation",
         "version_id",
         "VersionId",
+        "Content-MD5",
+        "Digest",
         "mtime",
         "LastModified",
         "last_modified",
+        "Last-Modified",
         "created",
     ):
         value = info.get(key)
         if value not in (None, ""):
             return f"{key}:{value.isoformat() if hasattr(value, 'isoformat') else value}".replace('"', "")
     return ""
+
+
+def unversioned(shards: Sequence[Shard]) -> list[Shard]:
+    """Shards whose store gave no version: a rewrite that keeps their size cannot be detected."""
+    return [s for s in shards if not s.version]
 
 
 def _list_input(storage: Storage) -> tuple[str, dict[str, Any], bool]:
@@ -524,8 +539,8 @@ class ShardReader:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
 
     def _verify_fingerprint(self) -> None:
-        if not self.check_fingerprint or not self.shard.version:
-            return
+        if not self.check_fingerprint:
+            return  # an unversioned shard still has its size checked
         info = self.storage.info(self.shard.path)
         now = (int(info.get("size") or 0), _version(info))
         if now != self.shard.fingerprint:

@@ -322,7 +322,11 @@ class Lease:
 
 @dataclass(frozen=True)
 class LeaseFence:
-    """What a write task carries: it refuses to write once a newer lease generation exists."""
+    """What a write task carries; ``check`` runs before each file it publishes (data, rejects,
+    ``_shards/`` records). It refuses once a newer generation exists, once the generation is not
+    this run's, and once the generation is released or within the last quarter of its ttl without
+    a renewal: a driver that stopped renewing (hung, partitioned, killed) fences its writers even
+    when no other run has taken the output over."""
 
     output_uri: str
     storage_options: Mapping[str, Any]
@@ -337,15 +341,21 @@ class LeaseFence:
                 f"another run took over {self.output_uri} (lease generation {newer[-1]} > "
                 f"{self.generation}); this write is refused"
             )
-        if self.run_id:
-            try:
-                mine = LeaseRecord.from_json(storage.read_bytes(storage.join(LEASE_DIR, _gen_name(self.generation))))
-            except FileNotFoundError:
-                mine = None
-            if mine is None or mine.run_id != self.run_id:
-                raise LeaseLost(
-                    f"lease generation {self.generation} of {self.output_uri} is not this run's; this write is refused"
-                )
+        if not self.run_id:
+            return
+        try:
+            mine = LeaseRecord.from_json(storage.read_bytes(storage.join(LEASE_DIR, _gen_name(self.generation))))
+        except FileNotFoundError:
+            mine = None
+        if mine is None or mine.run_id != self.run_id:
+            raise LeaseLost(
+                f"lease generation {self.generation} of {self.output_uri} is not this run's; this write is refused"
+            )
+        if mine.released or time.time() > mine.expires_at - SAFETY_MARGIN * mine.ttl_s:
+            raise LeaseLost(
+                f"lease generation {self.generation} of {self.output_uri} was "
+                f"{'released' if mine.released else 'not renewed in time'}; this write is refused"
+            )
 
 
 def new_run_id() -> str:

@@ -73,6 +73,9 @@ class Manifest:
     # files of unknown format skipped with --ignore-unknown-files (the latest run's listing)
     ignored_files: int = 0
     ignored_file_examples: list[str] = field(default_factory=list)
+    # input shards whose store gave no ETag/generation/mtime (the latest run's listing): for these,
+    # only a change of size is detected between runs
+    unversioned_shards: int = 0
     rows_written: int = 0
     rows_rejected: int = 0
     chunks: int = 0  # data rows: one per record, or one per window in chunked runs

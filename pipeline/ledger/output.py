@@ -210,6 +210,11 @@ class OutputState:
             parts = []
             if changed:
                 parts.append(f"{len(changed)} changed since they were embedded: {', '.join(changed[:5])}")
+                if any(str(known[p].get("version", "")).startswith("mtime:") for p in changed):
+                    parts.append(
+                        "local shards recorded by size and mtime alone (before inode and ctime were recorded) "
+                        "cannot be proven unchanged"
+                    )
             if vanished:
                 parts.append(f"{len(vanished)} no longer listed: {', '.join(vanished[:5])}")
             raise UsageError(

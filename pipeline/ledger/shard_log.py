@@ -18,6 +18,7 @@ from typing import Any
 
 from pipeline.io.sources import Shard
 from pipeline.io.storage import Storage
+from pipeline.ledger.lease import LeaseFence
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +52,18 @@ def record_name(path: str) -> str:
 
 @dataclass(frozen=True)
 class ShardLog:
-    """Where read tasks write shard records (the output folder)."""
+    """Where read tasks write shard records (the output folder), behind the run's lease fence."""
 
     output_uri: str
     storage_options: Mapping[str, Any]
+    fence: LeaseFence | None = None
 
     def __call__(self, shard: Shard, rows: int, remainder: str | None) -> None:
         """Record that ``shard`` was read to its end (a read task calls this)."""
         record = ShardRecord(path=shard.path, size=shard.size, version=shard.version, rows=rows, remainder=remainder)
         storage = Storage(self.output_uri, self.storage_options)
+        if self.fence is not None:
+            self.fence.check()
         storage.write_bytes_atomic(storage.join(SHARDS_DIR, record_name(record.path)), record.to_json())
 
 

@@ -25,6 +25,7 @@ from pipeline.io.storage import ScrubFilter, Storage
 from pipeline.runner import run_job
 from tests.clirun import run_cli
 from tests.pipeline.test_fault_tolerance import output_ids, write_corpus
+from tests.rewrites import rewrite_keeping_size_and_mtime
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
@@ -107,9 +108,9 @@ def test_a_shard_changed_or_gone_is_refused_until_overwrite(ray_cluster, tmp_pat
     (out / "_SUCCESS").unlink()
     for path in sorted(out.glob("part-*.parquet"))[:2]:
         path.unlink()
-    # the shard is rewritten before the resume: other records under the same (source, row)
-    shard = tmp_path / "corpus" / "shard-1.jsonl"
-    shard.write_text("".join(json.dumps({"id": f"r{i}", "text": f"rewritten {i}"}) + "\n" for i in range(20)))
+    # the shard is regenerated before the resume (other texts under the same (source, row)) and put
+    # in place with `cp -p`: same size, same mtime; only its inode/ctime can tell
+    rewrite_keeping_size_and_mtime(tmp_path / "corpus" / "shard-1.jsonl", "cp -p")
     with pytest.raises(UsageError, match=r"1 changed since they were embedded: .*shard-1\.jsonl"):
         run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=8))
     assert not (out / "_SUCCESS").exists()
@@ -118,7 +119,8 @@ def test_a_shard_changed_or_gone_is_refused_until_overwrite(ray_cluster, tmp_pat
         run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=8))
     summary = run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=8, overwrite=True))
     assert summary.status == "complete"
-    assert_exactly(out, {f"r{i}" for i in range(20)})
+    lines = (tmp_path / "corpus" / "shard-1.jsonl").read_text().splitlines()
+    assert_exactly(out, {json.loads(line)["id"] for line in lines})
 
 
 @pytest.mark.integration

@@ -21,6 +21,7 @@ from pipeline.io.sources import (
     read_shards,
 )
 from pipeline.io.storage import Storage
+from tests.rewrites import rewrite_keeping_size_and_mtime
 
 pytestmark = pytest.mark.unit
 
@@ -202,6 +203,61 @@ def test_a_shard_changed_since_listing_is_refused(tmp_path):
     (tmp_path / "s.jsonl").write_text(json.dumps({"text": "other and longer"}) + "\n")
     with pytest.raises(ShardReadError, match="changed after it was listed"):
         list(ShardReader(_local(LocalFileSystem()), shard, FieldSpec()))
+
+
+@pytest.mark.parametrize("how", ["cp -p", "rsync -a"])
+def test_a_rewrite_that_keeps_size_and_mtime_changes_the_version(tmp_path, how):
+    """Size + mtime is not a version: ``cp -p`` and ``rsync -a`` keep both over new content."""
+    (tmp_path / "s.jsonl").write_text(json.dumps({"text": "1234"}) + "\n")
+    (before,) = list_shards([str(tmp_path)], {})
+    rewrite_keeping_size_and_mtime(tmp_path / "s.jsonl", how)
+    (after,) = list_shards([str(tmp_path)], {})
+    assert after.size == before.size and after.fingerprint != before.fingerprint
+    with pytest.raises(ShardReadError, match="changed after it was listed"):
+        list(ShardReader(_local(LocalFileSystem()), before, FieldSpec()))
+    assert list_shards([str(tmp_path)], {})[0].fingerprint == after.fingerprint  # stable while untouched
+
+
+def test_a_store_without_versions_is_said_not_silent(tmp_path):
+    """An HTTP server that sends neither ETag nor Last-Modified: the shard is listed unversioned
+    (the job warns and records it), and a change of size is still seen."""
+    import http.server
+    import threading
+
+    from pipeline.io.sources import unversioned
+
+    (tmp_path / "s.jsonl").write_text(json.dumps({"text": "xxxx"}) + "\n")
+
+    class Bare(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(tmp_path), **kw)
+
+        def send_header(self, key, value):
+            if key.lower() not in ("last-modified", "etag"):
+                super().send_header(key, value)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Bare)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/s.jsonl"
+        (shard,) = list_shards([url], {})
+        assert shard.version == "" and unversioned([shard]) == [shard]
+        assert [r["text"] for r in _read_shard(shard)] == ["xxxx"]
+        (tmp_path / "s.jsonl").write_text(json.dumps({"text": "longer now"}) + "\n")
+        with pytest.raises(ShardReadError, match="changed after it was listed"):
+            _read_shard(shard)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _read_shard(shard):
+    return list(ShardReader(Storage(shard.uri, {}), shard, FieldSpec()))
 
 
 def test_hostile_records_are_rejected_one_by_one(tmp_path):

@@ -84,6 +84,50 @@ def test_an_expired_holder_is_taken_over_and_its_fence_stops_it(storage):
         taker.release()
 
 
+def test_a_holder_that_stops_renewing_fences_its_writers_with_no_taker(storage):
+    """Expiry alone fences: a hung driver's write tasks stop before its lease is due to expire,
+    whether or not another run has come for the output."""
+    hung = Lease(storage, run_id="hung", ttl_s=0.8)
+    hung.acquire()
+    fence = hung.fence()
+    fence.check()  # renewed and fresh: writes go on
+    hung._stop.set()  # the driver hangs: no more renewals
+    hung._thread.join()
+    time.sleep(0.8 * 0.8)  # past the last quarter of the ttl, and nobody took the output
+    with pytest.raises(LeaseLost, match="not renewed in time"):
+        fence.check()
+
+
+def test_a_released_lease_fences_its_writers(storage):
+    lease = Lease(storage, run_id="done", ttl_s=60)
+    lease.acquire()
+    fence = lease.fence()
+    lease.release()
+    with pytest.raises(LeaseLost, match="released"):
+        fence.check()
+
+
+def test_shard_records_are_fenced_like_data_files(storage):
+    from pipeline.io.sources import Shard
+    from pipeline.ledger.shard_log import SHARDS_DIR, ShardLog
+
+    stale = Lease(storage, run_id="stale", ttl_s=60)
+    stale.acquire()
+    log = ShardLog(storage.uri, {}, fence=stale.fence())
+    shard = Shard("bucket/a.jsonl", "a.jsonl", 10, "jsonl", None, "s3", "etag:1")
+    log(shard, rows=3, remainder=None)  # while held: recorded
+    assert len(storage.list_files(SHARDS_DIR)) == 1
+    stale.release()
+    taker = Lease(storage, run_id="taker", ttl_s=60)
+    taker.acquire()
+    try:
+        with pytest.raises(LeaseLost, match="took over"):
+            log(Shard("bucket/b.jsonl", "b.jsonl", 10, "jsonl", None, "s3", "etag:1"), rows=3, remainder=None)
+        assert len(storage.list_files(SHARDS_DIR)) == 1  # nothing more from the old run
+    finally:
+        taker.release()
+
+
 def test_a_renewed_lease_outlives_its_ttl(storage):
     lease = Lease(storage, run_id="long", ttl_s=0.8)
     lease.acquire()

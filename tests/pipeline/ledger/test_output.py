@@ -186,3 +186,22 @@ def test_a_multi_input_output_made_before_common_root_ids_is_refused_not_mixed(t
         OutputState(Storage(config.output)).prepare(config, meta, shards)
     one = JobConfig(inputs=inputs[:1], output=str(tmp_path / "o1"), model="intfloat/e5-small-v2")
     assert "derived_ids" not in output_metadata(one, info, None)  # one input: ids as they always were
+
+
+@pytest.mark.unit
+def test_the_fence_runs_before_each_file_a_write_task_publishes(tmp_path):
+    """A write task of 4 files whose lease is lost after its first file publishes nothing more."""
+    from pipeline.io.sink import write_rows
+    from pipeline.ledger.lease import LeaseLost
+
+    checks = []
+
+    def fence():
+        checks.append(1)
+        if len(checks) > 1:
+            raise LeaseLost("taken over (injected after the first file)")
+
+    table = data_table("s", list(range(8))).append_column("reject_reason", pa.nulls(8, pa.string()))
+    with pytest.raises(LeaseLost):
+        write_rows(Storage(str(tmp_path)), table, metadata={}, dim=4, output_dtype="float32", rows_per_file=2, fence=fence)
+    assert len(list(tmp_path.glob("part-*.parquet"))) == 1
