@@ -203,5 +203,7 @@ def test_the_fence_runs_before_each_file_a_write_task_publishes(tmp_path):
 
     table = data_table("s", list(range(8))).append_column("reject_reason", pa.nulls(8, pa.string()))
     with pytest.raises(LeaseLost):
-        write_rows(Storage(str(tmp_path)), table, metadata={}, dim=4, output_dtype="float32", rows_per_file=2, fence=fence)
+        write_rows(
+            Storage(str(tmp_path)), table, metadata={}, dim=4, output_dtype="float32", rows_per_file=2, fence=fence
+        )
     assert len(list(tmp_path.glob("part-*.parquet"))) == 1
