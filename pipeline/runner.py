@@ -31,7 +31,7 @@ from pipeline.io.record_counts import parquet_rows
 from pipeline.io.sources import FieldSpec, Listing, Shard, list_inputs, unversioned
 from pipeline.io.storage import Storage, has_pattern, is_within, scrub, strip_uri_credentials
 from pipeline.ledger.duplicates import DuplicateReport, find_duplicate_ids
-from pipeline.ledger.lease import Lease, LeaseHeld, LeaseLost, new_run_id
+from pipeline.ledger.lease import Lease, LeaseDamaged, LeaseHeld, LeaseLost, new_run_id
 from pipeline.ledger.manifest import RunRecord, mark_success
 from pipeline.ledger.output import OutputState, Totals, Work, output_metadata
 from pipeline.ledger.shard_log import ShardLog
@@ -123,9 +123,11 @@ def _model(config: JobConfig) -> tuple[ModelSource, str]:
 def _acquire(config: JobConfig, storage: Storage) -> Lease:
     lease = Lease(storage, run_id=new_run_id(), ttl_s=config.lease_ttl_s, on_lost=_thread.interrupt_main)
     try:
-        lease.acquire(wait_s=config.lease_wait_s)
+        lease.acquire(wait_s=config.lease_wait_s, replace_damaged=config.overwrite)
     except LeaseHeld as e:
         raise JobError(str(e)) from e
+    except LeaseDamaged as e:
+        raise UsageError(str(e)) from e
     except Exception as e:  # cannot even create a small object there: a config error
         raise UsageError(f"cannot write to output {storage.describe()}: {type(e).__name__}: {e}") from e
     return lease

@@ -280,6 +280,10 @@ class Storage:
         """A printable form of the location: URI only, never the options."""
         return self.uri
 
+    def display(self, path: str) -> str:
+        """A printable form of one file of this filesystem (as the error messages name it)."""
+        return path if self.is_local else f"{self.protocol}://{path}"
+
 
 def _write_synced(path: str, data: bytes) -> None:
     with open(path, "wb") as f:

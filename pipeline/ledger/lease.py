@@ -44,6 +44,13 @@ class LeaseLost(Exception):
     """This run's lease was taken over or could not be renewed; it must not write."""
 
 
+class LeaseDamaged(Exception):
+    """The highest lease generation cannot be read (truncated, not JSON, fields missing)."""
+
+
+_DAMAGE = (ValueError, TypeError, KeyError, AttributeError)  # what a truncated or edited record raises
+
+
 @dataclass(frozen=True, kw_only=True)
 class LeaseRecord:
     generation: int
@@ -113,6 +120,20 @@ def _gen_name(generation: int) -> str:
     return f"{generation:012d}.json"
 
 
+def _read_record(storage: Storage, generation: int) -> LeaseRecord | None:
+    """A generation's record; None if it does not exist; LeaseDamaged if it cannot be read."""
+    path = storage.join(LEASE_DIR, _gen_name(generation))
+    try:
+        return LeaseRecord.from_json(storage.read_bytes(path))
+    except FileNotFoundError:
+        return None
+    except _DAMAGE as e:
+        raise LeaseDamaged(
+            f"the lease file {storage.display(path)} is damaged ({type(e).__name__}: {str(e)[:100]}); if no run "
+            f"is writing {storage.describe()}, delete that file, or rerun with --overwrite"
+        ) from e
+
+
 def _generations(storage: Storage) -> list[int]:
     out = []
     for path, _ in storage.list_files(LEASE_DIR):
@@ -141,14 +162,24 @@ class Lease:
 
     # ------------------------------------------------------------------ taking it
 
-    def acquire(self, wait_s: float = 0.0, poll_s: float = 2.0) -> LeaseRecord:
-        """Take the lease, waiting up to ``wait_s`` for a live holder; else raise LeaseHeld."""
+    def acquire(self, wait_s: float = 0.0, poll_s: float = 2.0, *, replace_damaged: bool = False) -> LeaseRecord:
+        """Take the lease, waiting up to ``wait_s`` for a live holder; else raise LeaseHeld.
+
+        A damaged highest generation raises LeaseDamaged (naming the file), unless
+        ``replace_damaged`` (``--overwrite``): then it counts as released and the next generation
+        is taken, which fences whoever might still hold the damaged one."""
         deadline = time.monotonic() + wait_s
         logged = False
         self.waited = False
         while True:
             generations = _generations(self.storage)
-            top = self._read(generations[-1]) if generations else None
+            try:
+                top = self._read(generations[-1]) if generations else None
+            except LeaseDamaged as e:
+                if not replace_damaged:
+                    raise
+                logger.warning("%s; --overwrite takes the next generation", e)
+                top = None
             if top is not None and top.is_live(time.time()):
                 if time.monotonic() >= deadline:
                     raise LeaseHeld(
@@ -186,7 +217,10 @@ class Lease:
             created, error = False, e
         if created:
             return True
-        there = self._read(generation)
+        try:
+            there = self._read(generation)
+        except LeaseDamaged:
+            return False  # not a record of ours: the loop reads the generation again
         if there is None:
             if error is not None:
                 raise error
@@ -211,10 +245,7 @@ class Lease:
         return self.storage.join(LEASE_DIR, _gen_name(generation))
 
     def _read(self, generation: int) -> LeaseRecord | None:
-        try:
-            return LeaseRecord.from_json(self.storage.read_bytes(self._path(generation)))
-        except FileNotFoundError:
-            return None
+        return _read_record(self.storage, generation)
 
     def _prune(self, generations: list[int]) -> None:
         """Old generations are history; keep the one before ours for the record."""
@@ -247,7 +278,10 @@ class Lease:
         if newer:
             self._mark_lost(f"the lease on {self.storage.describe()} was taken over (generation {newer[-1]})")
             raise LeaseLost(self._lost or "")
-        mine = self._read(record.generation)
+        try:
+            mine = self._read(record.generation)
+        except LeaseDamaged:
+            mine = None
         if mine is None or mine.run_id != self.run_id:
             self._mark_lost(
                 f"the lease generation {record.generation} on {self.storage.describe()} is held by "
@@ -344,8 +378,8 @@ class LeaseFence:
         if not self.run_id:
             return
         try:
-            mine = LeaseRecord.from_json(storage.read_bytes(storage.join(LEASE_DIR, _gen_name(self.generation))))
-        except FileNotFoundError:
+            mine = _read_record(storage, self.generation)
+        except LeaseDamaged:
             mine = None
         if mine is None or mine.run_id != self.run_id:
             raise LeaseLost(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipeline.errors import UsageError
 from pipeline.io.counters import Counters
 from pipeline.io.storage import Storage
 
@@ -104,12 +105,26 @@ class Manifest:
 
     @classmethod
     def load(cls, storage: Storage) -> "Manifest | None":
+        """The output's manifest; None if there is none; UsageError naming it if it cannot be read."""
         path = storage.join(MANIFEST)
-        if not storage.exists(path):
+        try:
+            raw = storage.read_bytes(path)
+        except FileNotFoundError:
             return None
-        raw = json.loads(storage.read_bytes(path))
-        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        try:
+            data = json.loads(raw)
+            manifest = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+            if not isinstance(manifest.metadata, dict) or not isinstance(manifest.input_shards, list):
+                raise TypeError("metadata or input_shards of the wrong type")
+            if any(not isinstance(e, dict) or "path" not in e for e in manifest.input_shards):
+                raise TypeError("an input_shards entry without a path")
+        except (ValueError, TypeError, AttributeError) as e:
+            raise UsageError(
+                f"{storage.display(path)} is damaged ({type(e).__name__}: {str(e)[:100]}); rerun with --overwrite "
+                "(it rebuilds the output from the input), or delete the file to have it rebuilt from the data "
+                "files' footers and _shards/ records"
+            ) from e
+        return manifest
 
     def save(self, storage: Storage, fence: Callable[[], None]) -> None:
         fence()

@@ -28,6 +28,7 @@ from pipeline.io.sources import Shard
 from pipeline.io.storage import Storage, normalize_uri
 from pipeline.ledger.completeness import Proof, fully_covered, prove
 from pipeline.ledger.lease import LeaseLost
+from pipeline.ledger.manifest import MANIFEST as MANIFEST_NAME
 from pipeline.ledger.manifest import Manifest, is_complete, remove_success
 from pipeline.ledger.shard_log import SHARDS_DIR, ShardRecord, read_records
 from pipeline.stages.chunking import ChunkSettings
@@ -126,28 +127,39 @@ class OutputState:
     # ------------------------------------------------------------------ before the run
 
     def prepare(self, config: JobConfig, metadata: Mapping[str, Any], shards: Sequence[Shard]) -> Work:
-        """Check the output against this run's settings and inputs; say what is left to do."""
-        try:
-            existing = Manifest.load(self.storage)
-            complete = is_complete(self.storage)
-        except Exception as e:  # before any work: any failure to read the output is a config error
-            raise UsageError(f"cannot read output {self.storage.describe()}: {type(e).__name__}: {e}") from e
-        self.remove_temp_files()
-        if existing is not None and existing.state == "clearing" and not config.overwrite:
-            raise UsageError(f"an --overwrite of {self.storage.describe()} did not finish; run again with --overwrite")
+        """Check the output against this run's settings and inputs; say what is left to do.
+
+        ``--overwrite`` needs nothing from the output's bookkeeping (a damaged manifest or shard
+        record cannot block it). Otherwise the data files' footers are checked as well as the
+        manifest, and a missing manifest is rebuilt from the footers and ``_shards/`` records.
+        """
         if config.overwrite:
+            self.remove_temp_files()
             self.clear(metadata)
             existing, complete = None, False
-        elif existing is not None:
-            self._check_identity(existing, metadata)
+        else:
+            existing, complete = self._read_state()
+            self.remove_temp_files()
+            if existing is not None and existing.state == "clearing":
+                raise UsageError(
+                    f"an --overwrite of {self.storage.describe()} did not finish; run again with --overwrite"
+                )
+            if existing is not None:
+                self._check_identity(existing.metadata, metadata, f"{self.storage.describe()} was made")
+        files = self.scan()
+        for f in files:  # the footers, not only the manifest: a lost manifest must not hide mixed settings
+            self._check_identity(f.metadata, metadata, f"{self.storage.display(f.path)} was made")
         known = {e["path"]: e for e in (existing.input_shards if existing else [])}
-        self._check_inputs(known, shards, existing is not None and bool(existing.input_shards))
+        recorded = existing is not None and bool(existing.input_shards)
+        if existing is None and files:
+            known, recorded = self._rebuilt_fingerprints(files), True
+        self._check_inputs(known, shards, recorded)
         new_shards = sum(1 for s in shards if s.path not in known)
         if existing is not None and complete and not new_shards:
             existing.complete = True
             return Work(manifest=existing, noop=True)
         manifest = existing or Manifest(metadata=dict(metadata), inputs=normalized_inputs(config.inputs))
-        if complete:  # new input shards: the output is incomplete again until they are in
+        if complete:  # new input shards (or a rebuilt manifest): incomplete again until proven
             logger.info(
                 "%d new input shard(s) since %s was completed; embedding them", new_shards, self.storage.describe()
             )
@@ -161,7 +173,8 @@ class OutputState:
             raise
         except Exception as e:
             raise UsageError(f"cannot write to output {self.storage.describe()}: {type(e).__name__}: {e}") from e
-        ranges = self.done_ranges(shards)
+        paths = {s.path for s in shards}
+        ranges = {k: v for k, v in coverage.merge(f.ranges for f in files).items() if k in paths}
         records = self.shard_records(manifest, shards)
         todo = [s for s in shards if not fully_covered(s, records.get(s.path), ranges)]
         todo_paths = {s.path for s in todo}
@@ -173,27 +186,54 @@ class OutputState:
             new_shards=new_shards if existing else 0,
         )
 
-    def _check_identity(self, existing: Manifest, metadata: Mapping[str, Any]) -> None:
-        if existing.metadata.get("model_sha") is None and metadata.get("model_sha") is not None:
+    def _read_state(self) -> tuple[Manifest | None, bool]:
+        """The manifest (None if absent) and whether ``_SUCCESS`` is there."""
+        try:
+            return Manifest.load(self.storage), is_complete(self.storage)
+        except UsageError:
+            raise
+        except Exception as e:  # before any work: any failure to read the output is a config error
+            raise UsageError(f"cannot read output {self.storage.describe()}: {type(e).__name__}: {e}") from e
+
+    def _rebuilt_fingerprints(self, files: Sequence[OutputFile]) -> dict[str, dict[str, Any]]:
+        """The manifest is gone but data files are there: each shard they hold rows of must have a
+        ``_shards/`` record (the fingerprint it was read at), else nothing proves it unchanged."""
+        sources = sorted({source for f in files for source in f.ranges})
+        records = read_records(self.storage)
+        unproven = [p for p in sources if p not in records]
+        if unproven:
+            raise UsageError(
+                f"{self.storage.describe()} has no {MANIFEST_NAME} and {len(unproven)} input shard(s) with rows in it "
+                f"have no _shards/ record, so nothing proves they did not change since: "
+                f"{', '.join(unproven[:5])}; use --overwrite or another --output"
+            )
+        logger.warning(
+            "%s has no %s: rebuilding it from %d data file footer(s) and %d _shards/ record(s)",
+            self.storage.describe(),
+            MANIFEST_NAME,
+            len(files),
+            len(records),
+        )
+        return {p: {"path": p, "size": r.size, "version": r.version} for p, r in records.items()}
+
+    def _check_identity(self, existing: Mapping[str, Any], metadata: Mapping[str, Any], what: str) -> None:
+        """``what`` (the output, or one of its files) was made with ``existing`` settings: refuse others."""
+        if existing.get("model_sha") is None and metadata.get("model_sha") is not None:
             # made before model digests were recorded: any model of the same name would pass
             raise UsageError(
-                f"{self.storage.describe()} was made before this job recorded model digests, so the model "
-                f"that made it cannot be checked against {metadata.get('model_sha')}; use --overwrite or "
-                f"another --output"
+                f"{what} before this job recorded model digests, so the model that made it cannot be "
+                f"checked against {metadata.get('model_sha')}; use --overwrite or another --output"
             )
         mismatched = [
             k
             for k in IDENTITY_KEYS
-            if _identity(existing.metadata, k) != _identity(metadata, k)
+            if _identity(existing, k) != _identity(metadata, k)
             # outputs made before input_format was recorded are resumed without it
-            and not (k == "input_format" and k not in existing.metadata)
+            and not (k == "input_format" and k not in existing)
         ]
         if mismatched:
-            diffs = "; ".join(f"{k}: {existing.metadata.get(k)!r} -> {metadata.get(k)!r}" for k in mismatched)
-            raise UsageError(
-                f"{self.storage.describe()} was made with different settings ({diffs}); "
-                f"use another --output or --overwrite"
-            )
+            diffs = "; ".join(f"{k}: {existing.get(k)!r} -> {metadata.get(k)!r}" for k in mismatched)
+            raise UsageError(f"{what} with different settings ({diffs}); use another --output or --overwrite")
 
     def _check_inputs(self, known: Mapping[str, Mapping[str, Any]], shards: Sequence[Shard], recorded: bool) -> None:
         """A shard that changed or vanished since it was recorded would mix two corpora: refuse."""
@@ -263,12 +303,14 @@ class OutputState:
             with self.storage.open(path) as f:
                 meta = pq.read_schema(f).metadata or {}
             produced = json.loads(meta.get(schemas.METADATA_KEY) or b"{}")
+            produced = produced if isinstance(produced, dict) else {}
             return OutputFile(
                 path=path,
                 is_rejects=is_rejects,
                 ranges=coverage.decode(meta.get(schemas.COVERAGE_KEY)),
                 stats=json.loads(meta.get(schemas.STATS_KEY) or b"{}"),
-                producer=produced.get("producer") if isinstance(produced, dict) else None,
+                producer=produced.get("producer"),
+                metadata=produced,
             )
 
         with ThreadPoolExecutor(max_workers=16) as pool:
@@ -282,11 +324,6 @@ class OutputState:
                 foreign[0],
             )
         return [f for f in files if f.producer == PRODUCER]
-
-    def done_ranges(self, shards: Sequence[Shard]) -> coverage.Ranges:
-        paths = {s.path for s in shards}
-        merged = coverage.merge(f.ranges for f in self.scan())
-        return {k: v for k, v in merged.items() if k in paths}
 
     def shard_records(self, manifest: Manifest, shards: Sequence[Shard]) -> dict[str, ShardRecord]:
         """Shard records: from the manifest where a proof already counted the rows, else ``_shards/``."""
@@ -395,6 +432,7 @@ class OutputFile:
     ranges: coverage.Ranges
     stats: dict[str, Any]
     producer: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # the footer's e5_embed settings
 
 
 @dataclass(frozen=True)

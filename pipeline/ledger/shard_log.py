@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pipeline.errors import UsageError
 from pipeline.io.sources import Shard
 from pipeline.io.storage import Storage
 from pipeline.ledger.lease import LeaseFence
@@ -42,8 +43,18 @@ class ShardRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> "ShardRecord":
+        """A record; ValueError/TypeError when the bytes are not a whole, well-typed record."""
         data = json.loads(raw)
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        record = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        typed = (
+            isinstance(record.path, str)
+            and isinstance(record.version, str)
+            and all(type(v) is int and v >= 0 for v in (record.size, record.rows))
+            and (record.remainder is None or isinstance(record.remainder, str))
+        )
+        if not typed:
+            raise TypeError("a field of the wrong type")
+        return record
 
 
 def record_name(path: str) -> str:
@@ -79,6 +90,11 @@ def read_records(storage: Storage, paths: set[str] | None = None) -> dict[str, S
             return ShardRecord.from_json(storage.read_bytes(path))
         except FileNotFoundError:
             return None
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise UsageError(
+                f"the shard record {storage.display(path)} is damaged ({type(e).__name__}: {str(e)[:100]}); "
+                "delete it (its shard is read again to rewrite it) or rerun with --overwrite"
+            ) from e
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         records = [r for r in pool.map(read, listed) if r is not None]

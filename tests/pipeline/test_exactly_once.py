@@ -303,3 +303,43 @@ def test_a_model_changed_between_crash_and_resume_is_refused(ray_cluster, tmp_pa
     (out / "_manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UsageError, match="made before this job recorded model digests"):
         run_job(config(tmp_path / "corpus", out, str(model)))
+
+
+@pytest.mark.integration
+def test_damaged_bookkeeping_is_named_and_overwrite_recovers(ray_cluster, tmp_path, minilm_path, caplog):
+    """A truncated manifest, shard record or lease file: a plain rerun exits 2 naming the file and
+    the way out, and --overwrite recovers. A deleted manifest does not hide mixed settings: the
+    footers are checked, and with the same settings the manifest is rebuilt from them."""
+    ids = write_corpus(tmp_path / "corpus", shards=2, per_shard=12)
+    out = tmp_path / "out"
+
+    def run(**kw):
+        return run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=8, **kw))
+
+    assert run().status == "complete"
+    manifest = out / "_manifest.json"
+    whole = manifest.read_bytes()
+    manifest.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UsageError, match=r"_manifest\.json is damaged .*--overwrite"):
+        run()
+    manifest.unlink()  # lost: the next run must not take other settings for the old ones
+    with pytest.raises(UsageError, match=r"part-\w+\.parquet was made with different settings \(prefix: 'passage: '"):
+        run(prefix="query")
+    assert (out / "_SUCCESS").exists() and not manifest.exists()
+    with caplog.at_level("WARNING"):
+        summary = run()
+    assert summary.status == "complete" and summary.rows_embedded == 0  # proven again, nothing re-embedded
+    assert "rebuilding it from" in caplog.text and json.loads(manifest.read_text())["complete"] is True
+
+    record = sorted((out / "_shards").glob("*.json"))[0]
+    record.write_text('{"path": "x", "rows": ')
+    manifest.unlink()
+    with pytest.raises(UsageError, match=rf"shard record .*{record.name} is damaged .*--overwrite"):
+        run()
+    top = sorted((out / "_lease").glob("*.json"))[-1]
+    top.write_text("{")
+    with pytest.raises(UsageError, match=rf"lease file .*{top.name} is damaged .*--overwrite"):
+        run()
+    assert run(overwrite=True).status == "complete"
+    assert_exactly(out, ids)
+    assert json.loads(manifest.read_text())["complete"] is True
