@@ -22,6 +22,10 @@ from pipeline.io.storage import ScrubFilter, scrub
 logger = logging.getLogger("pipeline")
 
 
+# What a job file named by an untrusted caller may not set: where the job runs, and secrets.
+UNTRUSTED_CONFIG_DENIED = frozenset({"ray_address", "storage_options"})
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         raise UsageError(f"{message} (see {self.prog} --help)")
@@ -30,6 +34,13 @@ class _Parser(argparse.ArgumentParser):
 def _add_job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", metavar="YAML", default=argparse.SUPPRESS, help="job file whose keys mirror these flags; flags win"
+    )
+    p.add_argument(
+        "--untrusted-config",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="the --config file was chosen by an untrusted caller (an Airflow trigger): refuse its keys that "
+        f"pick the cluster or carry secrets ({', '.join(sorted(UNTRUSTED_CONFIG_DENIED))})",
     )
     flags.add_flags(p, "run")
 
@@ -108,7 +119,14 @@ def job_config_from_args(args: argparse.Namespace) -> JobConfig:
     """Job file < ``E5_EMBED_*`` environment < flags given on the command line."""
     values: dict[str, Any] = {}
     if "config" in args:
-        values.update({_field_name(k): v for k, v in load_yaml(args.config).items()})
+        from_file = {_field_name(k): v for k, v in load_yaml(args.config).items()}
+        denied = sorted(set(from_file) & UNTRUSTED_CONFIG_DENIED) if "untrusted_config" in args else []
+        if denied:
+            raise UsageError(
+                f"--config {args.config} sets {', '.join(denied)}, which a job file chosen by a trigger may not "
+                "(--untrusted-config): set it in the deployment (the Airflow connection or DAG file)"
+            )
+        values.update(from_file)
     values.update(flags.from_env(os.environ))
     values.update({name: getattr(args, name) for name in JobConfig.field_names() if name in args})
     if isinstance(values.get("storage_options"), str):

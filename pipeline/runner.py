@@ -29,7 +29,7 @@ from pipeline.io import coverage
 from pipeline.io.counters import Counters
 from pipeline.io.record_counts import parquet_rows
 from pipeline.io.sources import FieldSpec, Listing, Shard, list_inputs, unversioned
-from pipeline.io.storage import Storage, has_pattern, is_within, scrub, strip_uri_credentials
+from pipeline.io.storage import Storage, escape_controls, has_pattern, is_within, scrub, strip_uri_credentials
 from pipeline.ledger.duplicates import DuplicateReport, find_duplicate_ids
 from pipeline.ledger.lease import Lease, LeaseDamaged, LeaseHeld, LeaseLost, new_run_id
 from pipeline.ledger.manifest import RunRecord, mark_success
@@ -384,7 +384,7 @@ def _duplicate_ids(config: JobConfig, storage: Storage, totals: Totals) -> Dupli
             "%d id(s) occur more than once in %s (all rows kept), e.g. %s",
             duplicates.duplicate_ids,
             config.output,
-            ", ".join(duplicates.examples[:3]),
+            ", ".join(escape_controls(e) for e in duplicates.examples[:3]),
         )
     return duplicates
 

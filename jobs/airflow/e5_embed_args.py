@@ -22,6 +22,7 @@ from typing import Any
 # `e5-embed run` flags -> whether the flag takes a value (tests compare this with the CLI parser).
 RUN_FLAGS: dict[str, bool] = {
     "--config": True,
+    "--untrusted-config": False,
     "--input": True,
     "--output": True,
     "--model": True,
@@ -97,7 +98,8 @@ def _check_extra(tokens: list[str]) -> list[str]:
 
 def build_entrypoint(params: Mapping[str, Any]) -> str:
     """The Ray job entrypoint for one DAG run: every value a single quoted argument."""
-    args = ["python", "-m", "pipeline", "run", "--no-progress"]
+    # whatever --config a trigger names (a param or in extra_args) may not pick the cluster or secrets
+    args = ["python", "-m", "pipeline", "run", "--no-progress", "--untrusted-config"]
     if params.get("config"):
         args += ["--config", str(params["config"])]
     inputs = params["input"] if isinstance(params["input"], list) else [params["input"]]
@@ -116,6 +118,15 @@ def build_entrypoint(params: Mapping[str, Any]) -> str:
     except ValueError as e:
         raise BadParams(f"extra_args: {e}") from e
     return shlex.join(args + _check_extra(tokens))
+
+
+def deployment_runtime_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The Ray ``runtime_env`` of every job this deployment submits: set by whoever deploys the DAG
+    (``E5_EMBED_WORKING_DIR``: a local path or an ``s3://…`` zip of the project), never by a
+    trigger's params, so a DAG run cannot ship code (``working_dir``, ``py_modules``, ``pip``) or
+    environment to the cluster."""
+    working_dir = environ.get("E5_EMBED_WORKING_DIR", "").strip()
+    return {"working_dir": working_dir} if working_dir else {}
 
 
 def is_loopback(host: str) -> bool:

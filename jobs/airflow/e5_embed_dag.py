@@ -1,9 +1,11 @@
 """The ``e5_embed`` DAG: one E5 embedding job on a Ray cluster per DAG run.
 
 Trigger with params (``dag_run.conf``): input, output, model, prefix, and optionally
-batch_size, dtype, config (a job YAML inside the working dir), working_dir, extra_args
-(``e5-embed run`` flags only: split with shlex, checked against the run flags, re-joined;
-see e5_embed_args.py). The cluster comes from one Airflow connection fixed by the deployment
+batch_size, dtype, config (a job YAML inside the working dir; it may not set ray_address or
+storage_options), extra_args (``e5-embed run`` flags only: split with shlex, checked against the
+run flags, re-joined; see e5_embed_args.py). What runs on the cluster is the deployment's: the
+Ray ``runtime_env`` comes from ``E5_EMBED_WORKING_DIR`` here, never from a trigger (params are
+not templated into it). The cluster comes from one Airflow connection fixed by the deployment
 (``E5_EMBED_RAY_CONN_ID``, default ``ray_default``; host/port: Ray dashboard, password: the
 cluster's auth token), never from a trigger's params. Retries re-attach or resume; a killed
 task stops its Ray job; see ray_job.py.
@@ -17,7 +19,7 @@ from datetime import datetime, timedelta
 
 sys.path.insert(0, os.path.dirname(__file__))  # ray_job.py next to this file
 
-from e5_embed_args import build_entrypoint  # noqa: E402
+from e5_embed_args import build_entrypoint, deployment_runtime_env  # noqa: E402
 from ray_job import RayJobOperator  # noqa: E402
 
 try:
@@ -45,11 +47,6 @@ with DAG(
         "batch_size": Param(None, type=["null", "integer"], minimum=1),
         "dtype": Param(None, type=["null", "string"], enum=[None, "auto", "float32", "float16", "bfloat16"]),
         "config": Param(None, type=["null", "string"], description="job YAML inside the working dir"),
-        "working_dir": Param(
-            None,
-            type=["null", "string"],
-            description="runtime_env working_dir (local path or s3://… zip of the project)",
-        ),
         "extra_args": Param("", type="string", description="more e5-embed run flags (checked; no shell)"),
     },
     render_template_as_native_obj=True,
@@ -59,7 +56,7 @@ with DAG(
         task_id="embed",
         conn_id=RAY_CONN_ID,
         entrypoint="{{ params | build_entrypoint }}",
-        runtime_env="{{ {'working_dir': params.working_dir} if params.working_dir else {} }}",
+        runtime_env=deployment_runtime_env(os.environ),  # the deployment's, not a trigger's
         retries=int(os.environ.get("E5_EMBED_TASK_RETRIES", "3")),
         retry_delay=timedelta(minutes=2),
         poll_interval=float(os.environ.get("E5_EMBED_POLL_INTERVAL", "30")),

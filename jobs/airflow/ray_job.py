@@ -103,7 +103,8 @@ class RayJobTrigger(BaseTrigger):
 class RayJobOperator(BaseOperator):
     """Submit (or re-attach to) a Ray job for this DAG run, defer until it ends, fail if it failed."""
 
-    template_fields: Sequence[str] = ("entrypoint", "runtime_env")
+    # runtime_env is not a template field: no DAG-run param can reach what is shipped to the cluster
+    template_fields: Sequence[str] = ("entrypoint",)
 
     def __init__(
         self,

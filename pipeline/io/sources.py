@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError
 from pipeline.io import schemas
-from pipeline.io.storage import Storage, has_pattern, strip_uri_credentials
+from pipeline.io.storage import Storage, escape_controls, has_pattern, strip_uri_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -517,7 +517,7 @@ class ShardReader:
             except CorruptStream as e:
                 self._verify_fingerprint()
                 self.rows, self.remainder = next_row, str(e)
-                logger.warning("%s: unreadable after row %d: %s", self.shard.path, next_row, e)
+                logger.warning("%s: unreadable after row %d: %s", escape_controls(self.shard.path), next_row, e)
                 return
             except ShardReadError:
                 raise
@@ -529,7 +529,7 @@ class ShardReader:
                     ) from e
                 logger.warning(
                     "%s: %s: %s; re-opening at row %d (attempt %d/%d)",
-                    self.shard.path,
+                    escape_controls(self.shard.path),
                     type(e).__name__,
                     e,
                     next_row,

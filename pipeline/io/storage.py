@@ -338,12 +338,22 @@ def scrub(text: str, storage_options: Mapping[str, Any] | None = None) -> str:
     return _URI_CREDENTIALS.sub(lambda m: m.group("scheme") + "***@", text)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u0085\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """User data (ids, paths) as one printable line: line breaks and other control characters
+    escaped, so a record id cannot forge a log line or a terminal sequence."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
 class ScrubFilter(logging.Filter):
-    """A logging filter that scrubs every record's final message (installed on the CLI's handler)."""
+    """A logging filter that scrubs every record's final message of secrets and escapes its control
+    characters, one record one line (installed on the CLI's handler; tracebacks are apart)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        clean = scrub(message)
+        clean = escape_controls(scrub(message))
         if clean != message:
             record.msg, record.args = clean, None
         return True

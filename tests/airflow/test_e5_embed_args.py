@@ -80,3 +80,33 @@ def test_log_lines_are_scrubbed():
     for secret in ("TOKEN-abc123", "wJalrXUtnFEMI", "sekrit", "AKIA1", "hunter22"):
         assert secret not in clean
     assert "s3://***@bucket/x" in clean
+
+
+@pytest.mark.parametrize("where", ["param", "extra_args"])
+@pytest.mark.parametrize("key", ["ray_address: ray://elsewhere:10001", "storage-options: {key: leaked}"])
+def test_a_triggered_config_file_cannot_pick_the_cluster_or_carry_secrets(tmp_path, where, key):
+    """A --config named by a trigger (as a param or inside extra_args) that sets a denied key is
+    refused by the job itself: the entrypoint always says the file is untrusted."""
+    from pipeline.cli import job_config_from_args
+    from pipeline.errors import UsageError
+
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(f"input: s3://c/shards/\n{key}\n")
+    params = {**BASE, "config": str(job_file)} if where == "param" else {**BASE, "extra_args": f"--config {job_file}"}
+    argv = shlex.split(build_entrypoint(params))[3:]  # after `python -m pipeline`
+    args = build_parser().parse_args(argv)
+    with pytest.raises(UsageError, match=r"sets (ray_address|storage_options), which a job file chosen by a trigger"):
+        job_config_from_args(args)
+    trusted = build_parser().parse_args([a for a in argv if a != "--untrusted-config"])
+    assert job_config_from_args(trusted).output == "s3://e/out/"  # the operator's own job files may
+
+
+def test_the_runtime_env_is_the_deployments_never_a_triggers():
+    from e5_embed_args import deployment_runtime_env
+
+    assert deployment_runtime_env({}) == {}
+    assert deployment_runtime_env({"E5_EMBED_WORKING_DIR": "s3://ops/e5.zip"}) == {"working_dir": "s3://ops/e5.zip"}
+    dag = (Path(__file__).resolve().parents[2] / "jobs" / "airflow" / "e5_embed_dag.py").read_text()
+    ray_job = (Path(__file__).resolve().parents[2] / "jobs" / "airflow" / "ray_job.py").read_text()
+    assert "params.working_dir" not in dag and '"working_dir": Param' not in dag
+    assert 'template_fields: Sequence[str] = ("entrypoint",)' in ray_job  # params are not rendered into it

@@ -72,10 +72,22 @@ def test_dag_runs_the_job_fails_on_failure_and_retries_reattach(airflow_python, 
     (corpus / "a.jsonl").write_text(
         "".join(json.dumps({"id": f"a{i}", "text": f"airflow text {i}"}) + "\n" for i in range(16))
     )
-    common = {"model": minilm_path, "prefix": "passage", "working_dir": str(ROOT), "batch_size": 8}
+    common = {"model": minilm_path, "prefix": "passage", "batch_size": 8}
     pwned = tmp_path / "pwned"
+    # a trigger that tries to ship its own code: were its working_dir used, this `pipeline` would run
+    smuggled = tmp_path / "smuggled" / "pipeline"
+    smuggled.mkdir(parents=True)
+    (smuggled / "__init__.py").write_text("")
+    (smuggled / "__main__.py").write_text(f"open({str(pwned) + '-code'!r}, 'w').close()\n")
     conf = {
-        "good": {**common, "input": str(corpus), "output": str(tmp_path / "out")},
+        # working_dir and runtime_env are not params of the DAG: the deployment's working dir runs
+        "good": {
+            **common,
+            "input": str(corpus),
+            "output": str(tmp_path / "out"),
+            "working_dir": str(smuggled.parent),
+            "runtime_env": {"working_dir": str(smuggled.parent)},
+        },
         "bad": {**common, "input": str(tmp_path / "missing"), "output": str(tmp_path / "out-bad")},
         "injected": {
             **common,
@@ -94,6 +106,7 @@ def test_dag_runs_the_job_fails_on_failure_and_retries_reattach(airflow_python, 
             "AIRFLOW_CONN_RAY_DEFAULT": json.dumps(
                 {"conn_type": "http", "host": "127.0.0.1", "port": ray_head.dashboard_port, "password": ray_head.token}
             ),
+            "E5_EMBED_WORKING_DIR": str(ROOT),  # set by the deployment
             "E5_EMBED_POLL_INTERVAL": "1",
             "E5_EMBED_TASK_RETRIES": "0",
         }
@@ -124,4 +137,5 @@ def test_dag_runs_the_job_fails_on_failure_and_retries_reattach(airflow_python, 
     assert report["after_stop"].endswith("__try2")
     assert ray_head.token not in result.stdout  # the token stays in the connection
     assert report["injected_state"] == "failed" and not pwned.exists()  # no shell ran the text
+    assert not Path(str(pwned) + "-code").exists()  # the trigger's working_dir shipped nothing
     assert report["operator_kill"] == "STOPPED" and report["trigger_kill"] == "STOPPED"

@@ -128,3 +128,15 @@ def test_storage_options_from_a_file_stay_off_the_command_line(tmp_path):
 def test_exactly_once_settings_are_validated(field, value):
     with pytest.raises(UsageError, match=field.replace("_", "-")):
         JobConfig(inputs=("in",), output="out", **{field: value})
+
+
+def test_log_lines_escape_control_characters_in_user_data():
+    """An id or path with a line break cannot forge a log line through the CLI's handler."""
+    import logging
+
+    from pipeline.io.storage import ScrubFilter, escape_controls
+
+    record = logging.LogRecord("pipeline", logging.WARNING, __file__, 1, "ids: %s", ("a\nERROR forged\x1b[2J",), None)
+    ScrubFilter().filter(record)
+    assert record.getMessage() == "ids: a\\nERROR forged\\x1b[2J"
+    assert escape_controls("tab\tand é stay") == "tab\tand é stay"

@@ -153,7 +153,7 @@ def test_sigkill_anywhere_then_rerun_gives_every_id_once(tmp_path, minilm_path, 
 
 
 @pytest.mark.integration
-def test_messy_corpus_finishes_with_every_record_accounted_for(ray_cluster, tmp_path, minilm_path):
+def test_messy_corpus_finishes_with_every_record_accounted_for(ray_cluster, tmp_path, minilm_path, caplog):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     good = [json.dumps({"id": f"g{i}", "text": f"fine text {i}"}).encode() for i in range(40)]
@@ -163,7 +163,8 @@ def test_messy_corpus_finishes_with_every_record_accounted_for(ray_cluster, tmp_
         json.dumps({"id": "e", "text": " "}).encode(),
         b'{"id": "u", "text": "\xff"}',
     ]
-    dup = [json.dumps({"id": "g0", "text": "same id, other text"}).encode()]
+    forged = "g\n2026-12-01 00:00:00,000 ERROR pipeline: forged line"  # an id that tries to forge a log line
+    dup = [json.dumps({"id": forged, "text": t}).encode() for t in ("one text", "same id, other text")]
     (corpus / "mixed.jsonl").write_bytes(b"\n".join(good[:20] + bad + good[20:] + dup) + b"\n")
     (corpus / "empty.txt").write_text("")
     (corpus / "corrupt.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00garbage-not-gzip")
@@ -177,9 +178,12 @@ def test_messy_corpus_finishes_with_every_record_accounted_for(ray_cluster, tmp_
         skip_corrupt_remainders=True,
         ignore_unknown_files=True,
     )
-    summary = run_job(config)
+    with caplog.at_level("WARNING"):
+        summary = run_job(config)
     assert summary.status == "complete"
-    assert summary.rows_embedded == 41 and summary.rows_rejected == 4
+    assert summary.rows_embedded == 42 and summary.rows_rejected == 4
+    warned = [r.getMessage() for r in caplog.records if "more than once" in r.getMessage()]
+    assert len(warned) == 1 and "g\\n2026-12-01" in warned[0] and "\n" not in warned[0]  # escaped: one line
     assert summary.duplicate_ids == 1 and "1 duplicate ids" in summary.line()  # both rows kept, reported
     rejects = pq.read_table(tmp_path / "out" / "_rejects").to_pylist()
     # ids from the record where it had one, else the derived '<shard>:<row>'
@@ -189,7 +193,7 @@ def test_messy_corpus_finishes_with_every_record_accounted_for(ray_cluster, tmp_
     assert manifest["rows_rejected"] == 4 and manifest["reject_kinds"]["invalid JSON"] == 1
     # the corrupt shard's remainder is not a record: the run accepted it (--skip-corrupt-remainders) and says so
     assert [r["path"].rsplit("/", 1)[1] for r in manifest["corrupt_remainders"]] == ["corrupt.jsonl.gz"]
-    assert manifest["duplicate_ids"] == 1 and manifest["duplicate_id_examples"] == ["g0"]
+    assert manifest["duplicate_ids"] == 1 and manifest["duplicate_id_examples"] == [forged]
     assert manifest["ignored_files"] == 1 and manifest["ignored_file_examples"][0].endswith("notes.csv")
 
 
