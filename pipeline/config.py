@@ -63,6 +63,8 @@ class JobConfig:
     lease_ttl_s: float = 120.0
     shared_local_path: bool = False
     overwrite: bool = False
+    update: bool = False  # re-embed only what changed in the inputs (carry the rest over)
+    reuse_from: tuple[str, ...] = ()  # other outputs whose vectors may be carried over
     ray_address: str | None = None
     progress: bool = True
     status_interval_s: float = 60.0
@@ -77,6 +79,9 @@ class JobConfig:
             raise UsageError("at least one --input is required")
         if not self.output:
             raise UsageError("--output is required")
+        if isinstance(self.reuse_from, (str, bytes)):
+            object.__setattr__(self, "reuse_from", (self.reuse_from,))
+        object.__setattr__(self, "reuse_from", tuple(os.fspath(u) for u in self.reuse_from or ()))
         if isinstance(self.shape_buckets, list):
             object.__setattr__(self, "shape_buckets", tuple(self.shape_buckets))
         flags.validate({f.name: getattr(self, f.name) for f in fields(self)})  # each flag's own check
@@ -96,11 +101,19 @@ class JobConfig:
                 raise UsageError(
                     f"--chunk-overlap {self.chunk_overlap} is more than half of --chunk-tokens {self.chunk_tokens}"
                 )
+        if self.update and self.overwrite:
+            raise UsageError("--update carries unchanged vectors over; --overwrite starts over: pass one of them")
+        if (self.update or self.reuse_from) and self.chunk_tokens is not None:
+            raise UsageError(
+                "--update and --reuse-from do not combine with --chunk-tokens yet (windows are not carried "
+                "over); rerun the chunked output with --overwrite"
+            )
         if not isinstance(self.storage_options, Mapping):
             raise UsageError("--storage-options must be a JSON object")
         object.__setattr__(self, "storage_options", dict(self.storage_options))
-        register_secrets(self.storage_options, (*self.inputs, self.output, self.model))
-        for flag, uri in [("--input", u) for u in self.inputs] + [("--output", self.output), ("--model", self.model)]:
+        register_secrets(self.storage_options, (*self.inputs, *self.reuse_from, self.output, self.model))
+        named = [("--input", u) for u in self.inputs] + [("--reuse-from", u) for u in self.reuse_from]
+        for flag, uri in named + [("--output", self.output), ("--model", self.model)]:
             kind = uri_credentials(uri)
             if kind:  # it would be written into the manifest, the data files' `source` and the logs
                 raise UsageError(

@@ -363,6 +363,24 @@ FLAGS: tuple[Flag, ...] = (
         default=False,
         check=boolean,
     ),
+    Flag(
+        "update",
+        "bring an output whose input shards changed, vanished or were added up to date, encoding only "
+        "records whose text is new or changed (unchanged vectors are carried over by text_hash; rows of "
+        "edited, deleted and vanished records are removed). Without it a changed shard is refused",
+        type=None,
+        default=False,
+        check=boolean,
+    ),
+    Flag(
+        "reuse-from",
+        "take vectors from another output made with the same model and settings, matched by text_hash "
+        "(a new snapshot, a re-sharded corpus); repeatable",
+        dest="reuse_from",
+        default=(),
+        repeat=True,
+        metavar="URI",
+    ),
     Flag("ray-address", "Ray cluster address (default: RAY_ADDRESS, else start a local one)", commands=BOTH),
     Flag("progress", "hide progress bars", type=None, default=True, check=boolean, negate=True),
     Flag(
@@ -429,7 +447,7 @@ def add_flags(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def _help(flag: Flag) -> str:
-    if flag.type is None or flag.default is None:
+    if flag.type is None or flag.default in (None, ()):
         return flag.help
     return f"{flag.help} (default {flag.default})"
 
@@ -446,7 +464,7 @@ def markdown_table() -> str:
     """The flag reference for docs/flags.md."""
     lines = ["| flag | `run` (its environment variable) | `plan` | default | what |", "|---|---|---|---|---|"]
     for flag in FLAGS:
-        default = "" if flag.default is None or flag.type is None else f"`{flag.default}`"
+        default = "" if flag.default in (None, ()) or flag.type is None else f"`{flag.default}`"
         if flag.choices:
             default += f" ({' / '.join(flag.choices)})"
         what = flag.help.replace("|", "\\|")

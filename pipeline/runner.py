@@ -25,7 +25,7 @@ from pipeline.backend.duplicates import duplicate_ids_on_cluster
 from pipeline.backend.telemetry import StatusReporter, Telemetry
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, UsageError
-from pipeline.io import coverage
+from pipeline.io import coverage, schemas
 from pipeline.io.counters import Counters
 from pipeline.io.record_counts import parquet_rows
 from pipeline.io.sources import FieldSpec, Listing, Shard, list_inputs, unversioned
@@ -33,7 +33,8 @@ from pipeline.io.storage import Storage, escape_controls, has_pattern, is_within
 from pipeline.ledger.duplicates import DuplicateReport, find_duplicate_ids
 from pipeline.ledger.lease import Lease, LeaseDamaged, LeaseHeld, LeaseLost, new_run_id
 from pipeline.ledger.manifest import RunRecord, mark_success
-from pipeline.ledger.output import OutputState, Totals, Work, output_metadata
+from pipeline.ledger.output import VECTOR_KEYS, OutputState, Totals, Work, output_metadata
+from pipeline.ledger.reuse import reuse_from_pool
 from pipeline.ledger.shard_log import ShardLog
 from pipeline.planning.capacity import GpuCapacity
 from pipeline.planning.plan import ClusterSpec, PlanRequest, ResourcePlan, make_plan
@@ -54,6 +55,8 @@ class RunSummary:
     tokens: int = 0
     wall_s: float = 0.0
     duplicate_ids: int = 0
+    rows_reused: int = 0  # rows written with a vector carried over (--update, --reuse-from)
+    rows_removed: int = 0  # rows of changed or vanished shards' earlier state not carried over
     message: str = ""
 
     @property
@@ -69,7 +72,13 @@ class RunSummary:
             return f"e5-embed: {self.output} is already complete; nothing to do ({self.message})"
         return (
             f"e5-embed: {self.status}: {self.rows_embedded} rows embedded, {self.rows_rejected} rejected, "
-            f"{self.rows_skipped} already done, {self.tokens} tokens in {self.wall_s:.1f}s "
+            f"{self.rows_skipped} already done, "
+            + (
+                f"{self.rows_reused} reused, {self.rows_removed} removed, "
+                if self.rows_reused or self.rows_removed
+                else ""
+            )
+            + f"{self.tokens} tokens in {self.wall_s:.1f}s "
             f"({self.docs_per_s:.1f} docs/s, {self.tokens_per_s:.0f} tokens/s)"
             + (f", {self.duplicate_ids} duplicate ids" if self.duplicate_ids else "")
             + f" -> {self.output}"
@@ -259,13 +268,80 @@ def _run_leased(
         with phases("plan"):
             plan = _plan(config, info)
         run.plan = plan.to_dict()
+        with phases("carry_over"):
+            run.rows_reused = _carry_over(config, info, metadata, work, lease, state, shards, plan)
         with phases("embed"):
             written = _embed(config, plan, model, info, metadata, work, lease, run, state, phases)
+        with phases("remove_stale"):
+            stale_rows = state.remove_stale(work, metadata)
+            run.rows_removed = max(0, stale_rows - run.rows_reused)
         with phases("reconcile"):
             totals = state.reconcile(metadata)
         with phases("duplicate_ids"):
             duplicates = _duplicate_ids(config, storage, totals)  # inside the session: its cluster path needs Ray
     return _prove_and_record(config, state, work, lease, run, t0, written, totals, duplicates, shards)
+
+
+def _carry_over(
+    config: JobConfig,
+    info: ModelInfo,
+    metadata: dict[str, Any],
+    work: Work,
+    lease: Lease,
+    state: OutputState,
+    shards: list[Shard],
+    plan: ResourcePlan,
+) -> int:
+    """--update / --reuse-from: write the records whose text_hash matches a pool row with that
+    row's vector, then re-plan the reads so the pipeline encodes only the rest. Rows carried."""
+    pool = state.reuse_pool(work) if config.update else []
+    if config.reuse_from:
+        pool += reuse_from_pool(config.reuse_from, config.output, config.storage_options, metadata, VECTOR_KEYS)
+    if not pool or not work.shards:
+        return 0
+    from pipeline.backend.reuse import PoolDatasource, carry_over
+
+    sink = EmbeddingDatasink(
+        output_uri=config.output,
+        storage_options=config.storage_options,
+        metadata=metadata,
+        dim=info.hidden_size,
+        output_dtype=config.output_dtype,
+        rows_per_file=config.rows_per_file,
+        versions={s.path: s.version_key for s in work.shards},
+        fence=lease.fence(),
+    )
+    records = ShardDatasource(
+        shards=work.shards,
+        storage_options=config.storage_options,
+        rows_per_block=config.rows_per_block,
+        skip=work.skip,
+        max_record_bytes=config.max_record_bytes,
+        fields=FieldSpec(
+            text_field=config.text_field,
+            id_field=config.id_field,
+            title_field=config.title_field,
+            prefix=config.prefix_text,
+        ),
+    )
+    vectors = PoolDatasource(
+        files=pool,
+        storage_options=config.storage_options,
+        embedding_type=schemas.embedding_type(info.hidden_size, config.output_dtype),
+    )
+    try:
+        carried = carry_over(records=records, pool=vectors, pool_rows=sum(f.rows for f in pool), sink=sink)
+    except Exception as e:
+        if isinstance(e, LeaseLost) or lease.lost:
+            raise LeaseLost(lease.lost or str(e)) from e
+        raise JobError(
+            f"carrying vectors over failed: {scrub(f'{type(e).__name__}: {e}', config.storage_options)[:500]}"
+        ) from e
+    logger.info(
+        "carried %d vector(s) over by text_hash from %d file(s); encoding only the records left", carried, len(pool)
+    )
+    state.plan_reads(work, shards)
+    return carried
 
 
 def _plan(config: JobConfig, info: ModelInfo) -> ResourcePlan:
@@ -308,6 +384,7 @@ def _embed(
         dim=info.hidden_size,
         output_dtype=config.output_dtype,
         rows_per_file=config.rows_per_file,
+        versions={s.path: s.version_key for s in work.shards},
         fence=lease.fence(),
         telemetry=telemetry,
     )
@@ -322,6 +399,7 @@ def _embed(
             id_field=config.id_field,
             title_field=config.title_field,
             title_apart=chunk is not None,
+            prefix=config.prefix_text,
         ),
         shard_log=ShardLog(config.output, config.storage_options, fence=sink.fence),
         telemetry=telemetry,
@@ -423,6 +501,8 @@ def _prove_and_record(
         tokens=run.tokens,
         wall_s=run.wall_s,
         duplicate_ids=duplicates.duplicate_ids,
+        rows_reused=run.rows_reused,
+        rows_removed=run.rows_removed,
     )
     if not proof.ok:
         raise JobError(f"{config.output} is not complete, so no _SUCCESS: {proof.describe()}. " + summary.line())

@@ -63,6 +63,8 @@ RUN_FLAGS: dict[str, bool] = {
     "--lease-ttl-s": True,
     "--shared-local-path": False,
     "--overwrite": False,
+    "--update": False,
+    "--reuse-from": True,
     "--ray-address": True,
     "--no-progress": False,
     "--debug": False,

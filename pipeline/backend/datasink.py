@@ -28,6 +28,7 @@ class EmbeddingDatasink(Datasink[dict]):
         dim: int,
         output_dtype: str,
         rows_per_file: int,
+        versions: Mapping[str, str],
         fence: LeaseFence | None = None,
         telemetry: Telemetry | None = None,
     ):
@@ -39,6 +40,7 @@ class EmbeddingDatasink(Datasink[dict]):
         self.dim = dim
         self.output_dtype = output_dtype
         self.rows_per_file = rows_per_file
+        self.versions = dict(versions)  # source shard -> version key, for each file's footer
         self.totals = Counters()
 
     def get_name(self) -> str:
@@ -59,6 +61,7 @@ class EmbeddingDatasink(Datasink[dict]):
             dim=self.dim,
             output_dtype=self.output_dtype,
             rows_per_file=self.rows_per_file,
+            versions=self.versions,
             fence=self.fence.check if self.fence else None,
         )
         if self.telemetry is not None:

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from pipeline.io.text_hash import TEXT_HASH_TYPE
+
 METADATA_KEY = b"e5_embed"
 COVERAGE_KEY = b"e5_embed_coverage"
 STATS_KEY = b"e5_embed_stats"
+VERSIONS_KEY = b"e5_embed_versions"  # {source: the shard's size:version when its rows were read}
 PRODUCER = "e5-embed"  # every file this tool writes says so in its metadata; nothing else is touched
 
 _KEY_FIELDS = [
@@ -25,6 +28,7 @@ _KEY_FIELDS = [
     pa.field("source", pa.string(), nullable=False),
     pa.field("row", pa.int64(), nullable=False),
     pa.field("reject_reason", pa.string()),
+    pa.field("text_hash", TEXT_HASH_TYPE),  # of what the model reads (pipeline.io.text_hash); null if rejected
 ]
 
 RECORDS = pa.schema(
@@ -93,6 +97,7 @@ def chunk_output_schema(dim: int, output_dtype: str = "float32") -> pa.Schema:
             pa.field("truncated", pa.bool_(), nullable=False),
             pa.field("source", pa.string(), nullable=False),
             pa.field("row", pa.int64(), nullable=False),
+            pa.field("text_hash", TEXT_HASH_TYPE, nullable=False),  # the record's (every window shares it)
         ]
     )
 
@@ -107,6 +112,7 @@ def output_schema(dim: int, output_dtype: str = "float32") -> pa.Schema:
             pa.field("truncated", pa.bool_(), nullable=False),
             pa.field("source", pa.string(), nullable=False),
             pa.field("row", pa.int64(), nullable=False),
+            pa.field("text_hash", TEXT_HASH_TYPE, nullable=False),  # pipeline.io.text_hash
         ]
     )
 

@@ -35,14 +35,25 @@ def file_stats(table: pa.Table) -> dict[str, Any]:
 
 
 def put_file(
-    storage: Storage, folder: str, table: pa.Table, metadata: Mapping[str, Any], stats: Mapping[str, Any]
+    storage: Storage,
+    folder: str,
+    table: pa.Table,
+    metadata: Mapping[str, Any],
+    stats: Mapping[str, Any],
+    versions: Mapping[str, str],
 ) -> str:
-    """Publish one data/rejects file atomically, named by the input rows it covers."""
+    """Publish one data/rejects file atomically, named by the input rows it covers. ``versions``
+    gives each source shard's version key (``Shard.version_key``) as it was read: its rows in this
+    file are current only while the shard still has that version."""
     ranges = coverage.ranges_of(table)
+    missing = [s for s in ranges if s not in versions]
+    if missing:
+        raise ValueError(f"no version for source(s) {missing[:3]} of a file to write")
     meta = dict(table.schema.metadata or {})
     meta[schemas.METADATA_KEY] = json.dumps({**metadata, "producer": schemas.PRODUCER}, sort_keys=True).encode()
     meta[schemas.COVERAGE_KEY] = coverage.encode(ranges)
     meta[schemas.STATS_KEY] = json.dumps(dict(stats), sort_keys=True).encode()
+    meta[schemas.VERSIONS_KEY] = json.dumps({s: versions[s] for s in ranges}, sort_keys=True).encode()
     table = table.replace_schema_metadata(meta)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
@@ -60,6 +71,7 @@ def write_rows(
     dim: int,
     output_dtype: str,
     rows_per_file: int,
+    versions: Mapping[str, str],
     fence: Callable[[], None] | None = None,
 ) -> Counters:
     """Write embedded rows to data files and rejected rows under ``_rejects/``, at most
@@ -88,7 +100,7 @@ def write_rows(
             counters = Counters.of_table(part)
             if fence is not None:
                 fence()
-            put_file(storage, folder, part, metadata, counters.footer())
+            put_file(storage, folder, part, metadata, counters.footer(), versions)
             written = written + counters
     return written
 
@@ -103,6 +115,6 @@ def explode_windows(records: pa.Table, schema: pa.Schema) -> pa.Table:
         "chunk": pa.array(chunk, pa.int32()),
         "embedding": pc.list_flatten(embedding),
         **{n: pc.list_flatten(records[n].combine_chunks()) for n in ("char_start", "char_end", "n_tokens")},
-        **{n: records[n].take(parent) for n in ("id", "truncated", "source", "row")},
+        **{n: records[n].take(parent) for n in ("id", "truncated", "source", "row", "text_hash")},
     }
     return pa.Table.from_arrays([columns[n] for n in schema.names], schema=schema)

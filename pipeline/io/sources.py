@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import UsageError
 from pipeline.io import schemas
 from pipeline.io.storage import Storage, escape_controls, has_pattern, strip_uri_credentials
+from pipeline.io.text_hash import text_hashes
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ class Shard:
     def fingerprint(self) -> tuple[int, str]:
         return (self.size, self.version)
 
+    @property
+    def version_key(self) -> str:
+        """The fingerprint as one string: what data files record for the rows they hold of it."""
+        return f"{self.size}:{self.version}"
+
 
 @dataclass(frozen=True, kw_only=True)
 class FieldSpec:
@@ -63,6 +69,7 @@ class FieldSpec:
     title_field: str | None = None
     # chunked runs keep the title apart (every window gets it); otherwise it is joined to the text
     title_apart: bool = False
+    prefix: str = ""  # the E5 prefix text: part of what the model reads, so of each record's text_hash
 
 
 def detect_format(path: str, override: str = "auto") -> tuple[str | None, str | None]:
@@ -226,10 +233,11 @@ def _common_root(roots: Sequence[str]) -> str:
 class _BlockBuilder:
     """Accumulates records into RECORDS-schema tables of at most ``rows`` rows."""
 
-    _COLUMNS = tuple(schemas.RECORDS.names)  # id, source, row, reject_reason, text, title: add()'s order
+    _COLUMNS = ("id", "source", "row", "reject_reason", "text", "title")  # add()'s order
 
-    def __init__(self, rows: int):
+    def __init__(self, rows: int, fields: FieldSpec):
         self.rows = rows
+        self.prefix, self.title_apart = fields.prefix, fields.title_apart
         self._lists: tuple[list, ...] = tuple([] for _ in self._COLUMNS)
 
     def add(
@@ -250,7 +258,10 @@ class _BlockBuilder:
         return len(self) >= self.rows
 
     def take(self) -> pa.Table:
-        table = pa.Table.from_pydict(dict(zip(self._COLUMNS, self._lists)), schema=schemas.RECORDS)
+        columns = dict(zip(self._COLUMNS, self._lists))
+        titles = [t or "" for t in columns["title"]] if self.title_apart else None
+        columns["text_hash"] = text_hashes(self.prefix, columns["text"], titles)
+        table = pa.Table.from_pydict(columns, schema=schemas.RECORDS)
         self._lists = tuple([] for _ in self._COLUMNS)
         return table
 
@@ -667,7 +678,7 @@ def read_shards(
 ) -> Iterator[pa.Table]:
     """RECORDS-schema blocks for the shards in order; ``on_shard_end(shard, rows, remainder)`` is
     called when a shard has been read to its end (the ledger records it)."""
-    builder = _BlockBuilder(rows_per_block)
+    builder = _BlockBuilder(rows_per_block, fields)
     for shard in shards:
         reader = ShardReader(
             Storage(shard.uri, storage_options),

@@ -40,6 +40,8 @@ class RunRecord:
     chunks: int = 0  # data rows written: one per record, or one per window in chunked runs
     new_shards: int = 0  # input shards this run found that earlier runs had not (incremental runs)
     oom_splits: int = 0  # encode micro-batches split after a device out-of-memory (each lowers that actor's batch)
+    rows_reused: int = 0  # rows written with a vector carried over by text_hash (--update, --reuse-from)
+    rows_removed: int = 0  # rows of changed or vanished shards' earlier state that were not carried over
     reject_kinds: dict[str, int] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
     # seconds per step of the run (model pin, listing, lease, output scan, plan, embed, reconcile,

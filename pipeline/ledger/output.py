@@ -26,10 +26,12 @@ from pipeline.io.counters import Counters
 from pipeline.io.sink import REJECTS_DIR
 from pipeline.io.sources import Shard
 from pipeline.io.storage import Storage, normalize_uri
+from pipeline.io.text_hash import SCHEME as TEXT_HASH_SCHEME
 from pipeline.ledger.completeness import Proof, fully_covered, prove
 from pipeline.ledger.lease import LeaseLost
 from pipeline.ledger.manifest import MANIFEST as MANIFEST_NAME
 from pipeline.ledger.manifest import Manifest, is_complete, remove_success
+from pipeline.ledger.reuse import PoolFile
 from pipeline.ledger.shard_log import SHARDS_DIR, ShardRecord, read_records
 from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.model import ModelInfo
@@ -55,6 +57,22 @@ IDENTITY_KEYS = (
     "model_sha",
     "chunking",
     "derived_ids",
+    "text_hash",
+)
+# What makes two outputs' vectors interchangeable for rows of equal text_hash (--reuse-from):
+# the model and how it is run; not where the records came from or how they were named.
+VECTOR_KEYS = (
+    "model",
+    "model_sha",
+    "prefix",
+    "pooling",
+    "normalized",
+    "dim",
+    "max_length",
+    "dtype",
+    "output_dtype",
+    "chunking",
+    "text_hash",
 )
 PRODUCER = schemas.PRODUCER
 
@@ -77,6 +95,7 @@ def output_metadata(config: JobConfig, info: ModelInfo, model_sha: str | None = 
         "input_format": config.input_format,
         "inputs": normalized_inputs(config.inputs),
         "model_sha": model_sha,  # the Hub commit (git:<sha>) or the local folder's content digest
+        "text_hash": TEXT_HASH_SCHEME,  # every row's fingerprint of what the model read
         "producer": PRODUCER,
     }
     if len(meta["inputs"]) > 1:  # one input: ids relative to it, as they always were
@@ -102,6 +121,24 @@ def fingerprints(shards: Sequence[Shard]) -> list[dict[str, Any]]:
     return [{"path": s.path, "size": s.size, "version": s.version} for s in shards]
 
 
+def _merged(known: Mapping[str, Any] | None, now: Mapping[str, Any]) -> dict[str, Any]:
+    """A shard's manifest entry: what a proof learned (rows, remainder) only while the shard is unchanged."""
+    if known and (known.get("size"), str(known.get("version", ""))) == (now["size"], now["version"]):
+        return {**known, **now}
+    return dict(now)
+
+
+def _stale(files: Sequence["OutputFile"], current: Mapping[str, str]) -> list[tuple["OutputFile", tuple[str, ...]]]:
+    """Files holding rows of a source whose version (as the footer recorded it) is not the current
+    listing's: the shard changed or vanished since those rows were read."""
+    out = []
+    for f in files:
+        sources = tuple(sorted(s for s in f.ranges if f.versions.get(s) != current.get(s)))
+        if sources:
+            out.append((f, sources))
+    return out
+
+
 @dataclass
 class Work:
     """What a run has to do on an output: nothing (``noop``), or read ``shards`` skipping ``skip``."""
@@ -112,6 +149,13 @@ class Work:
     skip: coverage.Ranges = field(default_factory=dict)  # rows of those already in files
     rows_skipped: int = 0  # input rows already in files, over all listed shards
     new_shards: int = 0  # shards the manifest did not know (an incremental run)
+    # --update: files holding rows of shards that changed or vanished since (file -> those sources);
+    # their rows are not done, lend their vectors to the carry-over, and are removed before the proof
+    stale: list[tuple[OutputFile, tuple[str, ...]]] = field(default_factory=list)
+
+    @property
+    def stale_rows(self) -> int:
+        return sum(coverage.count({s: f.ranges[s] for s in sources}) for f, sources in self.stale)
 
 
 class OutputState:
@@ -153,9 +197,17 @@ class OutputState:
         recorded = existing is not None and bool(existing.input_shards)
         if existing is None and files:
             known, recorded = self._rebuilt_fingerprints(files), True
-        self._check_inputs(known, shards, recorded)
+        self._check_inputs(known, shards, recorded and not config.update)
+        stale = _stale(files, {s.path: s.version_key for s in shards})
+        if stale and not config.update:  # the footers say so even where the manifest does not
+            changed = sorted({src for _, sources in stale for src in sources})
+            raise UsageError(
+                f"{self.storage.describe()} holds rows of {len(changed)} input shard(s) as they were before a "
+                f"change (or an --update that did not finish): {', '.join(changed[:5])}; use --update to "
+                "re-embed only what changed, or --overwrite"
+            )
         new_shards = sum(1 for s in shards if s.path not in known)
-        if existing is not None and complete and not new_shards:
+        if existing is not None and complete and not new_shards and not stale:
             existing.complete = True
             return Work(manifest=existing, noop=True)
         manifest = existing or Manifest(metadata=dict(metadata), inputs=normalized_inputs(config.inputs))
@@ -166,25 +218,60 @@ class OutputState:
             remove_success(self.storage, self.fence)
         manifest.shards = len(shards)
         manifest.complete, manifest.state = False, "in_progress"
-        manifest.input_shards = [{**known.get(f["path"], {}), **f} for f in fingerprints(shards)]
+        manifest.input_shards = [_merged(known.get(f["path"]), f) for f in fingerprints(shards)]
         try:
             manifest.save(self.storage, self.fence)  # also proves the output is writable, before GPUs spin up
         except LeaseLost:
             raise
         except Exception as e:
             raise UsageError(f"cannot write to output {self.storage.describe()}: {type(e).__name__}: {e}") from e
+        work = Work(manifest=manifest, new_shards=new_shards if existing else 0, stale=stale)
+        self.plan_reads(work, shards, files)
+        return work
+
+    def plan_reads(self, work: Work, shards: Sequence[Shard], files: Sequence[OutputFile] | None = None) -> None:
+        """Which shards still need reading, skipping which rows: from the footers (``files``, else a
+        fresh scan, e.g. after vectors were carried over); rows of stale files do not count."""
+        if files is None:
+            files = self.scan()
         paths = {s.path for s in shards}
-        ranges = {k: v for k, v in coverage.merge(f.ranges for f in files).items() if k in paths}
-        records = self.shard_records(manifest, shards)
-        todo = [s for s in shards if not fully_covered(s, records.get(s.path), ranges)]
-        todo_paths = {s.path for s in todo}
-        return Work(
-            manifest=manifest,
-            shards=todo,
-            skip={k: v for k, v in ranges.items() if k in todo_paths},
-            rows_skipped=coverage.count(ranges),
-            new_shards=new_shards if existing else 0,
-        )
+        stale = {f.path: set(sources) for f, sources in work.stale}
+        current = [{s: r for s, r in f.ranges.items() if s not in stale.get(f.path, ())} for f in files]
+        ranges = {k: v for k, v in coverage.merge(current).items() if k in paths}
+        records = self.shard_records(work.manifest, shards)
+        work.shards = [s for s in shards if not fully_covered(s, records.get(s.path), ranges)]
+        todo_paths = {s.path for s in work.shards}
+        work.skip = {k: v for k, v in ranges.items() if k in todo_paths}
+        work.rows_skipped = coverage.count(ranges)
+
+    def remove_stale(self, work: Work, metadata: Mapping[str, Any]) -> int:
+        """``--update``, after the new rows are written: rewrite each stale file without the rows of
+        its changed or vanished shards (or delete it when nothing else is left); the rows removed.
+        Each rewrite is published before the old file is deleted, so a crash leaves at worst a
+        repeat, which the next run's reconcile repairs."""
+        removed = 0
+        for f, sources in work.stale:
+            drop = {s: f.ranges[s] for s in sources if s in f.ranges}
+            count = coverage.count(drop)
+            self.fence()
+            kept = coverage.count(coverage.merge([f.ranges])) - count
+            new = self._rewrite_without(f, drop, metadata) if kept > 0 else None
+            if new is None or new.path != f.path:
+                self.storage.delete(f.path)
+            removed += count
+        if work.stale:
+            logger.info(
+                "--update: removed %d row(s) of changed or vanished shards from %d file(s)", removed, len(work.stale)
+            )
+        return removed
+
+    def reuse_pool(self, work: Work) -> list[PoolFile]:
+        """--update: the stale data files lend the vectors of their changed shards' rows."""
+        return [
+            PoolFile(uri=self.storage.uri, path=f.path, rows=int(f.stats.get("rows", 0)), sources=sources)
+            for f, sources in work.stale
+            if not f.is_rejects
+        ]
 
     def _read_state(self) -> tuple[Manifest | None, bool]:
         """The manifest (None if absent) and whether ``_SUCCESS`` is there."""
@@ -260,7 +347,7 @@ class OutputState:
             raise UsageError(
                 f"input shards of {self.storage.describe()} differ from the recorded ones ("
                 + "; ".join(parts)
-                + "); use --overwrite to embed the corpus as it is now"
+                + "); use --update to re-embed only what changed, or --overwrite to embed the corpus as it is now"
             )
 
     def clear(self, metadata: Mapping[str, Any]) -> None:
@@ -311,6 +398,7 @@ class OutputState:
                 stats=json.loads(meta.get(schemas.STATS_KEY) or b"{}"),
                 producer=produced.get("producer"),
                 metadata=produced,
+                versions=json.loads(meta.get(schemas.VERSIONS_KEY) or b"{}"),
             )
 
         with ThreadPoolExecutor(max_workers=16) as pool:
@@ -387,9 +475,17 @@ class OutputState:
         table = table.filter(coverage.mask_outside(table, seen)).replace_schema_metadata(None)
         table = table.take(coverage.first_of_each_row(table))
         stats = file_stats(table)
-        path = put_file(self.storage, REJECTS_DIR if f.is_rejects else "", table, metadata, stats)
+        ranges = coverage.ranges_of(table)
+        versions = {s: v for s, v in f.versions.items() if s in ranges}
+        path = put_file(self.storage, REJECTS_DIR if f.is_rejects else "", table, metadata, stats, versions)
         return OutputFile(
-            path=path, is_rejects=f.is_rejects, ranges=coverage.ranges_of(table), stats=stats, producer=PRODUCER
+            path=path,
+            is_rejects=f.is_rejects,
+            ranges=ranges,
+            stats=stats,
+            producer=PRODUCER,
+            metadata=dict(metadata),
+            versions=versions,
         )
 
     def finish(
@@ -433,6 +529,7 @@ class OutputFile:
     stats: dict[str, Any]
     producer: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # the footer's e5_embed settings
+    versions: dict[str, str] = field(default_factory=dict)  # source -> its version key when read
 
 
 @dataclass(frozen=True)

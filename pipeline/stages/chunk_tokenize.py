@@ -188,6 +188,7 @@ class _Builder:
                 batch["source"],
                 batch["row"],
                 pa.array(reasons, pa.string()),
+                batch["text_hash"],
                 per_row(windows_ids),
                 per_row(pa.array(np.asarray(self.starts, dtype=np.int64))),
                 per_row(pa.array(np.asarray(self.ends, dtype=np.int64))),

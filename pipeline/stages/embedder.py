@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from pipeline.flags import PREFIXES
 from pipeline.io import schemas
 from pipeline.io.sink import explode_windows
+from pipeline.io.text_hash import text_hashes
 from pipeline.stages.chunk_tokenize import ChunkTokenizeStage
 from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.encode import EncodeStage
@@ -29,15 +30,20 @@ def records_table(
     source: str = "in-process",
     rejects: Sequence[str | None] | None = None,
     titles: Sequence[str | None] | None = None,
+    prefix: str = "",
 ) -> pa.Table:
-    """A RECORDS table for ``texts`` (row i, id ``str(i)``), as the reader would make it."""
+    """A RECORDS table for ``texts`` (row i, id ``str(i)``), as the reader would make it; with
+    ``titles``, as a chunked run's reader (title apart). ``prefix`` goes into each ``text_hash``."""
     n = len(texts)
+    reasons = list(rejects) if rejects is not None else [None] * n
+    kept = [None if r is not None else t for t, r in zip(texts, reasons)]
     return pa.Table.from_pydict(
         {
             "id": [str(i) for i in range(n)],
             "source": [source] * n,
             "row": list(range(n)),
-            "reject_reason": list(rejects) if rejects is not None else [None] * n,
+            "reject_reason": reasons,
+            "text_hash": text_hashes(prefix, kept, None if titles is None else [t or "" for t in titles]),
             "text": list(texts),
             "title": list(titles) if titles is not None else [None] * n,
         },
@@ -84,7 +90,7 @@ class Embedder:
         return self.encoder.dim
 
     def tokenize(self, texts: Sequence[str]) -> pa.Table:
-        return self.tokenizer(records_table(texts))
+        return self.tokenizer(records_table(texts, prefix=self.prefix))
 
     def encode_tokens(self, tokens: pa.Table) -> pa.Table:
         return self.encoder(tokens)
@@ -100,7 +106,7 @@ class Embedder:
         stage = self._chunkers.get(chunk)
         if stage is None:
             stage = self._chunkers[chunk] = ChunkTokenizeStage(model=self.source, prefix=self.prefix, chunk=chunk)
-        encoded = self.encoder(stage(records_table(texts, titles=titles)))
+        encoded = self.encoder(stage(records_table(texts, titles=titles or [None] * len(texts), prefix=self.prefix)))
         rows = explode_windows(
             encoded.filter(pc.is_null(encoded["reject_reason"])),
             schemas.chunk_output_schema(self.dim, self.encoder.output_dtype),

@@ -154,6 +154,7 @@ class EncodeStage:
                 batch["source"],
                 batch["row"],
                 batch["reject_reason"],
+                batch["text_hash"],
                 embedding,
                 batch["n_tokens"],
                 batch["truncated"],

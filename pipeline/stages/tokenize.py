@@ -71,6 +71,7 @@ class TokenizeStage:
                 batch["source"],
                 batch["row"],
                 batch["reject_reason"],
+                batch["text_hash"],
                 input_ids,
                 pa.array(np.where(ok, lengths, 0), pa.int32()),
                 pa.array(trunc),

@@ -231,8 +231,9 @@ def test_within_file_duplicate_rows_are_repaired_on_rerun(ray_cluster, tmp_path,
     table = pq.read_table(victim)
     doubled = pa.concat_tables([table, table.slice(1, 1)]).replace_schema_metadata(None)
     metadata = json.loads(table.schema.metadata[b"e5_embed"])
+    versions = json.loads(table.schema.metadata[b"e5_embed_versions"])
     victim.unlink()
-    put_file(Storage(str(out)), "", doubled, metadata, file_stats(doubled))
+    put_file(Storage(str(out)), "", doubled, metadata, file_stats(doubled), versions)
     (out / "_SUCCESS").unlink()
     summary = run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=5))
     assert summary.status == "complete"

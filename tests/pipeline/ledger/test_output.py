@@ -5,9 +5,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.io import coverage, schemas
-from pipeline.io.sink import file_stats, put_file
+from pipeline.io.sink import file_stats
+from pipeline.io.sink import put_file as _put_file
 from pipeline.io.storage import Storage
 from pipeline.ledger.output import OutputState
+
+
+def put_file(storage, folder, table, metadata, stats):
+    """Publish a test file whose every source is at version ``1:v``."""
+    return _put_file(storage, folder, table, metadata, stats, {s: "1:v" for s in set(table["source"].to_pylist())})
 
 
 def data_table(source, rows, dim=4):
@@ -21,6 +27,7 @@ def data_table(source, rows, dim=4):
             pa.array([False] * n),
             pa.array([source] * n),
             pa.array(rows, pa.int64()),
+            pa.array([bytes([r % 256]) * 16 for r in rows], pa.binary(16)),
         ],
         schema=schemas.output_schema(dim),
     )
@@ -42,6 +49,7 @@ def chunk_table(source, rows, windows=3, dim=4):
             pa.array([False] * n),
             pa.array([source] * n),
             pa.array([r for r, _ in keys], pa.int64()),
+            pa.array([bytes([r % 256]) * 16 for r, _ in keys], pa.binary(16)),
         ],
         schema=schemas.chunk_output_schema(dim),
     )
@@ -204,6 +212,13 @@ def test_the_fence_runs_before_each_file_a_write_task_publishes(tmp_path):
     table = data_table("s", list(range(8))).append_column("reject_reason", pa.nulls(8, pa.string()))
     with pytest.raises(LeaseLost):
         write_rows(
-            Storage(str(tmp_path)), table, metadata={}, dim=4, output_dtype="float32", rows_per_file=2, fence=fence
+            Storage(str(tmp_path)),
+            table,
+            metadata={},
+            dim=4,
+            output_dtype="float32",
+            rows_per_file=2,
+            versions={"s": "1:v"},
+            fence=fence,
         )
     assert len(list(tmp_path.glob("part-*.parquet"))) == 1

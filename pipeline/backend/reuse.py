@@ -1,0 +1,143 @@
+"""Carrying vectors over instead of encoding again (``--update``, ``--reuse-from``).
+
+A record whose ``text_hash`` equals that of a row already embedded under the same model identity
+gets that row's vector: the model would read the same bytes. The match is a Ray Data hash join
+on ``text_hash`` (partitioned on the cluster; nothing is collected on the driver):
+
+    records of the shards to read ─(id, source, row, text_hash)─┐
+                                                                 ├─ inner join ─▶ data files
+    rows of the pool files ─(text_hash, embedding, n_tokens, truncated)─┘
+
+The carried rows are written as ordinary data files (coverage, versions and counters in their
+footers, behind the lease fence), so the pipeline that follows skips them like any done row and
+encodes only what found no match. A crash part-way leaves only complete files: the rerun joins
+what is still missing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from pipeline.backend.datasink import EmbeddingDatasink
+from pipeline.backend.datasource import ShardDatasource
+from pipeline.io.storage import Storage
+from pipeline.ledger.reuse import PoolFile
+
+POOL_COLUMNS = ("text_hash", "embedding", "n_tokens", "truncated")
+KEY_COLUMNS = ("id", "source", "row", "text_hash")
+ROWS_PER_JOIN_PARTITION = 2_000_000
+FILES_PER_POOL_TASK = 8
+
+
+def _pool_rows(storage_options: Mapping[str, Any], files: Sequence[PoolFile], embedding_type: pa.DataType) -> pa.Table:
+    """One read task: the pool rows of ``files``, one per text_hash."""
+    tables = []
+    for pool_file in files:
+        storage = Storage(pool_file.uri, storage_options)
+        with storage.open(pool_file.path) as f:
+            table = pq.read_table(f, columns=[*POOL_COLUMNS, "source"])
+        if pool_file.sources is not None:
+            table = table.filter(pc.is_in(table["source"], pa.array(pool_file.sources, pa.string())))
+        tables.append(table.select(list(POOL_COLUMNS)).cast(_pool_schema(embedding_type)))
+    table = pa.concat_tables(tables) if tables else _pool_schema(embedding_type).empty_table()
+    return table.take(pa.array(_first_of_each(table["text_hash"]), pa.int64()))
+
+
+def _first_of_each(column: pa.ChunkedArray) -> np.ndarray:
+    """Indices of the first row of each distinct fixed-width binary value."""
+    if len(column) == 0:
+        return np.zeros(0, dtype=np.int64)
+    array = column.combine_chunks()
+    width = array.type.byte_width
+    raw = np.frombuffer(array.buffers()[1], dtype=np.uint8)[array.offset * width : (array.offset + len(array)) * width]
+    _, first = np.unique(raw.reshape(-1, width).view(f"V{width}").ravel(), return_index=True)
+    return np.sort(first)
+
+
+def _pool_schema(embedding_type: pa.DataType) -> pa.Schema:
+    from pipeline.io.text_hash import TEXT_HASH_TYPE
+
+    return pa.schema(
+        [
+            pa.field("text_hash", TEXT_HASH_TYPE),
+            pa.field("embedding", embedding_type),
+            pa.field("n_tokens", pa.int32()),
+            pa.field("truncated", pa.bool_()),
+        ]
+    )
+
+
+@dataclass
+class PoolDatasource(Datasource):
+    """Ray Data datasource over pool files (groups of ``FILES_PER_POOL_TASK`` per read task)."""
+
+    files: Sequence[PoolFile]
+    storage_options: Mapping[str, Any]
+    embedding_type: pa.DataType
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_name(self) -> str:
+        return "ReadReusePool"
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None):
+        tasks = []
+        for start in range(0, len(self.files), FILES_PER_POOL_TASK):
+            group = tuple(self.files[start : start + FILES_PER_POOL_TASK])
+            args = (dict(self.storage_options), group, self.embedding_type)
+            meta = BlockMetadata(
+                num_rows=None, size_bytes=None, exec_stats=None, input_files=tuple(f.path for f in group)
+            )
+            tasks.append(
+                ReadTask(
+                    lambda a=args: [_pool_rows(*a)],
+                    meta,
+                    schema=_pool_schema(self.embedding_type),
+                    per_task_row_limit=per_task_row_limit,
+                )
+            )
+        return tasks
+
+
+def _keys(batch: pa.Table) -> pa.Table:
+    """The join's left side: records (not rejects) by their fingerprint."""
+    return batch.filter(pc.is_null(batch["reject_reason"])).select(list(KEY_COLUMNS))
+
+
+def _one_row_each(batch: pa.Table) -> pa.Table:
+    """Joined rows as the sink takes them: one per input row (a record whose text several pool rows
+    share is matched once per pool row), with the reject_reason the sink expects."""
+    if batch.num_rows == 0:
+        return batch.append_column("reject_reason", pa.nulls(0, pa.string()))
+    batch = batch.sort_by([("source", "ascending"), ("row", "ascending")])
+    source, row = batch["source"].to_numpy(zero_copy_only=False), batch["row"].to_numpy()
+    keep = np.ones(batch.num_rows, dtype=bool)
+    keep[1:] = (source[1:] != source[:-1]) | (row[1:] != row[:-1])
+    batch = batch.filter(pa.array(keep))
+    return batch.append_column("reject_reason", pa.nulls(batch.num_rows, pa.string()))
+
+
+def carry_over(*, records: ShardDatasource, pool: PoolDatasource, pool_rows: int, sink: EmbeddingDatasink) -> int:
+    """Write every record of ``records`` that matches a pool row, with that row's vector; the number
+    of rows written."""
+    import ray
+
+    if not pool.files or not records.shards:
+        return 0
+    keys = ray.data.read_datasource(records).map_batches(_keys, batch_format="pyarrow")
+    vectors = ray.data.read_datasource(pool)
+    partitions = max(1, min(200, math.ceil(pool_rows / ROWS_PER_JOIN_PARTITION)))
+    joined = keys.join(vectors, join_type="inner", num_partitions=partitions, on=("text_hash",))
+    joined.map_batches(_one_row_each, batch_format="pyarrow", batch_size=None).write_datasink(sink)
+    return sink.totals.rows_written

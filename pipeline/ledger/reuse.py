@@ -1,0 +1,80 @@
+"""Where carried-over vectors may come from (``--update``, ``--reuse-from``): pure bookkeeping.
+
+A pool file lends the vectors of its rows (all of them, or those of some sources) to records of
+equal ``text_hash``. Another output lends only if it was made with the same model identity and
+the same way of running it (``VECTOR_KEYS``: model digest, prefix, pooling, max length, dtypes,
+chunking, the text_hash scheme) — checked on its manifest and on every file's footer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import UsageError
+from pipeline.io.storage import Storage, normalize_uri, safe_uri
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PoolFile:
+    """A data file whose rows may lend their vectors: all of them, or only those of ``sources``."""
+
+    uri: str  # the output the file is in (a storage root)
+    path: str  # the file, as that storage names it
+    rows: int
+    sources: tuple[str, ...] | None = None  # None: every row
+
+
+def reuse_from_pool(
+    uris: Sequence[str],
+    output: str,
+    storage_options: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    vector_keys: Sequence[str],
+) -> list[PoolFile]:
+    """Every data file of the ``--reuse-from`` outputs, after checking each was made compatibly."""
+    from pipeline.ledger.manifest import Manifest
+    from pipeline.ledger.output import OutputState
+
+    pool: list[PoolFile] = []
+    for uri in uris:
+        if normalize_uri(uri) == normalize_uri(output):
+            raise UsageError(
+                f"--reuse-from {safe_uri(uri)} is the --output itself; --update brings an output up to date"
+            )
+        storage = Storage(uri, storage_options)
+        try:
+            manifest = Manifest.load(storage)
+        except UsageError:
+            raise
+        except Exception as e:
+            raise UsageError(f"cannot read --reuse-from {safe_uri(uri)}: {type(e).__name__}: {e}") from e
+        if manifest is None:
+            raise UsageError(f"--reuse-from {safe_uri(uri)} is not an e5-embed output (no _manifest.json)")
+        files = [f for f in OutputState(storage).scan() if not f.is_rejects]
+        for where, made in [("it", manifest.metadata)] + [(storage.display(f.path), f.metadata) for f in files]:
+            _check_compatible(uri, where, made, metadata, vector_keys)
+        pool += [PoolFile(uri=storage.uri, path=f.path, rows=int(f.stats.get("rows", 0))) for f in files]
+        logger.info("--reuse-from %s: %d data file(s) may lend their vectors", safe_uri(uri), len(files))
+    return pool
+
+
+def _check_compatible(
+    uri: str, where: str, made: Mapping[str, Any], metadata: Mapping[str, Any], vector_keys: Sequence[str]
+) -> None:
+    if not made.get("text_hash"):
+        raise UsageError(
+            f"--reuse-from {safe_uri(uri)}: {where} was made before rows carried a text_hash, so its vectors "
+            "cannot be matched to texts; it cannot be a reuse source (embed it again, or leave it out)"
+        )
+    differ = [k for k in vector_keys if made.get(k) != metadata.get(k)]
+    if differ:
+        diffs = "; ".join(f"{k}: {made.get(k)!r} (this run: {metadata.get(k)!r})" for k in differ)
+        raise UsageError(
+            f"--reuse-from {safe_uri(uri)}: {where} was made with other settings ({diffs}); its vectors are "
+            "not this run's"
+        )

@@ -1,0 +1,150 @@
+"""Keeping an output in step with a corpus that changes: --update and --reuse-from re-embed only
+what changed and end exactly where a fresh run on the current corpus would. Real local Ray,
+real weights, in-process runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+
+from pipeline.config import JobConfig
+from pipeline.errors import JobError, UsageError
+from pipeline.runner import run_job
+
+pytestmark = pytest.mark.integration
+
+
+def write_docs(folder: Path, docs: dict[str, list[tuple[str, str]]]) -> None:
+    """``{shard name: [(id, text), ...]}`` as JSONL shards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in docs.items():
+        (folder / name).write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in rows))
+
+
+def corpus_v1() -> dict[str, list[tuple[str, str]]]:
+    return {
+        f"s{s}.jsonl": [(f"d{s}-{i}", f"document {s} {i} about topic {i % 7}") for i in range(20)] for s in range(3)
+    }
+
+
+def corpus_v2() -> dict[str, list[tuple[str, str]]]:
+    """s0 unchanged; s1 with 2 edited, 1 deleted and 2 added records; s2 gone; s3 new."""
+    v1 = corpus_v1()
+    s1 = [(i, t + " (edited)" if i in ("d1-3", "d1-4") else t) for i, t in v1["s1.jsonl"] if i != "d1-7"]
+    s1 += [("d1-new-0", "a new record"), ("d1-new-1", "another new record")]
+    return {"s0.jsonl": v1["s0.jsonl"], "s1.jsonl": s1, "s3.jsonl": [(f"d3-{i}", f"fresh {i}") for i in range(5)]}
+
+
+def change_to_v2(corpus: Path) -> None:
+    """s0 untouched, s1 rewritten, s2 deleted, s3 added."""
+    (corpus / "s2.jsonl").unlink()
+    write_docs(corpus, {k: v for k, v in corpus_v2().items() if k != "s0.jsonl"})
+
+
+def vectors(out: Path) -> dict[str, np.ndarray]:
+    table = pads.dataset(str(out), format="parquet").to_table(columns=["id", "embedding", "text_hash"])
+    ids = table["id"].to_pylist()
+    assert len(ids) == len(set(ids)), "an id twice"
+    emb = np.asarray(table["embedding"].to_pylist(), dtype=np.float32)
+    return dict(zip(ids, emb))
+
+
+def config(corpus: Path, out: Path, model: str, **kw) -> JobConfig:
+    return JobConfig(inputs=(str(corpus),), output=str(out), model=model, progress=False, rows_per_file=16, **kw)
+
+
+def assert_same_output(got: Path, want: Path) -> None:
+    a, b = vectors(got), vectors(want)
+    assert sorted(a) == sorted(b)
+    cos = np.array([float(a[k] @ b[k]) for k in a])
+    assert cos.min() >= 0.9999, cos.min()
+
+
+def test_update_encodes_only_what_changed_and_ends_as_a_fresh_run(ray_cluster, tmp_path, minilm_path):
+    corpus, out, fresh = tmp_path / "corpus", tmp_path / "out", tmp_path / "fresh"
+    write_docs(corpus, corpus_v1())
+    assert run_job(config(corpus, out, minilm_path)).status == "complete"
+    change_to_v2(corpus)
+    with pytest.raises(UsageError, match=r"changed since they were embedded.*--update"):
+        run_job(config(corpus, out, minilm_path))
+
+    summary = run_job(config(corpus, out, minilm_path, update=True))
+    assert summary.status == "complete", summary
+    # encoded: 2 edited + 2 added in s1, 5 in the new s3; carried: s1's 17 unchanged records
+    assert summary.rows_embedded == 9 and summary.rows_reused == 17
+    assert summary.rows_removed == 3 + 20  # s1's edited (2) and deleted (1) rows, and all of vanished s2
+    run = json.loads((out / "_manifest.json").read_text())["runs"][-1]
+    assert (run["rows_embedded"], run["rows_reused"], run["rows_removed"]) == (9, 17, 23)
+    assert (out / "_SUCCESS").exists()
+
+    assert run_job(config(corpus, fresh, minilm_path)).status == "complete"
+    assert_same_output(out, fresh)
+    assert run_job(config(corpus, out, minilm_path, update=True)).status == "noop"
+
+
+def test_reuse_from_another_output_takes_vectors_for_a_resharded_corpus(ray_cluster, tmp_path, minilm_path):
+    old_corpus, old = tmp_path / "old-corpus", tmp_path / "old"
+    write_docs(old_corpus, corpus_v1())
+    assert run_job(config(old_corpus, old, minilm_path)).status == "complete"
+    # the same records and some new ones, re-sharded into two files under a new prefix
+    rows = [r for shard in corpus_v1().values() for r in shard] + [("n-0", "new text zero"), ("n-1", "new text one")]
+    new_corpus = tmp_path / "new-corpus"
+    write_docs(new_corpus, {"a.jsonl": rows[:31], "b.jsonl": rows[31:]})
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    summary = run_job(config(new_corpus, out, minilm_path, reuse_from=(str(old),)))
+    assert summary.status == "complete" and summary.rows_reused == 60 and summary.rows_embedded == 2
+    assert run_job(config(new_corpus, fresh, minilm_path)).status == "complete"
+    assert_same_output(out, fresh)
+    with pytest.raises(UsageError, match=r"--reuse-from .*other settings \(max_length"):
+        run_job(config(new_corpus, tmp_path / "o2", minilm_path, max_length=64, reuse_from=(str(old),)))
+
+
+@pytest.mark.parametrize("crash_at", ["carry_over", "remove_stale"])
+def test_a_crash_during_an_update_then_a_rerun_ends_exactly_once(
+    ray_cluster, tmp_path, minilm_path, monkeypatch, crash_at
+):
+    """Killed after the vectors were carried over (before encoding), or half-way through removing
+    the stale rows: no _SUCCESS; a plain rerun is refused (the footers show rows of the old
+    corpus); --update finishes with every current record exactly once and nothing stale left."""
+    from pipeline.ledger.output import OutputState
+
+    corpus, out, fresh = tmp_path / "corpus", tmp_path / "out", tmp_path / "fresh"
+    write_docs(corpus, corpus_v1())
+    assert run_job(config(corpus, out, minilm_path)).status == "complete"
+    change_to_v2(corpus)
+
+    if crash_at == "carry_over":
+        real = OutputState.plan_reads
+
+        def crash_after_carry(self, work, shards, files=None):
+            if files is None:  # the re-plan after the carry-over
+                raise KeyboardInterrupt("killed (injected) after the carry-over")
+            return real(self, work, shards, files)
+
+        monkeypatch.setattr(OutputState, "plan_reads", crash_after_carry)
+    else:
+        real = OutputState.remove_stale
+
+        def crash_mid_removal(self, work, metadata):
+            assert len(work.stale) >= 2
+            real(self, dataclasses.replace(work, stale=work.stale[:1]), metadata)  # the first file is done...
+            raise KeyboardInterrupt("killed (injected) mid-removal")  # ...then the process dies
+
+        monkeypatch.setattr(OutputState, "remove_stale", crash_mid_removal)
+    with pytest.raises((KeyboardInterrupt, JobError)):
+        run_job(config(corpus, out, minilm_path, update=True))
+    monkeypatch.undo()
+    assert not (out / "_SUCCESS").exists()
+    with pytest.raises(UsageError, match=r"as they were before a change \(or an --update that did not finish\)"):
+        run_job(config(corpus, out, minilm_path))
+    summary = run_job(config(corpus, out, minilm_path, update=True))
+    assert summary.status == "complete"
+    assert run_job(config(corpus, fresh, minilm_path)).status == "complete"
+    assert_same_output(out, fresh)
+    shutil.rmtree(fresh)
