@@ -310,6 +310,8 @@ def _carry_over(
         rows_per_file=config.rows_per_file,
         versions={s.path: s.version_key for s in work.shards},
         fence=lease.fence(),
+        telemetry=Telemetry(run_id=lease.run_id),  # metrics only: e5_embed_records{outcome="reused"}
+        outcome="reused",
     )
     records = ShardDatasource(
         shards=work.shards,

@@ -31,7 +31,9 @@ class EmbeddingDatasink(Datasink[dict]):
         versions: Mapping[str, str],
         fence: LeaseFence | None = None,
         telemetry: Telemetry | None = None,
+        outcome: str = "embedded",  # or "reused": rows carried over, counted apart
     ):
+        self.outcome = outcome
         self.telemetry = telemetry
         self.fence = fence  # a write task of a run that lost its lease writes nothing
         self.output_uri = output_uri
@@ -65,7 +67,7 @@ class EmbeddingDatasink(Datasink[dict]):
             fence=self.fence.check if self.fence else None,
         )
         if self.telemetry is not None:
-            self.telemetry.written(written)
+            self.telemetry.written(written, self.outcome)
         return written.to_dict()
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "e5_embed_input_records": ("input records read (shards read to their end)", ()),
     "e5_embed_input_bytes": ("input bytes read (shards read to their end)", ()),
-    "e5_embed_records": ("input records written, by outcome (embedded, rejected)", ("outcome",)),
+    "e5_embed_records": ("input records written, by outcome (embedded, rejected, reused)", ("outcome",)),
     "e5_embed_rejects": ("rejected records by kind of reason", ("kind",)),
     "e5_embed_tokens": ("tokens embedded (prefix and special tokens included)", ()),
     "e5_embed_windows": ("data rows written: one per record, one per window with --chunk-tokens", ()),
@@ -141,8 +141,13 @@ class Telemetry:
         self._inc("e5_embed_input_bytes", size)
         self._progress(read_rows=rows, read_bytes=size)
 
-    def written(self, counters) -> None:
-        """A write task's ``Counters``."""
+    def written(self, counters, outcome: str = "embedded") -> None:
+        """A write task's ``Counters``; ``outcome="reused"`` for rows whose vector was carried over
+        (counted apart: nothing was encoded for them)."""
+        if outcome == "reused":
+            self._inc("e5_embed_records", counters.rows_written, outcome="reused")
+            self._progress(reused=counters.rows_written)
+            return
         self._inc("e5_embed_records", counters.rows_written, outcome="embedded")
         self._inc("e5_embed_records", counters.rows_rejected, outcome="rejected")
         for kind, n in counters.reject_kinds.items():
