@@ -1,0 +1,54 @@
+"""Which outputs may lend their vectors (--reuse-from): only those made the same way, with text_hash."""
+
+import json
+
+import pytest
+
+from pipeline.config import JobConfig
+from pipeline.errors import UsageError
+from pipeline.io.sources import list_shards
+from pipeline.io.storage import Storage
+from pipeline.ledger.output import VECTOR_KEYS, OutputState, output_metadata
+from pipeline.ledger.reuse import reuse_from_pool
+from pipeline.stages.model import offline_info
+
+pytestmark = pytest.mark.unit
+
+
+def _output(tmp_path, name, **kw):
+    (tmp_path / "in").mkdir(exist_ok=True)
+    (tmp_path / "in" / "a.txt").write_text("x\n")
+    config = JobConfig(inputs=(str(tmp_path / "in"),), output=str(tmp_path / name), model="intfloat/e5-small-v2", **kw)
+    meta = output_metadata(config, offline_info("intfloat/e5-small-v2"), "git:" + "a" * 40)
+    OutputState(Storage(config.output)).prepare(config, meta, list_shards(config.inputs, {}))
+    return config, meta
+
+
+def test_a_reuse_source_made_before_text_hash_or_with_other_settings_is_refused(tmp_path):
+    config, meta = _output(tmp_path, "old")
+    assert reuse_from_pool([config.output], str(tmp_path / "new"), {}, meta, VECTOR_KEYS) == []  # compatible, empty
+    with pytest.raises(UsageError, match="is the --output itself"):
+        reuse_from_pool([config.output], config.output, {}, meta, VECTOR_KEYS)
+    _, other = _output(tmp_path, "other", max_length=128)
+    with pytest.raises(UsageError, match=r"other settings \(max_length: 512 \(this run: 128\)"):
+        reuse_from_pool([config.output], str(tmp_path / "new"), {}, other, VECTOR_KEYS)
+    manifest = tmp_path / "old" / "_manifest.json"
+    made = json.loads(manifest.read_text())
+    made["metadata"].pop("text_hash")  # as outputs were written before rows carried one
+    manifest.write_text(json.dumps(made))
+    with pytest.raises(UsageError, match="made before rows carried a text_hash"):
+        reuse_from_pool([config.output], str(tmp_path / "new"), {}, meta, VECTOR_KEYS)
+    with pytest.raises(UsageError, match="not an e5-embed output"):
+        reuse_from_pool([str(tmp_path / "in")], str(tmp_path / "new"), {}, meta, VECTOR_KEYS)
+
+
+def test_text_hash_is_what_the_model_reads():
+    import hashlib
+
+    from pipeline.io.text_hash import text_hash, text_hashes
+
+    assert text_hash("passage: ", "hello") == hashlib.blake2b(b"passage: hello", digest_size=16).digest()
+    assert text_hash("passage: ", "hello") != text_hash("query: ", "hello")
+    assert text_hash("passage: ", "b", title="a") != text_hash("passage: ", "ab", title="")
+    column = text_hashes("q: ", ["x", None])
+    assert column.type.byte_width == 16 and column.null_count == 1
