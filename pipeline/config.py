@@ -103,11 +103,6 @@ class JobConfig:
                 )
         if self.update and self.overwrite:
             raise UsageError("--update carries unchanged vectors over; --overwrite starts over: pass one of them")
-        if (self.update or self.reuse_from) and self.chunk_tokens is not None:
-            raise UsageError(
-                "--update and --reuse-from do not combine with --chunk-tokens yet (windows are not carried "
-                "over); rerun the chunked output with --overwrite"
-            )
         if not isinstance(self.storage_options, Mapping):
             raise UsageError("--storage-options must be a JSON object")
         object.__setattr__(self, "storage_options", dict(self.storage_options))

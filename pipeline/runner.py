@@ -301,6 +301,8 @@ def _carry_over(
         return 0
     from pipeline.backend.reuse import PoolDatasource, carry_over
 
+    chunked = config.chunk_tokens is not None
+
     sink = EmbeddingDatasink(
         output_uri=config.output,
         storage_options=config.storage_options,
@@ -323,6 +325,7 @@ def _carry_over(
             text_field=config.text_field,
             id_field=config.id_field,
             title_field=config.title_field,
+            title_apart=chunked,
             prefix=config.prefix_text,
         ),
     )
@@ -330,9 +333,16 @@ def _carry_over(
         files=pool,
         storage_options=config.storage_options,
         embedding_type=schemas.embedding_type(info.hidden_size, config.output_dtype),
+        chunked=chunked,
     )
     try:
-        carried = carry_over(records=records, pool=vectors, pool_rows=sum(f.rows for f in pool), sink=sink)
+        carried = carry_over(
+            records=records,
+            pool=vectors,
+            pool_rows=sum(f.rows for f in pool),
+            sink=sink,
+            record_schema=schemas.chunk_embedded_schema(info.hidden_size, config.output_dtype) if chunked else None,
+        )
     except Exception as e:
         if isinstance(e, LeaseLost) or lease.lost:
             raise LeaseLost(lease.lost or str(e)) from e

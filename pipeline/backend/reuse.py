@@ -34,47 +34,57 @@ from pipeline.io.storage import Storage
 from pipeline.ledger.reuse import PoolFile
 
 POOL_COLUMNS = ("text_hash", "embedding", "n_tokens", "truncated")
+WINDOW_COLUMNS = ("chunk", "char_start", "char_end")  # chunked outputs: one pool row per window
 KEY_COLUMNS = ("id", "source", "row", "text_hash")
 ROWS_PER_JOIN_PARTITION = 2_000_000
 FILES_PER_POOL_TASK = 8
 
 
-def _pool_rows(storage_options: Mapping[str, Any], files: Sequence[PoolFile], embedding_type: pa.DataType) -> pa.Table:
-    """One read task: the pool rows of ``files``, one per text_hash."""
+def _pool_rows(
+    storage_options: Mapping[str, Any], files: Sequence[PoolFile], embedding_type: pa.DataType, chunked: bool
+) -> pa.Table:
+    """One read task: the pool rows of ``files``, one per text_hash (per text_hash and window in
+    chunked outputs: a record's windows follow from its text and the chunk settings)."""
+    schema = _pool_schema(embedding_type, chunked)
     tables = []
     for pool_file in files:
         storage = Storage(pool_file.uri, storage_options)
         with storage.open(pool_file.path) as f:
-            table = pq.read_table(f, columns=[*POOL_COLUMNS, "source"])
+            table = pq.read_table(f, columns=[*schema.names, "source"])
         if pool_file.sources is not None:
             table = table.filter(pc.is_in(table["source"], pa.array(pool_file.sources, pa.string())))
-        tables.append(table.select(list(POOL_COLUMNS)).cast(_pool_schema(embedding_type)))
-    table = pa.concat_tables(tables) if tables else _pool_schema(embedding_type).empty_table()
-    return table.take(pa.array(_first_of_each(table["text_hash"]), pa.int64()))
+        tables.append(table.select(schema.names).cast(schema))
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    return table.take(pa.array(_first_of_each(table, chunked), pa.int64()))
 
 
-def _first_of_each(column: pa.ChunkedArray) -> np.ndarray:
-    """Indices of the first row of each distinct fixed-width binary value."""
-    if len(column) == 0:
+def _first_of_each(table: pa.Table, chunked: bool) -> np.ndarray:
+    """Indices of the first row of each distinct text_hash (and chunk)."""
+    if table.num_rows == 0:
         return np.zeros(0, dtype=np.int64)
-    array = column.combine_chunks()
+    array = table["text_hash"].combine_chunks()
     width = array.type.byte_width
     raw = np.frombuffer(array.buffers()[1], dtype=np.uint8)[array.offset * width : (array.offset + len(array)) * width]
-    _, first = np.unique(raw.reshape(-1, width).view(f"V{width}").ravel(), return_index=True)
+    keys = raw.reshape(-1, width)
+    if chunked:
+        chunk = table["chunk"].to_numpy().astype("<i4").view(np.uint8).reshape(-1, 4)
+        keys = np.concatenate([keys, chunk], axis=1)
+    _, first = np.unique(np.ascontiguousarray(keys).view(f"V{keys.shape[1]}").ravel(), return_index=True)
     return np.sort(first)
 
 
-def _pool_schema(embedding_type: pa.DataType) -> pa.Schema:
+def _pool_schema(embedding_type: pa.DataType, chunked: bool = False) -> pa.Schema:
     from pipeline.io.text_hash import TEXT_HASH_TYPE
 
-    return pa.schema(
-        [
-            pa.field("text_hash", TEXT_HASH_TYPE),
-            pa.field("embedding", embedding_type),
-            pa.field("n_tokens", pa.int32()),
-            pa.field("truncated", pa.bool_()),
-        ]
-    )
+    fields = [
+        pa.field("text_hash", TEXT_HASH_TYPE),
+        pa.field("embedding", embedding_type),
+        pa.field("n_tokens", pa.int32()),
+        pa.field("truncated", pa.bool_()),
+    ]
+    if chunked:
+        fields += [pa.field("chunk", pa.int32()), pa.field("char_start", pa.int64()), pa.field("char_end", pa.int64())]
+    return pa.schema(fields)
 
 
 @dataclass
@@ -84,6 +94,7 @@ class PoolDatasource(Datasource):
     files: Sequence[PoolFile]
     storage_options: Mapping[str, Any]
     embedding_type: pa.DataType
+    chunked: bool = False  # the pool files hold one row per window (--chunk-tokens)
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -95,7 +106,7 @@ class PoolDatasource(Datasource):
         tasks = []
         for start in range(0, len(self.files), FILES_PER_POOL_TASK):
             group = tuple(self.files[start : start + FILES_PER_POOL_TASK])
-            args = (dict(self.storage_options), group, self.embedding_type)
+            args = (dict(self.storage_options), group, self.embedding_type, self.chunked)
             meta = BlockMetadata(
                 num_rows=None, size_bytes=None, exec_stats=None, input_files=tuple(f.path for f in group)
             )
@@ -103,7 +114,7 @@ class PoolDatasource(Datasource):
                 ReadTask(
                     lambda a=args: [_pool_rows(*a)],
                     meta,
-                    schema=_pool_schema(self.embedding_type),
+                    schema=_pool_schema(self.embedding_type, self.chunked),
                     per_task_row_limit=per_task_row_limit,
                 )
             )
@@ -128,9 +139,45 @@ def _one_row_each(batch: pa.Table) -> pa.Table:
     return batch.append_column("reject_reason", pa.nulls(batch.num_rows, pa.string()))
 
 
-def carry_over(*, records: ShardDatasource, pool: PoolDatasource, pool_rows: int, sink: EmbeddingDatasink) -> int:
-    """Write every record of ``records`` that matches a pool row, with that row's vector; the number
-    of rows written."""
+def _windows_as_records(batch: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Chunked runs: joined window rows back into one row per record with its windows as lists
+    (``schema``: ``schemas.chunk_embedded_schema``), as the encode stage hands them to the sink.
+    A record whose text several pool records share gets each window once."""
+    if batch.num_rows == 0:
+        return schema.empty_table()
+    batch = batch.sort_by([("source", "ascending"), ("row", "ascending"), ("chunk", "ascending")])
+    source, row = batch["source"].to_numpy(zero_copy_only=False), batch["row"].to_numpy()
+    chunk = batch["chunk"].to_numpy()
+    new_record = np.ones(batch.num_rows, dtype=bool)
+    new_record[1:] = (source[1:] != source[:-1]) | (row[1:] != row[:-1])
+    keep = new_record | np.concatenate([[True], chunk[1:] != chunk[:-1]])
+    batch, new_record = batch.filter(pa.array(keep)), new_record[keep]
+    starts = np.flatnonzero(new_record)
+    offsets = pa.array(np.append(starts, batch.num_rows).astype(np.int32))
+    first = pa.array(starts, pa.int64())
+
+    def windows(name: str) -> pa.Array:
+        return pa.ListArray.from_arrays(offsets, batch[name].combine_chunks())
+
+    columns = {
+        **{n: batch[n].take(first) for n in ("id", "source", "row", "text_hash", "truncated")},
+        "reject_reason": pa.nulls(len(starts), pa.string()),
+        **{n: windows(n) for n in ("embedding", "char_start", "char_end", "n_tokens")},
+    }
+    return pa.Table.from_arrays([columns[n] for n in schema.names], schema=schema)
+
+
+def carry_over(
+    *,
+    records: ShardDatasource,
+    pool: PoolDatasource,
+    pool_rows: int,
+    sink: EmbeddingDatasink,
+    record_schema: pa.Schema | None = None,
+) -> int:
+    """Write every record of ``records`` that matches a pool row, with that row's vector (chunked
+    runs: all its windows, ``record_schema`` being the encode stage's output); the number of
+    records written."""
     import ray
 
     if not pool.files or not records.shards:
@@ -139,5 +186,11 @@ def carry_over(*, records: ShardDatasource, pool: PoolDatasource, pool_rows: int
     vectors = ray.data.read_datasource(pool)
     partitions = max(1, min(200, math.ceil(pool_rows / ROWS_PER_JOIN_PARTITION)))
     joined = keys.join(vectors, join_type="inner", num_partitions=partitions, on=("text_hash",))
-    joined.map_batches(_one_row_each, batch_format="pyarrow", batch_size=None).write_datasink(sink)
+    if pool.chunked:
+        joined = joined.map_batches(
+            _windows_as_records, fn_kwargs={"schema": record_schema}, batch_format="pyarrow", batch_size=None
+        )
+    else:
+        joined = joined.map_batches(_one_row_each, batch_format="pyarrow", batch_size=None)
+    joined.write_datasink(sink)
     return sink.totals.rows_written

@@ -125,6 +125,18 @@ def test_chunked_local_run_keeps_the_contract_and_its_settings(ray_cluster, tmp_
     with pytest.raises(UsageError, match="different settings.*chunking"):
         run_job(JobConfig(**{**base, "chunk_tokens": None}))  # a truncating run cannot extend it either
 
+    # --update: b.jsonl rewritten with doc-12's title changed (the title is part of what the model
+    # reads, so of its text_hash) and doc-13 deleted; every window of the 10 unchanged records is
+    # carried over, doc-12 is windowed and encoded again
+    changed = [dict(r, title="Document number 12, renamed") if r["id"] == "doc-12" else r for r in records]
+    changed = [r for r in changed if r["id"] != "doc-13"]
+    write_jsonl(tmp_path / "corpus" / "b.jsonl", changed[12:])
+    summary = run_job(JobConfig(**base, update=True))
+    assert (summary.status, summary.rows_embedded, summary.rows_reused, summary.rows_rejected) == ("complete", 1, 10, 1)
+    files = sorted(out.glob("part-*.parquet"))
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    check_chunked_output(table, changed, minilm_path, tokens=128)
+
 
 @pytest.mark.integration
 def test_chunked_s3_run_keeps_the_contract(ray_cluster, s3fs_client, bucket, minilm_path):

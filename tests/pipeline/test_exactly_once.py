@@ -309,8 +309,9 @@ def test_a_model_changed_between_crash_and_resume_is_refused(ray_cluster, tmp_pa
 @pytest.mark.integration
 def test_damaged_bookkeeping_is_named_and_overwrite_recovers(ray_cluster, tmp_path, minilm_path, caplog):
     """A truncated manifest, shard record or lease file: a plain rerun exits 2 naming the file and
-    the way out, and --overwrite recovers. A deleted manifest does not hide mixed settings: the
-    footers are checked, and with the same settings the manifest is rebuilt from them."""
+    the way out, and --overwrite recovers. A deleted manifest does not hide mixed settings (another
+    --prefix is refused): the footers are checked, and with the same settings the manifest is rebuilt
+    from them. A rerun of the complete output is a no-op."""
     ids = write_corpus(tmp_path / "corpus", shards=2, per_shard=12)
     out = tmp_path / "out"
 
@@ -343,4 +344,7 @@ def test_damaged_bookkeeping_is_named_and_overwrite_recovers(ray_cluster, tmp_pa
         run()
     assert run(overwrite=True).status == "complete"
     assert_exactly(out, ids)
-    assert json.loads(manifest.read_text())["complete"] is True
+    made = json.loads(manifest.read_text())
+    assert made["complete"] is True and len(made["runs"]) == 1  # --overwrite starts the history over
+    again = run()
+    assert again.status == "noop" and "already complete" in again.line()

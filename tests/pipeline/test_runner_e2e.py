@@ -9,7 +9,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import JobConfig
-from pipeline.errors import UsageError
 from pipeline.io import schemas
 from pipeline.runner import run_job
 from tests.reference import reference_embeddings
@@ -111,21 +110,6 @@ def test_downstream_duckdb_reads_local_output(ray_cluster, tmp_path, minilm_path
     assert pq.read_schema(next(out.glob("part-*.parquet"))).field("embedding").type == schemas.embedding_type(
         384, "float16"
     )
-
-
-@pytest.mark.integration
-def test_rerun_of_complete_output_is_a_noop_and_settings_cannot_mix(ray_cluster, tmp_path, minilm_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    (corpus / "a.jsonl").write_text("".join(json.dumps({"id": i, "text": f"t {i}"}) + "\n" for i in range(10)))
-    base = dict(inputs=(str(corpus),), output=str(tmp_path / "out"), model=minilm_path, progress=False)
-    assert run_job(JobConfig(**base)).status == "complete"
-    again = run_job(JobConfig(**base))
-    assert again.status == "noop" and "already complete" in again.line()
-    with pytest.raises(UsageError, match="different settings.*prefix"):
-        run_job(JobConfig(**base, prefix="query"))
-    assert run_job(JobConfig(**base, prefix="query", overwrite=True)).rows_embedded == 10
-    assert len(json.loads((tmp_path / "out" / "_manifest.json").read_text())["runs"]) == 1
 
 
 @pytest.mark.rehearsal

@@ -85,46 +85,39 @@ def assert_as_fresh(out: Path, corpus: Path, embedder) -> None:
 
 
 @pytest.mark.integration
-def test_update_encodes_only_what_changed_and_ends_as_a_fresh_run(ray_cluster, tmp_path, minilm_path, embedder):
+def test_reuse_from_then_update_encode_only_what_changed_and_end_as_a_fresh_run(
+    ray_cluster, tmp_path, minilm_path, embedder
+):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     write_docs(corpus, corpus_v1())
     assert run_job(config(corpus, out, minilm_path)).status == "complete"
+
+    # --reuse-from: the same records and two new ones, re-sharded into two files under a new prefix
+    rows = [r for shard in corpus_v1().values() for r in shard] + [("n-0", "new text zero"), ("n-1", "new text one")]
+    new_corpus, reused = tmp_path / "new-corpus", tmp_path / "reused"
+    write_docs(new_corpus, {"a.jsonl": rows[:31], "b.jsonl": rows[31:]})
+    summary = run_job(config(new_corpus, reused, minilm_path, reuse_from=(str(out),)))
+    assert summary.status == "complete" and summary.rows_reused == 60 and summary.rows_embedded == 2
+    assert_as_fresh(reused, new_corpus, embedder)
+
+    # --update: the corpus changes under the first output
     change_to_v2(corpus)
     with pytest.raises(UsageError, match=r"changed since they were embedded.*--update"):
         run_job(config(corpus, out, minilm_path))
-
     summary = run_job(config(corpus, out, minilm_path, update=True))
     assert summary.status == "complete", summary
     # encoded: 2 edited + 2 added in s1, 5 in the new s3; carried: s1's 17 unchanged records
     assert summary.rows_embedded == 9 and summary.rows_reused == 17
     # s1's edited (2) and deleted (1) rows and its reject (read again: rejected again), all of vanished s2
     assert summary.rows_removed == 3 + 1 + 20 and summary.rows_rejected == 1
+    assert "17 reused, 24 removed" in summary.line()
     run = json.loads((out / "_manifest.json").read_text())["runs"][-1]
     assert (run["rows_embedded"], run["rows_reused"], run["rows_removed"]) == (9, 17, 24)
     assert (out / "_SUCCESS").exists()
     rejects = pads.dataset(str(out / "_rejects"), format="parquet").to_table().to_pylist()
     assert [r["id"] for r in rejects] == ["blank"] and rejects[0]["row"] == 19  # its row in the new s1
-
-    assert "17 reused, 24 removed" in summary.line()
     assert_as_fresh(out, corpus, embedder)
     assert run_job(config(corpus, out, minilm_path, update=True)).status == "noop"
-
-
-@pytest.mark.integration
-def test_reuse_from_another_output_takes_vectors_for_a_resharded_corpus(ray_cluster, tmp_path, minilm_path, embedder):
-    old_corpus, old = tmp_path / "old-corpus", tmp_path / "old"
-    write_docs(old_corpus, corpus_v1())
-    assert run_job(config(old_corpus, old, minilm_path)).status == "complete"
-    # the same records and some new ones, re-sharded into two files under a new prefix
-    rows = [r for shard in corpus_v1().values() for r in shard] + [("n-0", "new text zero"), ("n-1", "new text one")]
-    new_corpus = tmp_path / "new-corpus"
-    write_docs(new_corpus, {"a.jsonl": rows[:31], "b.jsonl": rows[31:]})
-    out = tmp_path / "out"
-    summary = run_job(config(new_corpus, out, minilm_path, reuse_from=(str(old),)))
-    assert summary.status == "complete" and summary.rows_reused == 60 and summary.rows_embedded == 2
-    assert_as_fresh(out, new_corpus, embedder)
-    with pytest.raises(UsageError, match=r"--reuse-from .*other settings \(max_length"):
-        run_job(config(new_corpus, tmp_path / "o2", minilm_path, max_length=64, reuse_from=(str(old),)))
 
 
 @pytest.mark.e2e  # a kill scenario (in-process, injected): with the other kills, outside `make test`
