@@ -269,7 +269,7 @@ def _run_leased(
             plan = _plan(config, info)
         run.plan = plan.to_dict()
         with phases("carry_over"):
-            run.rows_reused = _carry_over(config, info, metadata, work, lease, state, shards, plan)
+            run.rows_reused = _carry_over(config, info, metadata, work, lease, state, shards)
         with phases("embed"):
             written = _embed(config, plan, model, info, metadata, work, lease, run, state, phases)
         with phases("remove_stale"):
@@ -290,7 +290,6 @@ def _carry_over(
     lease: Lease,
     state: OutputState,
     shards: list[Shard],
-    plan: ResourcePlan,
 ) -> int:
     """--update / --reuse-from: write the records whose text_hash matches a pool row with that
     row's vector, then re-plan the reads so the pipeline encodes only the rest. Rows carried."""
@@ -302,33 +301,9 @@ def _carry_over(
     from pipeline.backend.reuse import PoolDatasource, carry_over
 
     chunked = config.chunk_tokens is not None
-
-    sink = EmbeddingDatasink(
-        output_uri=config.output,
-        storage_options=config.storage_options,
-        metadata=metadata,
-        dim=info.hidden_size,
-        output_dtype=config.output_dtype,
-        rows_per_file=config.rows_per_file,
-        versions={s.path: s.version_key for s in work.shards},
-        fence=lease.fence(),
-        telemetry=Telemetry(run_id=lease.run_id),  # metrics only: e5_embed_records{outcome="reused"}
-        outcome="reused",
-    )
-    records = ShardDatasource(
-        shards=work.shards,
-        storage_options=config.storage_options,
-        rows_per_block=config.rows_per_block,
-        skip=work.skip,
-        max_record_bytes=config.max_record_bytes,
-        fields=FieldSpec(
-            text_field=config.text_field,
-            id_field=config.id_field,
-            title_field=config.title_field,
-            title_apart=chunked,
-            prefix=config.prefix_text,
-        ),
-    )
+    # metrics only (no progress actor): e5_embed_records{outcome="reused"}
+    sink = _sink(config, info, metadata, work, lease, Telemetry(run_id=lease.run_id), outcome="reused")
+    records = _records(config, work)
     vectors = PoolDatasource(
         files=pool,
         storage_options=config.storage_options,
@@ -354,6 +329,54 @@ def _carry_over(
     )
     state.plan_reads(work, shards)
     return carried
+
+
+def _sink(
+    config: JobConfig,
+    info: ModelInfo,
+    metadata: dict[str, Any],
+    work: Work,
+    lease: Lease,
+    telemetry: Telemetry,
+    outcome: str = "embedded",
+) -> EmbeddingDatasink:
+    """Where a pass over ``work.shards`` writes: data files behind the lease fence, each recording
+    the versions of the shards it holds rows of."""
+    return EmbeddingDatasink(
+        output_uri=config.output,
+        storage_options=config.storage_options,
+        metadata=metadata,
+        dim=info.hidden_size,
+        output_dtype=config.output_dtype,
+        rows_per_file=config.rows_per_file,
+        versions={s.path: s.version_key for s in work.shards},
+        fence=lease.fence(),
+        telemetry=telemetry,
+        outcome=outcome,
+    )
+
+
+def _records(
+    config: JobConfig, work: Work, shard_log: ShardLog | None = None, telemetry: Telemetry | None = None
+) -> ShardDatasource:
+    """The records of ``work.shards`` not yet done, as the job reads them (the same ids, titles and
+    text_hash in the carry-over pass and in the pipeline)."""
+    return ShardDatasource(
+        shards=work.shards,
+        storage_options=config.storage_options,
+        rows_per_block=config.rows_per_block,
+        skip=work.skip,
+        max_record_bytes=config.max_record_bytes,
+        fields=FieldSpec(
+            text_field=config.text_field,
+            id_field=config.id_field,
+            title_field=config.title_field,
+            title_apart=config.chunk_tokens is not None,
+            prefix=config.prefix_text,
+        ),
+        shard_log=shard_log,
+        telemetry=telemetry,
+    )
 
 
 def _plan(config: JobConfig, info: ModelInfo) -> ResourcePlan:
@@ -389,33 +412,9 @@ def _embed(
         return Counters()
     chunk = ChunkSettings.of_job(config)
     telemetry = Telemetry.start(run.run_id)
-    sink = EmbeddingDatasink(
-        output_uri=config.output,
-        storage_options=config.storage_options,
-        metadata=metadata,
-        dim=info.hidden_size,
-        output_dtype=config.output_dtype,
-        rows_per_file=config.rows_per_file,
-        versions={s.path: s.version_key for s in work.shards},
-        fence=lease.fence(),
-        telemetry=telemetry,
-    )
-    source = ShardDatasource(
-        shards=work.shards,
-        storage_options=config.storage_options,
-        rows_per_block=config.rows_per_block,
-        skip=work.skip,
-        max_record_bytes=config.max_record_bytes,
-        fields=FieldSpec(
-            text_field=config.text_field,
-            id_field=config.id_field,
-            title_field=config.title_field,
-            title_apart=chunk is not None,
-            prefix=config.prefix_text,
-        ),
-        shard_log=ShardLog(config.output, config.storage_options, fence=sink.fence),
-        telemetry=telemetry,
-    )
+    sink = _sink(config, info, metadata, work, lease, telemetry)
+    shard_log = ShardLog(config.output, config.storage_options, fence=sink.fence)
+    source = _records(config, work, shard_log=shard_log, telemetry=telemetry)
     stages = plan.stage_specs(
         model=model,
         prefix=config.prefix_text,

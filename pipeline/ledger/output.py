@@ -38,27 +38,6 @@ from pipeline.stages.model import ModelInfo
 
 logger = logging.getLogger(__name__)
 
-# Settings that change the embeddings: an output is never a mix of two of these.
-IDENTITY_KEYS = (
-    "model",
-    "revision",
-    "prefix",
-    "pooling",
-    "normalized",
-    "dim",
-    "max_length",
-    "dtype",
-    "output_dtype",
-    "text_field",
-    "id_field",
-    "title_field",
-    "input_format",
-    "inputs",
-    "model_sha",
-    "chunking",
-    "derived_ids",
-    "text_hash",
-)
 # What makes two outputs' vectors interchangeable for rows of equal text_hash (--reuse-from):
 # the model and how it is run; not where the records came from or how they were named.
 VECTOR_KEYS = (
@@ -73,6 +52,17 @@ VECTOR_KEYS = (
     "output_dtype",
     "chunking",
     "text_hash",
+)
+# Settings an output is made with: it is never a mix of two of these.
+IDENTITY_KEYS = (
+    *VECTOR_KEYS,
+    "revision",
+    "text_field",
+    "id_field",
+    "title_field",
+    "input_format",
+    "inputs",
+    "derived_ids",
 )
 PRODUCER = schemas.PRODUCER
 

@@ -421,7 +421,7 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if device == "cuda" and dtype == "bfloat16":
         import torch
 
-        if not torch.cuda.is_bf16_supported():  # compute capability < 8.0 (T4, V100): the plan's profile was wrong
+        if not _native_bf16(torch):  # compute capability < 8.0 (T4, V100): the plan's profile was wrong
             logger.warning("this GPU has no bfloat16; encoding in float16")
             return "float16"
     if dtype != "auto":
@@ -429,8 +429,14 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if device == "cuda":
         import torch
 
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "bfloat16" if _native_bf16(torch) else "float16"
     return "float32"
+
+
+def _native_bf16(torch) -> bool:
+    """bf16 in hardware: ``is_bf16_supported()`` counts emulation by default (True on a T4 or V100,
+    where bf16 runs many times slower than fp16)."""
+    return bool(torch.cuda.is_bf16_supported(including_emulation=False))
 
 
 def quiet_transformers() -> None:

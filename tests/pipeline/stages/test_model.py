@@ -192,3 +192,21 @@ def test_a_pinned_hub_model_runs_with_the_hub_unreachable_and_no_actor_calls_it(
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("native, want", [(True, "bfloat16"), (False, "float16")])
+def test_auto_dtype_wants_bf16_in_hardware_not_emulated(monkeypatch, native, want):
+    """A T4 or V100 "supports" bf16 by emulation (torch's default answer): auto must pick fp16 there.
+    No GPU here: torch.cuda.is_bf16_supported is replaced by a GPU that emulates bf16 (said so)."""
+    import torch
+
+    from pipeline.stages.model import resolve_dtype
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        return native or including_emulation  # emulated on a pre-Ampere GPU, native on sm80+
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert resolve_dtype("auto", "cuda") == want
+    assert resolve_dtype("bfloat16", "cuda") == want
+    assert resolve_dtype("auto", "cpu") == "float32"
