@@ -222,9 +222,9 @@ def test_a_store_without_versions_is_said_not_silent(tmp_path):
     """An HTTP server that sends neither ETag nor Last-Modified: the shard is listed unversioned
     (the job warns and records it), and a change of size is still seen."""
     import http.server
-    import threading
 
     from pipeline.io.sources import unversioned
+    from tests.httpserve import serving
 
     (tmp_path / "s.jsonl").write_text(json.dumps({"text": "xxxx"}) + "\n")
 
@@ -239,21 +239,13 @@ def test_a_store_without_versions_is_said_not_silent(tmp_path):
         def log_message(self, *a):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Bare)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/s.jsonl"
-        (shard,) = list_shards([url], {})
+    with serving(Bare) as base:
+        (shard,) = list_shards([f"{base}/s.jsonl"], {})
         assert shard.version == "" and unversioned([shard]) == [shard]
         assert [r["text"] for r in _read_shard(shard)] == ["xxxx"]
         (tmp_path / "s.jsonl").write_text(json.dumps({"text": "longer now"}) + "\n")
         with pytest.raises(ShardReadError, match="changed after it was listed"):
             _read_shard(shard)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def _read_shard(shard):

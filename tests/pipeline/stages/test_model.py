@@ -142,9 +142,9 @@ def test_a_pinned_hub_model_runs_with_the_hub_unreachable_and_no_actor_calls_it(
     import http.server
     import os
     import subprocess
-    import threading
 
     from e5tools.bench import job_argv
+    from tests.httpserve import serving
 
     seen: list[str] = []
 
@@ -159,10 +159,7 @@ def test_a_pinned_hub_model_runs_with_the_hub_unreachable_and_no_actor_calls_it(
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Hub) as endpoint:
         sha = "c" * 40
         repo = tmp_path / "hub" / "models--acme--e5-test"
         shutil.copytree(minilm_path, repo / "snapshots" / sha)
@@ -173,7 +170,7 @@ def test_a_pinned_hub_model_runs_with_the_hub_unreachable_and_no_actor_calls_it(
             **os.environ,
             "RAY_ADDRESS": "",
             "HF_HUB_OFFLINE": "0",
-            "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+            "HF_ENDPOINT": endpoint,
             "HF_HUB_CACHE": str(tmp_path / "hub"),
             "HF_HUB_ETAG_TIMEOUT": "2",
             "HF_HUB_DOWNLOAD_TIMEOUT": "2",
@@ -188,10 +185,6 @@ def test_a_pinned_hub_model_runs_with_the_hub_unreachable_and_no_actor_calls_it(
             and manifest["metadata"]["model_sha"] == f"git:{sha}"
         )
         assert seen == []  # not one request to the Hub, from the driver or any actor
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 @pytest.mark.unit
