@@ -324,11 +324,16 @@ def _carry_over(
         raise JobError(
             f"carrying vectors over failed: {scrub(f'{type(e).__name__}: {e}', config.storage_options)[:500]}"
         ) from e
-    logger.info(
-        "carried %d vector(s) over by text_hash from %d file(s); encoding only the records left", carried, len(pool)
-    )
+    done_before = work.rows_skipped
     state.plan_reads(work, shards)
-    return carried
+    reused = work.rows_skipped - done_before  # from the footers: a row written twice counts once
+    logger.info(
+        "carried %d vector(s) over by text_hash from %d file(s) (%d rows written); encoding only the records left",
+        reused,
+        len(pool),
+        carried,
+    )
+    return reused
 
 
 def _sink(
@@ -455,7 +460,9 @@ def _embed(
     if failure is not None:
         run.status = "failed"
         run.error = scrub(f"{type(failure).__name__}: {failure}", config.storage_options)[:2000]
-        _record(run, state, work, phases.t0, sink.totals, state.reconcile(dict(metadata)))
+        # stale rows share (source, row) with the new ones: never "repair" those while any remain
+        totals = Totals.of(state.scan()) if work.stale else state.reconcile(dict(metadata))
+        _record(run, state, work, phases.t0, sink.totals, totals)
         raise JobError(f"pipeline failed: {run.error.splitlines()[0]}") from failure
     return sink.totals
 

@@ -50,10 +50,17 @@ def _pool_rows(
     for pool_file in files:
         storage = Storage(pool_file.uri, storage_options)
         with storage.open(pool_file.path) as f:
-            table = pq.read_table(f, columns=[*schema.names, "source"])
+            table = pq.read_table(f, columns=[n for n in schema.names if n != "windows"] + ["source"])
         if pool_file.sources is not None:
             table = table.filter(pc.is_in(table["source"], pa.array(pool_file.sources, pa.string())))
-        tables.append(table.select(schema.names).cast(schema))
+        table = table.select([n for n in schema.names if n != "windows"])
+        if chunked:  # how many windows the record has: a regrouped record must have them all
+            counts = table.group_by("text_hash").aggregate([("chunk", "max")])
+            windows = dict(zip(counts["text_hash"].to_pylist(), counts["chunk_max"].to_pylist()))
+            table = table.append_column(
+                "windows", pa.array([windows[h] + 1 for h in table["text_hash"].to_pylist()], pa.int32())
+            )
+        tables.append(table.cast(schema))
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     return table.take(pa.array(_first_of_each(table, chunked), pa.int64()))
 
@@ -83,7 +90,12 @@ def _pool_schema(embedding_type: pa.DataType, chunked: bool = False) -> pa.Schem
         pa.field("truncated", pa.bool_()),
     ]
     if chunked:
-        fields += [pa.field("chunk", pa.int32()), pa.field("char_start", pa.int64()), pa.field("char_end", pa.int64())]
+        fields += [
+            pa.field("chunk", pa.int32()),
+            pa.field("char_start", pa.int64()),
+            pa.field("char_end", pa.int64()),
+            pa.field("windows", pa.int32()),  # the record's window count
+        ]
     return pa.schema(fields)
 
 
@@ -152,7 +164,19 @@ def _windows_as_records(batch: pa.Table, schema: pa.Schema) -> pa.Table:
     new_record[1:] = (source[1:] != source[:-1]) | (row[1:] != row[:-1])
     keep = new_record | np.concatenate([[True], chunk[1:] != chunk[:-1]])
     batch, new_record = batch.filter(pa.array(keep)), new_record[keep]
+    # a record's windows may arrive in two blocks: only a record with every window (0..n-1) here is
+    # written; one cut between blocks is left out whole, so the pipeline encodes it
     starts = np.flatnonzero(new_record)
+    ends = np.append(starts[1:], batch.num_rows)
+    expected = batch["windows"].to_numpy()[starts]
+    whole = (ends - starts == expected) & (chunk[keep][ends - 1] == expected - 1)
+    if not whole.all():
+        rows = np.concatenate([np.arange(a, b) for a, b, w in zip(starts, ends, whole) if w] or [np.zeros(0, int)])
+        batch = batch.take(pa.array(rows, pa.int64()))
+        lengths = (ends - starts)[whole]
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else lengths
+        if batch.num_rows == 0:
+            return schema.empty_table()
     offsets = pa.array(np.append(starts, batch.num_rows).astype(np.int32))
     first = pa.array(starts, pa.int64())
 

@@ -76,8 +76,12 @@ def decode(raw: bytes | None) -> Ranges:
     return {k: [(int(a), int(b)) for a, b in v] for k, v in json.loads(raw).items()}
 
 
-def digest(ranges: Ranges) -> str:
-    return hashlib.sha1(encode(ranges)).hexdigest()[:20]
+def digest(ranges: Ranges, versions: Mapping[str, str] | None = None) -> str:
+    """A file name's digest of the rows it covers (and of their sources' versions, when given)."""
+    h = hashlib.sha1(encode(ranges))
+    if versions:
+        h.update(json.dumps(dict(versions), sort_keys=True).encode())
+    return h.hexdigest()[:20]
 
 
 def intersect(a: Mapping[str, Sequence[Sequence[int]]], b: Mapping[str, Sequence[Sequence[int]]]) -> Ranges:

@@ -57,7 +57,9 @@ def put_file(
     table = table.replace_schema_metadata(meta)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
-    name = f"part-{coverage.digest(ranges)}.parquet"
+    # the rows it covers and the versions they were read at: the same rows give the same name (a retried
+    # write overwrites), but rows of a shard's new version never take the name of its stale file
+    name = f"part-{coverage.digest(ranges, {s: versions[s] for s in ranges})}.parquet"
     path = storage.join(folder, name) if folder else storage.join(name)
     storage.write_bytes_atomic(path, buf.getvalue())
     return path

@@ -111,6 +111,10 @@ def fingerprints(shards: Sequence[Shard]) -> list[dict[str, Any]]:
     return [{"path": s.path, "size": s.size, "version": s.version} for s in shards]
 
 
+def _fingerprint(entry: Mapping[str, Any]) -> tuple[int, str]:
+    return int(entry.get("size", -1)), str(entry.get("version", ""))
+
+
 def _merged(known: Mapping[str, Any] | None, now: Mapping[str, Any]) -> dict[str, Any]:
     """A shard's manifest entry: what a proof learned (rows, remainder) only while the shard is unchanged."""
     if known and (known.get("size"), str(known.get("version", ""))) == (now["size"], now["version"]):
@@ -197,7 +201,9 @@ class OutputState:
                 "re-embed only what changed, or --overwrite"
             )
         new_shards = sum(1 for s in shards if s.path not in known)
-        if existing is not None and complete and not new_shards and not stale:
+        # --update: a shard whose fingerprint changed is work even with no rows in any file (it was empty)
+        changed = any(_fingerprint(known[s.path]) != s.fingerprint for s in shards if s.path in known)
+        if existing is not None and complete and not new_shards and not stale and not changed:
             existing.complete = True
             return Work(manifest=existing, noop=True)
         manifest = existing or Manifest(metadata=dict(metadata), inputs=normalized_inputs(config.inputs))

@@ -28,6 +28,7 @@ def corpus_v1() -> dict[str, list[tuple[str, str]]]:
     """3 shards of 20 records; s1 also holds a blank record (rejected)."""
     v1 = {f"s{s}.jsonl": [(f"d{s}-{i}", f"document {s} {i} about topic {i % 7}") for i in range(20)] for s in range(3)}
     v1["s1.jsonl"].append(("blank", " "))
+    v1["s5.jsonl"] = []  # empty for now
     return v1
 
 
@@ -118,6 +119,12 @@ def test_reuse_from_then_update_encode_only_what_changed_and_end_as_a_fresh_run(
     assert [r["id"] for r in rejects] == ["blank"] and rejects[0]["row"] == 19  # its row in the new s1
     assert_as_fresh(out, corpus, embedder)
     assert run_job(config(corpus, out, minilm_path, update=True)).status == "noop"
+
+    # a shard that was empty (no rows in any file) gains records: --update embeds them, not a no-op
+    write_docs(corpus, {"s5.jsonl": [("d5-0", "a late first record")]})
+    summary = run_job(config(corpus, out, minilm_path, update=True))
+    assert (summary.status, summary.rows_embedded) == ("complete", 1)
+    assert_as_fresh(out, corpus, embedder)
 
 
 @pytest.mark.e2e  # a kill scenario (in-process, injected): with the other kills, outside `make test`

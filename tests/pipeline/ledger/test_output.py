@@ -128,6 +128,17 @@ def test_duplicate_ids_in_chunked_files_count_records_not_windows(tmp_path):
 
 
 @pytest.mark.unit
+def test_rows_of_a_new_shard_version_never_take_a_stale_files_name(tmp_path):
+    """--update rewrites a shard's rows at its new version while the stale file is still there: the
+    same (source, row) ranges at another version must not overwrite it (and then be deleted with it)."""
+    storage, t = Storage(str(tmp_path)), data_table("s", [0, 1, 2])
+    old = _put_file(storage, "", t, {}, file_stats(t), {"s": "10:etag-1"})
+    new = _put_file(storage, "", t, {}, file_stats(t), {"s": "10:etag-2"})
+    assert old != new and len(list(tmp_path.glob("part-*.parquet"))) == 2
+    assert _put_file(storage, "", t, {}, file_stats(t), {"s": "10:etag-2"}) == new  # a retry: same name
+
+
+@pytest.mark.unit
 def test_retried_write_of_same_rows_overwrites_the_same_name(tmp_path):
     storage = Storage(str(tmp_path))
     t = data_table("s", [0, 1, 2])
