@@ -30,11 +30,10 @@ from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.backend.datasink import EmbeddingDatasink
 from pipeline.backend.datasource import ShardDatasource
+from pipeline.io import coverage
 from pipeline.io.storage import Storage
 from pipeline.ledger.reuse import PoolFile
 
-POOL_COLUMNS = ("text_hash", "embedding", "n_tokens", "truncated")
-WINDOW_COLUMNS = ("chunk", "char_start", "char_end")  # chunked outputs: one pool row per window
 KEY_COLUMNS = ("id", "source", "row", "text_hash")
 ROWS_PER_JOIN_PARTITION = 2_000_000
 FILES_PER_POOL_TASK = 8
@@ -56,11 +55,9 @@ def _pool_rows(
         table = table.select([n for n in schema.names if n != "windows"])
         if chunked:  # how many windows the record has: a regrouped record must have them all
             counts = table.group_by("text_hash").aggregate([("chunk", "max")])
-            windows = dict(zip(counts["text_hash"].to_pylist(), counts["chunk_max"].to_pylist()))
-            table = table.append_column(
-                "windows", pa.array([windows[h] + 1 for h in table["text_hash"].to_pylist()], pa.int32())
-            )
-        tables.append(table.cast(schema))
+            windows = pc.add(counts["chunk_max"], 1).cast(pa.int32())
+            table = table.append_column("windows", windows.take(pc.index_in(table["text_hash"], counts["text_hash"])))
+        tables.append(table.select(schema.names).cast(schema))
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     return table.take(pa.array(_first_of_each(table, chunked), pa.int64()))
 
@@ -141,13 +138,7 @@ def _keys(batch: pa.Table) -> pa.Table:
 def _one_row_each(batch: pa.Table) -> pa.Table:
     """Joined rows as the sink takes them: one per input row (a record whose text several pool rows
     share is matched once per pool row), with the reject_reason the sink expects."""
-    if batch.num_rows == 0:
-        return batch.append_column("reject_reason", pa.nulls(0, pa.string()))
-    batch = batch.sort_by([("source", "ascending"), ("row", "ascending")])
-    source, row = batch["source"].to_numpy(zero_copy_only=False), batch["row"].to_numpy()
-    keep = np.ones(batch.num_rows, dtype=bool)
-    keep[1:] = (source[1:] != source[:-1]) | (row[1:] != row[:-1])
-    batch = batch.filter(pa.array(keep))
+    batch = batch.take(coverage.first_of_each_row(batch)).sort_by([("source", "ascending"), ("row", "ascending")])
     return batch.append_column("reject_reason", pa.nulls(batch.num_rows, pa.string()))
 
 
@@ -157,26 +148,18 @@ def _windows_as_records(batch: pa.Table, schema: pa.Schema) -> pa.Table:
     A record whose text several pool records share gets each window once."""
     if batch.num_rows == 0:
         return schema.empty_table()
+    batch = batch.take(coverage.first_of_each_row(batch))  # each (source, row, chunk) once
     batch = batch.sort_by([("source", "ascending"), ("row", "ascending"), ("chunk", "ascending")])
-    source, row = batch["source"].to_numpy(zero_copy_only=False), batch["row"].to_numpy()
-    chunk = batch["chunk"].to_numpy()
-    new_record = np.ones(batch.num_rows, dtype=bool)
-    new_record[1:] = (source[1:] != source[:-1]) | (row[1:] != row[:-1])
-    keep = new_record | np.concatenate([[True], chunk[1:] != chunk[:-1]])
-    batch, new_record = batch.filter(pa.array(keep)), new_record[keep]
+    starts, ends = _record_spans(batch)
     # a record's windows may arrive in two blocks: only a record with every window (0..n-1) here is
     # written; one cut between blocks is left out whole, so the pipeline encodes it
-    starts = np.flatnonzero(new_record)
-    ends = np.append(starts[1:], batch.num_rows)
     expected = batch["windows"].to_numpy()[starts]
-    whole = (ends - starts == expected) & (chunk[keep][ends - 1] == expected - 1)
+    whole = (ends - starts == expected) & (batch["chunk"].to_numpy()[ends - 1] == expected - 1)
     if not whole.all():
-        rows = np.concatenate([np.arange(a, b) for a, b, w in zip(starts, ends, whole) if w] or [np.zeros(0, int)])
-        batch = batch.take(pa.array(rows, pa.int64()))
-        lengths = (ends - starts)[whole]
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else lengths
+        batch = batch.filter(pa.array(np.repeat(whole, ends - starts)))
         if batch.num_rows == 0:
             return schema.empty_table()
+        starts, ends = _record_spans(batch)
     offsets = pa.array(np.append(starts, batch.num_rows).astype(np.int32))
     first = pa.array(starts, pa.int64())
 
@@ -189,6 +172,15 @@ def _windows_as_records(batch: pa.Table, schema: pa.Schema) -> pa.Table:
         **{n: windows(n) for n in ("embedding", "char_start", "char_end", "n_tokens")},
     }
     return pa.Table.from_arrays([columns[n] for n in schema.names], schema=schema)
+
+
+def _record_spans(batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) of each record's rows in a table sorted by (source, row)."""
+    source, row = batch["source"].to_numpy(zero_copy_only=False), batch["row"].to_numpy()
+    new_record = np.ones(batch.num_rows, dtype=bool)
+    new_record[1:] = (source[1:] != source[:-1]) | (row[1:] != row[:-1])
+    starts = np.flatnonzero(new_record)
+    return starts, np.append(starts[1:], batch.num_rows)
 
 
 def carry_over(
