@@ -117,7 +117,7 @@ def _fingerprint(entry: Mapping[str, Any]) -> tuple[int, str]:
 
 def _merged(known: Mapping[str, Any] | None, now: Mapping[str, Any]) -> dict[str, Any]:
     """A shard's manifest entry: what a proof learned (rows, remainder) only while the shard is unchanged."""
-    if known and (known.get("size"), str(known.get("version", ""))) == (now["size"], now["version"]):
+    if known and _fingerprint(known) == _fingerprint(now):
         return {**known, **now}
     return dict(now)
 
@@ -146,10 +146,6 @@ class Work:
     # --update: files holding rows of shards that changed or vanished since (file -> those sources);
     # their rows are not done, lend their vectors to the carry-over, and are removed before the proof
     stale: list[tuple[OutputFile, tuple[str, ...]]] = field(default_factory=list)
-
-    @property
-    def stale_rows(self) -> int:
-        return sum(coverage.count({s: f.ranges[s] for s in sources}) for f, sources in self.stale)
 
 
 class OutputState:
@@ -323,11 +319,7 @@ class OutputState:
         if not recorded:
             return
         current = {s.path: s for s in shards}
-        changed = [
-            p
-            for p, e in known.items()
-            if p in current and (int(e.get("size", -1)), str(e.get("version", ""))) != current[p].fingerprint
-        ]
+        changed = [p for p, e in known.items() if p in current and _fingerprint(e) != current[p].fingerprint]
         vanished = [p for p in known if p not in current]
         if changed or vanished:
             parts = []
