@@ -18,18 +18,16 @@ import os
 import platform
 import random
 import resource
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from e5tools.jobrun import job_argv, run_sampled
 from e5tools.sample_text import passages
 from pipeline.stages.model import ModelInfo
 
@@ -355,12 +353,6 @@ def _tree_rss_mb(root: int) -> float:
     return total / 1024
 
 
-def job_argv(corpus: str | Path, out: str | Path, model: str, *extra: str) -> list[str]:
-    """``python -m pipeline run`` over ``corpus`` into ``out`` with ``model``, no progress bars."""
-    cmd = [sys.executable, "-m", "pipeline", "run", "--input", str(corpus), "--output", str(out)]
-    return cmd + ["--model", model, "--no-progress", *extra]
-
-
 def run_pipeline(
     model_path: str,
     texts: list[str],
@@ -384,32 +376,6 @@ def run_pipeline(
     manifest = json.loads((out / "_manifest.json").read_text())
     manifest["steady_tokens_per_s"] = steady_tokens_per_s(out)
     return seconds, manifest, peak
-
-
-def run_sampled(
-    cmd: list[str], env: dict[str, str], memory_mb: Callable[[int], float], *, interval_s: float
-) -> tuple[float, str, float]:
-    """Run ``cmd``; (seconds, stdout, the peak of ``memory_mb(pid)`` sampled every ``interval_s``).
-    A failed run raises with the end of its stderr."""
-    peak = [0.0]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], memory_mb(proc.pid))
-            done.wait(interval_s)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, stderr = proc.communicate()
-    seconds = time.perf_counter() - t0
-    done.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"pipeline run failed ({proc.returncode}): {stderr[-3000:]}")
-    return seconds, stdout, peak[0]
 
 
 def steady_tokens_per_s(out: Path) -> float | None:
@@ -508,11 +474,11 @@ def run_benchmark(
     results: dict[str, Row] = {}
     embeddings: dict[str, np.ndarray] = {}
     tokens_total = None
-    from pipeline.planning.plan import _sort_window
+    from pipeline.planning.plan import sort_window
 
     if {"encode", "reference", "st_encode"} & set(rows):  # the others need its token count
         s, tok_s, _, emb, padded, tokens_total, gpu = run_encode_stage(
-            model, texts, batch, device, dtype, max_length, _sort_window(batch)
+            model, texts, batch, device, dtype, max_length, sort_window(batch)
         )
         results["encode"] = Row(
             "encode",
@@ -543,7 +509,7 @@ def run_benchmark(
             continue
         t0 = time.perf_counter()
         s, _, warm_s, emb, padded, tokens_total, gpu = run_encode_stage(
-            model, texts, batch, device, dtype, max_length, _sort_window(batch), **options
+            model, texts, batch, device, dtype, max_length, sort_window(batch), **options
         )
         set_up = time.perf_counter() - t0 - s
         results[name] = Row(

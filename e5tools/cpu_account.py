@@ -117,8 +117,8 @@ def raw_tokenizer_one_thread(model: str, records: int) -> dict[str, float]:
 
 
 def rehearsal_texts(records: int, pool: list[str] | None = None) -> list[str]:
-    """The texts ``e5tools.scale.write_corpus`` writes for ``records`` records from ``pool``, in order."""
-    from e5tools.scale import record_text, texts_pool
+    """The texts ``e5tools.corpus.write_corpus`` writes for ``records`` records from ``pool``, in order."""
+    from e5tools.corpus import record_text, texts_pool
 
     pool = pool or texts_pool()
     return [record_text(pool, i) for i in range(records)]
@@ -129,7 +129,7 @@ def job_cpu_side(corpus: Path, out: Path, model: str, texts: list[str], *extra: 
     (the same records): the CPU side's tokens per CPU second, and the cores Ray and the driver hold."""
     import json
 
-    from e5tools.bench import job_argv, run_sampled
+    from e5tools.jobrun import job_argv, run_sampled
 
     account = ProcessCPU()
     cmd = job_argv(corpus, out, model, "--overwrite", *extra)
@@ -161,8 +161,8 @@ def cpu_side_curve(work: Path, records: tuple[int, int] = (50_000, 200_000)) -> 
     """The job at two record counts with a near-free encoder (a 1-layer, hidden-32 random BERT with
     E5's vocabulary); the CPU side's **marginal** tokens per CPU second between them (start-up,
     worker imports and other fixed costs cancel) against the raw tokenizer's."""
+    from e5tools.corpus import texts_pool, write_corpus
     from e5tools.random_model import write_random_bert
-    from e5tools.scale import texts_pool, write_corpus
 
     model = write_random_bert(str(work / "model-1x32"), layers=1, hidden=32, heads=2, ffn=64, seed=0)
     pool = texts_pool()

@@ -31,41 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from e5tools.corpus import texts_pool, write_corpus
+from e5tools.jobrun import job_argv, run_sampled
+
 logger = logging.getLogger("e5tools.scale")
-
-
-def texts_pool(n: int = 20_000, seed: int = 0) -> list[str]:
-    """Short real passages (median ~16 words): many records, few tokens each."""
-    from e5tools.sample_text import passages
-
-    rng = random.Random(seed)
-    words = " ".join(text for _, text in passages(100_000)).split()
-    out = []
-    for _ in range(n):
-        k = max(3, int(rng.lognormvariate(2.8, 0.5)))
-        start = rng.randrange(len(words) - k)
-        out.append(" ".join(words[start : start + k]))
-    return out
-
-
-def record_text(pool: list[str], i: int) -> str:
-    """The text of record ``i`` of a rehearsal corpus (unique: the pool's passage and its number)."""
-    return f"{pool[i % len(pool)]} {i}"
-
-
-def write_corpus(folder: Path, records: int, shards: int, pool: list[str]) -> None:
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    per = -(-records // shards)
-    row = 0
-    for s in range(shards):
-        n = min(per, records - row)
-        if n <= 0:
-            break
-        with open(folder / f"shard-{s:06d}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps({"id": f"r{row + i}", "text": record_text(pool, row + i)}) + "\n" for i in range(n))
-        row += n
 
 
 def _driver_peak_mb(pid: int) -> float:
@@ -81,8 +50,6 @@ def _driver_peak_mb(pid: int) -> float:
 
 def run_job(corpus: Path, out: Path, model: str, rows_per_file: int, *extra: str) -> dict[str, Any]:
     """One ``e5-embed run`` in a subprocess: wall time, the driver's peak RSS, the run record."""
-    from e5tools.bench import job_argv, run_sampled
-
     cmd = job_argv(corpus, out, model, "--rows-per-file", str(rows_per_file), "--status-interval-s", "30", *extra)
     env = {**os.environ, "RAY_ADDRESS": "", "HF_HUB_OFFLINE": "1"}
     wall, stdout, peak = run_sampled(cmd, env, _driver_peak_mb, interval_s=0.5)
@@ -133,12 +100,12 @@ def duplicate_check_cost(output: Path, rows: int) -> dict[str, Any]:
     from pipeline.backend.dataset import ray_session
     from pipeline.backend.duplicates import duplicate_ids_on_cluster
     from pipeline.io.storage import Storage
-    from pipeline.ledger.duplicates import _on_driver
+    from pipeline.ledger.duplicates import on_driver
 
     storage = Storage(str(output))
     files = [str(p) for p in sorted(output.glob("part-*.parquet"))]
     t0 = time.perf_counter()
-    driver = _on_driver(storage, files, False)
+    driver = on_driver(storage, files, False)
     driver_s = time.perf_counter() - t0
     with ray_session(None):  # this process's Ray if it has one (tests), else a local one, stopped after
         t0 = time.perf_counter()

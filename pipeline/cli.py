@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline import __version__, flags
 from pipeline.config import DEVICES, JobConfig, parse_storage_options
-from pipeline.errors import JobError, UsageError
+from pipeline.errors import E5EmbedError, UsageError
 from pipeline.io.storage import ScrubFilter, scrub
 
 logger = logging.getLogger("pipeline")
@@ -190,10 +190,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
             max_gpus=args.max_gpus,
         )
     else:
+        from pipeline.backend.cluster import describe_cluster
         from pipeline.backend.dataset import ray_session
 
         with ray_session(args.ray_address):
-            cluster = ClusterSpec.from_ray()
+            cluster = describe_cluster()
     plan = make_plan(cluster, info, request, scheduler)
     estimate = _estimate(args, plan) if args.inputs else None
     if args.json:
@@ -323,11 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_logging(debug)
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
-    except (UsageError, JobError) as e:
+    except E5EmbedError as e:  # the one mapping of the error family to exit codes
         if debug:
             traceback.print_exc()
-        label = "error" if isinstance(e, UsageError) else "job failed"
-        sys.stderr.write(f"e5-embed: {label}: {' '.join(scrub(str(e)).split())}\n")  # always one line
+        sys.stderr.write(f"e5-embed: {e.label}: {' '.join(scrub(str(e)).split())}\n")  # always one line
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("e5-embed: interrupted\n")

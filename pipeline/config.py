@@ -16,8 +16,9 @@ from typing import Any
 
 from pipeline import flags
 from pipeline.errors import UsageError
-from pipeline.flags import DEFAULT_MODEL, DEVICES, DTYPES, INPUT_FORMATS, OUTPUT_DTYPES, PREFIXES  # noqa: F401
+from pipeline.io.sources import INPUT_FORMATS  # noqa: F401
 from pipeline.io.storage import register_secrets, safe_uri, uri_credentials
+from pipeline.stages.e5 import DEFAULT_MODEL, DEVICES, DTYPES, OUTPUT_DTYPES, PREFIXES  # noqa: F401
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,14 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import UsageError
-
-PREFIXES = {"passage": "passage: ", "query": "query: ", "none": ""}
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-OUTPUT_DTYPES = ("float32", "float16")
-ATTENTION_MODES = ("padded", "packed")
-INPUT_FORMATS = ("auto", "text", "jsonl", "parquet")
-DEVICES = ("auto", "cuda", "cpu")
-DEFAULT_MODEL = "intfloat/e5-base-v2"
+from pipeline.io.sources import INPUT_FORMATS
+from pipeline.stages.e5 import ATTENTION_MODES, DEFAULT_MODEL, DEVICES, DTYPES, OUTPUT_DTYPES, PREFIXES  # the choices
 
 Check = Callable[[str, Any], None]
 

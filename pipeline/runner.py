@@ -18,25 +18,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.backend.capacity import GpuCapacity
+from pipeline.backend.cluster import describe_cluster
 from pipeline.backend.dataset import build_dataset, configure, ray_session
 from pipeline.backend.datasink import EmbeddingDatasink
 from pipeline.backend.datasource import ShardDatasource
 from pipeline.backend.duplicates import duplicate_ids_on_cluster
 from pipeline.backend.telemetry import StatusReporter, Telemetry
 from pipeline.config import JobConfig
-from pipeline.errors import JobError, UsageError
+from pipeline.errors import E5EmbedError, JobError, UsageError
 from pipeline.io import coverage, schemas
 from pipeline.io.counters import Counters
 from pipeline.io.record_counts import parquet_rows
 from pipeline.io.sources import FieldSpec, Listing, Shard, list_inputs, unversioned
 from pipeline.io.storage import Storage, escape_controls, has_pattern, is_within, scrub, strip_uri_credentials
 from pipeline.ledger.duplicates import DuplicateReport, find_duplicate_ids
-from pipeline.ledger.lease import Lease, LeaseDamaged, LeaseHeld, LeaseLost, new_run_id
+from pipeline.ledger.lease import Lease, LeaseLost, new_run_id
 from pipeline.ledger.manifest import RunRecord, mark_success
 from pipeline.ledger.output import VECTOR_KEYS, OutputState, Totals, Work, output_metadata
-from pipeline.ledger.reuse import reuse_from_pool
+from pipeline.ledger.reuse import reuse_from_pool, update_pool
 from pipeline.ledger.shard_log import ShardLog
-from pipeline.planning.capacity import GpuCapacity
 from pipeline.planning.plan import ClusterSpec, PlanRequest, ResourcePlan, make_plan
 from pipeline.planning.scheduler_config import load_scheduler_config
 from pipeline.stages.chunking import ChunkSettings
@@ -133,10 +134,8 @@ def _acquire(config: JobConfig, storage: Storage) -> Lease:
     lease = Lease(storage, run_id=new_run_id(), ttl_s=config.lease_ttl_s, on_lost=_thread.interrupt_main)
     try:
         lease.acquire(wait_s=config.lease_wait_s, replace_damaged=config.overwrite)
-    except LeaseHeld as e:
-        raise JobError(str(e)) from e
-    except LeaseDamaged as e:
-        raise UsageError(str(e)) from e
+    except E5EmbedError:  # held by a live run (exit 1), damaged (exit 2)
+        raise
     except Exception as e:  # cannot even create a small object there: a config error
         raise UsageError(f"cannot write to output {storage.describe()}: {type(e).__name__}: {e}") from e
     return lease
@@ -293,7 +292,7 @@ def _carry_over(
 ) -> int:
     """--update / --reuse-from: write the records whose text_hash matches a pool row with that
     row's vector, then re-plan the reads so the pipeline encodes only the rest. Rows carried."""
-    pool = state.reuse_pool(work) if config.update else []
+    pool = update_pool(state, work) if config.update else []
     if config.reuse_from:
         pool += reuse_from_pool(config.reuse_from, config.output, config.storage_options, metadata, VECTOR_KEYS)
     if not pool or not work.shards:
@@ -385,7 +384,7 @@ def _records(
 
 
 def _plan(config: JobConfig, info: ModelInfo) -> ResourcePlan:
-    cluster = ClusterSpec.from_ray(max_gpus=config.max_gpus)
+    cluster = describe_cluster(max_gpus=config.max_gpus)
     check_shared_paths(config, cluster)
     plan = make_plan(cluster, info, PlanRequest.from_job(config), load_scheduler_config(config.scheduler_config))
     logger.info("%s", plan.describe())

@@ -24,13 +24,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import UsageError
+from pipeline.errors import JobError, UsageError
 from pipeline.io import schemas
 from pipeline.io.storage import Storage, escape_controls, has_pattern, strip_uri_credentials
 from pipeline.io.text_hash import text_hashes
 
 logger = logging.getLogger(__name__)
 
+INPUT_FORMATS = ("auto", "text", "jsonl", "parquet")  # --input-format: auto picks by extension
 FORMAT_BY_EXTENSION = {".txt": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 COMPRESSION_BY_EXTENSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 TARGET_BYTES_PER_READ_TASK = 64 << 20
@@ -275,11 +276,11 @@ TRANSIENT_ATTEMPTS = 4  # per shard, before the read task fails (and Ray retries
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
-class CorruptStream(Exception):
+class CorruptStream(JobError):
     """The compressed stream cannot be decoded further: the rest of the shard is lost."""
 
 
-class ShardReadError(RuntimeError):
+class ShardReadError(JobError):
     """A shard could not be read (I/O kept failing, or it changed since it was listed)."""
 
 

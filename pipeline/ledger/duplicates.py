@@ -46,11 +46,12 @@ def find_duplicate_ids(
     if not files:
         return DuplicateReport(0)
     if total_rows <= DRIVER_CHECK_MAX_ROWS or on_cluster is None:
-        return _on_driver(storage, files, chunked)
+        return on_driver(storage, files, chunked)
     return on_cluster(storage, files, chunked, total_rows)
 
 
-def _on_driver(storage: Storage, files: Sequence[str], chunked: bool) -> DuplicateReport:
+def on_driver(storage: Storage, files: Sequence[str], chunked: bool) -> DuplicateReport:
+    """The check in this process: 8 bytes kept per id, files read one at a time."""
     import pandas as pd
 
     dataset = pads.dataset(list(files), filesystem=storage.arrow_filesystem(), format="parquet")

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pipeline.errors import JobError, UsageError
 from pipeline.io.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -36,16 +37,17 @@ DEFAULT_TTL_S = 120.0
 SAFETY_MARGIN = 0.25  # never write in the last quarter of the ttl without a renewal
 
 
-class LeaseHeld(Exception):
-    """Another live run holds the output."""
+class LeaseHeld(JobError):
+    """Another live run holds the output (exit 1: a retry later may succeed)."""
 
 
-class LeaseLost(Exception):
+class LeaseLost(JobError):
     """This run's lease was taken over or could not be renewed; it must not write."""
 
 
-class LeaseDamaged(Exception):
-    """The highest lease generation cannot be read (truncated, not JSON, fields missing)."""
+class LeaseDamaged(UsageError):
+    """The highest lease generation cannot be read (truncated, not JSON, fields missing): exit 2,
+    the operator decides (delete it, or --overwrite)."""
 
 
 _DAMAGE = (ValueError, TypeError, KeyError, AttributeError)  # what a truncated or edited record raises

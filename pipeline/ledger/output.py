@@ -31,7 +31,6 @@ from pipeline.ledger.completeness import Proof, fully_covered, prove
 from pipeline.ledger.lease import LeaseLost
 from pipeline.ledger.manifest import MANIFEST as MANIFEST_NAME
 from pipeline.ledger.manifest import Manifest, is_complete, remove_success
-from pipeline.ledger.reuse import PoolFile
 from pipeline.ledger.shard_log import SHARDS_DIR, ShardRecord, read_records
 from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.model import ModelInfo
@@ -256,14 +255,6 @@ class OutputState:
                 "--update: removed %d row(s) of changed or vanished shards from %d file(s)", removed, len(work.stale)
             )
         return removed
-
-    def reuse_pool(self, work: Work) -> list[PoolFile]:
-        """--update: the stale data files lend the vectors of their changed shards' rows."""
-        return [
-            PoolFile(uri=self.storage.uri, path=f.path, rows=int(f.stats.get("rows", 0)), sources=sources)
-            for f, sources in work.stale
-            if not f.is_rejects
-        ]
 
     def _read_state(self) -> tuple[Manifest | None, bool]:
         """The manifest (None if absent) and whether ``_SUCCESS`` is there."""

@@ -15,6 +15,8 @@ from typing import Any
 
 from pipeline.errors import UsageError
 from pipeline.io.storage import Storage, normalize_uri, safe_uri
+from pipeline.ledger.manifest import Manifest
+from pipeline.ledger.output import OutputState, Work
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,15 @@ class PoolFile:
     sources: tuple[str, ...] | None = None  # None: every row
 
 
+def update_pool(state: OutputState, work: Work) -> list[PoolFile]:
+    """--update: the stale data files lend the vectors of their changed shards' rows."""
+    return [
+        PoolFile(uri=state.storage.uri, path=f.path, rows=int(f.stats.get("rows", 0)), sources=sources)
+        for f, sources in work.stale
+        if not f.is_rejects
+    ]
+
+
 def reuse_from_pool(
     uris: Sequence[str],
     output: str,
@@ -37,9 +48,6 @@ def reuse_from_pool(
     vector_keys: Sequence[str],
 ) -> list[PoolFile]:
     """Every data file of the ``--reuse-from`` outputs, after checking each was made compatibly."""
-    from pipeline.ledger.manifest import Manifest
-    from pipeline.ledger.output import OutputState
-
     pool: list[PoolFile] = []
     for uri in uris:
         if normalize_uri(uri) == normalize_uri(output):

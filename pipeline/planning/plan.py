@@ -49,69 +49,6 @@ class ClusterSpec:
     max_gpus: int | None = None  # autoscaling clusters: the most GPUs the pool may grow to
     probe: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_ray(cls, *, probe_gpus: bool = True, max_gpus: int | None = None) -> "ClusterSpec":
-        import ray
-
-        resources = ray.cluster_resources()
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        accel = next((k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:")), None)
-        gpus = int(resources.get("GPU", 0))
-        probe = probe_gpu_nodes(nodes) if gpus and probe_gpus else {}
-        return cls(
-            gpus=gpus,
-            cpus=float(resources.get("CPU", 1)),
-            nodes=max(1, len(nodes)),
-            accelerator=probe.get("accelerator") or accel,
-            gpu_memory_gb=probe.get("gpu_memory_gb"),
-            max_gpus=max_gpus,
-            probe=probe,
-        )
-
-
-def probe_gpu_nodes(nodes: list[dict], timeout_s: float = 60.0) -> dict[str, Any]:
-    """One tiny GPU task per GPU node: device name and free/total memory (smallest wins)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    @ray.remote(num_gpus=1, num_cpus=0)
-    def read_gpu() -> dict[str, Any]:
-        try:
-            import torch
-
-            if not torch.cuda.is_available():
-                return {"cuda": False}
-            free, total = torch.cuda.mem_get_info()
-            return {"cuda": True, "name": torch.cuda.get_device_name(), "free_gb": free / GB, "total_gb": total / GB}
-        except Exception as e:  # a probe must never fail the job; the table is the fallback
-            return {"cuda": False, "error": f"{type(e).__name__}: {e}"}
-
-    refs = [
-        read_gpu.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
-        for n in nodes
-        if n.get("Resources", {}).get("GPU", 0) > 0
-    ]
-    ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    for ref in pending:
-        ray.cancel(ref, force=True)
-    results = ray.get(ready)
-    real = [r for r in results if r.get("cuda")]
-    if not real:
-        logger.warning(
-            "GPU probe: no CUDA device visible to Ray GPU tasks (%d node(s) answered); "
-            "using the scheduler profile's memory table",
-            len(results),
-        )
-        return {"cuda": False, "nodes_probed": len(results)}
-    smallest = min(real, key=lambda r: r["total_gb"])
-    return {
-        "cuda": True,
-        "nodes_probed": len(results),
-        "accelerator": smallest["name"],
-        "gpu_memory_gb": round(smallest["total_gb"], 2),
-        "min_free_gb": round(min(r["free_gb"] for r in real), 2),
-    }
-
 
 @dataclass(frozen=True, kw_only=True)
 class PlanRequest:
@@ -261,7 +198,9 @@ def estimate_peak_gpu_memory_gb(
     return (context_gb * GB + weights + layer + pooling) / GB
 
 
-def _sort_window(batch: int, cap: int | None = None) -> int:
+def sort_window(batch: int, cap: int | None = None) -> int:
+    """Rows an encode call sorts by length together: at least SORT_WINDOW_BATCHES batches and
+    SORT_WINDOW_MIN_ROWS rows, at most ``cap`` (an output file's rows), never under one batch."""
     window = max(batch * SORT_WINDOW_BATCHES, SORT_WINDOW_MIN_ROWS)
     return max(batch, min(window, cap)) if cap else window
 
@@ -354,7 +293,7 @@ def _gpu_plan(cluster: ClusterSpec, model: ModelInfo, req: PlanRequest, schedule
         num_gpus_per_actor=round(1.0 / per_gpu, 4),
         batch_size=batch,
         max_length=req.max_length,
-        rows_per_encode_call=_sort_window(batch, req.rows_per_file),
+        rows_per_encode_call=sort_window(batch, req.rows_per_file),
         encode_num_cpus=1.0,
         torch_threads=None,
         tokenizer_actors=tokenizers,
@@ -385,7 +324,7 @@ def _cpu_plan(cluster: ClusterSpec, model: ModelInfo, req: PlanRequest) -> Resou
         num_gpus_per_actor=0.0,
         batch_size=batch,
         max_length=req.max_length,
-        rows_per_encode_call=_sort_window(batch, req.rows_per_file),
+        rows_per_encode_call=sort_window(batch, req.rows_per_file),
         encode_num_cpus=float(max(1, math.floor(cpus_per_node / 2))),
         torch_threads=cpus_per_node,
         tokenizer_actors=req.tokenizer_actors or cluster.nodes,

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from pipeline.errors import UsageError
 from pipeline.io import schemas
 from pipeline.stages.chunking import MIN_TEXT_TOKENS, ChunkSettings, windows
 from pipeline.stages.model import ModelSource
-from pipeline.stages.tokenize import CHARS_PER_TOKEN_CUTOFF, _cut_at_whitespace, cut_characters, limit_threads
+from pipeline.stages.tokenize import CHARS_PER_TOKEN_CUTOFF, cut_at_whitespace, cut_characters, limit_threads
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class ChunkTokenizeStage:
         # the fixed part of every window: special tokens and the prefix
         self._fixed = len(self._head) + len(self._tail) + len(self._prefix_ids)
         if chunk.tokens - self._fixed < MIN_TEXT_TOKENS:
-            raise ValueError(f"chunk tokens {chunk.tokens} leave no room for text after {self._fixed} fixed tokens")
+            raise UsageError(f"chunk tokens {chunk.tokens} leave no room for text after {self._fixed} fixed tokens")
         # a record longer than this many characters is cut at whitespace before tokenizing:
         # bounded memory for megabyte records, whose windows past max_chunks are dropped anyway
         self._cutoff = chunk.max_chunks * chunk.tokens * CHARS_PER_TOKEN_CUTOFF
@@ -62,7 +63,7 @@ class ChunkTokenizeStage:
         texts = batch["text"].to_pylist()
         titles = batch["title"].to_pylist() if "title" in batch.column_names else [None] * n
         built = _Builder(n, self._tail.tolist())
-        cut = [_cut_at_whitespace(texts[i], self._cutoff, self._cut_chars) for i in good]
+        cut = [cut_at_whitespace(texts[i], self._cutoff, self._cut_chars) for i in good]
         encodings = self._backend.encode_batch(cut, add_special_tokens=False) if good else []
         title_ids = self._titles([titles[i] for i in good])
         fixed_head = self._head.tolist() + self._prefix_ids.tolist()

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import UsageError
+
 # Overlap between neighbouring windows, in tokens. A query whose answer straddles a window
 # boundary still finds one window holding most of it; at 512-token windows 32 tokens (one or
 # two sentences) cost ~7% more tokens (docs/benchmarks.md: the long-document retrieval check).
@@ -37,11 +39,11 @@ class ChunkSettings:
 
     def __post_init__(self) -> None:
         if self.tokens < 16:
-            raise ValueError(f"chunk tokens must be >= 16; got {self.tokens}")
+            raise UsageError(f"chunk tokens must be >= 16; got {self.tokens}")
         if not 0 <= self.overlap <= self.tokens // 2:
-            raise ValueError(f"chunk overlap must be in [0, {self.tokens // 2}] (half a window); got {self.overlap}")
+            raise UsageError(f"chunk overlap must be in [0, {self.tokens // 2}] (half a window); got {self.overlap}")
         if self.max_chunks < 1:
-            raise ValueError(f"max chunks per record must be >= 1; got {self.max_chunks}")
+            raise UsageError(f"max chunks per record must be >= 1; got {self.max_chunks}")
 
     @classmethod
     def of_job(cls, config: Any) -> "ChunkSettings | None":

@@ -13,12 +13,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.flags import PREFIXES
+from pipeline.errors import UsageError
 from pipeline.io import schemas
 from pipeline.io.sink import explode_windows
 from pipeline.io.text_hash import text_hashes
 from pipeline.stages.chunk_tokenize import ChunkTokenizeStage
 from pipeline.stages.chunking import ChunkSettings
+from pipeline.stages.e5 import PREFIXES
 from pipeline.stages.encode import EncodeStage
 from pipeline.stages.model import ModelSource
 from pipeline.stages.tokenize import TokenizeStage
@@ -69,7 +70,7 @@ class Embedder:
         shape_buckets: tuple[int, ...] | None = None,
     ):
         if prefix not in PREFIXES:
-            raise ValueError(f"prefix must be one of {', '.join(PREFIXES)}; got {prefix!r}")
+            raise UsageError(f"prefix must be one of {', '.join(PREFIXES)}; got {prefix!r}")
         source = model if isinstance(model, ModelSource) else ModelSource(name_or_path=str(model))
         self.source, self.prefix = source, PREFIXES[prefix]
         self._chunkers: dict[ChunkSettings, ChunkTokenizeStage] = {}

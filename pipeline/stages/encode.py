@@ -18,8 +18,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.flags import ATTENTION_MODES
+from pipeline.errors import JobError, UsageError
 from pipeline.io import schemas
+from pipeline.stages.e5 import ATTENTION_MODES
 from pipeline.stages.model import ModelSource, resolve_device, resolve_dtype
 from pipeline.stages.packed import PackedEncoder
 
@@ -76,12 +77,12 @@ class EncodeStage:
         import torch
 
         if attention not in ATTENTION_MODES:  # before any model is loaded
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, not {attention!r}")
+            raise UsageError(f"attention must be one of {', '.join(ATTENTION_MODES)}, not {attention!r}")
         self._torch = torch
         self.device = resolve_device(device)
         if expect_gpu and self.device != "cuda":
             if os.environ.get(ALLOW_CPU_ON_GPU_ENV) != "1":
-                raise RuntimeError(
+                raise JobError(
                     "this encode actor was given a GPU by the plan but sees no CUDA device (a "
                     "CPU-only torch build on a GPU node?); refusing to encode on CPU"
                 )

@@ -82,7 +82,7 @@ class TokenizeStage:
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
         """Token ids (special tokens included, truncated) and whether each was truncated."""
         prefixed = [self._prefix + t for t in texts]
-        cut = [_cut_at_whitespace(t, self._cutoff, self._cut_chars) for t in prefixed]
+        cut = [cut_at_whitespace(t, self._cutoff, self._cut_chars) for t in prefixed]
         encodings = self._backend.encode_batch(cut)
         ids = [e.ids for e in encodings]
         truncated = [bool(e.overflowing) for e in encodings]
@@ -113,7 +113,7 @@ def cut_characters(backend) -> str:
     return ""
 
 
-def _cut_at_whitespace(text: str, limit: int, chars: str = " \n") -> str:
+def cut_at_whitespace(text: str, limit: int, chars: str = " \n") -> str:
     """The text up to the last of ``chars`` before ``limit`` chars (and before any whitespace run
     that ends there), or the text unchanged.
 

@@ -16,7 +16,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from e5tools.bench import job_argv
+from e5tools.jobrun import job_argv
 from e5tools.sample_text import passages
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError

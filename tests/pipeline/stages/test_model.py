@@ -143,7 +143,7 @@ def test_a_pinned_hub_model_runs_with_the_hub_unreachable_and_no_actor_calls_it(
     import os
     import subprocess
 
-    from e5tools.bench import job_argv
+    from e5tools.jobrun import job_argv
     from tests.httpserve import serving
 
     seen: list[str] = []

@@ -6,9 +6,9 @@ autoscaler request goes to the real local Ray cluster's GCS.
 
 import pytest
 
+from pipeline.backend.capacity import GpuCapacity
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, UsageError
-from pipeline.planning.capacity import GpuCapacity
 from pipeline.runner import run_job
 
 

@@ -1,0 +1,15 @@
+"""What E5 is and what the encode stage can do: the facts the stages own and the settings choose from.
+
+The model card's prefixes (``passage: `` for what is stored, ``query: `` for what is asked), the
+compute and storage dtypes and devices the encode stage handles, and its attention modes. The flag
+table (``pipeline.flags``) offers these as choices; it does not define them.
+"""
+
+from __future__ import annotations
+
+DEFAULT_MODEL = "intfloat/e5-base-v2"
+PREFIXES = {"passage": "passage: ", "query": "query: ", "none": ""}  # the card's prefixes, by name
+DTYPES = ("auto", "float32", "float16", "bfloat16")  # compute dtype (auto: bf16/fp16 on GPU, float32 on CPU)
+OUTPUT_DTYPES = ("float32", "float16")  # the stored embedding's dtype
+ATTENTION_MODES = ("padded", "packed")  # padded micro-batches (SDPA) or packed rows (varlen attention)
+DEVICES = ("auto", "cuda", "cpu")
