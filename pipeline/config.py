@@ -107,7 +107,6 @@ class JobConfig:
         if not isinstance(self.storage_options, Mapping):
             raise UsageError("--storage-options must be a JSON object")
         object.__setattr__(self, "storage_options", dict(self.storage_options))
-        register_secrets(self.storage_options, (*self.inputs, *self.reuse_from, self.output, self.model))
         named = [("--input", u) for u in self.inputs] + [("--reuse-from", u) for u in self.reuse_from]
         for flag, uri in named + [("--output", self.output), ("--model", self.model)]:
             kind = uri_credentials(uri)
@@ -116,6 +115,12 @@ class JobConfig:
                     f"{flag} {safe_uri(uri)} carries {kind}; credentials in a URI would be recorded in the "
                     f"output and its logs: pass them with --storage-options (or the store's environment)"
                 )
+
+    def register_secrets(self) -> None:
+        """Tell the log and error scrubber this job's secrets (storage options at any depth, credentials
+        inside URIs). The entry point that runs the job calls it (``run_job``); building a config has
+        no side effect."""
+        register_secrets(self.storage_options, (*self.inputs, *self.reuse_from, self.output, self.model))
 
     @property
     def gpus_to_wait_for(self) -> int:

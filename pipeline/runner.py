@@ -165,6 +165,7 @@ class Phases:
 
 def run_job(config: JobConfig) -> RunSummary:
     """Lease the output, see what is left, embed it, prove the output complete, record the run."""
+    config.register_secrets()
     phases = Phases()
     t0 = phases.t0
     started_at = _now()

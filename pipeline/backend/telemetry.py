@@ -199,6 +199,9 @@ class TimedStage:
 
     def __init__(self, stage_cls: type, telemetry: Telemetry | None, **kwargs: Any):
         self.stage = stage_cls(**kwargs)
+        setup = getattr(self.stage, "setup", None)
+        if setup is not None:  # the expensive part (weights, compilation) when the actor starts
+            setup()
         self.telemetry = telemetry
         self._oom_seen = 0
         self._called = False

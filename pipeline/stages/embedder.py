@@ -85,6 +85,7 @@ class Embedder:
             attention=attention,
             shape_buckets=shape_buckets,
         )
+        self.encoder.setup()  # the in-process entry loads at construction, like a SentenceTransformer
 
     @property
     def dim(self) -> int:

@@ -74,11 +74,14 @@ class EncodeStage:
         attention: str = "padded",
         shape_buckets: tuple[int, ...] | None = None,
     ):
-        import torch
-
+        """Cheap: the settings are checked and the device decided; nothing is loaded or compiled
+        (``setup``, on the actor)."""
         if attention not in ATTENTION_MODES:  # before any model is loaded
             raise UsageError(f"attention must be one of {', '.join(ATTENTION_MODES)}, not {attention!r}")
-        self._torch = torch
+        if device != "cpu":
+            # before any CUDA call of this process (the allocator reads it once, at its first use):
+            # fewer fragmentation OOMs on ragged batches
+            os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.device = resolve_device(device)
         if expect_gpu and self.device != "cuda":
             if os.environ.get(ALLOW_CPU_ON_GPU_ENV) != "1":
@@ -93,45 +96,60 @@ class EncodeStage:
             )
             dtype = "float32"
         self.dtype = resolve_dtype(dtype, self.device)
+        self.source = model
+        self.batch_size = batch_size
+        self.output_dtype = output_dtype
+        self.torch_threads = torch_threads
+        self.compile_model = compile_model
+        self.memory_fraction = memory_fraction
+        self.attention = attention
+        self.shape_buckets = tuple(shape_buckets) if shape_buckets else None
+        self.pad_multiple = pad_multiple if pad_multiple is not None else (8 if self.device == "cuda" else 1)
+        self.oom_splits = 0
+        self.model: Any = None  # set by setup()
+
+    def setup(self) -> None:
+        """Load the model once, on the actor (``TimedStage`` calls it when the actor starts; in-process
+        use loads it at the first batch): threads or the GPU share, the weights, compilation and, with
+        ``shape_buckets``, the warm-up of every bucket."""
+        if self.model is not None:
+            return
+        import torch
+
+        self._torch = torch
         if self.device == "cpu":
-            torch.set_num_threads(torch_threads or os.cpu_count() or 1)
-        else:
-            # before the first CUDA allocation of this process: fewer fragmentation OOMs on ragged batches
-            os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-            if memory_fraction is not None and memory_fraction < 1.0:
-                torch.cuda.set_per_process_memory_fraction(memory_fraction)  # several actors share the GPU
-        self.model = model.load_model(dtype=self.dtype, device=self.device)
-        self.dim = int(self.model.config.hidden_size)
+            torch.set_num_threads(self.torch_threads or os.cpu_count() or 1)
+        elif self.memory_fraction is not None and self.memory_fraction < 1.0:
+            torch.cuda.set_per_process_memory_fraction(self.memory_fraction)  # several actors share the GPU
+        model = self.source.load_model(dtype=self.dtype, device=self.device)
+        self.dim = int(model.config.hidden_size)
         # padding positions hold the model's pad id (1 for XLM-R, whose position ids skip it)
-        self.pad_id = int(getattr(self.model.config, "pad_token_id", None) or 0)
+        self.pad_id = int(getattr(model.config, "pad_token_id", None) or 0)
         # torch.compile with dynamic shapes: one compilation serves every (rows, width); it costs a
         # warm-up per actor (12-30 s for MiniLM on 2 CPU cores) and is opt-in (docs/benchmarks.md).
-        self.shape_buckets = tuple(shape_buckets) if shape_buckets else None
         if self.shape_buckets:
             # static shapes: one graph per (batch_size, bucket), CUDA graphs on a GPU ("reduce-overhead")
             mode = "reduce-overhead" if self.device == "cuda" else "default"
-            self.forward = torch.compile(self.model, dynamic=False, mode=mode)
-        elif compile_model:
-            self.forward = torch.compile(self.model, dynamic=True)
+            self.forward = torch.compile(model, dynamic=False, mode=mode)
+        elif self.compile_model:
+            self.forward = torch.compile(model, dynamic=True)
         else:
-            self.forward = self.model
-        self.packed = PackedEncoder(self.model) if attention == "packed" else None
-        self.batch_size = batch_size
-        self.output_dtype = output_dtype
-        self.pad_multiple = pad_multiple if pad_multiple is not None else (8 if self.device == "cuda" else 1)
-        self.oom_splits = 0
+            self.forward = model
+        self.packed = PackedEncoder(model) if self.attention == "packed" else None
+        self.model = model
         logger.info(
             "encode actor ready: model=%s device=%s dtype=%s batch_size=%d compiled=%s",
-            model.name_or_path,
+            self.source.name_or_path,
             self.device,
             self.dtype,
-            batch_size,
-            compile_model,
+            self.batch_size,
+            self.compile_model,
         )
         if self.shape_buckets:
             self._warm_buckets()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        self.setup()
         ids_col = (
             batch["input_ids"].combine_chunks()
             if isinstance(batch["input_ids"], pa.ChunkedArray)
@@ -192,6 +210,7 @@ class EncodeStage:
         the previous one's results are waited for, so on a GPU the host-side work overlaps the
         device's compute (on CPU each launch simply runs to completion).
         """
+        self.setup()
         lengths = offsets[rows + 1] - offsets[rows]
         order = np.argsort(-lengths, kind="stable")
         out = np.empty((len(rows), self.dim), dtype=np.float32)
@@ -225,7 +244,7 @@ class EncodeStage:
         start, n = 0, len(order)
         longest = int(lengths[order[0]]) if n else 0
         while start < n:
-            if self.packed is None:
+            if self.attention != "packed":
                 end = min(n, start + self.batch_size)
             else:
                 budget, used, end = self.batch_size * longest, 0, start

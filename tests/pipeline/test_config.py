@@ -140,3 +140,13 @@ def test_log_lines_escape_control_characters_in_user_data():
     ScrubFilter().filter(record)
     assert record.getMessage() == "ids: a\\nERROR forged\\x1b[2J"
     assert escape_controls("tab\tand é stay") == "tab\tand é stay"
+
+
+def test_building_a_config_registers_nothing_the_entry_point_does():
+    from pipeline.io import storage
+
+    config = JobConfig(inputs=("a",), output="b", storage_options={"client_kwargs": {"token": "CTOR-SECRET-51"}})
+    assert "CTOR-SECRET-51" not in storage._REGISTERED_SECRETS  # no side effect at construction
+    assert "CTOR-SECRET-51" in storage.scrub("CTOR-SECRET-51")
+    config.register_secrets()  # what run_job does first
+    assert storage.scrub("failed: CTOR-SECRET-51") == "failed: ***"

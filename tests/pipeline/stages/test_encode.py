@@ -154,3 +154,24 @@ def test_cublas_workspace_failure_is_recovered_outside_the_handler_and_lowers_th
 
     with pytest.raises(RuntimeError, match="some other error"):
         Broken(model=source, batch_size=7, dtype="float32", device="cpu")(tokens)
+
+
+def test_construction_is_cheap_and_setup_loads_once(minilm_path, monkeypatch):
+    """Building the stage reads no weights (Ray builds it on the actor, a driver may build it to
+    check settings); ``setup`` loads them once, and a first batch in-process sets it up itself."""
+    loads = []
+    real_load = ModelSource.load_model
+
+    def counted(self, **kw):
+        loads.append(kw)
+        return real_load(self, **kw)
+
+    monkeypatch.setattr(ModelSource, "load_model", counted)
+    stage = EncodeStage(model=ModelSource(name_or_path=minilm_path), batch_size=4, device="cpu")
+    assert loads == [] and stage.model is None
+    stage.setup()
+    stage.setup()
+    assert len(loads) == 1 and stage.dim == 384
+    lazy = EncodeStage(model=ModelSource(name_or_path=minilm_path), batch_size=4, device="cpu")
+    tokens = TokenizeStage(model=lazy.source, prefix="passage: ", max_length=512)(records_table(TEXTS, source="s"))
+    assert lazy(tokens).num_rows == len(TEXTS) and len(loads) == 2
