@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from e5tools.jobrun import job_argv, run_sampled
+from e5tools.parity import parity_error
 from e5tools.sample_text import passages
 from pipeline.stages.model import ModelInfo
 
@@ -601,6 +602,7 @@ def run_benchmark(
         if name in embeddings and "reference" in embeddings:
             a, b = embeddings[name], embeddings["reference"]
             parity[f"{name}_vs_reference_min_cosine"] = float(((a * b).sum(1)).min())
+            parity[f"{name}_vs_reference_parity_error"] = parity_error(a, b)  # against the texts' spread
     report = {
         "device": device,
         "device_name": _device_name(device),

@@ -2,6 +2,9 @@
 # The GPU check, for a session lent a GPU machine (see docs/benchmarks.md):
 #   ../shared/device/bundle.sh sentence-transformers==6.2.0 s3fs fsspec zstandard   (builds .device/)
 #   run: carry [".device"], command: source .device/setup.sh && bash jobs/gpu_check.sh
+# First contact: STEPS=quick (jobs/gpu_quick.py: versions, memory estimate vs reserved, parity with real
+# weights, padded/packed encode tokens/s, the whole pipeline; <= 180 s on an H100, <= 4 files, each step
+# saved as it finishes, a failing step recorded and the others run). Then, with the time left:
 # Steps (STEPS="..." picks some; each fits in a few minutes on an H100 and writes its files as it goes,
 # so a timeout keeps the earlier ones; run them in one call or one call each):
 #   versions      python/torch/transformers/ray/pyarrow, the device, nvidia-smi
@@ -18,14 +21,19 @@
 # `pipeline bench --rows pipeline` at other sizes, which tests/e5tools/test_bench.py rehearses (with
 # --actors-per-gpu 2) through the same command. ACTORS="1 2" picks the actors step's pool sizes.
 set -euo pipefail
+py=${PYTHON:-python3}  # the device image has python3, not python
 out=${OUT:-gpu-check}
 device=${DEVICE:-cuda}
 steps=" ${STEPS:-versions memory profile bench actors sustained} "
 rehearse=()
 [[ $device == cuda ]] || rehearse=(--rehearse)
 mkdir -p "$out"
+if [[ $steps == *" quick "* ]]; then
+  # its own exit status (1: a step failed) is in quick.json; the other steps still run
+  "$py" jobs/gpu_quick.py "${rehearse[@]}" --out "$out/quick" ${PIPELINE_DOCS:+--pipeline-docs "$PIPELINE_DOCS"} || true
+fi
 if [[ $steps == *" versions "* ]]; then
-  python - <<'PY' | tee "$out/versions.txt"
+  "$py" - <<'PY' | tee "$out/versions.txt"
 import platform, torch, transformers, pyarrow, ray
 print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
       f"transformers {transformers.__version__}, ray {ray.__version__}, pyarrow {pyarrow.__version__}")
@@ -36,22 +44,22 @@ PY
   fi
 fi
 if [[ $steps == *" memory "* ]]; then
-  python jobs/gpu_memory_check.py "${rehearse[@]}" --out "$out/memory"
+  "$py" jobs/gpu_memory_check.py "${rehearse[@]}" --out "$out/memory"
 fi
 if [[ $steps == *" profile "* ]]; then
-  python jobs/gpu_profile.py "${rehearse[@]}" --out "$out/profile"
+  "$py" jobs/gpu_profile.py "${rehearse[@]}" --out "$out/profile"
 fi
 if [[ $steps == *" bench "* ]]; then
-  python -m pipeline bench --device "$device" --docs "${DOCS:-20000}" \
+  "$py" -m pipeline bench --device "$device" --docs "${DOCS:-20000}" \
     --rows "${BENCH_ROWS:-reference,st_encode,encode,encode_compiled,encode_packed,encode_buckets,pipeline}" \
     --out "$out/bench"
 fi
 if [[ $steps == *" actors "* ]]; then
   for n in ${ACTORS:-1 2}; do
-    python -m pipeline bench --device "$device" --docs "${ACTORS_DOCS:-50000}" --rows pipeline \
+    "$py" -m pipeline bench --device "$device" --docs "${ACTORS_DOCS:-50000}" --rows pipeline \
       --actors-per-gpu "$n" --out "$out/actors$n"
   done
 fi
 if [[ $steps == *" sustained "* ]]; then
-  python -m pipeline bench --device "$device" --docs "${SUSTAINED_DOCS:-200000}" --rows pipeline --out "$out/sustained"
+  "$py" -m pipeline bench --device "$device" --docs "${SUSTAINED_DOCS:-200000}" --rows pipeline --out "$out/sustained"
 fi

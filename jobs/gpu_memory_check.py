@@ -35,6 +35,19 @@ def ragged_rows(batch: int, length: int, seed: int):
     return values, offsets
 
 
+def allocator_settings(torch, cuda: bool) -> dict:
+    """The caching allocator's settings as this process has them (the stage sets
+    PYTORCH_CUDA_ALLOC_CONF before the first CUDA call; the allocator reads it once)."""
+    import os
+
+    settings = {"PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
+    if cuda:
+        settings["backend"] = torch.cuda.get_allocator_backend()
+        getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
+        settings["in_effect"] = getter() if getter is not None else "unknown (this torch cannot say)"
+    return settings
+
+
 def main() -> int:
     import numpy as np
     import torch
@@ -53,6 +66,7 @@ def main() -> int:
     path = model_folder(args.rehearse, "e5-memory-")
     info = ModelInfo.from_config(path, json.loads(Path(path, "config.json").read_text()))
     stage = EncodeStage(model=ModelSource(name_or_path=path), batch_size=1, dtype=dtype, device=device)
+    stage.setup()
     grid = REHEARSAL_GRID if args.rehearse else GRID
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +76,7 @@ def main() -> int:
         "dtype": dtype,
         "weights": "random (architecture only)",
         "note": "estimate excludes the CUDA context (the planner adds cuda_context_gb); reserved decides an OOM",
+        "allocator": allocator_settings(torch, cuda),
         "rows": [],
     }
     for length in grid["lengths"]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline import __version__, flags
-from pipeline.config import DEVICES, JobConfig, parse_storage_options
+from pipeline.config import DEVICES, PREFIXES, JobConfig, parse_storage_options, plan_config_from_args
 from pipeline.errors import E5EmbedError, UsageError
 from pipeline.io.storage import ScrubFilter, scrub
 
@@ -177,27 +177,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from pipeline.planning.scheduler_config import load_scheduler_config
     from pipeline.stages.model import offline_info
 
-    flags.validate(vars(args))  # the same checks as the run flags
-    info = offline_info(args.model)
-    request = PlanRequest.from_job(args)
-    scheduler = load_scheduler_config(args.scheduler_config)
-    if args.gpus is not None or args.cpus is not None:
+    config = plan_config_from_args(args)  # typed, each setting's check applied (the run flags' own)
+    info = offline_info(config.model)
+    request = PlanRequest.from_job(config)
+    scheduler = load_scheduler_config(config.scheduler_config)
+    if config.gpus is not None or config.cpus is not None:
         cluster = ClusterSpec(
-            gpus=args.gpus or 0,
-            cpus=args.cpus or max(1.0, 8.0 * (args.gpus or 1)),
-            nodes=args.nodes,
-            accelerator=args.accelerator,
-            max_gpus=args.max_gpus,
+            gpus=config.gpus or 0,
+            cpus=config.cpus or max(1.0, 8.0 * (config.gpus or 1)),
+            nodes=config.nodes,
+            accelerator=config.accelerator,
+            max_gpus=config.max_gpus,
         )
     else:
         from pipeline.backend.cluster import describe_cluster
         from pipeline.backend.dataset import ray_session
 
-        with ray_session(args.ray_address):
+        with ray_session(config.ray_address):
             cluster = describe_cluster()
     plan = make_plan(cluster, info, request, scheduler)
-    estimate = _estimate(args, plan) if args.inputs else None
-    if args.json:
+    estimate = _estimate(config, plan) if config.inputs else None
+    if args.json:  # presentation, not a setting
         out = {
             "model": info.name,
             "cluster": {k: v for k, v in vars(cluster).items()},
@@ -216,38 +216,37 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _estimate(args: argparse.Namespace, plan):
+def _estimate(config, plan):
     """``plan --input``: sample the corpus and estimate records, tokens, GPU-hours and cost."""
-    from pipeline.config import parse_storage_options
     from pipeline.io.sources import FieldSpec, list_shards
     from pipeline.io.storage import register_secrets
     from pipeline.planning.estimate import add_cost, estimate_corpus
     from pipeline.stages.chunking import ChunkSettings
     from pipeline.stages.model import ModelSource
 
-    options = parse_storage_options(args.storage_options) if args.storage_options else {}
-    register_secrets(options, tuple(args.inputs))
-    shards = list_shards(args.inputs, options, args.input_format, ignore_unknown=args.ignore_unknown_files)
-    chunk = ChunkSettings.of_job(args)
+    options = dict(config.storage_options)
+    register_secrets(options, tuple(config.inputs))
+    shards = list_shards(config.inputs, options, config.input_format, ignore_unknown=config.ignore_unknown_files)
+    chunk = ChunkSettings.of_job(config)
     estimate = estimate_corpus(
         shards,
         storage_options=options,
         fields=FieldSpec(
-            text_field=args.text_field,
-            id_field=args.id_field,
-            title_field=args.title_field,
+            text_field=config.text_field,
+            id_field=config.id_field,
+            title_field=config.title_field,
             title_apart=chunk is not None,
         ),
-        model=ModelSource(name_or_path=args.model, storage_options=options),
-        prefix=flags.PREFIXES[args.prefix],
-        max_length=args.max_length,
+        model=ModelSource(name_or_path=config.model, storage_options=options),
+        prefix=PREFIXES[config.prefix],
+        max_length=config.max_length,
         chunk=chunk,
-        sample_shards=args.sample_shards,
-        sample_records=args.sample_records,
+        sample_shards=config.sample_shards,
+        sample_records=config.sample_records,
     )
     gpus = plan.gpu_actors // plan.actors_per_gpu if plan.device == "cuda" else 0
     return add_cost(
-        estimate, gpus=gpus, gpu_tokens_per_s=plan.gpu_tokens_per_s or 0.0, gpu_hour_price=args.gpu_hour_price
+        estimate, gpus=gpus, gpu_tokens_per_s=plan.gpu_tokens_per_s or 0.0, gpu_hour_price=config.gpu_hour_price
     )
 
 

@@ -2,7 +2,8 @@
 
 Flags, ``E5_EMBED_<FIELD>`` environment variables and YAML job files all end up here; YAML keys
 are the flag names (``batch-size`` or ``batch_size``). Precedence: flag > environment > job file
-> default. Each field's check is its flag's (``pipeline.flags``).
+> default. Each setting is declared once, as a field with its flag (``pipeline.settings.setting``);
+``pipeline.flags`` generates the parsers, variables and docs from these fields.
 """
 
 from __future__ import annotations
@@ -14,61 +15,268 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from pipeline import flags
+from pipeline import settings
 from pipeline.errors import UsageError
-from pipeline.io.sources import INPUT_FORMATS  # noqa: F401
+from pipeline.io.formats import INPUT_FORMATS  # noqa: F401
 from pipeline.io.storage import register_secrets, safe_uri, uri_credentials
-from pipeline.stages.e5 import DEFAULT_MODEL, DEVICES, DTYPES, OUTPUT_DTYPES, PREFIXES  # noqa: F401
+from pipeline.settings import (
+    BOTH,
+    PLAN,
+    ascending_buckets,
+    boolean,
+    fraction,
+    int_range,
+    not_empty,
+    one_of,
+    positive_number,
+    seconds,
+    setting,
+    token_buckets,
+)
+from pipeline.stages.e5 import ATTENTION_MODES, DEFAULT_MODEL, DEVICES, DTYPES, OUTPUT_DTYPES, PREFIXES
 
 
 @dataclass(frozen=True, kw_only=True)
 class JobConfig:
-    """Everything one ``e5-embed run`` needs. Validated at construction."""
+    """Everything one ``e5-embed run`` needs, each setting declared once with its flag (help, type,
+    check, the commands it belongs to); validated at construction."""
 
-    inputs: tuple[str, ...]
-    output: str
-    model: str = DEFAULT_MODEL
-    revision: str | None = None
-    prefix: str = "passage"
-    max_length: int = 512
-    chunk_tokens: int | None = None
-    chunk_overlap: int = 32
-    max_chunks_per_record: int = 256
-    batch_size: int | None = None
-    dtype: str = "auto"
-    output_dtype: str = "float32"
-    device: str = "auto"
-    compile: bool = False
-    attention: str = "padded"  # padded or packed encoder micro-batches
-    shape_buckets: tuple[int, ...] | None = None  # static padded widths for a compiled encoder
-    input_format: str = "auto"
-    text_field: str = "text"
-    id_field: str = "id"
-    title_field: str | None = None
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
-    rows_per_block: int = 4096
-    rows_per_file: int = 32768
-    gpu_actors: int | None = None
-    actors_per_gpu: int | None = None
-    tokenizer_actors: int | None = None
-    gpu_memory_gb: float | None = None
-    min_gpus: int | None = None
-    max_gpus: int | None = None
-    gpu_wait_s: float = 900.0
-    scheduler_config: str | None = None
-    max_bad_fraction: float = 0.001
-    skip_corrupt_remainders: bool = False
-    ignore_unknown_files: bool = False
-    max_record_bytes: int = 16 << 20
-    lease_wait_s: float = 0.0
-    lease_ttl_s: float = 120.0
-    shared_local_path: bool = False
-    overwrite: bool = False
-    update: bool = False  # re-embed only what changed in the inputs (carry the rest over)
-    reuse_from: tuple[str, ...] = ()  # other outputs whose vectors may be carried over
-    ray_address: str | None = None
-    progress: bool = True
-    status_interval_s: float = 60.0
+    inputs: tuple[str, ...] = setting(
+        help="input folder/prefix or file (s3://, gs://, file paths, ...), literal; repeatable",
+        metavar="URI",
+        repeat=True,
+        commands=BOTH,
+        name="input",
+    )
+    output: str = setting(help="output folder/prefix for Parquet files (literal)", metavar="URI")
+    model: str = setting(
+        DEFAULT_MODEL,
+        help="Hub id, local folder, or a folder in object storage (s3://…/, copied once per node)",
+        commands=BOTH,
+    )
+    revision: str | None = setting(
+        None, help="Hub revision (branch/tag/commit); the driver resolves it to a commit sha that all actors load"
+    )
+    prefix: str = setting(
+        "passage",
+        help="E5 input prefix: 'passage: ', 'query: ' or none",
+        choices=tuple(PREFIXES),
+        check=one_of(tuple(PREFIXES)),
+        commands=BOTH,
+    )
+    max_length: int = setting(
+        512, help="truncate inputs at this many tokens", type=int, check=int_range(8, 8192), commands=BOTH
+    )
+    chunk_tokens: int | None = setting(
+        None,
+        help="long documents: embed every window of at most this many tokens (prefix, title and special "
+        "tokens included; <= --max-length), one output row per window, instead of truncating",
+        type=int,
+        check=int_range(16, 8192),
+        commands=BOTH,
+    )
+    chunk_overlap: int = setting(
+        32,
+        help="with --chunk-tokens: tokens repeated between neighbouring windows (at most half a window)",
+        type=int,
+        check=int_range(0, 4096),
+        commands=BOTH,
+    )
+    max_chunks_per_record: int = setting(
+        256,
+        help="with --chunk-tokens: windows past this many are cut off (the record's rows say truncated)",
+        type=int,
+        check=int_range(1, 1 << 20),
+        commands=BOTH,
+    )
+    batch_size: int | None = setting(
+        None,
+        help="fixed rows per forward pass (default: from the resource plan, which also checks that it fits)",
+        type=int,
+        check=int_range(1, 1 << 20),
+        commands=BOTH,
+    )
+    dtype: str = setting(
+        "auto",
+        help="compute dtype; auto = bf16 (fp16 on GPUs without bf16) on GPU, float32 on CPU",
+        choices=DTYPES,
+        check=one_of(DTYPES),
+        commands=BOTH,
+    )
+    output_dtype: str = setting(
+        "float32",
+        help="stored embedding dtype (float16 halves storage)",
+        choices=OUTPUT_DTYPES,
+        check=one_of(OUTPUT_DTYPES),
+    )
+    device: str = setting(
+        "auto",
+        help="where to encode (auto: GPU if the cluster has one)",
+        choices=DEVICES,
+        check=one_of(DEVICES),
+        commands=BOTH,
+    )
+    compile: bool = setting(
+        False,
+        help="torch.compile the encoder (opt-in: a warm-up per actor; measure with `e5-embed bench`)",
+        type=None,
+        check=boolean,
+    )
+    attention: str = setting(
+        "padded",
+        help="encoder micro-batches: padded (SDPA over a padding mask) or packed (rows end to end, variable-length "
+        "attention on CUDA; same embeddings, a GPU fast-path candidate: measure with `e5-embed bench`)",
+        choices=ATTENTION_MODES,
+        check=one_of(ATTENTION_MODES),
+    )
+    shape_buckets: tuple[int, ...] | None = setting(
+        None,
+        help="compile the encoder for these padded widths only (e.g. 128,256,512; rows padded to --batch-size), "
+        "warmed at actor start, CUDA graphs per shape on GPU: a fast-path candidate, measure with `e5-embed bench`",
+        type=token_buckets,
+        check=ascending_buckets,
+    )
+    input_format: str = setting(
+        "auto",
+        help="override format detection by extension (.txt, .jsonl/.ndjson/.json, .parquet; .gz/.zst)",
+        choices=INPUT_FORMATS,
+        check=one_of(INPUT_FORMATS),
+        commands=BOTH,
+    )
+    text_field: str = setting("text", help="field holding the text", check=not_empty, commands=BOTH)
+    id_field: str = setting(
+        "id", help="field holding the id; missing ids become '<shard path>:<row>'", check=not_empty, commands=BOTH
+    )
+    title_field: str | None = setting(None, help="optional title field, embedded as f'{title} {text}'", commands=BOTH)
+    storage_options: Mapping[str, Any] = setting(
+        default_factory=dict,
+        help="fsspec storage options as JSON, or @FILE holding it (keeps secrets out of process "
+        "listings); S3 already uses the AWS chain and AWS_ENDPOINT_URL",
+        metavar="JSON",
+        commands=BOTH,
+    )
+    rows_per_block: int = setting(4096, help="rows per block read from a shard", type=int, check=int_range(1, 1 << 22))
+    rows_per_file: int = setting(
+        32768,
+        help="most rows per output file; also the unit of work redone after a crash",
+        type=int,
+        check=int_range(1, 1 << 24),
+    )
+    gpu_actors: int | None = setting(
+        None, help="encode actors (default: from the plan)", type=int, check=int_range(1, 1 << 16), commands=BOTH
+    )
+    actors_per_gpu: int | None = setting(
+        None, help="encode actors sharing one GPU (default: plan)", type=int, check=int_range(1, 1 << 16), commands=BOTH
+    )
+    tokenizer_actors: int | None = setting(
+        None, help="max tokenizer actors (default: plan)", type=int, check=int_range(1, 1 << 16), commands=BOTH
+    )
+    gpu_memory_gb: float | None = setting(
+        None, help="VRAM per GPU, overriding the probe and profile", type=float, check=positive_number, commands=BOTH
+    )
+    min_gpus: int | None = setting(
+        None,
+        help="autoscaling clusters: ask for and wait until this many GPUs have joined (see --gpu-wait-s)",
+        type=int,
+        check=int_range(0, 1 << 16),
+    )
+    max_gpus: int | None = setting(
+        None,
+        help="the most GPUs the encode pool uses: room to grow on autoscaling clusters, a cap on bigger "
+        "ones (implies --min-gpus 1)",
+        type=int,
+        check=int_range(1, 1 << 16),
+        commands=BOTH,
+    )
+    gpu_wait_s: float = setting(
+        900.0,
+        help="how long --min-gpus waits before the job fails with exit 1",
+        type=float,
+        check=seconds(allow_zero=False),
+    )
+    scheduler_config: str | None = setting(
+        None,
+        help="per-accelerator scheduler profiles laid over the packaged ones (pipeline/planning/scheduler.yaml)",
+        metavar="YAML",
+        commands=BOTH,
+    )
+    max_bad_fraction: float = setting(
+        0.001,
+        help="fail (exit 1, no _SUCCESS) when more than this fraction of records is rejected",
+        type=float,
+        check=fraction,
+    )
+    skip_corrupt_remainders: bool = setting(
+        False,
+        help="complete the job even when a compressed shard breaks off part-way (what "
+        "decodes is embedded; the shards are listed in the manifest). Default: such a shard fails the job",
+        type=None,
+        check=boolean,
+    )
+    ignore_unknown_files: bool = setting(
+        False,
+        help="skip files of unknown format inside input folders (they are listed in the manifest). "
+        "Default: such files fail the run (exit 2), named",
+        type=None,
+        check=boolean,
+        commands=BOTH,
+    )
+    max_record_bytes: int = setting(
+        16 << 20,
+        help="reject a record (line) longer than this without reading it whole",
+        type=int,
+        check=int_range(1024, 1 << 31),
+    )
+    lease_wait_s: float = setting(
+        0.0,
+        help="when another run holds the output, wait this long for it before exit 1",
+        type=float,
+        check=seconds(allow_zero=True),
+    )
+    lease_ttl_s: float = setting(
+        120.0,
+        help="the output lease expires this long after its last renewal, so a retry after a crash proceeds",
+        type=float,
+        check=seconds(allow_zero=False),
+    )
+    shared_local_path: bool = setting(
+        False,
+        help="local paths are on storage every node shares (NFS, ...); without it a multi-node "
+        "cluster refuses local --input/--output",
+        type=None,
+        check=boolean,
+    )
+    overwrite: bool = setting(
+        False,
+        help="start over: remove _SUCCESS, then delete the files this tool wrote in --output",
+        type=None,
+        check=boolean,
+    )
+    update: bool = setting(
+        False,
+        help="bring an output whose input shards changed, vanished or were added up to date, encoding only "
+        "records whose text is new or changed (unchanged vectors are carried over by text_hash; rows of "
+        "edited, deleted and vanished records are removed). Without it a changed shard is refused",
+        type=None,
+        check=boolean,
+    )
+    reuse_from: tuple[str, ...] = setting(
+        (),
+        help="take vectors from another output made with the same model and settings, matched by text_hash "
+        "(a new snapshot, a re-sharded corpus); repeatable",
+        metavar="URI",
+        repeat=True,
+    )
+    ray_address: str | None = setting(
+        None, help="Ray cluster address (default: RAY_ADDRESS, else start a local one)", commands=BOTH
+    )
+    progress: bool = setting(True, help="hide progress bars", type=None, check=boolean, negate=True)
+    status_interval_s: float = setting(
+        60.0,
+        help="log a one-line status (records tokenized, encoded and committed, tokens/s, ETA) this often",
+        type=float,
+        check=seconds(allow_zero=False),
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", os.fspath(self.model))
@@ -85,7 +293,7 @@ class JobConfig:
         object.__setattr__(self, "reuse_from", tuple(os.fspath(u) for u in self.reuse_from or ()))
         if isinstance(self.shape_buckets, list):
             object.__setattr__(self, "shape_buckets", tuple(self.shape_buckets))
-        flags.validate({f.name: getattr(self, f.name) for f in fields(self)})  # each flag's own check
+        settings.validate(JobConfig, {f.name: getattr(self, f.name) for f in fields(self)})  # each field's check
         if self.shape_buckets and self.shape_buckets[-1] != self.max_length:
             raise UsageError(
                 f"--shape-buckets must end at --max-length {self.max_length} (no longer shape is needed, and a "
@@ -158,6 +366,78 @@ class JobConfig:
             return cls(**normalized)
         except TypeError as e:
             raise UsageError(f"invalid job configuration: {e}") from e
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanOptions:
+    """What only ``plan`` takes: a cluster to describe (instead of the connected one) and the cost
+    estimate's sample and price."""
+
+    gpus: int | None = setting(
+        None, help="describe a cluster: total GPUs", type=int, check=int_range(0, 1 << 16), commands=PLAN
+    )
+    cpus: float | None = setting(
+        None, help="describe a cluster: total CPUs", type=float, check=positive_number, commands=PLAN
+    )
+    nodes: int = setting(1, help="describe a cluster: nodes", type=int, check=int_range(1, 1 << 16), commands=PLAN)
+    accelerator: str | None = setting(
+        None, help="describe a cluster: accelerator type (T4, L4, A10G, A100-80G, H100, ...)", commands=PLAN
+    )
+    sample_shards: int = setting(
+        16,
+        help="with --input: read a sample from this many shards, spread over the listing",
+        type=int,
+        check=int_range(1, 1 << 16),
+        commands=PLAN,
+    )
+    sample_records: int = setting(
+        5000,
+        help="with --input: read at most this many records in all for the estimate",
+        type=int,
+        check=int_range(1, 1 << 24),
+        commands=PLAN,
+    )
+    gpu_hour_price: float | None = setting(
+        None,
+        help="with --input: price of one GPU-hour, for the cost estimate",
+        type=float,
+        check=positive_number,
+        commands=PLAN,
+    )
+
+
+def _plan_config_class() -> type:
+    """``plan``'s typed settings: the ``run`` settings that ``plan`` also takes (declared once, on
+    ``JobConfig``; none required) and ``PlanOptions``'."""
+    chosen = []
+    for f in fields(JobConfig) + fields(PlanOptions):
+        if "plan" not in f.metadata["flag"].commands:
+            continue
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            default = field(default=None, metadata=f.metadata)  # --input is optional for plan
+        elif f.default_factory is not dataclasses.MISSING:
+            default = field(default_factory=f.default_factory, metadata=f.metadata)
+        else:
+            default = field(default=f.default, metadata=f.metadata)
+        chosen.append((f.name, f.type, default))
+    cls = dataclasses.make_dataclass("PlanConfig", chosen, frozen=True, kw_only=True)
+    cls.__module__ = __name__
+    cls.__doc__ = "The ``plan`` command's settings (generated from the declarations of JobConfig and PlanOptions)."
+    return cls
+
+
+PlanConfig = _plan_config_class()
+
+
+def plan_config_from_args(args: Any) -> Any:
+    """``plan``'s typed settings from its parsed flags, each field's check applied."""
+    values = {f.name: getattr(args, f.name) for f in fields(PlanConfig)}
+    if isinstance(values["storage_options"], str):
+        values["storage_options"] = parse_storage_options(values["storage_options"])
+    values["storage_options"] = values["storage_options"] or {}
+    values["inputs"] = tuple(values["inputs"] or ())
+    settings.validate(PlanConfig, values)
+    return PlanConfig(**values)
 
 
 def parse_storage_options(text: str) -> dict[str, Any]:

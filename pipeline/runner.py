@@ -387,7 +387,12 @@ def _records(
 def _plan(config: JobConfig, info: ModelInfo) -> ResourcePlan:
     cluster = describe_cluster(max_gpus=config.max_gpus)
     check_shared_paths(config, cluster)
-    plan = make_plan(cluster, info, PlanRequest.from_job(config), load_scheduler_config(config.scheduler_config))
+    plan = make_plan(
+        cluster,
+        info,
+        PlanRequest.from_job(config, rows_per_file=config.rows_per_file),
+        load_scheduler_config(config.scheduler_config),
+    )
     logger.info("%s", plan.describe())
     return plan
 

@@ -14,7 +14,7 @@ LAYERS = [
     {"pipeline.errors"},
     {"pipeline.io"},
     {"pipeline.stages"},
-    {"pipeline.flags", "pipeline.config"},
+    {"pipeline.settings", "pipeline.config", "pipeline.flags"},
     {"pipeline.ledger"},
     {"pipeline.planning"},
     {"pipeline.backend"},

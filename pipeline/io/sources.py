@@ -26,13 +26,12 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import JobError, UsageError
 from pipeline.io import schemas
+from pipeline.io.formats import FORMAT_BY_EXTENSION
 from pipeline.io.storage import Storage, escape_controls, has_pattern, strip_uri_credentials
 from pipeline.io.text_hash import text_hashes
 
 logger = logging.getLogger(__name__)
 
-INPUT_FORMATS = ("auto", "text", "jsonl", "parquet")  # --input-format: auto picks by extension
-FORMAT_BY_EXTENSION = {".txt": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 COMPRESSION_BY_EXTENSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 TARGET_BYTES_PER_READ_TASK = 64 << 20
 MIN_BYTES_PER_READ_TASK = 8 << 20

@@ -65,9 +65,19 @@ class PlanRequest:
     rows_per_file: int | None = None  # an encode call never spans more rows than one output file
 
     @classmethod
-    def from_job(cls, config: Any) -> "PlanRequest":
-        """From a JobConfig, or the ``plan`` command's arguments (which have no rows_per_file)."""
-        return cls(**{k: getattr(config, k) for k in cls.__dataclass_fields__ if hasattr(config, k)})
+    def from_job(cls, config: Any, rows_per_file: int | None = None) -> "PlanRequest":
+        """From a JobConfig or a PlanConfig (the settings both declare); ``rows_per_file`` is a run's."""
+        return cls(
+            max_length=config.max_length,
+            dtype=config.dtype,
+            device=config.device,
+            batch_size=config.batch_size,
+            actors_per_gpu=config.actors_per_gpu,
+            gpu_actors=config.gpu_actors,
+            tokenizer_actors=config.tokenizer_actors,
+            gpu_memory_gb=config.gpu_memory_gb,
+            rows_per_file=rows_per_file,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,26 +186,44 @@ class ResourcePlan:
         )
 
 
-def estimate_peak_gpu_memory_gb(
-    model: ModelInfo, batch: int, length: int, dtype: str, context_gb: float = 0.6
-) -> float:
-    """Peak memory of one encode actor running ``batch`` rows padded to ``length`` (inference).
+# Headroom over the hand model's activation peak: allocator block rounding and fragmentation on ragged
+# batches. Not yet calibrated on a GPU (jobs/gpu_memory_check.py reports estimate vs reserved).
+ACTIVATION_MARGIN = 1.2
 
-    Weights, plus one transformer layer's live activations (layers run one after another
-    under inference_mode): hidden in/out, Q/K/V and attention output, the FFN intermediate
-    and its activation. Attention scores are not materialised: with a padding mask SDPA runs
-    its memory-efficient kernel, which holds the mask (boolean, then additive in the compute
-    dtype, broadcast over heads) but no (heads x length x length) scores. Pooling works in
-    float32 on a copy of the last hidden state and a masked copy of that; ids and mask are int64.
-    ``jobs/gpu_memory_check.py`` compares this with ``torch.cuda.max_memory_reserved``.
+
+def activation_phases_bytes(model: ModelInfo, batch: int, length: int, dtype: str) -> dict[str, int]:
+    """Bytes live in each phase of one encode call (``batch`` rows padded to ``length``, inference).
+
+    Layers run one after another under inference_mode, so only one layer's tensors are live, and within
+    a layer only one phase's. The layer's input stays referenced through the layer. ``attention``:
+    input, Q/K/V, context, and the padding mask (boolean, then additive in the compute dtype; SDPA's
+    memory-efficient kernel holds no heads x length x length scores). ``ffn``: input, attention output,
+    the intermediate projection and its GELU (the peak for BERT shapes: 2h + 2f per token). ``pooling``:
+    the last hidden state, its float32 copy and the masked copy. Token ids and the mask (int64) are live
+    throughout.
     """
     b = DTYPE_BYTES[dtype]
     h, f = model.hidden_size, model.intermediate_size
     tokens = batch * length
-    weights = model.parameters * b
-    layer = tokens * (6 * h + 2 * f) * b + batch * length * length * (1 + b)
-    pooling = 2 * tokens * h * 4 + tokens * 8 * 2
-    return (context_gb * GB + weights + layer + pooling) / GB
+    ids_and_mask = tokens * 8 * 2
+    return {
+        "attention": tokens * 5 * h * b + batch * length * length * (1 + b) + ids_and_mask,
+        "ffn": tokens * (2 * h + 2 * f) * b + ids_and_mask,
+        "pooling": tokens * (h * b + 2 * h * 4) + ids_and_mask,
+    }
+
+
+def estimate_peak_gpu_memory_gb(
+    model: ModelInfo, batch: int, length: int, dtype: str, context_gb: float = 0.6
+) -> float:
+    """Peak memory of one encode actor running ``batch`` rows padded to ``length`` (inference): the CUDA
+    context, the weights, and the largest phase of ``activation_phases_bytes`` (phases are never live
+    together; summing them overstated e5-base at 512 tokens by ~1.4x) times ``ACTIVATION_MARGIN``.
+    ``jobs/gpu_memory_check.py`` compares this with ``torch.cuda.max_memory_reserved``.
+    """
+    weights = model.parameters * DTYPE_BYTES[dtype]
+    activations = max(activation_phases_bytes(model, batch, length, dtype).values())
+    return (context_gb * GB + weights + ACTIVATION_MARGIN * activations) / GB
 
 
 def sort_window(batch: int, cap: int | None = None) -> int:

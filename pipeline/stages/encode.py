@@ -22,13 +22,14 @@ from pipeline.errors import JobError, UsageError
 from pipeline.io import schemas
 from pipeline.stages.e5 import ATTENTION_MODES
 from pipeline.stages.model import ModelSource, resolve_device, resolve_dtype
-from pipeline.stages.packed import PackedEncoder
+from pipeline.stages.packed import PackedEncoder, packed_unavailable
 
 logger = logging.getLogger(__name__)
 
 # Tests that declare Ray GPUs on a machine without one set this; anywhere else a GPU actor
 # without CUDA is an error, never a quiet CPU run.
 ALLOW_CPU_ON_GPU_ENV = "E5_EMBED_ALLOW_CPU_ON_GPU"
+WARM_CALLS = 2  # calls per shape bucket at warm-up: compile on the first, CUDA-graph capture on the second
 # RuntimeErrors that are allocation failures in disguise (library workspaces on a full device)
 ALLOC_FAILURES = (
     "CUBLAS_STATUS_ALLOC_FAILED",
@@ -96,6 +97,13 @@ class EncodeStage:
             )
             dtype = "float32"
         self.dtype = resolve_dtype(dtype, self.device)
+        if attention == "packed":
+            import torch
+
+            reason = packed_unavailable(torch, self.device, self.dtype)
+            if reason:  # loudly, never a per-row fallback (rows x layers kernel launches per micro-batch)
+                logger.warning("--attention packed: %s; this actor encodes padded micro-batches instead", reason)
+                attention = "padded"
         self.source = model
         self.batch_size = batch_size
         self.output_dtype = output_dtype
@@ -270,13 +278,16 @@ class EncodeStage:
         return input_ids, mask
 
     def _warm_buckets(self) -> None:
-        """Compile (and on CUDA capture) every bucket's shape before the first batch arrives."""
+        """Compile (and on CUDA capture) every bucket's shape before the first batch arrives: each shape
+        runs ``WARM_CALLS`` times, since CUDA-graph trees ("reduce-overhead") record a graph on a shape's
+        second call, not its first; with one call the first real batches would capture inside the run."""
         import time
 
         started = time.perf_counter()
         for width in self.shape_buckets:
             ids, mask = self._pad([np.full(width, self.pad_id, dtype=np.int64)])
-            self._launch(ids, mask).result()
+            for _ in range(WARM_CALLS):
+                self._launch(ids, mask).result()
         logger.info(
             "encoder compiled for %d shape(s) (%d rows x %s tokens) in %.1fs",
             len(self.shape_buckets),

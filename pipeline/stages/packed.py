@@ -14,6 +14,28 @@ from __future__ import annotations
 from typing import Any
 
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
+FLASH_VARLEN_MIN_CAPABILITY = (8, 0)  # torch's varlen flash attention: Ampere (sm80) and newer
+
+
+def packed_unavailable(torch: Any, device: str, dtype: str) -> str | None:
+    """Why ``--attention packed`` cannot run its fast kernel here (None: it can). On CUDA it needs
+    torch's ``varlen_attn``, fp16/bf16 and compute capability 8.0+; anywhere else its per-row attention
+    is a correctness path (the CPU parity tests), not a fast one, and is allowed."""
+    if device != "cuda":
+        return None
+    if dtype not in ("float16", "bfloat16"):
+        return f"flash varlen attention needs float16 or bfloat16, not {dtype}"
+    capability = tuple(torch.cuda.get_device_capability())
+    if capability < FLASH_VARLEN_MIN_CAPABILITY:
+        return (
+            f"flash varlen attention needs compute capability {'.'.join(map(str, FLASH_VARLEN_MIN_CAPABILITY))}+; "
+            f"this GPU ({torch.cuda.get_device_name()}) is {'.'.join(map(str, capability))}"
+        )
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return f"this torch ({torch.__version__}) has no torch.nn.attention.varlen"
+    return None
 
 
 class PackedEncoder:

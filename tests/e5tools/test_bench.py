@@ -50,6 +50,8 @@ def test_every_row_and_memory_check_are_well_formed(tmp_path):
     assert report["parity"]["encode_packed_vs_reference_min_cosine"] >= 0.9999
     assert report["rows"]["encode_packed"]["padding_overhead"] == 0  # no padding at all
     assert report["parity"]["encode_buckets_vs_reference_min_cosine"] >= 0.9999
+    for name in ("encode", "encode_compiled", "encode_packed", "encode_buckets"):  # random weights: the spread
+        assert report["parity"][f"{name}_vs_reference_parity_error"] <= 1e-3, name
     assert report["memory_check"]["docs_4x"] == 96 and report["memory_check"]["ratio_4x_over_1x"] > 0
     assert set(report["ratios"]) >= {
         "encode/reference",

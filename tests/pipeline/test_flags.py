@@ -66,3 +66,29 @@ def test_plan_runs_the_same_checks():
     from pipeline.cli import main
 
     assert main(["plan", "--gpus", "1", "--accelerator", "T4", "--max-length", "4"]) == 2
+
+
+def test_each_setting_is_declared_once_and_everything_else_is_derived():
+    """A setting's help, type, default, check and commands are written once, on its field; the flag
+    table, the env names and the docs come from the fields (no second table to keep equal)."""
+    import ast
+
+    from pipeline.config import PlanConfig, PlanOptions
+    from pipeline.settings import flags_of
+
+    assert flags.FLAGS == flags_of(JobConfig) + flags_of(PlanOptions)
+    assert all("flag" in f.metadata for f in fields(JobConfig) + fields(PlanOptions))  # every field is a setting
+    declared = []
+    for path in sorted((ROOT / "pipeline").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("Flag", "setting", "_FlagSpec"):
+                declared.append(f"{path.relative_to(ROOT)}:{node.func.id}")
+    assert {d.split(":")[0] for d in declared if d.endswith(":setting")} == {"pipeline/config.py"}  # declared there
+    machinery = sorted(d for d in declared if not d.endswith(":setting"))
+    assert machinery == ["pipeline/settings.py:Flag", "pipeline/settings.py:_FlagSpec"]  # built from fields only
+    # plan's typed config is generated from the same declarations: the run settings plan takes, and its own
+    plan_fields = {f.name for f in fields(PlanConfig)}
+    assert plan_fields == {f.field for f in flags.FLAGS if "plan" in f.commands}
+    assert {flags.env_name(f) for f in flags.FLAGS if "run" in f.commands} == {
+        flags.ENV_PREFIX + f.name.upper() for f in fields(JobConfig)
+    }

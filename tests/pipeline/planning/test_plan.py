@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UsageError
-from pipeline.planning.plan import ClusterSpec, PlanRequest, estimate_peak_gpu_memory_gb, make_plan
+from pipeline.planning.plan import GB, ClusterSpec, PlanRequest, estimate_peak_gpu_memory_gb, make_plan
 from pipeline.planning.scheduler_config import Profile, load_scheduler_config
 from pipeline.stages.model import KNOWN_SHAPES, offline_info
 from tests.clirun import run_cli
@@ -217,3 +217,25 @@ def test_a_user_file_is_laid_over_the_packaged_profiles(tmp_path, monkeypatch):
     assert set(packaged.profiles) < set(mine.profiles)
     monkeypatch.setenv("E5_EMBED_SCHEDULER_CONFIG", str(override))
     assert load_scheduler_config().profiles["H100"].actors_per_gpu == 3
+
+
+@pytest.mark.unit
+def test_estimate_takes_the_largest_phase_not_their_sum():
+    """e5-base in bf16: a hand model of one layer's live tensors peaks at the FFN's GELU (input,
+    attention output, intermediate and its activation: 2h + 2f = 7,680 values, 15.4 kB per token);
+    the attention phase (5h values and the mask) is smaller. The old estimate summed the phases: ~29 kB per token."""
+    from pipeline.planning.plan import ACTIVATION_MARGIN, activation_phases_bytes
+
+    phases = activation_phases_bytes(BASE, 64, 512, "bfloat16")
+    tokens = 64 * 512
+    assert max(phases, key=phases.get) == "ffn" and phases["ffn"] == tokens * (7680 * 2 + 16)
+    per_token = (
+        (
+            estimate_peak_gpu_memory_gb(BASE, 64, 512, "bfloat16", context_gb=0)
+            - estimate_peak_gpu_memory_gb(BASE, 0, 512, "bfloat16", context_gb=0)
+        )
+        * GB
+        / tokens
+    )
+    assert per_token == pytest.approx(ACTIVATION_MARGIN * (7680 * 2 + 16))
+    assert per_token < sum(phases.values()) / tokens / 1.5  # the old sum, less the margin

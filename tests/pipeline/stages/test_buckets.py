@@ -3,6 +3,7 @@ after that reuses one of them, and the embeddings are the model card's."""
 
 import pytest
 
+from e5tools.parity import TOLERANCE, parity_error
 from pipeline.stages.embedder import Embedder
 from tests.reference import reference_embeddings
 
@@ -29,6 +30,7 @@ def test_bucketed_compiled_encoder_matches_the_card_without_compiling_again(smal
     assert counters["stats"]["unique_graphs"] == warmed  # no shape outside the buckets
     ref, _ = reference_embeddings(small_model, ["passage: " + t for t in TEXTS], max_length=256)
     assert ours.shape == ref.shape and (ours * ref).sum(1).min() >= 0.9999
+    assert parity_error(ours, ref) <= TOLERANCE["float32"]
 
 
 def test_shape_buckets_must_reach_max_length_and_not_mix_with_packed():

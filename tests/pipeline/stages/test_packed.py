@@ -4,6 +4,7 @@ the model card's code. On CPU attention runs per row (torch's varlen kernel is C
 import numpy as np
 import pytest
 
+from e5tools.parity import TOLERANCE, parity_error
 from pipeline.stages.embedder import Embedder, records_table
 from pipeline.stages.encode import EncodeStage
 from pipeline.stages.model import ModelSource
@@ -22,6 +23,7 @@ def test_packed_equals_the_model_card_code(model, request):
     ours = Embedder(path, prefix="passage", batch_size=2, attention="packed").encode(TEXTS)
     ref, _ = reference_embeddings(path, ["passage: " + t for t in TEXTS])
     assert (ours * ref).sum(1).min() >= 0.9999
+    assert parity_error(ours, ref) <= TOLERANCE["float32"]  # xlmr_path: random weights
 
 
 def _tokens(path):
@@ -55,3 +57,73 @@ def test_packed_out_of_memory_splits_rows_and_matches(minilm_path):
 def test_an_unknown_attention_mode_lists_the_valid_ones(minilm_path):
     with pytest.raises(ValueError, match="padded, packed"):
         EncodeStage(model=ModelSource(name_or_path=minilm_path), batch_size=2, device="cpu", attention="flash")
+
+
+class _FakeGpu:
+    """No GPU here: torch.cuda's capability, name and bf16 answers are replaced by a GPU's (said so)."""
+
+    def __init__(self, monkeypatch, capability):
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: f"FakeGPU sm{capability[0]}{capability[1]}")
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: capability >= (8, 0))
+
+
+@pytest.mark.parametrize(
+    "capability, dtype, reason",
+    [
+        ((9, 0), "bfloat16", None),
+        ((8, 0), "float16", None),
+        ((7, 5), "float16", "compute capability 8.0+; this GPU (FakeGPU sm75) is 7.5"),
+        ((9, 0), "float32", "needs float16 or bfloat16, not float32"),
+    ],
+)
+def test_packed_attention_needs_sm80_and_half_precision_on_cuda(monkeypatch, capability, dtype, reason):
+    import torch
+
+    from pipeline.stages.packed import packed_unavailable
+
+    _FakeGpu(monkeypatch, capability)
+    got = packed_unavailable(torch, "cuda", dtype)
+    assert got == reason if reason is None else reason in got
+    assert packed_unavailable(torch, "cpu", "float32") is None  # the CPU path is the parity path
+
+
+def test_packed_on_a_gpu_without_flash_falls_back_to_padded_loudly(monkeypatch, minilm_path, caplog):
+    """A T4 (sm75) actor asked for --attention packed: padded micro-batches and a warning, never the
+    per-row attention loop. Nothing is loaded (construction is cheap), so no real GPU is touched."""
+    import pipeline.stages.encode as encode
+
+    _FakeGpu(monkeypatch, (7, 5))
+    monkeypatch.setattr(encode, "resolve_device", lambda device: "cuda")
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    stage = EncodeStage(model=ModelSource(name_or_path=minilm_path), batch_size=2, device="cuda", attention="packed")
+    assert stage.attention == "padded" and stage.dtype == "float16"
+    assert any(
+        "--attention packed: flash varlen attention needs compute capability" in r.getMessage() for r in caplog.records
+    )
+    _FakeGpu(monkeypatch, (9, 0))
+    assert (
+        EncodeStage(
+            model=ModelSource(name_or_path=minilm_path), batch_size=2, device="cuda", attention="packed"
+        ).attention
+        == "packed"
+    )
+
+
+def test_the_allocator_setting_is_in_place_before_the_first_cuda_call(monkeypatch, minilm_path):
+    import os
+
+    import pipeline.stages.encode as encode
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    seen = []
+
+    def resolve_device(device):  # the first torch.cuda call the stage makes
+        seen.append(os.environ.get("PYTORCH_CUDA_ALLOC_CONF"))
+        return "cpu"
+
+    monkeypatch.setattr(encode, "resolve_device", resolve_device)
+    EncodeStage(model=ModelSource(name_or_path=minilm_path), batch_size=2, device="auto")
+    assert seen == ["expandable_segments:True"]
