@@ -155,7 +155,9 @@ def run_long_document_demo(fs, model_path: str, out: IO[str], *, chunk_tokens: i
 
 def _corpus_texts(corpus: str) -> dict[str, str]:
     """id -> text of the bundled corpus, read with the job's own parser."""
-    from pipeline.io.sources import FieldSpec, list_shards, read_shards
+    from pipeline.io.listing import list_shards
+    from pipeline.io.records import FieldSpec
+    from pipeline.io.sources import read_shards
 
     shards = list_shards([corpus], {})
     texts: dict[str, str] = {}

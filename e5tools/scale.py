@@ -120,7 +120,7 @@ def listing_cost(objects: int) -> dict[str, Any]:
 
     from e5tools.demo import patched_env
     from e5tools.local_s3 import LocalS3Server
-    from pipeline.io.sources import list_shards
+    from pipeline.io.listing import list_shards
 
     with LocalS3Server() as s3, patched_env(s3.env()):
         options = {"endpoint_url": s3.endpoint_url}  # this server, whatever S3 this process used before

@@ -218,7 +218,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _estimate(config, plan):
     """``plan --input``: sample the corpus and estimate records, tokens, GPU-hours and cost."""
-    from pipeline.io.sources import FieldSpec, list_shards
+    from pipeline.io.listing import list_shards
+    from pipeline.io.records import FieldSpec
     from pipeline.io.storage import register_secrets
     from pipeline.planning.estimate import add_cost, estimate_corpus
     from pipeline.stages.chunking import ChunkSettings

@@ -29,8 +29,9 @@ from pipeline.config import JobConfig
 from pipeline.errors import E5EmbedError, JobError, UsageError
 from pipeline.io import coverage, schemas
 from pipeline.io.counters import Counters
+from pipeline.io.listing import Listing, Shard, list_inputs, unversioned
 from pipeline.io.record_counts import parquet_rows
-from pipeline.io.sources import FieldSpec, Listing, Shard, list_inputs, unversioned
+from pipeline.io.records import FieldSpec
 from pipeline.io.storage import Storage, escape_controls, has_pattern, is_within, scrub, strip_uri_credentials
 from pipeline.ledger.duplicates import DuplicateReport, find_duplicate_ids
 from pipeline.ledger.lease import Lease, LeaseLost, new_run_id

@@ -1,5 +1,5 @@
-"""The Ray Data datasource: one read task per shard (or group of small ones), each a call
-of the pure ``pipeline.io.sources.read_shards``."""
+"""The Ray Data datasource: read tasks of consecutive shards of about equal bytes
+(``read_groups``), each a call of the pure ``pipeline.io.sources.read_shards``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,45 @@ from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.backend.telemetry import Telemetry
 from pipeline.io import schemas
-from pipeline.io.sources import DEFAULT_MAX_RECORD_BYTES, FieldSpec, Shard, read_groups, read_shards
+from pipeline.io.listing import Shard
+from pipeline.io.records import FieldSpec
+from pipeline.io.sources import DEFAULT_MAX_RECORD_BYTES, read_shards
 from pipeline.ledger.shard_log import ShardLog
+
+TARGET_BYTES_PER_READ_TASK = 64 << 20
+MIN_BYTES_PER_READ_TASK = 8 << 20
+MIN_READ_TASKS = 16
+
+
+def read_groups(shards: Sequence[Shard], parallelism: int) -> list[list[Shard]]:
+    """Shards grouped into read tasks of consecutive shards of about equal bytes: about
+    ``parallelism`` tasks, fewer when that would make tasks under MIN_BYTES_PER_READ_TASK (but not
+    fewer than MIN_READ_TASKS), more when it would make a task read over TARGET_BYTES_PER_READ_TASK.
+
+    Many small shards share a task: a read task costs tens of milliseconds of CPU in Ray itself
+    (more than reading a 300 KB shard), and Ray's parallelism (at least 200) is about blocks, which
+    a task yields many of. A shard is never split, and a big one is a task of its own.
+    """
+    if not shards:
+        return []
+    total = sum(s.size for s in shards)
+    wanted = min(parallelism, max(MIN_READ_TASKS, -(-total // MIN_BYTES_PER_READ_TASK)))
+    tasks = min(len(shards), max(wanted, -(-total // TARGET_BYTES_PER_READ_TASK), 1))
+    per_task = total / tasks
+    groups: list[list[Shard]] = []
+    group: list[Shard] = []
+    read = 0  # bytes of all shards so far: task k ends nearest to k x per_task (no drift to the end)
+    for i, shard in enumerate(shards):
+        group.append(shard)
+        read += shard.size
+        shards_left = len(shards) - i - 1
+        groups_left = tasks - len(groups) - 1  # after closing this one
+        if groups_left > 0 and (read >= (len(groups) + 1) * per_task - shard.size / 2 or shards_left == groups_left):
+            groups.append(group)
+            group = []
+    if group:
+        groups.append(group)
+    return groups
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.io.sources import Shard
+from pipeline.io.listing import Shard
 from pipeline.io.storage import Storage
 
 FOOTER_READERS = 16

@@ -23,8 +23,8 @@ from pipeline.config import JobConfig
 from pipeline.errors import UsageError
 from pipeline.io import coverage, schemas
 from pipeline.io.counters import Counters
+from pipeline.io.listing import Shard
 from pipeline.io.sink import REJECTS_DIR
-from pipeline.io.sources import Shard
 from pipeline.io.storage import Storage, normalize_uri
 from pipeline.io.text_hash import SCHEME as TEXT_HASH_SCHEME
 from pipeline.ledger.completeness import Proof, fully_covered, prove

@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io.sources import FieldSpec, Shard, ShardReader
+from pipeline.io.listing import Shard
+from pipeline.io.records import FieldSpec
+from pipeline.io.sources import ShardReader
 from pipeline.io.storage import Storage
 from pipeline.stages.chunk_tokenize import ChunkTokenizeStage
 from pipeline.stages.chunking import ChunkSettings

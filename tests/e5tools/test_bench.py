@@ -50,6 +50,7 @@ def test_every_row_and_memory_check_are_well_formed(tmp_path):
     assert report["parity"]["encode_packed_vs_reference_min_cosine"] >= 0.9999
     assert report["rows"]["encode_packed"]["padding_overhead"] == 0  # no padding at all
     assert report["parity"]["encode_buckets_vs_reference_min_cosine"] >= 0.9999
+    assert "micro-batches by bucket on this corpus: " in report["rows"]["encode_buckets"]["notes"]
     for name in ("encode", "encode_compiled", "encode_packed", "encode_buckets"):  # random weights: the spread
         assert report["parity"][f"{name}_vs_reference_parity_error"] <= 1e-3, name
     assert report["memory_check"]["docs_4x"] == 96 and report["memory_check"]["ratio_4x_over_1x"] > 0
@@ -92,3 +93,16 @@ def test_steady_state_rate_leaves_out_start_up(tmp_path):
     assert steady_tokens_per_s(tmp_path) is None  # two files: too few
     part("part-c.parquet", 500, 104.0)
     assert steady_tokens_per_s(tmp_path) == (300 + 500) / 4.0
+
+
+@pytest.mark.unit
+def test_bucket_shares_show_where_micro_batches_land():
+    import numpy as np
+
+    from e5tools.bench import _padded_tokens, bucket_shares
+
+    per_bucket: dict[int, int] = {}
+    lengths = np.array([500] * 4 + [200] * 8 + [60] * 4)  # sorted micro-batches of 4: one 512, two 256, one 128
+    slots = _padded_tokens(lengths, 4, 8, (128, 256, 512), per_bucket)
+    assert per_bucket == {512: 1, 256: 2, 128: 1} and slots == 4 * (512 + 2 * 256 + 128)
+    assert bucket_shares(per_bucket) == "128: 25%, 256: 50%, 512: 25%"

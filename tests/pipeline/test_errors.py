@@ -9,7 +9,8 @@ import pytest
 
 from pipeline import cli
 from pipeline.errors import E5EmbedError, JobError, UsageError
-from pipeline.io.sources import CorruptStream, ShardReadError
+from pipeline.io.sources import ShardReadError
+from pipeline.io.streams import CorruptStream
 from pipeline.ledger.lease import LeaseDamaged, LeaseHeld, LeaseLost
 
 pytestmark = pytest.mark.unit

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.backend.datasource import ShardDatasource
-from pipeline.io.sources import list_shards
+from pipeline.io.listing import list_shards
 
 pytestmark = pytest.mark.unit
 

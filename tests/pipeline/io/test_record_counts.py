@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.io.listing import list_shards
 from pipeline.io.record_counts import parquet_rows
-from pipeline.io.sources import list_shards
 
 pytestmark = pytest.mark.unit
 

@@ -8,18 +8,11 @@ import pytest
 import zstandard
 from fsspec.implementations.local import LocalFileSystem
 
+from pipeline.backend.datasource import read_groups
 from pipeline.errors import UsageError
-from pipeline.io.sources import (
-    FieldSpec,
-    Shard,
-    ShardReader,
-    ShardReadError,
-    detect_format,
-    list_inputs,
-    list_shards,
-    read_groups,
-    read_shards,
-)
+from pipeline.io.listing import Shard, detect_format, list_inputs, list_shards
+from pipeline.io.records import FieldSpec
+from pipeline.io.sources import ShardReader, ShardReadError, read_shards
 from pipeline.io.storage import Storage
 from tests.rewrites import rewrite_keeping_size_and_mtime
 
@@ -181,7 +174,7 @@ class _FlakyFS(LocalFileSystem):
 
 
 def test_transient_read_errors_reopen_and_continue_without_losing_or_repeating_rows(tmp_path, monkeypatch):
-    monkeypatch.setattr("pipeline.io.sources.READ_CHUNK", 64)
+    monkeypatch.setattr("pipeline.io.streams.READ_CHUNK", 64)
     (tmp_path / "s.jsonl").write_text("".join(json.dumps({"id": i, "text": f"text {i}"}) + "\n" for i in range(200)))
     shard = list_shards([str(tmp_path)], {})[0]
     reader = ShardReader(_local(_FlakyFS({5, 40, 41})), shard, FieldSpec(), backoff_s=0)
@@ -223,7 +216,7 @@ def test_a_store_without_versions_is_said_not_silent(tmp_path):
     (the job warns and records it), and a change of size is still seen."""
     import http.server
 
-    from pipeline.io.sources import unversioned
+    from pipeline.io.listing import unversioned
     from tests.httpserve import serving
 
     (tmp_path / "s.jsonl").write_text(json.dumps({"text": "xxxx"}) + "\n")
@@ -352,7 +345,7 @@ def test_missing_input_is_a_usage_error(tmp_path):
 
 def test_a_shard_replaced_between_a_transient_error_and_the_retry_is_refused(tmp_path, monkeypatch):
     """The retry re-opens the shard: it must be the same object whose first rows were already read."""
-    monkeypatch.setattr("pipeline.io.sources.READ_CHUNK", 64)
+    monkeypatch.setattr("pipeline.io.streams.READ_CHUNK", 64)
     path = tmp_path / "s.jsonl"
     path.write_text("".join(json.dumps({"id": i, "text": f"text {i}"}) + "\n" for i in range(100)))
     shard = list_shards([str(tmp_path)], {})[0]

@@ -184,7 +184,7 @@ def test_a_multi_input_output_made_before_common_root_ids_is_refused_not_mixed(t
     made relative to each input must not be resumed with the other kind."""
     from pipeline.config import JobConfig
     from pipeline.errors import UsageError
-    from pipeline.io.sources import list_shards
+    from pipeline.io.listing import list_shards
     from pipeline.ledger.output import output_metadata
     from pipeline.stages.model import offline_info
 

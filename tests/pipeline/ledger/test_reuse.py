@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.config import JobConfig
 from pipeline.errors import UsageError
-from pipeline.io.sources import list_shards
+from pipeline.io.listing import list_shards
 from pipeline.io.storage import Storage
 from pipeline.ledger.output import VECTOR_KEYS, OutputState, output_metadata
 from pipeline.ledger.reuse import reuse_from_pool

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from pipeline.io.sources import FieldSpec, list_shards
+from pipeline.io.listing import list_shards
+from pipeline.io.records import FieldSpec
 from pipeline.planning.estimate import add_cost, estimate_corpus, pick_spread
 from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.model import ModelSource
