@@ -37,3 +37,15 @@ def model_folder(rehearse: bool, prefix: str) -> str:
     return (
         write_random_bert(folder, layers=2, hidden=64, heads=4, ffn=128) if rehearse else write_random_e5_base(folder)
     )
+
+
+def ragged_rows(batch: int, length: int, seed: int):
+    """``batch`` rows of random lengths in [length/4, length], the first exactly ``length`` long."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(max(1, length // 4), length + 1, size=batch)
+    lengths[0] = length
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    values = rng.integers(1000, 30000, size=int(offsets[-1])).astype(np.int64)
+    return values, offsets

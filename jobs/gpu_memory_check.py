@@ -23,18 +23,6 @@ GRID = {"lengths": (128, 256, 512), "batches": (32, 128, 256, 512, 1024)}
 REHEARSAL_GRID = {"lengths": (16, 32), "batches": (2, 4)}
 
 
-def ragged_rows(batch: int, length: int, seed: int):
-    """``batch`` rows of random lengths in [length/4, length], the first exactly ``length`` long."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(max(1, length // 4), length + 1, size=batch)
-    lengths[0] = length
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    values = rng.integers(1000, 30000, size=int(offsets[-1])).astype(np.int64)
-    return values, offsets
-
-
 def allocator_settings(torch, cuda: bool) -> dict:
     """The caching allocator's settings as this process has them (the stage sets
     PYTORCH_CUDA_ALLOC_CONF before the first CUDA call; the allocator reads it once)."""
@@ -52,7 +40,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from e5tools.device_scripts import device_or_exit, model_folder, parse_args
+    from e5tools.device_scripts import device_or_exit, model_folder, parse_args, ragged_rows
     from pipeline.planning.plan import estimate_peak_gpu_memory_gb
     from pipeline.stages.encode import EncodeStage
     from pipeline.stages.model import ModelInfo, ModelSource

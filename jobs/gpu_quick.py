@@ -118,6 +118,7 @@ def versions(torch, cuda: bool) -> dict:
 def memory(torch, cuda: bool, model_path: str, dtype: str, device: str, cells) -> dict:
     import numpy as np
 
+    from e5tools.device_scripts import ragged_rows
     from pipeline.planning.plan import estimate_peak_gpu_memory_gb
     from pipeline.stages.encode import EncodeStage
     from pipeline.stages.model import ModelInfo, ModelSource
@@ -127,11 +128,7 @@ def memory(torch, cuda: bool, model_path: str, dtype: str, device: str, cells) -
     stage.setup()
     rows = []
     for batch, length in cells:
-        rng = np.random.default_rng(batch + length)
-        lengths = rng.integers(max(1, length // 4), length + 1, size=batch)
-        lengths[0] = length
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        values = rng.integers(1000, 30000, size=int(offsets[-1])).astype(np.int64)
+        values, offsets = ragged_rows(batch, length, seed=batch * 1000 + length)
         stage.batch_size = batch
         if cuda:
             torch.cuda.synchronize()
