@@ -1,20 +1,26 @@
-"""CPU seconds of a job's process tree, by role: what the CPU side of the job costs per token.
+"""CPU seconds of a whole job, every process counted, by role: what the CPU side costs per token.
 
-Sampled from ``/proc`` while the job runs (a process's counters are gone once it exits, so the
-last sample per process is what counts). Roles come from Ray's process titles:
+The headline is the machine's own count: CPU seconds all cores spent busy while the job ran
+(``/proc/stat``), less the sampler's own, so nothing the job started can be missed. The breakdown
+comes from sampling every process of the job's tree from ``/proc`` (a process's counters are gone
+once it exits, so the last sample per process is what counts). Roles come from Ray's process
+titles:
 
-- ``encode``: the encode actors (``ray::MapWorker(MapBatches(EncodeStage))``). On a GPU node this is
-  the GPU's own host core, not the CPU side; the near-free encoder of the rehearsal is still a real
-  torch forward on CPU, so it is counted apart.
+- ``encode``: the encode actors (``ray::MapWorker(MapBatches(EncodeStage))``): the host-side work
+  of the GPU actor (Arrow to numpy, sorting, padding, copies, the results back to Arrow) plus,
+  here, the stand-in encoder's forward on CPU (``STAND_IN``: embeddings only, no layers).
 - ``tokenize``: the tokenizer actors (``TokenizeStage``/``ChunkTokenizeStage``).
 - ``io``: Ray task workers that ran read tasks (JSON/Parquet parsing) or write tasks (Parquet + zstd +
   upload).
 - ``driver``: the ``pipeline run`` process (Ray Data's streaming executor, the ledger).
-- ``runtime``: Ray's own processes (raylet, GCS, dashboard, agents, system actors).
+- ``runtime``: Ray's own processes (raylet, GCS, dashboard agent, log monitor, system actors),
+  and workers that ran no stage.
+- ``unattributed``: the machine's busy CPU seconds that no sampled process holds: processes that
+  exited between two samples, and anything else running on the machine. Counted as the job's.
+- ``sampler``: this measurement's own ``/proc`` walks; not the job's, left out of the ratio.
 
-The CPU side's per-core rate is tokens over the ``tokenize`` + ``io`` CPU seconds: the work that
-grows with the corpus. ``driver`` + ``runtime`` are a per-node cost paid per second of wall time,
-reported as cores held.
+The roles sum to the machine's busy CPU seconds over the run by construction; ``accounted`` is
+the share the per-process samples explain (the rest is ``unattributed``).
 """
 
 from __future__ import annotations
@@ -23,8 +29,22 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROLES = ("encode", "tokenize", "io", "driver", "runtime")
+ROLES = ("encode", "tokenize", "io", "driver", "runtime")  # sampled per process
+JOB_ROLES = (*ROLES, "unattributed")  # every CPU second of the job
+# the encoder standing in for the GPU: E5's vocabulary and embeddings, no transformer layer, so what
+# the encode actor spends is its host-side work (a 1-layer forward on CPU alone costs more than the
+# tokenizer: docs/benchmarks.md)
+STAND_IN = {"layers": 0, "hidden": 32, "heads": 2, "ffn": 64}
+GPU_NODE_ENCODE = ("--encode-threads", "1")
+STAND_IN_TEXT = "random BertModel, embeddings only (no layer), hidden 32, E5's uncased WordPiece vocabulary"
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores have spent busy since boot (``/proc/stat``: every state but idle and
+    iowait; guest time is already inside user)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / _TICKS
 
 
 def role_of(titles: set[str]) -> str:
@@ -38,6 +58,22 @@ def role_of(titles: set[str]) -> str:
     if any(t.startswith(("ray::Read", "ray::Write")) for t in titles):
         return "io"
     return "runtime"
+
+
+def process_label(titles: set[str]) -> str:
+    """A short name for a process: ``ray::Name`` for a Ray worker's title, else its program (the
+    script for ``python script.py``)."""
+    named = sorted(t for t in titles if t.startswith("ray::") and not t.startswith("ray::IDLE"))
+    if named or "ray::IDLE" in titles:  # a worker: what it ran, else idle
+        return (named[0].split("(")[0].split()[0].split(".")[0]) if named else "ray::IDLE"
+    words = (sorted(titles) or [""])[0].split()
+    if not words:
+        return "?"
+    name = os.path.basename(words[0])
+    if name.startswith("python") and len(words) > 1:
+        script = next((w for w in words[1:] if not w.startswith("-")), words[1])
+        return os.path.basename(script)
+    return name
 
 
 @dataclass
@@ -71,6 +107,17 @@ class ProcessCPU:
                 self.cpu_s[pid] = max(self.cpu_s.get(pid, 0.0), cpu)
             stack.extend(children.get(pid, []))
         return sum(self.cpu_s.values())
+
+    def runtime_by_process(self, top: int = 8) -> dict[str, float]:
+        """The ``runtime`` role's CPU seconds by process kind (raylet, gcs_server, agents, idle
+        workers, the progress actor), largest first."""
+        out: dict[str, float] = {}
+        for pid, cpu in self.cpu_s.items():
+            titles = self.titles.get(pid, set())
+            if role_of(titles) == "runtime":
+                label = process_label(titles)
+                out[label] = out.get(label, 0.0) + cpu
+        return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1])[:top]}
 
     def by_role(self) -> dict[str, float]:
         out = dict.fromkeys(ROLES, 0.0)
@@ -125,117 +172,134 @@ def rehearsal_texts(records: int, pool: list[str] | None = None) -> list[str]:
 
 
 def job_cpu_side(corpus: Path, out: Path, model: str, texts: list[str], *extra: str) -> dict:
-    """The job over ``corpus`` with CPU seconds by role, against the raw tokenizer on ``texts``
-    (the same records): the CPU side's tokens per CPU second, and the cores Ray and the driver hold."""
+    """The job over ``corpus``, every CPU second of the machine while it ran, by role; then the raw
+    tokenizer on ``texts`` (the same records), outside that window."""
     import json
+    import time
 
     from e5tools.jobrun import job_argv, run_sampled
 
     account = ProcessCPU()
     cmd = job_argv(corpus, out, model, "--overwrite", *extra)
     env = {**os.environ, "RAY_ADDRESS": "", "HF_HUB_OFFLINE": "1"}
+    own, busy = time.process_time(), machine_busy_s()
     wall, _, _ = run_sampled(cmd, env, account, interval_s=0.25)  # one /proc walk per sample; its "peak" unused
+    busy, own = machine_busy_s() - busy, time.process_time() - own  # own: the sampler thread's walks
     manifest = json.loads((out / "_manifest.json").read_text())
     tokens = int(manifest["tokens"])
     roles = account.by_role()
+    sampled = sum(roles.values())
+    roles["unattributed"] = round(max(0.0, busy - own - sampled), 2)  # ticks round: never below zero
+    job = sum(roles.values())
     raw = raw_tokenizer_cpu_rate(model, texts)
     work_cpu = roles["tokenize"] + roles["io"]
-    per_core = tokens / work_cpu if work_cpu else None
     return {
         "records": int(manifest["rows_written"]),
         "tokens": tokens,
         "wall_s": round(wall, 2),
         "cpu_s_by_role": roles,
-        "cpu_side_tokens_per_cpu_s": round(per_core, 1) if per_core else None,
+        "job_cpu_s": round(job, 2),
+        "machine_busy_cpu_s": round(busy, 2),
+        "sampler_cpu_s": round(own, 2),
+        "accounted": round(sampled / (busy - own), 3) if busy > own else None,
+        "job_tokens_per_cpu_s": round(tokens / job, 1) if job else None,
+        "tokenize_io_tokens_per_cpu_s": round(tokens / work_cpu, 1) if work_cpu else None,
         "raw_tokenizer": raw,
-        "ratio": round(per_core / raw["tokens_per_cpu_s"], 3) if per_core else None,
-        "whole_job_tokens_per_cpu_s": round(tokens / sum(roles.values()), 1),
-        "runtime_cores_held": round((roles["driver"] + roles["runtime"]) / wall, 2),
-        "how": "CPU side = tokens / CPU-s of tokenizer actors + read/write task workers (sampled from /proc); "
-        "raw = encode_batch on the same records, tokens / CPU-s of all its threads; encode actor, driver and "
-        "Ray's own processes counted apart",
+        "cores_held_by_driver_and_ray": round((roles["driver"] + roles["runtime"]) / wall, 2),
+        "runtime_by_process": account.runtime_by_process(),
     }
 
 
-def cpu_side_curve(work: Path, records: tuple[int, int] = (50_000, 200_000)) -> dict:
-    """The job at two record counts with a near-free encoder (a 1-layer, hidden-32 random BERT with
-    E5's vocabulary); the CPU side's **marginal** tokens per CPU second between them (start-up,
-    worker imports and other fixed costs cancel) against the raw tokenizer's."""
+def cpu_side_curve(work: Path, records: tuple[int, int] = (50_000, 200_000), *extra: str) -> dict:
+    """The job at two record counts with the stand-in encoder (``STAND_IN``); the whole job's
+    **marginal** tokens per CPU second between them (start-up, worker imports and other fixed costs
+    cancel) against the raw tokenizer's."""
     from e5tools.corpus import texts_pool, write_corpus
     from e5tools.random_model import write_random_bert
 
-    model = write_random_bert(str(work / "model-1x32"), layers=1, hidden=32, heads=2, ffn=64, seed=0)
+    model = write_random_bert(str(work / "model-stand-in"), seed=0, **STAND_IN)
+    # the encode actor as on a GPU node: one torch thread on its one reserved core (the CPU plan gives
+    # torch every core of the node). The micro-batch stays the CPU plan's: the stand-in's forward
+    # runs on the CPU here, and its cost grows with the padding of bigger micro-batches (512 rows:
+    # encode 0.99 CPU-s per million tokens against 0.78 at 32), which on a GPU node is the GPU's.
+    extra = (*GPU_NODE_ENCODE, *extra)
     pool = texts_pool()
     runs = []
     for n in records:
         corpus = work / f"cpu-side-corpus-{n}"
         write_corpus(corpus, n, max(1, n // 2000), pool)
-        runs.append(job_cpu_side(corpus, work / f"cpu-side-out-{n}", model, rehearsal_texts(n, pool)))
+        runs.append(job_cpu_side(corpus, work / f"cpu-side-out-{n}", model, rehearsal_texts(n, pool), *extra))
     one_thread = raw_tokenizer_one_thread(model, records[1])["tokens_per_cpu_s"]
     return summarize(runs, one_thread, records)
 
 
 def summarize(runs: list[dict], one_thread: float, records: tuple[int, int]) -> dict:
-    """The marginal CPU side of two ``job_cpu_side`` runs against the raw tokenizer. The baseline is
-    the **highest** raw rate of the runs: the raw figure moves run to run on a shared machine, and
-    the fastest one is the strictest comparison."""
+    """The marginal whole job of two ``job_cpu_side`` runs against the raw tokenizer, with each
+    role's marginal CPU-seconds per million tokens (they add up to the whole). The baseline is the
+    **highest** raw rate of the runs: the raw figure moves run to run on a shared machine, and the
+    fastest one is the strictest comparison."""
     small, large = runs
     d_tokens = large["tokens"] - small["tokens"]
-    d_cpu = sum(large["cpu_s_by_role"][r] - small["cpu_s_by_role"][r] for r in ("tokenize", "io"))
-    marginal = d_tokens / d_cpu if d_cpu > 0 else None
+    d_roles = {r: large["cpu_s_by_role"][r] - small["cpu_s_by_role"][r] for r in JOB_ROLES}
+    d_job = large["job_cpu_s"] - small["job_cpu_s"]
+    measurable = d_tokens > 0 and d_job > 0
+    marginal = d_tokens / d_job if measurable else None
     raws = [r["raw_tokenizer"]["tokens_per_cpu_s"] for r in runs]
     raw = max(raws)
     return {
-        "model": "random BertModel, 1 layer, hidden 32, E5's uncased WordPiece vocabulary (near-free encoder)",
+        "model": STAND_IN_TEXT,
         "cores": os.cpu_count(),
         "runs": runs,
-        "marginal_cpu_side_tokens_per_cpu_s": round(marginal, 1) if marginal else None,
+        "marginal_job_tokens_per_cpu_s": round(marginal, 1) if marginal else None,
+        "marginal_cpu_s_per_m_tokens": {r: round(v / d_tokens * 1e6, 3) for r, v in d_roles.items()}
+        if measurable
+        else None,
+        "marginal_job_cpu_s_per_m_tokens": round(d_job / d_tokens * 1e6, 3) if measurable else None,
         "raw_tokenizer_tokens_per_cpu_s": raw,
+        "raw_tokenizer_cpu_s_per_m_tokens": round(1e6 / raw, 3),
         "raw_tokenizer_range": [min(raws), raw],
         "marginal_ratio": round(marginal / raw, 3) if marginal else None,
         "marginal_ratio_range": [round(marginal / raw, 3), round(marginal / min(raws), 3)] if marginal else None,
-        # context, not the target: the pool of 1-CPU tokenizer actors runs one Rust thread each,
-        # which spends no CPU on thread coordination; this is that single thread's ceiling
+        # context, not the target: each 1-CPU tokenizer actor runs one Rust thread
         "raw_tokenizer_one_thread_tokens_per_cpu_s": one_thread,
-        "marginal_ratio_to_one_thread": round(marginal / one_thread, 3) if marginal else None,
-        "how": f"(tokens at {records[1]} - at {records[0]} records) / (tokenizer-actor + read/write-worker "
-        "CPU-s at the same two sizes), against encode_batch's tokens per CPU-s on the same records (the "
-        "highest of the runs' raw measurements)",
+        "how": f"(tokens at {records[1]} - at {records[0]} records) / (the machine's busy CPU-s while each job ran, "
+        "less the sampler's own, between the same two sizes), against encode_batch's tokens per CPU-s on the "
+        "same records (the highest of the runs' raw measurements)",
     }
 
 
 def markdown(report: dict) -> str:
     lines = [
-        f"CPU side ({report['cores']} cores, {report['model']}):",
+        f"Whole job, every process ({report['cores']} cores, stand-in encoder: {report['model']}):",
         "",
-        "| records | tokens | wall s | encode CPU-s | tokenize CPU-s | read/write CPU-s | driver CPU-s "
-        "| Ray CPU-s | CPU side tokens/CPU-s | ratio to raw |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| records | tokens | wall s | " + " | ".join(f"{r} CPU-s" for r in JOB_ROLES) + " | job CPU-s "
+        "| sampled share | job tokens/CPU-s |",
+        "|---:|---:|---:|" + "---:|" * (len(JOB_ROLES) + 3),
     ]
     for r in report["runs"]:
         c = r["cpu_s_by_role"]
         lines.append(
-            f"| {r['records']:,} | {r['tokens']:,} | {r['wall_s']} | {c['encode']} | {c['tokenize']} | {c['io']} "
-            f"| {c['driver']} | {c['runtime']} | {_number(r['cpu_side_tokens_per_cpu_s'])} | {r['ratio']} |"
+            f"| {r['records']:,} | {r['tokens']:,} | {r['wall_s']} | "
+            + " | ".join(str(c[k]) for k in JOB_ROLES)
+            + f" | {r['job_cpu_s']} | {r['accounted']} | {_number(r['job_tokens_per_cpu_s'])} |"
         )
     if report["marginal_ratio"] is None:  # tiny runs: start-up noise larger than the work between them
-        lines += [
-            "",
-            f"Marginal CPU side: not measurable, the two runs' CPU difference is within noise ({report['how']}).",
-        ]
-    else:
-        lines += [
-            "",
-            f"Marginal CPU side: {_number(report['marginal_cpu_side_tokens_per_cpu_s'])} tokens per CPU-s against the "
-            f"raw tokenizer's {_number(report['raw_tokenizer_tokens_per_cpu_s'])}: **{report['marginal_ratio']}x** "
-            f"({report['how']}; against the lowest raw measurement "
-            f"{_number(report['raw_tokenizer_range'][0])}: {report['marginal_ratio_range'][1]}x).",
-            "",
-            f"For context: the raw tokenizer held to one thread does "
-            f"{_number(report['raw_tokenizer_one_thread_tokens_per_cpu_s'])} tokens per CPU-s (no CPU spent "
-            f"coordinating threads; each 1-CPU tokenizer actor runs one); the CPU side is "
-            f"{report['marginal_ratio_to_one_thread']}x of that.",
-        ]
+        lines += ["", f"Marginal whole job: not measurable, the runs' CPU difference is noise ({report['how']})."]
+        return "\n".join(lines) + "\n"
+    per_m = report["marginal_cpu_s_per_m_tokens"]
+    lines += [
+        "",
+        f"Marginal whole job: {_number(report['marginal_job_tokens_per_cpu_s'])} tokens per CPU-s against the raw "
+        f"tokenizer's {_number(report['raw_tokenizer_tokens_per_cpu_s'])}: **{report['marginal_ratio']}x** "
+        f"({report['how']}; against the lowest raw measurement {_number(report['raw_tokenizer_range'][0])}: "
+        f"{report['marginal_ratio_range'][1]}x).",
+        "",
+        "CPU-s per million tokens, marginal: "
+        + ", ".join(f"{r} {per_m[r]}" for r in JOB_ROLES)
+        + f" = {report['marginal_job_cpu_s_per_m_tokens']} "
+        f"(raw tokenizer: {report['raw_tokenizer_cpu_s_per_m_tokens']}; "
+        f"one Rust thread: {_number(report['raw_tokenizer_one_thread_tokens_per_cpu_s'])} tokens per CPU-s).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -248,14 +312,15 @@ if __name__ == "__main__":
     import json
     import tempfile
 
-    parser = argparse.ArgumentParser(description="the job's CPU side per CPU second against the raw tokenizer")
+    parser = argparse.ArgumentParser(description="the whole job's CPU per token against the raw tokenizer")
     parser.add_argument("--records", default="50000,200000", help="two record counts")
     parser.add_argument("--out", help="folder for cpu_side.json and cpu_side.md")
+    parser.add_argument("job_args", nargs="*", help="extra `e5-embed run` arguments (after --)")
     args = parser.parse_args()
     small, large = (int(x) for x in args.records.split(","))
     out = Path(args.out or tempfile.mkdtemp(prefix="e5-cpu-side-"))
     out.mkdir(parents=True, exist_ok=True)
-    result = cpu_side_curve(out, (small, large))
+    result = cpu_side_curve(out, (small, large), *args.job_args)
     (out / "cpu_side.json").write_text(json.dumps(result, indent=2))
     (out / "cpu_side.md").write_text(markdown(result))
     print(markdown(result))

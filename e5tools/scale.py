@@ -14,8 +14,8 @@ its result to ``DIR/scale.json`` as it finishes:
   and the time to load and save it;
 - ``duplicates``: the duplicate-id check on the largest output, driver path and Ray path;
 - ``listing``: listing ``--s3-objects`` objects on a moto S3 server;
-- ``cpu_side``: the job's CPU side (tokenizer actors, read/write workers) per CPU second against the raw
-  Rust tokenizer on the same records (``e5tools.cpu_account``).
+- ``cpu_side``: the whole job's CPU (every process, the machine's count) per token against the raw
+  Rust tokenizer on the same records, by role (``e5tools.cpu_account``).
 """
 
 from __future__ import annotations

@@ -171,6 +171,13 @@ class JobConfig:
     tokenizer_actors: int | None = setting(
         None, help="max tokenizer actors (default: plan)", type=int, check=int_range(1, 1 << 16), commands=BOTH
     )
+    encode_threads: int | None = setting(
+        None,
+        help="torch threads per encode actor (default: plan: 1 beside a GPU, every core of the node on CPU)",
+        type=int,
+        check=int_range(1, 1 << 10),
+        commands=BOTH,
+    )
     gpu_memory_gb: float | None = setting(
         None, help="VRAM per GPU, overriding the probe and profile", type=float, check=positive_number, commands=BOTH
     )

@@ -48,7 +48,7 @@ class EncodeSettings:
     dtype: str = "auto"  # compute dtype (auto: bf16/fp16 on GPU, float32 on CPU)
     device: str = "auto"
     output_dtype: str = "float32"  # stored embedding dtype
-    torch_threads: int | None = None  # CPU threads per actor (CPU encoding only)
+    torch_threads: int | None = None  # torch's intra-op threads per actor (None: torch's default)
     expect_gpu: bool = False  # the plan gave this actor a GPU
     compile_model: bool = False  # torch.compile the encoder
     memory_fraction: float | None = None  # share of the GPU this actor may use (several actors per GPU)
@@ -125,8 +125,10 @@ class EncodeStage:
         import torch
 
         self._torch = torch
-        if self.device == "cpu":
-            torch.set_num_threads(self.torch_threads or os.cpu_count() or 1)
+        if self.torch_threads:  # the plan's (GPU actors: their one host core)
+            torch.set_num_threads(self.torch_threads)
+        elif self.device == "cpu":
+            torch.set_num_threads(os.cpu_count() or 1)
         elif self.memory_fraction is not None and self.memory_fraction < 1.0:
             torch.cuda.set_per_process_memory_fraction(self.memory_fraction)  # several actors share the GPU
         model = self.source.load_model(dtype=self.dtype, device=self.device)

@@ -51,6 +51,11 @@ def test_tiny_rehearsal_reports_every_step(tmp_path):
     assert (small["records"], large["records"]) == (300, 1200) and large["tokens"] > small["tokens"]
     for run in (small, large):  # every role's processes were found and sampled
         assert all(run["cpu_s_by_role"][role] > 0 for role in ("encode", "tokenize", "io", "driver", "runtime"))
+        # the roles are the machine's busy CPU while the job ran (less the sampler's own), and the
+        # per-process samples explain most of it
+        assert sum(run["cpu_s_by_role"].values()) == pytest.approx(run["job_cpu_s"], abs=0.05)
+        assert run["job_cpu_s"] <= 1.05 * (run["machine_busy_cpu_s"] - run["sampler_cpu_s"]) + 0.05
+        assert 0.5 < run["accounted"] <= 1.05
     # at this size the CPU between the two runs is start-up noise: the ratio may be unmeasurable (None), never a crash
-    assert "marginal_ratio" in report["cpu_side"] and "Marginal CPU side" in (tmp_path / "scale.md").read_text()
+    assert "marginal_ratio" in report["cpu_side"] and "Marginal whole job" in (tmp_path / "scale.md").read_text()
     assert "Records grow" in (tmp_path / "scale.md").read_text()

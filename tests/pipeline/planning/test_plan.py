@@ -9,7 +9,7 @@ import pytest
 from pipeline.errors import UsageError
 from pipeline.planning.plan import GB, ClusterSpec, PlanRequest, estimate_peak_gpu_memory_gb, make_plan
 from pipeline.planning.scheduler_config import Profile, load_scheduler_config
-from pipeline.stages.model import KNOWN_SHAPES, offline_info
+from pipeline.stages.model import KNOWN_SHAPES, ModelSource, offline_info
 from tests.clirun import run_cli
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -106,6 +106,27 @@ def test_no_gpu_plans_cpu_actors(scheduler):
     assert plan.device == "cpu" and plan.torch_threads == 2 and plan.num_gpus_per_actor == 0
     with pytest.raises(UsageError, match="no GPU"):
         make_plan(ClusterSpec(gpus=0, cpus=2), BASE, PlanRequest(device="cuda"), scheduler)
+
+
+@pytest.mark.unit
+def test_encode_actors_run_torch_on_the_cpus_they_reserve(scheduler):
+    """A GPU actor reserves one core: a torch thread pool the size of the node would spin on the
+    cores the tokenizers need. On CPU the forward is the work: every core. --encode-threads wins."""
+    gpu = plan_for(scheduler, gpus=8, accelerator="H100")
+    assert (gpu.encode_num_cpus, gpu.torch_threads) == (1.0, 1)
+    assert (
+        gpu.stage_specs(
+            model=ModelSource(name_or_path="m"),
+            prefix="",
+            output_dtype="float32",
+            rows_per_block=64,
+            compile_model=False,
+        )[1].settings.torch_threads
+        == 1
+    )
+    assert plan_for(scheduler, gpus=8, accelerator="H100", encode_threads=3).torch_threads == 3
+    cpu = make_plan(ClusterSpec(gpus=0, cpus=8, nodes=1), BASE, PlanRequest(encode_threads=2), scheduler)
+    assert cpu.torch_threads == 2
 
 
 @pytest.mark.unit

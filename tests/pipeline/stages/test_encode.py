@@ -179,6 +179,18 @@ def test_construction_is_cheap_and_setup_loads_once(minilm_path, monkeypatch):
     assert lazy(tokens).num_rows == len(TEXTS) and len(loads) == 2
 
 
+def test_setup_holds_torch_to_the_threads_the_plan_gave(minilm_path):
+    """A GPU actor's one reserved core (the plan's torch_threads=1) holds for any device."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        EncodeStage(model=ModelSource(name_or_path=minilm_path), batch_size=4, device="cpu", torch_threads=1).setup()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_each_shape_bucket_is_warmed_twice_before_the_first_batch(minilm_path):
     """CUDA-graph trees record a shape's graph on its second call: one warm-up call per bucket left the
     capture to the first real batches. The launches are counted (no compile here: the compiled path is
