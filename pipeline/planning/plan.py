@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 GB = 1024**3
 CPU_BATCH_SIZE = 32
+FEED_HEADROOM = 1.25  # the CPU side is sized for this multiple of the GPUs' expected rate
 TOKENIZE_BATCH_ROWS = 1024  # rows per tokenizer call (at most one read block)
 # Each encode call sorts at least this many rows by length (more rows sorted together, less
 # padding: on CPU 256 -> 1024 rows cut padding from ~23% to ~11% and encode time by 15%).
@@ -104,6 +105,8 @@ class ResourcePlan:
     estimated_peak_gpu_memory_gb: float | None
     model_parameters: int
     gpu_tokens_per_s: float | None = None  # the profile's expected rate per GPU, scaled to this model
+    cpu_cores_per_gpu_needed: float | None = None  # the whole job's CPU to feed one GPU at that rate
+    cpu_cores_per_gpu: float | None = None  # the cluster's CPUs per GPU after Ray's reserve
     notes: tuple[str, ...] = ()
 
     def stage_specs(
@@ -182,9 +185,13 @@ class ResourcePlan:
             )
         else:
             where = f"{self.gpu_actors} CPU encode actor(s) x {self.torch_threads} threads (no GPU), {self.dtype}"
+        feed = ""
+        if self.cpu_cores_per_gpu_needed is not None:
+            need, have = self.cpu_cores_per_gpu_needed, self.cpu_cores_per_gpu
+            feed = f"; CPU side ~{need:g} cores per GPU needed, {have:g} here"
         return (
             f"plan: {where}, batch {self.batch_size} x {self.max_length} tokens, "
-            f"{self.tokenizer_actors} tokenizer actor(s)"
+            f"{self.tokenizer_actors} tokenizer actor(s){feed}"
         )
 
 
@@ -307,11 +314,22 @@ def _gpu_plan(cluster: ClusterSpec, model: ModelInfo, req: PlanRequest, schedule
     peak = estimate_peak_gpu_memory_gb(model, batch, req.max_length, dtype, prof.cuda_context_gb)
 
     gpu_rate = prof.gpu_tokens_per_s * scale  # tokens/s one GPU consumes for this model
-    needed = math.ceil(1.25 * actors_max / per_gpu * gpu_rate / prof.tokenizer_tokens_per_s_per_cpu)
+    feed = FEED_HEADROOM * gpu_rate / 1e6  # millions of tokens per second to feed one GPU
+    needed = math.ceil(actors_max / per_gpu * feed * prof.tokenize_cpu_s_per_m_tokens)
     spare = int(cluster.cpus - cluster.nodes * prof.cpus_reserved_per_node - actors)
     tokenizers = req.tokenizer_actors or max(1, min(needed, spare))
     if req.tokenizer_actors is None and needed > spare:
         notes.append(f"{needed} tokenizer actors would keep the GPUs fed but only {max(spare, 0)} CPUs are spare")
+    # every process of the job (tokenizers, readers/writers, the encode actors' host work, driver, Ray)
+    cores_needed = feed * prof.job_cpu_s_per_m_tokens
+    cores_have = (cluster.cpus - cluster.nodes * prof.cpus_reserved_per_node) / cluster.gpus
+    if cores_have < cores_needed:
+        notes.append(
+            f"the CPU side cannot feed the GPUs: {cores_have:.1f} CPUs per GPU after Ray's reserve, but a GPU at "
+            f"{gpu_rate:,.0f} tokens/s needs ~{cores_needed:.1f} ({prof.job_cpu_s_per_m_tokens:g} CPU-s per million "
+            f"tokens for the whole job, x{FEED_HEADROOM:g}); expect the GPUs at ~{cores_have / cores_needed:.0%} of "
+            "their rate, or use nodes with more CPUs per GPU"
+        )
     return ResourcePlan(
         device="cuda",
         profile=name,
@@ -335,6 +353,8 @@ def _gpu_plan(cluster: ClusterSpec, model: ModelInfo, req: PlanRequest, schedule
         estimated_peak_gpu_memory_gb=round(peak, 2),
         model_parameters=model.parameters,
         gpu_tokens_per_s=gpu_rate,
+        cpu_cores_per_gpu_needed=round(cores_needed, 1),
+        cpu_cores_per_gpu=round(cores_have, 1),
         notes=tuple(notes),
     )
 

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 ENV_VAR = "E5_EMBED_SCHEDULER_CONFIG"
 PACKAGED = "scheduler.yaml"  # package data of pipeline.planning
+RENAMED = "tokenizer_tokens_per_s_per_cpu"  # read as 1e6 / tokenize_cpu_s_per_m_tokens
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,7 +33,10 @@ class Profile:
     cuda_context_gb: float = 0.6
     gpu_tokens_per_s: float = 500_000
     bf16: bool = True
-    tokenizer_tokens_per_s_per_cpu: float = 150_000
+    # CPU-seconds per million tokens, measured by `e5-embed bench --cpu-side` (docs/benchmarks.md): the
+    # tokenizer actors' own (sizes their pool), and the whole job's, every process (cores per GPU)
+    tokenize_cpu_s_per_m_tokens: float = 2.0
+    job_cpu_s_per_m_tokens: float = 3.5
     cpus_reserved_per_node: float = 1.0
 
     def __post_init__(self) -> None:
@@ -40,10 +44,22 @@ class Profile:
             raise UsageError(f"scheduler config: memory_headroom must be in [0, 0.9), got {self.memory_headroom}")
         if self.actors_per_gpu < 1 or self.max_batch_size < 1:
             raise UsageError("scheduler config: actors_per_gpu and max_batch_size must be >= 1")
+        if not 0 < self.tokenize_cpu_s_per_m_tokens <= self.job_cpu_s_per_m_tokens:
+            raise UsageError(
+                "scheduler config: need 0 < tokenize_cpu_s_per_m_tokens <= job_cpu_s_per_m_tokens (the whole job "
+                f"includes the tokenizers), got {self.tokenize_cpu_s_per_m_tokens} and {self.job_cpu_s_per_m_tokens}"
+            )
 
     @classmethod
     def build(cls, values: Mapping[str, Any], base: "Profile | None" = None, where: str = "") -> "Profile":
         valid = {f.name for f in fields(cls)}
+        if RENAMED in values:  # the per-role rate of earlier releases, as CPU-seconds per million tokens
+            values = dict(values)
+            rate = values.pop(RENAMED)
+            if not (isinstance(rate, (int, float)) and rate > 0):
+                raise UsageError(f"scheduler config{where}: {RENAMED} must be a positive number, got {rate!r}")
+            logger.warning("scheduler config%s: %s is now tokenize_cpu_s_per_m_tokens (1e6 / it)", where, RENAMED)
+            values.setdefault("tokenize_cpu_s_per_m_tokens", round(1e6 / rate, 3))
         unknown = sorted(set(values) - valid)
         if unknown:
             raise UsageError(

@@ -228,13 +228,12 @@ class EncodeStage:
         in_flight: tuple[np.ndarray, _InFlight] | None = None
         for chunk in self._micro_batches(lengths, order):
             written += len(chunk)
-            seqs = [values[offsets[r] : offsets[r + 1]] for r in rows[chunk]]
+            starts, chunk_lengths = offsets[rows[chunk]], lengths[chunk]
             if self.packed is not None:
-                launched = self._launch_packed_splitting(
-                    np.concatenate(seqs).astype(np.int64, copy=False), lengths[chunk].astype(np.int64)
-                )
+                ids, mask = _gather(values, starts, chunk_lengths, int(chunk_lengths.max()), 0)
+                launched = self._launch_packed_splitting(ids[mask.astype(bool)], chunk_lengths.astype(np.int64))
             else:
-                launched = self._launch_splitting(*self._pad(seqs))
+                launched = self._launch_splitting(*self._pad(values, starts, chunk_lengths))
             if in_flight is not None:
                 out[in_flight[0]] = in_flight[1].result()[: len(in_flight[0])]  # filler rows dropped
             in_flight = (chunk, launched)
@@ -264,19 +263,20 @@ class EncodeStage:
             yield order[start:end]
             start = end
 
-    def _pad(self, seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        longest = max(len(s) for s in seqs)
+    def _pad(self, values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows ``values[start : start + length]`` padded to one width (ids, attention mask)."""
+        longest = int(lengths.max())
         width = -(-longest // self.pad_multiple) * self.pad_multiple
-        rows = len(seqs)
+        rows = len(lengths)
         if self.shape_buckets:  # a compiled shape: the bucket's width, batch_size rows
             width = next((b for b in self.shape_buckets if b >= longest), width)
             rows = max(rows, self.batch_size)
-        input_ids = np.full((rows, width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((rows, width), dtype=np.int64)
-        mask[len(seqs) :, 0] = 1  # filler rows attend to one token (no all-masked row); dropped after
-        for i, s in enumerate(seqs):
-            input_ids[i, : len(s)] = s
-            mask[i, : len(s)] = 1
+        input_ids, mask = _gather(values, starts, lengths, width, self.pad_id)
+        if rows > len(lengths):  # filler rows attend to one token (no all-masked row); dropped after
+            filler = rows - len(lengths)
+            input_ids = np.concatenate([input_ids, np.full((filler, width), self.pad_id, dtype=np.int64)])
+            mask = np.concatenate([mask, np.zeros((filler, width), dtype=np.int64)])
+            mask[len(lengths) :, 0] = 1
         return input_ids, mask
 
     def _warm_buckets(self) -> None:
@@ -287,7 +287,7 @@ class EncodeStage:
 
         started = time.perf_counter()
         for width in self.shape_buckets:
-            ids, mask = self._pad([np.full(width, self.pad_id, dtype=np.int64)])
+            ids, mask = self._pad(np.full(width, self.pad_id, dtype=np.int64), np.zeros(1, np.int64), np.full(1, width))
             for _ in range(WARM_CALLS):
                 self._launch(ids, mask).result()
         logger.info(
@@ -387,6 +387,18 @@ class EncodeStage:
                 mask_t = mask_t.pin_memory().to(self.device, non_blocking=True)
             hidden = self.forward(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
             return self._to_host(l2_normalize(average_pool(hidden.float(), mask_t)))
+
+
+def _gather(
+    values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``values[start : start + length]`` laid into a (rows, width) int64 array padded with
+    ``pad_id``, and the attention mask: one gather, no per-row Python."""
+    columns = np.arange(width)
+    mask = columns[None, :] < lengths[:, None]
+    positions = np.minimum(starts[:, None] + columns[None, :], max(len(values) - 1, 0))
+    ids = np.where(mask, values[positions] if len(values) else pad_id, pad_id).astype(np.int64, copy=False)
+    return ids, mask.astype(np.int64)
 
 
 def _split_padded(batch, half: int):

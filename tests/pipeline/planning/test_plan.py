@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -127,6 +128,34 @@ def test_encode_actors_run_torch_on_the_cpus_they_reserve(scheduler):
     assert plan_for(scheduler, gpus=8, accelerator="H100", encode_threads=3).torch_threads == 3
     cpu = make_plan(ClusterSpec(gpus=0, cpus=8, nodes=1), BASE, PlanRequest(encode_threads=2), scheduler)
     assert cpu.torch_threads == 2
+
+
+@pytest.mark.unit
+def test_the_cpu_side_is_sized_with_the_whole_jobs_cpu_per_token(scheduler):
+    """Tokenizer actors from their own CPU per token; cores per GPU from the whole job's (every
+    process); a cluster too thin in CPUs per GPU gets a note saying how far the GPUs will fall short."""
+    _, h100 = scheduler.profile_for("H100")
+    wide = make_plan(ClusterSpec(gpus=8, cpus=208, nodes=1, accelerator="H100"), BASE, PlanRequest(), scheduler)
+    feed = 1.25 * h100.gpu_tokens_per_s / 1e6  # millions of tokens/s per GPU, with the plan's headroom
+    assert wide.tokenizer_actors == math.ceil(8 * feed * h100.tokenize_cpu_s_per_m_tokens)
+    assert wide.cpu_cores_per_gpu_needed == round(feed * h100.job_cpu_s_per_m_tokens, 1)
+    assert wide.cpu_cores_per_gpu == round((208 - h100.cpus_reserved_per_node) / 8, 1)
+    assert not any("cannot feed" in n for n in wide.notes)
+    assert f"{wide.cpu_cores_per_gpu_needed:g} cores per GPU needed" in wide.describe()
+    thin = make_plan(ClusterSpec(gpus=8, cpus=64, nodes=1, accelerator="H100"), BASE, PlanRequest(), scheduler)
+    (note,) = [n for n in thin.notes if "cannot feed" in n]
+    assert f"{thin.cpu_cores_per_gpu:.1f} CPUs per GPU" in note
+    assert f"~{thin.cpu_cores_per_gpu / thin.cpu_cores_per_gpu_needed:.0%} of their rate" in note
+
+
+@pytest.mark.unit
+def test_a_profile_with_the_old_per_cpu_tokenizer_rate_still_loads(caplog):
+    old = Profile.build({"tokenizer_tokens_per_s_per_cpu": 500_000})
+    assert old.tokenize_cpu_s_per_m_tokens == 2.0 and "tokenize_cpu_s_per_m_tokens" in caplog.text
+    with pytest.raises(UsageError, match="includes the tokenizers"):
+        Profile.build({"tokenize_cpu_s_per_m_tokens": 4.0, "job_cpu_s_per_m_tokens": 3.0})
+    with pytest.raises(UsageError, match="positive number"):
+        Profile.build({"tokenizer_tokens_per_s_per_cpu": 0})
 
 
 @pytest.mark.unit

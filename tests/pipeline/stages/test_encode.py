@@ -209,3 +209,22 @@ def test_each_shape_bucket_is_warmed_twice_before_the_first_batch(minilm_path):
     stage.shape_buckets = (16, 32)
     stage._warm_buckets()
     assert WARM_CALLS == 2 and widths == [(3, 16), (3, 16), (3, 32), (3, 32)]
+
+
+def test_the_padding_gather_equals_slicing_row_by_row():
+    from pipeline.stages.encode import _gather
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 40, size=50)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = rng.integers(1000, 30000, size=int(offsets[-1])).astype(np.int32)
+    rows = rng.permutation(50)[:17]
+    ids, mask = _gather(values, offsets[rows], lengths[rows], 48, 0)
+    assert ids.dtype == np.int64 and ids.shape == mask.shape == (17, 48)
+    for i, r in enumerate(rows):
+        row = values[offsets[r] : offsets[r + 1]]
+        assert ids[i, : len(row)].tolist() == row.tolist() and not ids[i, len(row) :].any()
+        assert mask[i].sum() == len(row) and mask[i, : len(row)].all()
+    assert (
+        ids[mask.astype(bool)].tolist() == np.concatenate([values[offsets[r] : offsets[r + 1]] for r in rows]).tolist()
+    )
