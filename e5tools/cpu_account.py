@@ -35,7 +35,7 @@ JOB_ROLES = (*ROLES, "unattributed")  # every CPU second of the job
 # the encode actor spends is its host-side work (a 1-layer forward on CPU alone costs more than the
 # tokenizer: docs/benchmarks.md)
 STAND_IN = {"layers": 0, "hidden": 32, "heads": 2, "ffn": 64}
-GPU_NODE_ENCODE = ("--encode-threads", "1")
+GPU_NODE_ENCODE = ("--encode-threads", "1", "--batch-size", "256")
 STAND_IN_TEXT = "random BertModel, embeddings only (no layer), hidden 32, E5's uncased WordPiece vocabulary"
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -219,9 +219,10 @@ def cpu_side_curve(work: Path, records: tuple[int, int] = (50_000, 200_000), *ex
 
     model = write_random_bert(str(work / "model-stand-in"), seed=0, **STAND_IN)
     # the encode actor as on a GPU node: one torch thread on its one reserved core (the CPU plan gives
-    # torch every core of the node). The micro-batch stays the CPU plan's: the stand-in's forward
-    # runs on the CPU here, and its cost grows with the padding of bigger micro-batches (512 rows:
-    # encode 0.99 CPU-s per million tokens against 0.78 at 32), which on a GPU node is the GPU's.
+    # torch every core of the node), and a GPU plan's micro-batch (256 rows: the A100 profile's for
+    # e5-base; T4's is 64, H100's 512). The stand-in's forward runs on the CPU here, a GPU's work on
+    # a GPU node; per million tokens it costs least at 128-256 rows (per-call Python in transformers
+    # dominates below, padding above: docs/benchmarks.md), so what remains is closest to host work.
     extra = (*GPU_NODE_ENCODE, *extra)
     pool = texts_pool()
     runs = []

@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--cpu-side",
         metavar="SMALL,LARGE",
-        help="also the CPU side: the job at two record counts (e.g. 50000,200000) with a near-free encoder, "
-        "CPU seconds by role, marginal tokens per CPU-s against the raw tokenizer",
+        help="also the CPU side: the whole job at two record counts (e.g. 80000,320000) with a stand-in encoder "
+        "run as on a GPU node, every process's CPU by role, marginal tokens per CPU-s against the raw tokenizer",
     )
     bench.add_argument("--actors-per-gpu", type=int, help="the pipeline row's encode actors per GPU (default: plan)")
     bench.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
