@@ -50,6 +50,7 @@ RUN_FLAGS: dict[str, bool] = {
     "--gpu-actors": True,
     "--actors-per-gpu": True,
     "--tokenizer-actors": True,
+    "--encode-threads": True,
     "--gpu-memory-gb": True,
     "--min-gpus": True,
     "--max-gpus": True,
