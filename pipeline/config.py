@@ -33,6 +33,7 @@ from pipeline.settings import (
     setting,
     token_buckets,
 )
+from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.e5 import ATTENTION_MODES, DEFAULT_MODEL, DEVICES, DTYPES, OUTPUT_DTYPES, PREFIXES
 
 
@@ -348,6 +349,25 @@ class JobConfig:
     def prefix_text(self) -> str:
         return PREFIXES[self.prefix]
 
+    def output_settings(self) -> "OutputSettings":
+        """The ledger's group: what the output's files are made with, and how an existing output is treated."""
+        return OutputSettings(
+            inputs=tuple(self.inputs),
+            model=self.model,
+            revision=self.revision,
+            prefix_text=self.prefix_text,
+            max_length=self.max_length,
+            dtype=self.dtype,
+            output_dtype=self.output_dtype,
+            text_field=self.text_field,
+            id_field=self.id_field,
+            title_field=self.title_field,
+            input_format=self.input_format,
+            chunking=ChunkSettings.of_job(self),
+            overwrite=self.overwrite,
+            update=self.update,
+        )
+
     def replace(self, **changes: Any) -> "JobConfig":
         return dataclasses.replace(self, **changes)
 
@@ -462,3 +482,25 @@ def parse_storage_options(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UsageError("--storage-options must be a JSON object")
     return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputSettings:
+    """The job settings the ledger (``pipeline.ledger``) reads, and nothing else: the identity every
+    output file records (model, prefix, lengths, dtypes, fields, inputs, windows), and how an
+    existing output is treated (``--overwrite``, ``--update``). Made by ``JobConfig.output_settings``."""
+
+    inputs: tuple[str, ...]
+    model: str
+    revision: str | None
+    prefix_text: str
+    max_length: int
+    dtype: str
+    output_dtype: str
+    text_field: str
+    id_field: str
+    title_field: str | None
+    input_format: str
+    chunking: ChunkSettings | None  # None: records are truncated
+    overwrite: bool = False
+    update: bool = False

@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline.backend.capacity import GpuCapacity
 from pipeline.backend.cluster import describe_cluster
-from pipeline.backend.dataset import build_dataset, configure, ray_session
+from pipeline.backend.dataset import ray_session, run_pipeline
 from pipeline.backend.datasink import EmbeddingDatasink
 from pipeline.backend.datasource import ShardDatasource
 from pipeline.backend.duplicates import duplicate_ids_on_cluster
@@ -164,17 +164,36 @@ class Phases:
             self.values[name] = round(wall_time - self.t0_wall, 3)
 
 
+@dataclass(kw_only=True)
+class RunContext:
+    """What every step of one leased run reads: the settings, the output behind the lease, the
+    pinned model and the metadata its files carry, the inputs as listed, the step timings."""
+
+    config: JobConfig
+    lease: Lease
+    state: OutputState  # the output (``state.storage``), fenced by the lease
+    model: ModelSource
+    info: ModelInfo
+    metadata: dict[str, Any]
+    listing: Listing
+    phases: Phases
+    started_at: str
+
+    @property
+    def shards(self) -> list[Shard]:
+        return self.listing.shards
+
+
 def run_job(config: JobConfig) -> RunSummary:
     """Lease the output, see what is left, embed it, prove the output complete, record the run."""
     config.register_secrets()
     phases = Phases()
-    t0 = phases.t0
     started_at = _now()
     check_locations(config)
     with phases("model"):
         model, model_sha = _model(config)
         info: ModelInfo = model.info()
-    metadata = output_metadata(config, info, model_sha)
+    metadata = output_metadata(config.output_settings(), info, model_sha)
     with phases("list_inputs"):
         listing = _list_inputs(config)  # read-only: before the lease
     storage = Storage(config.output, config.storage_options)
@@ -183,8 +202,19 @@ def run_job(config: JobConfig) -> RunSummary:
     if lease.waited:  # another run held the output meanwhile: list the inputs as they are now
         with phases("list_inputs"):
             listing = _list_inputs(config)
+    ctx = RunContext(
+        config=config,
+        lease=lease,
+        state=OutputState(storage, fence=lease.check),
+        model=model,
+        info=info,
+        metadata=metadata,
+        listing=listing,
+        phases=phases,
+        started_at=started_at,
+    )
     try:
-        return _run_leased(config, lease, storage, model, info, metadata, listing, t0, started_at, phases)
+        return _run_leased(ctx)
     except KeyboardInterrupt as e:
         if lease.lost:
             raise JobError(f"stopped: {lease.lost}") from e
@@ -211,25 +241,15 @@ def _list_inputs(config: JobConfig) -> Listing:
     return listing
 
 
-def _run_leased(
-    config: JobConfig,
-    lease: Lease,
-    storage: Storage,
-    model: ModelSource,
-    info: ModelInfo,
-    metadata: dict[str, Any],
-    listing: Listing,
-    t0: float,
-    started_at: str,
-    phases: Phases,
-) -> RunSummary:
-    state = OutputState(storage, fence=lease.check)
-    shards = listing.shards
+def _run_leased(ctx: RunContext) -> RunSummary:
+    """The run's steps once the output is leased: see what is left, plan, carry vectors over, embed,
+    tidy the output, prove it complete and record the run."""
+    config, phases, state = ctx.config, ctx.phases, ctx.state
     with phases("prepare_output"):
-        work = state.prepare(config, metadata, shards)
-    work.manifest.ignored_files = len(listing.ignored)  # saved with the run record
-    work.manifest.ignored_file_examples = listing.ignored[:100]
-    work.manifest.unversioned_shards = len(unversioned(shards))
+        work = state.prepare(config.output_settings(), ctx.metadata, ctx.shards)
+    work.manifest.ignored_files = len(ctx.listing.ignored)  # saved with the run record
+    work.manifest.ignored_file_examples = ctx.listing.ignored[:100]
+    work.manifest.unversioned_shards = len(unversioned(ctx.shards))
     if work.noop:
         return RunSummary(
             status="noop",
@@ -237,19 +257,9 @@ def _run_leased(
             message=f"{work.manifest.rows_written} rows; pass --overwrite to start over",
         )
     run = RunRecord(
-        run_id=lease.run_id,
-        started_at=started_at,
-        ended_at="",
-        wall_s=0.0,
-        status="running",
-        rows_embedded=0,
-        rows_rejected=0,
+        run_id=ctx.lease.run_id,
+        started_at=ctx.started_at,
         rows_skipped=work.rows_skipped,
-        tokens=0,
-        truncated=0,
-        docs_per_s=0.0,
-        tokens_per_s=0.0,
-        data_files=0,
         new_shards=work.new_shards,
         phases=phases.values,
     )
@@ -259,7 +269,7 @@ def _run_leased(
             work.rows_skipped,
             config.output,
             len(work.shards),
-            len(shards),
+            len(ctx.shards),
         )
     with (
         ray_session(config.ray_address),
@@ -267,48 +277,41 @@ def _run_leased(
     ):
         capacity.wait()
         with phases("plan"):
-            plan = _plan(config, info)
+            plan = _plan(config, ctx.info)
         run.plan = plan.to_dict()
         with phases("carry_over"):
-            run.rows_reused = _carry_over(config, info, metadata, work, lease, state, shards)
+            run.rows_reused = _carry_over(ctx, work)
         with phases("embed"):
-            written = _embed(config, plan, model, info, metadata, work, lease, run, state, phases)
+            written = _embed(ctx, plan, work, run)
         with phases("remove_stale"):
-            stale_rows = state.remove_stale(work, metadata)
+            stale_rows = state.remove_stale(work, ctx.metadata)
             run.rows_removed = max(0, stale_rows - run.rows_reused)
         with phases("reconcile"):
-            totals = state.reconcile(metadata)
+            totals = state.reconcile(ctx.metadata)
         with phases("duplicate_ids"):
-            duplicates = _duplicate_ids(config, storage, totals)  # inside the session: its cluster path needs Ray
-    return _prove_and_record(config, state, work, lease, run, t0, written, totals, duplicates, shards)
+            duplicates = _duplicate_ids(config, state.storage, totals)  # inside the session: its cluster path needs Ray
+    return _prove_and_record(ctx, work, run, written, totals, duplicates)
 
 
-def _carry_over(
-    config: JobConfig,
-    info: ModelInfo,
-    metadata: dict[str, Any],
-    work: Work,
-    lease: Lease,
-    state: OutputState,
-    shards: list[Shard],
-) -> int:
+def _carry_over(ctx: RunContext, work: Work) -> int:
     """--update / --reuse-from: write the records whose text_hash matches a pool row with that
     row's vector, then re-plan the reads so the pipeline encodes only the rest. Rows carried."""
+    config, lease, state = ctx.config, ctx.lease, ctx.state
     pool = update_pool(state, work) if config.update else []
     if config.reuse_from:
-        pool += reuse_from_pool(config.reuse_from, config.output, config.storage_options, metadata, VECTOR_KEYS)
+        pool += reuse_from_pool(config.reuse_from, config.output, config.storage_options, ctx.metadata, VECTOR_KEYS)
     if not pool or not work.shards:
         return 0
     from pipeline.backend.reuse import PoolDatasource, carry_over
 
     chunked = config.chunk_tokens is not None
     # metrics only (no progress actor): e5_embed_records{outcome="reused"}
-    sink = _sink(config, info, metadata, work, lease, Telemetry(run_id=lease.run_id), outcome="reused")
+    sink = _sink(ctx, work, Telemetry(run_id=lease.run_id), outcome="reused")
     records = _records(config, work)
     vectors = PoolDatasource(
         files=pool,
         storage_options=config.storage_options,
-        embedding_type=schemas.embedding_type(info.hidden_size, config.output_dtype),
+        embedding_type=schemas.embedding_type(ctx.info.hidden_size, config.output_dtype),
         chunked=chunked,
     )
     try:
@@ -317,7 +320,7 @@ def _carry_over(
             pool=vectors,
             pool_rows=sum(f.rows for f in pool),
             sink=sink,
-            record_schema=schemas.chunk_embedded_schema(info.hidden_size, config.output_dtype) if chunked else None,
+            record_schema=schemas.chunk_embedded_schema(ctx.info.hidden_size, config.output_dtype) if chunked else None,
         )
     except Exception as e:
         if isinstance(e, LeaseLost) or lease.lost:
@@ -326,7 +329,7 @@ def _carry_over(
             f"carrying vectors over failed: {scrub(f'{type(e).__name__}: {e}', config.storage_options)[:500]}"
         ) from e
     done_before = work.rows_skipped
-    state.plan_reads(work, shards)
+    state.plan_reads(work, ctx.shards)
     reused = work.rows_skipped - done_before  # from the footers: a row written twice counts once
     logger.info(
         "carried %d vector(s) over by text_hash from %d file(s) (%d rows written); encoding only the records left",
@@ -337,26 +340,19 @@ def _carry_over(
     return reused
 
 
-def _sink(
-    config: JobConfig,
-    info: ModelInfo,
-    metadata: dict[str, Any],
-    work: Work,
-    lease: Lease,
-    telemetry: Telemetry,
-    outcome: str = "embedded",
-) -> EmbeddingDatasink:
+def _sink(ctx: RunContext, work: Work, telemetry: Telemetry, outcome: str = "embedded") -> EmbeddingDatasink:
     """Where a pass over ``work.shards`` writes: data files behind the lease fence, each recording
     the versions of the shards it holds rows of."""
+    config = ctx.config
     return EmbeddingDatasink(
         output_uri=config.output,
         storage_options=config.storage_options,
-        metadata=metadata,
-        dim=info.hidden_size,
+        metadata=ctx.metadata,
+        dim=ctx.info.hidden_size,
         output_dtype=config.output_dtype,
         rows_per_file=config.rows_per_file,
         versions={s.path: s.version_key for s in work.shards},
-        fence=lease.fence(),
+        fence=ctx.lease.fence(),
         telemetry=telemetry,
         outcome=outcome,
     )
@@ -406,28 +402,16 @@ def _count_records(storage_options: dict[str, Any], shards: list[Shard], stop: t
         raise JobError(scrub(f"{type(e).__name__}: {e}", storage_options)[:500]) from e
 
 
-def _embed(
-    config: JobConfig,
-    plan: ResourcePlan,
-    model: ModelSource,
-    info: ModelInfo,
-    metadata: dict[str, Any],
-    work: Work,
-    lease: Lease,
-    run: RunRecord,
-    state: OutputState,
-    phases: Phases,
-) -> Counters:
+def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> Counters:
     """Run the pipeline over the shards left to read; the counters of what it wrote."""
     if not work.shards:
         return Counters()
-    chunk = ChunkSettings.of_job(config)
+    config, lease, phases = ctx.config, ctx.lease, ctx.phases
     telemetry = Telemetry.start(run.run_id)
-    sink = _sink(config, info, metadata, work, lease, telemetry)
+    sink = _sink(ctx, work, telemetry)
     shard_log = ShardLog(config.output, config.storage_options, fence=sink.fence)
-    source = _records(config, work, shard_log=shard_log, telemetry=telemetry)
     stages = plan.stage_specs(
-        model=model,
+        model=ctx.model,
         prefix=config.prefix_text,
         output_dtype=config.output_dtype,
         rows_per_block=config.rows_per_block,
@@ -435,9 +419,8 @@ def _embed(
         attention=config.attention,
         shape_buckets=config.shape_buckets,
         device=config.device,
-        chunk=chunk,
+        chunk=ChunkSettings.of_job(config),
     )
-    configure(progress=config.progress)
     status = StatusReporter(
         telemetry,
         total_bytes=sum(s.size for s in work.shards),
@@ -448,8 +431,13 @@ def _embed(
     failure: Exception | None = None
     try:
         with status:
-            build_dataset(source, stages, read_num_cpus=plan.io_num_cpus, telemetry=telemetry).write_datasink(
-                sink, ray_remote_args={"num_cpus": plan.io_num_cpus}
+            run_pipeline(
+                _records(config, work, shard_log=shard_log, telemetry=telemetry),
+                stages,
+                sink,
+                io_num_cpus=plan.io_num_cpus,
+                telemetry=telemetry,
+                progress=config.progress,
             )
     except Exception as e:
         if isinstance(e, LeaseLost) or lease.lost:
@@ -467,8 +455,9 @@ def _embed(
         run.status = "failed"
         run.error = scrub(f"{type(failure).__name__}: {failure}", config.storage_options)[:2000]
         # stale rows share (source, row) with the new ones: never "repair" those while any remain
-        totals = Totals.of(state.scan()) if work.stale else state.reconcile(dict(metadata))
-        _record(run, state, work, phases.t0, sink.totals, totals)
+        state = ctx.state
+        totals = Totals.of(state.scan()) if work.stale else state.reconcile(dict(ctx.metadata))
+        _record(ctx, run, work, sink.totals, totals)
         raise JobError(f"pipeline failed: {run.error.splitlines()[0]}") from failure
     return sink.totals
 
@@ -492,22 +481,15 @@ def _duplicate_ids(config: JobConfig, storage: Storage, totals: Totals) -> Dupli
 
 
 def _prove_and_record(
-    config: JobConfig,
-    state: OutputState,
-    work: Work,
-    lease: Lease,
-    run: RunRecord,
-    t0: float,
-    written: Counters,
-    totals: Totals,
-    duplicates: DuplicateReport,
-    shards,
+    ctx: RunContext, work: Work, run: RunRecord, written: Counters, totals: Totals, duplicates: DuplicateReport
 ) -> RunSummary:
+    """Prove the output complete (or say why not), record the run, and publish ``_SUCCESS``."""
+    config, state = ctx.config, ctx.state
     work.manifest.duplicate_ids = duplicates.duplicate_ids
     work.manifest.duplicate_id_examples = duplicates.examples
     proof, bad_fraction = state.finish(
         manifest=work.manifest,
-        shards=shards,
+        shards=ctx.shards,
         totals=totals,
         allow_remainders=config.skip_corrupt_remainders,
         max_bad_fraction=config.max_bad_fraction,
@@ -515,7 +497,7 @@ def _prove_and_record(
     run.status = "complete" if work.manifest.complete else "failed"
     if not proof.ok:
         run.error = scrub(f"not complete: {proof.describe()}", config.storage_options)[:2000]
-    _record(run, state, work, t0, written, totals)
+    _record(ctx, run, work, written, totals)
     summary = RunSummary(
         status=run.status,
         output=config.output,
@@ -542,16 +524,16 @@ def _prove_and_record(
             len(proof.skipped_remainders),
             ", ".join(r.path for r in proof.skipped_remainders[:5]),
         )
-    mark_success(state.storage, lease.check)
+    mark_success(state.storage, ctx.lease.check)
     return summary
 
 
-def _record(run: RunRecord, state: OutputState, work: Work, t0: float, written: Counters, totals: Totals) -> None:
+def _record(ctx: RunContext, run: RunRecord, work: Work, written: Counters, totals: Totals) -> None:
     """The one place a run is recorded, failed or not: its counters, the output's totals, the manifest."""
     run.ended_at = _now()
-    run.wall_s = round(time.monotonic() - t0, 3)
+    run.wall_s = round(time.monotonic() - ctx.phases.t0, 3)
     run.set_counters(written)
     work.manifest.set_totals(totals.counters)
     work.manifest.repaired_files += totals.repaired_files
     work.manifest.add_run(run)
-    work.manifest.save(state.storage, state.fence)
+    work.manifest.save(ctx.state.storage, ctx.state.fence)

@@ -108,3 +108,20 @@ def build_dataset(
     for spec in stages:
         ds = apply_stage(ds, spec, telemetry)
     return ds
+
+
+def run_pipeline(
+    source: ShardDatasource,
+    stages: Sequence[StageSpec],
+    sink,
+    *,
+    io_num_cpus: float,
+    telemetry: Telemetry | None = None,
+    progress: bool = False,
+) -> None:
+    """The Ray job of one run: read tasks -> each stage's actor pool -> write tasks into ``sink``,
+    read and write tasks reserving ``io_num_cpus`` each. Returns when everything is written."""
+    configure(progress=progress)
+    build_dataset(source, stages, read_num_cpus=io_num_cpus, telemetry=telemetry).write_datasink(
+        sink, ray_remote_args={"num_cpus": io_num_cpus}
+    )

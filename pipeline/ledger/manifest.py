@@ -24,19 +24,22 @@ FORMAT = "e5-embed/1"
 
 @dataclass(kw_only=True)
 class RunRecord:
+    """One run, as the manifest keeps it: opened with what is known at the start (``run_id``,
+    ``started_at``, what was already done); ``set_counters`` and the run's end fill in the rest."""
+
     run_id: str
     started_at: str
-    ended_at: str
-    wall_s: float
-    status: str  # "complete" | "failed" | "incomplete"
-    rows_embedded: int  # input records embedded
-    rows_rejected: int
-    rows_skipped: int
-    tokens: int
-    truncated: int
-    docs_per_s: float
-    tokens_per_s: float
-    data_files: int
+    ended_at: str = ""
+    wall_s: float = 0.0
+    status: str = "running"  # "running" | "complete" | "failed"
+    rows_embedded: int = 0  # input records embedded
+    rows_rejected: int = 0
+    rows_skipped: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    docs_per_s: float = 0.0
+    tokens_per_s: float = 0.0
+    data_files: int = 0
     chunks: int = 0  # data rows written: one per record, or one per window in chunked runs
     new_shards: int = 0  # input shards this run found that earlier runs had not (incremental runs)
     oom_splits: int = 0  # encode micro-batches split after a device out-of-memory (each lowers that actor's batch)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.config import JobConfig
+from pipeline.config import OutputSettings
 from pipeline.errors import UsageError
 from pipeline.io import coverage, schemas
 from pipeline.io.counters import Counters
@@ -32,7 +32,6 @@ from pipeline.ledger.lease import LeaseLost
 from pipeline.ledger.manifest import MANIFEST as MANIFEST_NAME
 from pipeline.ledger.manifest import Manifest, is_complete, remove_success
 from pipeline.ledger.shard_log import SHARDS_DIR, ShardRecord, read_records
-from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.model import ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -66,7 +65,7 @@ IDENTITY_KEYS = (
 PRODUCER = schemas.PRODUCER
 
 
-def output_metadata(config: JobConfig, info: ModelInfo, model_sha: str | None = None) -> dict[str, Any]:
+def output_metadata(config: OutputSettings, info: ModelInfo, model_sha: str | None = None) -> dict[str, Any]:
     """The ``e5_embed`` Parquet metadata (and the manifest's ``metadata``)."""
     meta = {
         "model": config.model,
@@ -91,7 +90,7 @@ def output_metadata(config: JobConfig, info: ModelInfo, model_sha: str | None = 
         # several inputs: relative to their common root, so two inputs' part-0 files cannot collide;
         # an output made before (ids relative to each input) is refused rather than mixed
         meta["derived_ids"] = "relative to the inputs' common root"
-    chunking = ChunkSettings.of_job(config)
+    chunking = config.chunking
     if chunking is not None:  # absent in truncating runs: their metadata is what it always was
         meta["chunking"] = chunking.metadata()
     return meta
@@ -159,7 +158,7 @@ class OutputState:
 
     # ------------------------------------------------------------------ before the run
 
-    def prepare(self, config: JobConfig, metadata: Mapping[str, Any], shards: Sequence[Shard]) -> Work:
+    def prepare(self, config: OutputSettings, metadata: Mapping[str, Any], shards: Sequence[Shard]) -> Work:
         """Check the output against this run's settings and inputs; say what is left to do.
 
         ``--overwrite`` needs nothing from the output's bookkeeping (a damaged manifest or shard

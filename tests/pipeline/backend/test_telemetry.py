@@ -90,7 +90,7 @@ def test_a_run_logs_status_lines(ray_cluster, tmp_path, minilm_path, caplog, fmt
                 progress=False,
                 rows_per_block=8,
                 batch_size=4,
-                status_interval_s=0.2,
+                status_interval_s=0.02,  # one file: encode (one call) to commit is ~0.1 s, one or two lines
                 **({"rows_per_file": rows_per_file} if rows_per_file else {}),
             )
         )

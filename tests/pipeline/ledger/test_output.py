@@ -194,17 +194,17 @@ def test_a_multi_input_output_made_before_common_root_ids_is_refused_not_mixed(t
     inputs = (str(tmp_path / "day-1"), str(tmp_path / "day-2"))
     config = JobConfig(inputs=inputs, output=str(tmp_path / "out"), model="intfloat/e5-small-v2")
     info = offline_info("intfloat/e5-small-v2")
-    meta = output_metadata(config, info, "git:" + "a" * 40)
+    meta = output_metadata(config.output_settings(), info, "git:" + "a" * 40)
     shards = list_shards(inputs, {})
-    OutputState(Storage(config.output)).prepare(config, meta, shards)  # an output in progress
+    OutputState(Storage(config.output)).prepare(config.output_settings(), meta, shards)  # an output in progress
     manifest_path = tmp_path / "out" / "_manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["metadata"].pop("derived_ids")  # as an earlier version wrote it
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(UsageError, match="different settings.*derived_ids"):
-        OutputState(Storage(config.output)).prepare(config, meta, shards)
+        OutputState(Storage(config.output)).prepare(config.output_settings(), meta, shards)
     one = JobConfig(inputs=inputs[:1], output=str(tmp_path / "o1"), model="intfloat/e5-small-v2")
-    assert "derived_ids" not in output_metadata(one, info, None)  # one input: ids as they always were
+    assert "derived_ids" not in output_metadata(one.output_settings(), info, None)  # one input: ids as they always were
 
 
 @pytest.mark.unit

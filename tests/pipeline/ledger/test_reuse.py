@@ -19,8 +19,8 @@ def _output(tmp_path, name, **kw):
     (tmp_path / "in").mkdir(exist_ok=True)
     (tmp_path / "in" / "a.txt").write_text("x\n")
     config = JobConfig(inputs=(str(tmp_path / "in"),), output=str(tmp_path / name), model="intfloat/e5-small-v2", **kw)
-    meta = output_metadata(config, offline_info("intfloat/e5-small-v2"), "git:" + "a" * 40)
-    OutputState(Storage(config.output)).prepare(config, meta, list_shards(config.inputs, {}))
+    meta = output_metadata(config.output_settings(), offline_info("intfloat/e5-small-v2"), "git:" + "a" * 40)
+    OutputState(Storage(config.output)).prepare(config.output_settings(), meta, list_shards(config.inputs, {}))
     return config, meta
 
 
