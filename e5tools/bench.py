@@ -607,7 +607,7 @@ def run_benchmark(
     tokenize_rates = run_tokenize_rates(model, texts, max_length)
     cpu_side_report: dict[str, Any] = {}
     if cpu_side:
-        from e5tools.cpu_account import cpu_side_curve
+        from e5tools.rehearsal.cpu_account import cpu_side_curve
 
         cpu_side_report = cpu_side_curve(workdir, cpu_side)
     retrieval: dict[str, Any] = {}
@@ -731,7 +731,7 @@ def markdown(report: dict[str, Any]) -> str:
             + f" ({t['how']})"
         )
     if report.get("cpu_side"):
-        from e5tools.cpu_account import markdown as cpu_side_markdown
+        from e5tools.rehearsal.cpu_account import markdown as cpu_side_markdown
 
         lines += ["", cpu_side_markdown(report["cpu_side"])]
     if report.get("longdoc", {}).get("results"):

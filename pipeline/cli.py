@@ -280,6 +280,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not 0 < small < large:
             raise UsageError(f"--cpu-side: need 0 < SMALL < LARGE (got {small},{large})")
         cpu_side = (small, large)
+        import importlib.util
+
+        if importlib.util.find_spec("e5tools.rehearsal") is None:
+            raise UsageError(
+                "--cpu-side runs the repository's CPU accounting (e5tools.rehearsal), which the wheel leaves "
+                "out: run it from a checkout of the repository"
+            )
     report = run_benchmark(
         docs=args.docs,
         device=args.device,

@@ -107,6 +107,10 @@ def test_wheel_plans_with_the_packaged_profiles_in_a_clean_venv_from_another_dir
     )
     assert located.stdout.startswith(str(env_dir))  # the wheel's copy in the clean venv, not the checkout
     with zipfile.ZipFile(wheel) as z:  # what a package index shows (core metadata 2.4, PEP 639)
+        names = z.namelist()
+        # demo and bench ship (the demo extra); the repository-only rehearsals do not
+        assert "e5tools/bench.py" in names and "e5tools/demo.py" in names
+        assert not [n for n in names if n.startswith("e5tools/rehearsal/")], names
         [meta] = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
         metadata = z.read(meta).decode()
         assert any(n.endswith(".dist-info/licenses/LICENSE") for n in z.namelist())

@@ -30,6 +30,19 @@ def test_a_bad_cpu_side_size_pair_is_a_usage_error(value):
     assert result.returncode == 2 and "--cpu-side" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.unit
+def test_cpu_side_from_an_install_without_the_rehearsals_is_a_one_line_usage_error(monkeypatch):
+    """The wheel leaves e5tools.rehearsal out: --cpu-side says so instead of an ImportError traceback."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "e5tools.rehearsal" else real(name, *a)
+    )
+    result = run_cli("bench", "--cpu-side", "100,200")
+    assert result.returncode == 2 and "checkout" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
 @pytest.mark.rehearsal
 def test_every_row_and_memory_check_are_well_formed(tmp_path):
     # --max-length 128: one shape bucket to compile (not three) and shorter compiled shapes; the rows are

@@ -1,6 +1,6 @@
 """Scale rehearsal: the real job with a near-free encoder, to expose what grows with the corpus.
 
-``python -m e5tools.scale --out DIR`` runs ``e5-embed run`` (a subprocess, a local Ray cluster)
+``python -m e5tools.rehearsal.scale --out DIR`` runs ``e5-embed run`` (a subprocess, a local Ray cluster)
 with a 1-layer, 32-wide random BERT over E5's real vocabulary, so the model costs almost nothing
 and listing, reading, tokenizing, writing and the ledger are what is measured. Each step writes
 its result to ``DIR/scale.json`` as it finishes:
@@ -15,7 +15,7 @@ its result to ``DIR/scale.json`` as it finishes:
 - ``duplicates``: the duplicate-id check on the largest output, driver path and Ray path;
 - ``listing``: listing ``--s3-objects`` objects on a moto S3 server;
 - ``cpu_side``: the whole job's CPU (every process, the machine's count) per token against the raw
-  Rust tokenizer on the same records, by role (``e5tools.cpu_account``).
+  Rust tokenizer on the same records, by role (``e5tools.rehearsal.cpu_account``).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from e5tools.corpus import texts_pool, write_corpus
 from e5tools.jobrun import job_argv, run_sampled
+from e5tools.rehearsal.corpus import texts_pool, write_corpus
 
-logger = logging.getLogger("e5tools.scale")
+logger = logging.getLogger("e5tools.rehearsal.scale")
 
 
 def _driver_peak_mb(pid: int) -> float:
@@ -196,14 +196,14 @@ def markdown(report: dict[str, Any]) -> str:
         li = report["listing"]
         lines.append(f"- listing {li['objects']:,} objects on moto's S3 server: {li['list_s']} s")
     if report.get("cpu_side", {}).get("runs"):
-        from e5tools.cpu_account import markdown as cpu_markdown
+        from e5tools.rehearsal.cpu_account import markdown as cpu_markdown
 
         lines += ["", cpu_markdown(report["cpu_side"])]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m e5tools.scale", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m e5tools.rehearsal.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for scale.json (and the work folders)")
     parser.add_argument("--records", default="250000,500000,1000000,2000000", help="record counts (curve)")
     parser.add_argument("--curve-shards", type=int, default=2000)
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         report["listing"] = listing_cost(args.s3_objects)
         save()
     if "cpu_side" in steps:
-        from e5tools.cpu_account import cpu_side_curve
+        from e5tools.rehearsal.cpu_account import cpu_side_curve
 
         report["cpu_side"] = cpu_side_curve(work, tuple(int(x) for x in args.cpu_side_records.split(",")))
         save()

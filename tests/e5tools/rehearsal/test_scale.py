@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from e5tools.scale import main
+from e5tools.rehearsal.scale import main
 
 pytestmark = pytest.mark.rehearsal
 

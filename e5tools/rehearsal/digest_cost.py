@@ -1,4 +1,4 @@
-"""What pinning a local model folder costs: ``python -m e5tools.digest_cost [--dir TMP]``.
+"""What pinning a local model folder costs: ``python -m e5tools.rehearsal.digest_cost [--dir TMP]``.
 
 Folders of e5-base (438 MB) and e5-large (1.34 GB) weight size, random bytes: the driver's digest
 (sha256 over every byte, the page cache warm as on a node that just fetched the model) and each

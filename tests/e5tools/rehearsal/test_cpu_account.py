@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from e5tools.cpu_account import JOB_ROLES, machine_busy_s, markdown, process_label, role_of, summarize
+from e5tools.rehearsal.cpu_account import JOB_ROLES, machine_busy_s, markdown, process_label, role_of, summarize
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""The changing-corpus benchmark: ``python -m e5tools.update_bench [--shards 20 --per-shard 1000] --out DIR``.
+"""The changing-corpus benchmark: ``python -m e5tools.rehearsal.update_bench [--shards 20 --per-shard 1000] --out DIR``.
 
 A corpus of ``shards × per-shard`` records is embedded; then every shard is rewritten with 5% of
 its records edited, 2% deleted and 3% added. On the changed corpus, side by side in one process

@@ -153,7 +153,7 @@ def raw_tokenizer_one_thread(model: str, records: int) -> dict[str, float]:
     import sys
 
     code = (
-        "import json, sys; from e5tools.cpu_account import raw_tokenizer_cpu_rate, rehearsal_texts; "
+        "import json, sys; from e5tools.rehearsal.cpu_account import raw_tokenizer_cpu_rate, rehearsal_texts; "
         "print(json.dumps(raw_tokenizer_cpu_rate(sys.argv[1], rehearsal_texts(int(sys.argv[2])))))"
     )
     env = {**os.environ, "RAYON_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -164,8 +164,8 @@ def raw_tokenizer_one_thread(model: str, records: int) -> dict[str, float]:
 
 
 def rehearsal_texts(records: int, pool: list[str] | None = None) -> list[str]:
-    """The texts ``e5tools.corpus.write_corpus`` writes for ``records`` records from ``pool``, in order."""
-    from e5tools.corpus import record_text, texts_pool
+    """The texts ``e5tools.rehearsal.corpus.write_corpus`` writes for ``records`` records from ``pool``, in order."""
+    from e5tools.rehearsal.corpus import record_text, texts_pool
 
     pool = pool or texts_pool()
     return [record_text(pool, i) for i in range(records)]
@@ -214,8 +214,8 @@ def cpu_side_curve(work: Path, records: tuple[int, int] = (50_000, 200_000), *ex
     """The job at two record counts with the stand-in encoder (``STAND_IN``); the whole job's
     **marginal** tokens per CPU second between them (start-up, worker imports and other fixed costs
     cancel) against the raw tokenizer's."""
-    from e5tools.corpus import texts_pool, write_corpus
     from e5tools.random_model import write_random_bert
+    from e5tools.rehearsal.corpus import texts_pool, write_corpus
 
     model = write_random_bert(str(work / "model-stand-in"), seed=0, **STAND_IN)
     # the encode actor as on a GPU node: one torch thread on its one reserved core (the CPU plan gives
