@@ -35,6 +35,7 @@ JOB_ROLES = (*ROLES, "unattributed")  # every CPU second of the job
 # the encode actor spends is its host-side work (a 1-layer forward on CPU alone costs more than the
 # tokenizer: docs/benchmarks.md)
 STAND_IN = {"layers": 0, "hidden": 32, "heads": 2, "ffn": 64}
+ACCOUNTED_FLOOR = 0.9  # below this share of the machine's busy CPU, the breakdown says it is thin
 GPU_NODE_ENCODE = ("--encode-threads", "1", "--batch-size", "256")
 STAND_IN_TEXT = "random BertModel, embeddings only (no layer), hidden 32, E5's uncased WordPiece vocabulary"
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -284,6 +285,14 @@ def markdown(report: dict) -> str:
             + " | ".join(str(c[k]) for k in JOB_ROLES)
             + f" | {r['job_cpu_s']} | {r['accounted']} | {_number(r['job_tokens_per_cpu_s'])} |"
         )
+    thin = [r for r in report["runs"] if r["accounted"] is not None and r["accounted"] < ACCOUNTED_FLOOR]
+    if thin:  # the whole still counts everything; the breakdown explains less of it
+        lines += [
+            "",
+            f"Note: the per-process samples explain only {min(r['accounted'] for r in thin):.0%} of the machine's "
+            "busy CPU in a run: processes exited between samples, or something else ran on the machine. The whole "
+            "job's figure counts it (as unattributed).",
+        ]
     if report["marginal_ratio"] is None:  # tiny runs: start-up noise larger than the work between them
         lines += ["", f"Marginal whole job: not measurable, the runs' CPU difference is noise ({report['how']})."]
         return "\n".join(lines) + "\n"

@@ -43,6 +43,16 @@ def test_marginal_roles_add_up_to_the_whole_job_and_the_baseline_is_the_fastest_
     assert f"**{report['marginal_ratio']}x**" in text and "unattributed 0.056" in text
 
 
+def test_a_breakdown_that_explains_little_of_the_machine_says_so():
+    thin = _run(12_000_000, LARGE, 700_000.0)
+    thin["accounted"] = 0.6  # e.g. another program ran beside the job
+    text = markdown(summarize([_run(3_000_000, SMALL, 600_000.0), thin], 550_000.0, (1, 4)))
+    assert "explain only 60%" in text
+    assert "explain only" not in markdown(
+        summarize([_run(3_000_000, SMALL, 6e5), _run(12_000_000, LARGE, 7e5)], 5e5, (1, 4))
+    )
+
+
 def test_runs_whose_cpu_did_not_grow_are_unmeasurable_not_a_crash():
     report = summarize([_run(3_000_000, LARGE, 600_000.0), _run(3_100_000, SMALL, 600_000.0)], 550_000.0, (1, 2))
     assert report["marginal_ratio"] is None and report["marginal_cpu_s_per_m_tokens"] is None
