@@ -59,7 +59,12 @@ class Profile:
             if not (isinstance(rate, (int, float)) and rate > 0):
                 raise UsageError(f"scheduler config{where}: {RENAMED} must be a positive number, got {rate!r}")
             logger.warning("scheduler config%s: %s is now tokenize_cpu_s_per_m_tokens (1e6 / it)", where, RENAMED)
-            values.setdefault("tokenize_cpu_s_per_m_tokens", round(1e6 / rate, 3))
+            tokenize = values.setdefault("tokenize_cpu_s_per_m_tokens", round(1e6 / rate, 3))
+            # the old rates were conservative (150k, the earlier default, is 6.7 CPU-s per million tokens):
+            # the whole job is never cheaper than its tokenizers, so its figure rises to match
+            job = values.get("job_cpu_s_per_m_tokens", (base or cls()).job_cpu_s_per_m_tokens)
+            if isinstance(tokenize, (int, float)) and isinstance(job, (int, float)) and tokenize > job:
+                values["job_cpu_s_per_m_tokens"] = tokenize
         unknown = sorted(set(values) - valid)
         if unknown:
             raise UsageError(

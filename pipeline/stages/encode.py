@@ -231,7 +231,7 @@ class EncodeStage:
             starts, chunk_lengths = offsets[rows[chunk]], lengths[chunk]
             if self.packed is not None:
                 ids, mask = _gather(values, starts, chunk_lengths, int(chunk_lengths.max()), 0)
-                launched = self._launch_packed_splitting(ids[mask.astype(bool)], chunk_lengths.astype(np.int64))
+                launched = self._launch_packed_splitting(ids[mask], chunk_lengths.astype(np.int64))
             else:
                 launched = self._launch_splitting(*self._pad(values, starts, chunk_lengths))
             if in_flight is not None:
@@ -271,7 +271,8 @@ class EncodeStage:
         if self.shape_buckets:  # a compiled shape: the bucket's width, batch_size rows
             width = next((b for b in self.shape_buckets if b >= longest), width)
             rows = max(rows, self.batch_size)
-        input_ids, mask = _gather(values, starts, lengths, width, self.pad_id)
+        input_ids, valid = _gather(values, starts, lengths, width, self.pad_id)
+        mask = valid.astype(np.int64)
         if rows > len(lengths):  # filler rows attend to one token (no all-masked row); dropped after
             filler = rows - len(lengths)
             input_ids = np.concatenate([input_ids, np.full((filler, width), self.pad_id, dtype=np.int64)])
@@ -393,12 +394,12 @@ def _gather(
     values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int, pad_id: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``values[start : start + length]`` laid into a (rows, width) int64 array padded with
-    ``pad_id``, and the attention mask: one gather, no per-row Python."""
+    ``pad_id``, and which positions hold a token (bool): one gather, no per-row Python."""
     columns = np.arange(width)
     mask = columns[None, :] < lengths[:, None]
     positions = np.minimum(starts[:, None] + columns[None, :], max(len(values) - 1, 0))
     ids = np.where(mask, values[positions] if len(values) else pad_id, pad_id).astype(np.int64, copy=False)
-    return ids, mask.astype(np.int64)
+    return ids, mask
 
 
 def _split_padded(batch, half: int):

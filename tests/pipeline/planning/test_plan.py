@@ -152,6 +152,10 @@ def test_the_cpu_side_is_sized_with_the_whole_jobs_cpu_per_token(scheduler):
 def test_a_profile_with_the_old_per_cpu_tokenizer_rate_still_loads(caplog):
     old = Profile.build({"tokenizer_tokens_per_s_per_cpu": 500_000})
     assert old.tokenize_cpu_s_per_m_tokens == 2.0 and "tokenize_cpu_s_per_m_tokens" in caplog.text
+    # the earlier packaged default (150k per CPU-s = 6.7 CPU-s per million tokens) still loads: the whole
+    # job's figure rises to the tokenizers' own
+    earlier = Profile.build({"tokenizer_tokens_per_s_per_cpu": 150_000}, base=Profile())
+    assert earlier.tokenize_cpu_s_per_m_tokens == earlier.job_cpu_s_per_m_tokens == 6.667
     with pytest.raises(UsageError, match="includes the tokenizers"):
         Profile.build({"tokenize_cpu_s_per_m_tokens": 4.0, "job_cpu_s_per_m_tokens": 3.0})
     with pytest.raises(UsageError, match="positive number"):
