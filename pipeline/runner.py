@@ -7,7 +7,6 @@ through the Ray backend -> repair, prove complete and record the run (ledger) ->
 
 from __future__ import annotations
 
-import _thread
 import functools
 import logging
 import threading
@@ -26,7 +25,7 @@ from pipeline.backend.datasource import ShardDatasource
 from pipeline.backend.duplicates import duplicate_ids_on_cluster
 from pipeline.backend.telemetry import StatusReporter, Telemetry
 from pipeline.config import JobConfig
-from pipeline.errors import E5EmbedError, JobError, UsageError
+from pipeline.errors import E5EmbedError, JobError, UsageError, step_failed
 from pipeline.io import coverage, schemas
 from pipeline.io.counters import Counters
 from pipeline.io.listing import Listing, Shard, list_inputs, unversioned
@@ -35,7 +34,7 @@ from pipeline.io.records import FieldSpec
 from pipeline.io.storage import Storage, escape_controls, has_pattern, is_within, scrub, strip_uri_credentials
 from pipeline.ledger.duplicates import DuplicateReport, find_duplicate_ids
 from pipeline.ledger.lease import Lease, LeaseLost, new_run_id
-from pipeline.ledger.manifest import RunRecord, mark_success
+from pipeline.ledger.manifest import RunRecord, mark_success, remove_success
 from pipeline.ledger.output import VECTOR_KEYS, OutputState, Totals, Work, output_metadata
 from pipeline.ledger.reuse import reuse_from_pool, update_pool
 from pipeline.ledger.shard_log import ShardLog
@@ -132,13 +131,13 @@ def _model(config: JobConfig) -> tuple[ModelSource, str]:
 
 
 def _acquire(config: JobConfig, storage: Storage) -> Lease:
-    lease = Lease(storage, run_id=new_run_id(), ttl_s=config.lease_ttl_s, on_lost=_thread.interrupt_main)
+    lease = Lease(storage, run_id=new_run_id(), ttl_s=config.lease_ttl_s)
     try:
         lease.acquire(wait_s=config.lease_wait_s, replace_damaged=config.overwrite)
     except E5EmbedError:  # held by a live run (exit 1), damaged (exit 2)
         raise
-    except Exception as e:  # cannot even create a small object there: a config error
-        raise UsageError(f"cannot write to output {storage.describe()}: {type(e).__name__}: {e}") from e
+    except Exception as e:  # cannot create a small object there: the store's moment, or a config error
+        raise step_failed(f"cannot write to output {storage.describe()}", e) from e
     return lease
 
 
@@ -454,11 +453,17 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
     if failure is not None:
         run.status = "failed"
         run.error = scrub(f"{type(failure).__name__}: {failure}", config.storage_options)[:2000]
-        # stale rows share (source, row) with the new ones: never "repair" those while any remain
-        state = ctx.state
-        totals = Totals.of(state.scan()) if work.stale else state.reconcile(dict(ctx.metadata))
-        _record(ctx, run, work, sink.totals, totals)
-        raise JobError(f"pipeline failed: {run.error.splitlines()[0]}") from failure
+        first = f"pipeline failed: {run.error.splitlines()[0]}"
+        try:  # the record of the failed run; its own failure must not hide the pipeline's
+            # stale rows share (source, row) with the new ones: never "repair" those while any remain
+            state = ctx.state
+            totals = Totals.of(state.scan()) if work.stale else state.reconcile(dict(ctx.metadata))
+            _record(ctx, run, work, sink.totals, totals)
+        except Exception as after:
+            then = scrub(f"{type(after).__name__}: {after}", config.storage_options).splitlines()[0][:500]
+            logger.error("recording the failed run failed too: %s", then)
+            raise JobError(f"{first}; then recording the failed run failed too: {then}") from failure
+        raise JobError(first) from failure
     return sink.totals
 
 
@@ -524,7 +529,13 @@ def _prove_and_record(
             len(proof.skipped_remainders),
             ", ".join(r.path for r in proof.skipped_remainders[:5]),
         )
+    state.check_unchanged(totals, "while it was proven")
     mark_success(state.storage, ctx.lease.check)
+    try:
+        state.check_unchanged(totals, "as it was marked complete")
+    except JobError:
+        remove_success(state.storage, ctx.lease.check)
+        raise
     return summary
 
 

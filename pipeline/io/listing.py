@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, step_failed
 from pipeline.io.formats import FORMAT_BY_EXTENSION
 from pipeline.io.storage import Storage, has_pattern, strip_uri_credentials
 
@@ -155,8 +155,8 @@ def list_inputs(
             root, found, single_file = _list_input(storage)
         except UsageError:
             raise
-        except Exception as e:  # listing happens before any work: every failure here is the input's
-            raise UsageError(f"cannot list input {strip_uri_credentials(uri)}: {type(e).__name__}: {e}") from e
+        except Exception as e:  # before any work: the store's moment (exit 1) or the input's (exit 2)
+            raise step_failed(f"cannot list input {strip_uri_credentials(uri)}", e) from e
         listed.append((uri, storage, root, found, single_file))
     id_root = _common_root([root for _, _, root, _, _ in listed])
     shards: dict[str, Shard] = {}

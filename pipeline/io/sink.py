@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.errors import JobError
 from pipeline.io import coverage, schemas
 from pipeline.io.counters import Counters
 from pipeline.io.storage import Storage
@@ -41,10 +42,16 @@ def put_file(
     metadata: Mapping[str, Any],
     stats: Mapping[str, Any],
     versions: Mapping[str, str],
+    fence: Callable[[], None] | None = None,
 ) -> str:
     """Publish one data/rejects file atomically, named by the input rows it covers. ``versions``
     gives each source shard's version key (``Shard.version_key``) as it was read: its rows in this
-    file are current only while the shard still has that version."""
+    file are current only while the shard still has that version.
+
+    ``fence`` (the run's lease check) runs just before the file is published and again just after:
+    a file that was new and got published after the lease was lost (the check and the upload
+    straddled a takeover) is deleted again, so a late write never stays in an output another run
+    now holds. A file that was already there (a retried write: same rows, same name) is left."""
     ranges = coverage.ranges_of(table)
     missing = [s for s in ranges if s not in versions]
     if missing:
@@ -61,7 +68,19 @@ def put_file(
     # write overwrites), but rows of a shard's new version never take the name of its stale file
     name = f"part-{coverage.digest(ranges, {s: versions[s] for s in ranges})}.parquet"
     path = storage.join(folder, name) if folder else storage.join(name)
+    if fence is None:
+        storage.write_bytes_atomic(path, buf.getvalue())
+        return path
+    existed = storage.exists(path)
+    fence()
     storage.write_bytes_atomic(path, buf.getvalue())
+    try:
+        fence()
+    except JobError:  # the lease is lost (a store that failed to answer is not: the file stays)
+        if not existed:
+            storage.delete(path)
+            logger.warning("withdrew %s: the lease was lost while it was published", path)
+        raise
     return path
 
 
@@ -100,9 +119,7 @@ def write_rows(
             if chunked and not folder:
                 part = explode_windows(part, schema)
             counters = Counters.of_table(part)
-            if fence is not None:
-                fence()
-            put_file(storage, folder, part, metadata, counters.footer(), versions)
+            put_file(storage, folder, part, metadata, counters.footer(), versions, fence=fence)
             written = written + counters
     return written
 

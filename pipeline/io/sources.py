@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import JobError
+from pipeline.errors import JobError, is_transient
 from pipeline.io.listing import Shard, version_of
 from pipeline.io.records import (
     BlockBuilder,
@@ -52,6 +52,8 @@ def _is_transient(e: BaseException) -> bool:
     object replaced while it was read (s3fs ``FileExpired``: its ETag changed), which is a change."""
     if type(e).__name__ == "FileExpired":
         return False
+    if is_transient(e):  # the one classification (also: a body cut mid-transfer, a failed checksum)
+        return True
     return isinstance(e, OSError) and not isinstance(e, (gzip.BadGzipFile, FileNotFoundError))
 
 

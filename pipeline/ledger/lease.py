@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -148,19 +148,21 @@ def _generations(storage: Storage) -> list[int]:
 class Lease:
     """The output's lease for one run. ``acquire`` before anything else, ``release`` at the end."""
 
-    def __init__(
-        self, storage: Storage, *, run_id: str, ttl_s: float = DEFAULT_TTL_S, on_lost: Callable[[], None] | None = None
-    ):
+    def __init__(self, storage: Storage, *, run_id: str, ttl_s: float = DEFAULT_TTL_S):
         self.storage = storage
         self.run_id = run_id
         self.ttl_s = float(ttl_s)
         self.record: LeaseRecord | None = None
         self.waited = False  # acquire waited for another run: what was read before may be stale
-        self._on_lost = on_lost
+        # set once the lease is lost: the run stops through its own error path (every write it makes
+        # passes the fence and raises LeaseLost), never by interrupting whatever thread is running
+        self.lost_event = threading.Event()
         self._lost: str | None = None
+        self._released = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # renew and release never write the record at once
 
     # ------------------------------------------------------------------ taking it
 
@@ -297,11 +299,14 @@ class Lease:
 
     def renew(self) -> None:
         self.check()
-        assert self.record is not None
-        renewed = LeaseRecord(**{**asdict(self.record), "expires_at": time.time() + self.ttl_s})
-        self.storage.write_bytes_atomic(self._path(renewed.generation), renewed.to_json())
-        with self._lock:
-            self.record = renewed
+        with self._write_lock:
+            if self._released:  # release() won the race: a renewal now would un-release the lease
+                return
+            assert self.record is not None
+            renewed = LeaseRecord(**{**asdict(self.record), "expires_at": time.time() + self.ttl_s})
+            self.storage.write_bytes_atomic(self._path(renewed.generation), renewed.to_json())
+            with self._lock:
+                self.record = renewed
 
     def _mark_lost(self, why: str) -> None:
         with self._lock:
@@ -309,8 +314,7 @@ class Lease:
             self._lost = self._lost or why
         if first:
             logger.error("%s; this run stops writing", why)
-            if self._on_lost is not None:
-                self._on_lost()
+            self.lost_event.set()
 
     def _start_renewing(self) -> None:
         self._thread = threading.Thread(target=self._renew_loop, name="e5-embed-lease", daemon=True)
@@ -328,18 +332,23 @@ class Lease:
 
     def release(self) -> None:
         """Stop renewing and mark the generation released, so the next run starts at once."""
-        self._on_lost = None  # the run is over: a lease found lost now must not interrupt anything
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        if self.record is None or self._lost:
-            return
-        try:
-            self.check()
-            done = LeaseRecord(**{**asdict(self.record), "released": True, "expires_at": time.time()})
-            self.storage.write_bytes_atomic(self._path(done.generation), done.to_json())
-        except Exception as e:  # the lease expires by itself
-            logger.warning("could not release the lease on %s (it expires by itself): %s", self.storage.describe(), e)
+        with self._write_lock:  # a renewal still under way (a slow store) finishes first, or never writes
+            if self._released:
+                return
+            self._released = True
+            if self.record is None or self._lost:
+                return
+            try:
+                self.check()
+                done = LeaseRecord(**{**asdict(self.record), "released": True, "expires_at": time.time()})
+                self.storage.write_bytes_atomic(self._path(done.generation), done.to_json())
+            except Exception as e:  # the lease expires by itself
+                logger.warning(
+                    "could not release the lease on %s (it expires by itself): %s", self.storage.describe(), e
+                )
 
     def fence(self) -> "LeaseFence":
         return LeaseFence(
@@ -348,12 +357,6 @@ class Lease:
             generation=self.generation,
             run_id=self.run_id,
         )
-
-    def __enter__(self) -> "Lease":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
 
 
 @dataclass(frozen=True)
@@ -391,6 +394,13 @@ class LeaseFence:
             raise LeaseLost(
                 f"lease generation {self.generation} of {self.output_uri} was "
                 f"{'released' if mine.released else 'not renewed in time'}; this write is refused"
+            )
+        if _dead_on_this_host(mine):
+            # the driver that holds it is gone, and a run on this host may take over at once: a
+            # write of the dead run must not land after the new holder has listed the output
+            raise LeaseLost(
+                f"the run holding lease generation {self.generation} of {self.output_uri} (pid {mine.pid}) "
+                "is gone; this write is refused"
             )
 
 

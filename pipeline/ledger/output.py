@@ -20,13 +20,12 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline.config import OutputSettings
-from pipeline.errors import UsageError
-from pipeline.io import coverage, schemas
+from pipeline.errors import TransientError, UsageError, step_failed
+from pipeline.io import coverage, schemas, text_hash
 from pipeline.io.counters import Counters
 from pipeline.io.listing import Shard
 from pipeline.io.sink import REJECTS_DIR
 from pipeline.io.storage import Storage, normalize_uri
-from pipeline.io.text_hash import SCHEME as TEXT_HASH_SCHEME
 from pipeline.ledger.completeness import Proof, fully_covered, prove
 from pipeline.ledger.lease import LeaseLost
 from pipeline.ledger.manifest import MANIFEST as MANIFEST_NAME
@@ -83,7 +82,8 @@ def output_metadata(config: OutputSettings, info: ModelInfo, model_sha: str | No
         "input_format": config.input_format,
         "inputs": normalized_inputs(config.inputs),
         "model_sha": model_sha,  # the Hub commit (git:<sha>) or the local folder's content digest
-        "text_hash": TEXT_HASH_SCHEME,  # every row's fingerprint of what the model read
+        # every row's fingerprint of what the model read (its scheme depends on chunking)
+        "text_hash": text_hash.scheme(config.chunking is not None),
         "producer": PRODUCER,
     }
     if len(meta["inputs"]) > 1:  # one input: ids relative to it, as they always were
@@ -100,9 +100,23 @@ def normalized_inputs(inputs: Sequence[str]) -> list[str]:
     return sorted({normalize_uri(i) for i in inputs})
 
 
-def _identity(metadata: Mapping[str, Any], key: str) -> Any:
+def identity(metadata: Mapping[str, Any], key: str) -> Any:
     value = metadata.get(key)
+    if key == "text_hash":  # the legacy scheme name, read as what it meant
+        return text_hash.recorded_scheme(value, metadata.get("chunking") is not None)
     return normalized_inputs(value or []) if key == "inputs" else value
+
+
+def refuse_legacy_chunked(made: Mapping[str, Any], what: str) -> None:
+    """A chunked output made with the first chunked text_hash (title NUL text): its fingerprints
+    are ambiguous, so no row of it may be matched by text_hash again."""
+    if text_hash.legacy_chunked(made.get("text_hash"), made.get("chunking") is not None):
+        raise UsageError(
+            f"{what} with the first chunked text_hash scheme ({text_hash.LEGACY_SCHEME!r}), under which a "
+            "title and a text holding NUL characters can share a fingerprint with another record; its "
+            "fingerprints cannot be trusted to match texts. Embed it again with --overwrite (or into another "
+            "--output)"
+        )
 
 
 def fingerprints(shards: Sequence[Shard]) -> list[dict[str, Any]]:
@@ -155,6 +169,7 @@ class OutputState:
     def __init__(self, storage: Storage, fence: Callable[[], None] = lambda: None):
         self.storage = storage
         self.fence = fence
+        self.foreign: list[str] = []  # part-*.parquet files the last scan found that e5-embed did not write
 
     # ------------------------------------------------------------------ before the run
 
@@ -195,9 +210,13 @@ class OutputState:
                 "re-embed only what changed, or --overwrite"
             )
         new_shards = sum(1 for s in shards if s.path not in known)
-        # --update: a shard whose fingerprint changed is work even with no rows in any file (it was empty)
+        # --update: a shard whose fingerprint changed is work even with no rows in any file (it was
+        # empty), and so is one that vanished with no rows: the manifest must stop listing it, or
+        # every later plain run is refused over it
         changed = any(_fingerprint(known[s.path]) != s.fingerprint for s in shards if s.path in known)
-        if existing is not None and complete and not new_shards and not stale and not changed:
+        listed = {s.path for s in shards}
+        vanished = any(p not in listed for p in known)
+        if existing is not None and complete and not new_shards and not stale and not changed and not vanished:
             existing.complete = True
             return Work(manifest=existing, noop=True)
         manifest = existing or Manifest(metadata=dict(metadata), inputs=normalized_inputs(config.inputs))
@@ -214,7 +233,7 @@ class OutputState:
         except LeaseLost:
             raise
         except Exception as e:
-            raise UsageError(f"cannot write to output {self.storage.describe()}: {type(e).__name__}: {e}") from e
+            raise step_failed(f"cannot write to output {self.storage.describe()}", e) from e
         work = Work(manifest=manifest, new_shards=new_shards if existing else 0, stale=stale)
         self.plan_reads(work, shards, files)
         return work
@@ -261,8 +280,8 @@ class OutputState:
             return Manifest.load(self.storage), is_complete(self.storage)
         except UsageError:
             raise
-        except Exception as e:  # before any work: any failure to read the output is a config error
-            raise UsageError(f"cannot read output {self.storage.describe()}: {type(e).__name__}: {e}") from e
+        except Exception as e:  # before any work: the store's moment (exit 1) or the operator's (exit 2)
+            raise step_failed(f"cannot read output {self.storage.describe()}", e) from e
 
     def _rebuilt_fingerprints(self, files: Sequence[OutputFile]) -> dict[str, dict[str, Any]]:
         """The manifest is gone but data files are there: each shard they hold rows of must have a
@@ -287,6 +306,7 @@ class OutputState:
 
     def _check_identity(self, existing: Mapping[str, Any], metadata: Mapping[str, Any], what: str) -> None:
         """``what`` (the output, or one of its files) was made with ``existing`` settings: refuse others."""
+        refuse_legacy_chunked(existing, what)
         if existing.get("model_sha") is None and metadata.get("model_sha") is not None:
             # made before model digests were recorded: any model of the same name would pass
             raise UsageError(
@@ -296,7 +316,7 @@ class OutputState:
         mismatched = [
             k
             for k in IDENTITY_KEYS
-            if _identity(existing, k) != _identity(metadata, k)
+            if identity(existing, k) != identity(metadata, k)
             # outputs made before input_format was recorded are resumed without it
             and not (k == "input_format" and k not in existing)
         ]
@@ -365,8 +385,11 @@ class OutputState:
 
         def read(item: tuple[str, bool]) -> OutputFile:
             path, is_rejects = item
-            with self.storage.open(path) as f:
-                meta = pq.read_schema(f).metadata or {}
+            try:
+                with self.storage.open(path) as f:
+                    meta = pq.read_schema(f).metadata or {}
+            except Exception as e:  # a cut or foreign file: named, exit 2; the store's moment: exit 1
+                raise step_failed(f"cannot read the Parquet footer of {self.storage.display(path)}", e) from e
             produced = json.loads(meta.get(schemas.METADATA_KEY) or b"{}")
             produced = produced if isinstance(produced, dict) else {}
             return OutputFile(
@@ -382,7 +405,8 @@ class OutputState:
         with ThreadPoolExecutor(max_workers=16) as pool:
             files = list(pool.map(read, listed))
         foreign = [f.path for f in files if f.producer != PRODUCER]
-        if foreign:  # not ours: never counted, repaired or deleted
+        self.foreign = foreign
+        if foreign:  # not ours: never counted, repaired or deleted, and no _SUCCESS while they are there
             logger.warning(
                 "%s holds %d part-*.parquet file(s) e5-embed did not write (ignored), e.g. %s",
                 self.storage.describe(),
@@ -408,6 +432,22 @@ class OutputState:
         return {**known, **(read_records(self.storage, wanted) if wanted else {})}
 
     # ------------------------------------------------------------------ after the run
+
+    def listed_files(self) -> frozenset[str]:
+        """The data and rejects files there now (names only: no footer is read)."""
+        return frozenset(self._files()) | frozenset(self._files(REJECTS_DIR))
+
+    def check_unchanged(self, totals: "Totals", when: str) -> None:
+        """The files are still exactly those the proof was made over: a write of an earlier run
+        (a dead driver's last write task) that lands late must never sit under ``_SUCCESS``."""
+        now = self.listed_files() - set(self.foreign)
+        if now != set(totals.paths):
+            appeared, gone = sorted(now - set(totals.paths)), sorted(set(totals.paths) - now)
+            raise TransientError(
+                f"the files of {self.storage.describe()} changed {when} ({len(appeared)} appeared, e.g. "
+                f"{appeared[:2]}; {len(gone)} vanished, e.g. {gone[:2]}): a late write of an earlier run? "
+                "Not marked complete; run again to reconcile and prove it"
+            )
 
     def reconcile(self, metadata: Mapping[str, Any]) -> Totals:
         """Make every input row appear at most once, then total the output from its files.
@@ -480,6 +520,12 @@ class OutputState:
 
         Returns the proof and the rejected fraction.
         """
+        if self.foreign:  # a reader globbing part-*.parquet would take their rows for the output's
+            raise UsageError(
+                f"{self.storage.describe()} holds {len(self.foreign)} part-*.parquet file(s) e5-embed did not write "
+                f"(e.g. {self.storage.display(self.foreign[0])}), which readers would take for part of the output; "
+                "move or delete them, then run again: the rerun only proves the output complete and marks it"
+            )
         records = self.shard_records(manifest, shards)
         proof = prove(shards, records, list(totals.file_ranges), allow_remainders=allow_remainders)
         manifest.set_totals(totals.counters)
@@ -518,6 +564,7 @@ class Totals:
     repaired_files: int = 0
     data_paths: tuple[str, ...] = ()
     file_ranges: tuple[coverage.Ranges, ...] = ()  # each file's coverage, for the completeness proof
+    paths: tuple[str, ...] = ()  # every file summed (data and rejects)
 
     @classmethod
     def of(cls, files: Sequence[OutputFile], repaired: int = 0) -> "Totals":
@@ -526,4 +573,5 @@ class Totals:
             repaired_files=repaired,
             data_paths=tuple(f.path for f in files if not f.is_rejects),
             file_ranges=tuple(f.ranges for f in files),
+            paths=tuple(f.path for f in files),
         )

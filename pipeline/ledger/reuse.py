@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import UsageError
+from pipeline.errors import E5EmbedError, UsageError, step_failed
 from pipeline.io.storage import Storage, normalize_uri, safe_uri
 from pipeline.ledger.manifest import Manifest
-from pipeline.ledger.output import OutputState, Work
+from pipeline.ledger.output import OutputState, Work, identity, refuse_legacy_chunked
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,13 @@ def reuse_from_pool(
         except UsageError:
             raise
         except Exception as e:
-            raise UsageError(f"cannot read --reuse-from {safe_uri(uri)}: {type(e).__name__}: {e}") from e
+            raise step_failed(f"cannot read --reuse-from {safe_uri(uri)}", e) from e
         if manifest is None:
             raise UsageError(f"--reuse-from {safe_uri(uri)} is not an e5-embed output (no _manifest.json)")
-        files = [f for f in OutputState(storage).scan() if not f.is_rejects]
+        try:
+            files = [f for f in OutputState(storage).scan() if not f.is_rejects]
+        except E5EmbedError as e:  # a cut or foreign file names itself; say which source it is in
+            raise type(e)(f"--reuse-from {safe_uri(uri)}: {e}") from e
         for where, made in [("it", manifest.metadata)] + [(storage.display(f.path), f.metadata) for f in files]:
             _check_compatible(uri, where, made, metadata, vector_keys)
         pool += [PoolFile(uri=storage.uri, path=f.path, rows=int(f.stats.get("rows", 0))) for f in files]
@@ -79,7 +82,8 @@ def _check_compatible(
             f"--reuse-from {safe_uri(uri)}: {where} was made before rows carried a text_hash, so its vectors "
             "cannot be matched to texts; it cannot be a reuse source (embed it again, or leave it out)"
         )
-    differ = [k for k in vector_keys if made.get(k) != metadata.get(k)]
+    refuse_legacy_chunked(made, f"--reuse-from {safe_uri(uri)}: {where} was made")
+    differ = [k for k in vector_keys if identity(made, k) != identity(metadata, k)]
     if differ:
         diffs = "; ".join(f"{k}: {made.get(k)!r} (this run: {metadata.get(k)!r})" for k in differ)
         raise UsageError(

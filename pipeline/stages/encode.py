@@ -125,12 +125,13 @@ class EncodeStage:
         import torch
 
         self._torch = torch
+        # two independent settings: host threads, and the GPU share (several actors per GPU)
         if self.torch_threads:  # the plan's (GPU actors: their one host core)
             torch.set_num_threads(self.torch_threads)
         elif self.device == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)
-        elif self.memory_fraction is not None and self.memory_fraction < 1.0:
-            torch.cuda.set_per_process_memory_fraction(self.memory_fraction)  # several actors share the GPU
+        if self.device == "cuda" and self.memory_fraction is not None and self.memory_fraction < 1.0:
+            torch.cuda.set_per_process_memory_fraction(self.memory_fraction)
         model = self.source.load_model(dtype=self.dtype, device=self.device)
         self.dim = int(model.config.hidden_size)
         # padding positions hold the model's pad id (1 for XLM-R, whose position ids skip it)

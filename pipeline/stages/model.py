@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, step_failed
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def fetch_folder(uri: str, storage_options: Mapping[str, Any]) -> str:
     try:
         listed = storage.walk_files()
     except Exception as e:
-        raise UsageError(f"cannot list model folder {strip_uri_credentials(uri)}: {type(e).__name__}: {e}") from e
+        raise step_failed(f"cannot list model folder {strip_uri_credentials(uri)}", e) from e
     files = sorted(
         (os.path.relpath(p, root), int(i.get("size") or 0), str(i.get("ETag") or i.get("mtime") or ""))
         for p, i in listed.items()
@@ -304,10 +304,9 @@ class ModelSource:
                 pass
         try:
             return snapshot_download(self.name_or_path, revision=self.revision, allow_patterns=_FETCH_PATTERNS)
-        except Exception as e:  # hub errors come in many types; all mean "can't get the model"
-            raise UsageError(
-                f"cannot fetch model {self.name_or_path!r} (revision {self.revision or 'main'}): "
-                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        except Exception as e:  # hub errors come in many types: a moment's (retry) or the model's (fix it)
+            raise step_failed(
+                f"cannot fetch model {self.name_or_path!r} (revision {self.revision or 'main'})", e
             ) from e
 
     def pinned(self) -> tuple["ModelSource", str]:
@@ -372,7 +371,7 @@ class ModelSource:
         except UsageError:
             raise
         except Exception as e:
-            raise UsageError(f"cannot read model {self.name_or_path!r}: {type(e).__name__}: {e}") from e
+            raise step_failed(f"cannot read model {self.name_or_path!r}", e) from e
 
     def load_tokenizer(self):
         """The model's fast (Rust) tokenizer; straight from tokenizer.json when there is one,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli
-from pipeline.errors import E5EmbedError, JobError, UsageError
+from pipeline.errors import E5EmbedError, JobError, TransientError, UsageError, is_transient, step_failed
 from pipeline.io.sources import ShardReadError
 from pipeline.io.streams import CorruptStream
 from pipeline.ledger.lease import LeaseDamaged, LeaseHeld, LeaseLost
@@ -28,7 +28,7 @@ def test_every_exception_the_product_defines_is_in_the_family():
             ):
                 defined.append(f"{path.relative_to(ROOT)}:{node.name}")
     assert len(defined) >= 8, defined  # the scan finds them (E5EmbedError, UsageError, JobError, leases, reads)
-    family = {UsageError, JobError, LeaseHeld, LeaseLost, LeaseDamaged, ShardReadError, CorruptStream}
+    family = {UsageError, JobError, TransientError, LeaseHeld, LeaseLost, LeaseDamaged, ShardReadError, CorruptStream}
     assert all(issubclass(c, E5EmbedError) for c in family)
     names = {c.__name__ for c in family} | {"E5EmbedError"}
     assert {d.rsplit(":", 1)[1] for d in defined} <= names, sorted(defined)
@@ -41,6 +41,7 @@ def test_every_exception_the_product_defines_is_in_the_family():
         (LeaseDamaged("the lease file o/_lease/1.json is damaged"), 2, "error"),
         (ShardReadError("s.jsonl changed after it was listed"), 1, "job failed"),
         (UsageError("--batch-size must be >= 1"), 2, "error"),
+        (TransientError("cannot list input s3://b/x: OSError: SlowDown; a retry may succeed"), 1, "temporary failure"),
     ],
 )
 def test_the_cli_maps_the_family_once(monkeypatch, capsys, error, code, label):
@@ -64,3 +65,63 @@ def test_a_settings_check_is_a_usage_error_and_still_a_value_error():
     with pytest.raises(UsageError, match="overlap") as caught:
         ChunkSettings(tokens=64, overlap=60)
     assert isinstance(caught.value, ValueError) and caught.value.exit_code == 2
+
+
+class _Response:
+    def __init__(self, status):
+        self.status_code = status
+
+
+class HfHubHTTPError(Exception):  # the shape of huggingface_hub's (a requests HTTPError with a response)
+    def __init__(self, status):
+        super().__init__(f"{status} Client Error")
+        self.response = _Response(status)
+
+
+class ClientError(Exception):  # the shape of botocore's
+    def __init__(self, status, code):
+        super().__init__(f"An error occurred ({code})")
+        self.response = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+
+
+class LocalEntryNotFoundError(FileNotFoundError):  # the Hub's wrapper when it could not be reached
+    pass
+
+
+class OfflineModeIsEnabled(ConnectionError):
+    pass
+
+
+def _caused(outer: BaseException, cause: BaseException) -> BaseException:
+    outer.__cause__ = cause
+    return outer
+
+
+@pytest.mark.parametrize(
+    "error, transient",
+    [
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (TimeoutError("read timed out"), True),
+        (OSError("[Errno 5] An error occurred (SlowDown) when calling ListObjectsV2"), True),
+        (HfHubHTTPError(503), True),
+        (HfHubHTTPError(429), True),
+        (HfHubHTTPError(404), False),
+        (HfHubHTTPError(401), False),
+        (ClientError(503, "SlowDown"), True),
+        (ClientError(403, "AccessDenied"), False),
+        (_caused(LocalEntryNotFoundError("cannot find the snapshot"), ConnectionError("refused")), True),
+        (_caused(LocalEntryNotFoundError("cannot find the snapshot"), OfflineModeIsEnabled("offline")), False),
+        (LocalEntryNotFoundError("not in the cache"), False),
+        (FileNotFoundError("s3://b/missing"), False),
+        (PermissionError("Access Denied"), False),
+        (ValueError("bad json"), False),
+        (_caused(RuntimeError("wrapped"), ConnectionResetError()), True),
+        (UsageError("bad flag"), False),
+        (TransientError("moment"), True),
+    ],
+)
+def test_one_classification_of_transient_and_permanent_errors(error, transient):
+    assert is_transient(error) is transient
+    made = step_failed("cannot list input s3://b/x", error)
+    assert isinstance(made, TransientError if transient else UsageError)
+    assert made.exit_code == (1 if transient else 2) and "s3://b/x" in str(made)

@@ -215,9 +215,9 @@ def test_the_fence_runs_before_each_file_a_write_task_publishes(tmp_path):
 
     checks = []
 
-    def fence():
+    def fence():  # each file: once before it is published, once after
         checks.append(1)
-        if len(checks) > 1:
+        if len(checks) > 2:
             raise LeaseLost("taken over (injected after the first file)")
 
     table = data_table("s", list(range(8))).append_column("reject_reason", pa.nulls(8, pa.string()))
@@ -233,3 +233,29 @@ def test_the_fence_runs_before_each_file_a_write_task_publishes(tmp_path):
             fence=fence,
         )
     assert len(list(tmp_path.glob("part-*.parquet"))) == 1
+
+
+@pytest.mark.unit
+def test_a_file_published_across_a_takeover_is_withdrawn_but_an_earlier_one_is_kept(tmp_path):
+    """The check passed, then a new holder took over while the upload ran: the file that landed
+    is deleted again by its own task. A file that was there before (a retried write of the same
+    rows: the same name) is left, since the new holder may have counted it."""
+    from pipeline.io.sink import put_file
+    from pipeline.ledger.lease import LeaseLost
+
+    storage = Storage(str(tmp_path))
+    table = data_table("s", list(range(4)))
+    calls = []
+
+    def lost_after_upload():
+        calls.append(1)
+        if len(calls) % 2 == 0:  # the check after the upload
+            raise LeaseLost("taken over while the file was uploaded (injected)")
+
+    with pytest.raises(LeaseLost):
+        put_file(storage, "", table, {}, {"rows": 4}, {"s": "1:v"}, fence=lost_after_upload)
+    assert list(tmp_path.glob("part-*.parquet")) == []
+    kept = put_file(storage, "", table, {}, {"rows": 4}, {"s": "1:v"})  # written while the lease was held
+    with pytest.raises(LeaseLost):
+        put_file(storage, "", table, {}, {"rows": 4}, {"s": "1:v"}, fence=lost_after_upload)
+    assert storage.exists(kept)

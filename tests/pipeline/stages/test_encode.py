@@ -228,3 +228,43 @@ def test_the_padding_gather_equals_slicing_row_by_row():
     assert (
         ids[mask.astype(bool)].tolist() == np.concatenate([values[offsets[r] : offsets[r + 1]] for r in rows]).tolist()
     )
+
+
+@pytest.mark.parametrize("torch_threads", [1, None])
+def test_several_actors_per_gpu_each_cap_their_memory_share(minilm_path, monkeypatch, torch_threads):
+    """The GPU plan always sets torch_threads; the memory cap must apply as well (it sat in the
+    thread setting's ``elif``, so two actors on one GPU could each grow into the other's memory).
+    The CUDA device is faked (none here): the cap's calls are counted, the weights load on CPU."""
+    import torch
+
+    import pipeline.stages.encode as encode
+
+    caps, loads = [], []
+    real_load = ModelSource.load_model
+    monkeypatch.setattr(encode, "resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(encode, "resolve_dtype", lambda dtype, device: "float32")
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda fraction, *a: caps.append(fraction))
+    monkeypatch.setattr(
+        ModelSource, "load_model", lambda self, **kw: loads.append(kw) or real_load(self, dtype="float32", device="cpu")
+    )
+    before = torch.get_num_threads()
+    try:
+        stage = EncodeStage(
+            model=ModelSource(name_or_path=minilm_path),
+            batch_size=4,
+            device="cuda",
+            torch_threads=torch_threads,
+            memory_fraction=0.5,
+        )
+        stage.setup()
+        assert caps == [0.5] and loads[0]["device"] == "cuda"
+        if torch_threads:
+            assert torch.get_num_threads() == torch_threads
+        caps.clear()
+        whole = EncodeStage(
+            model=ModelSource(name_or_path=minilm_path), batch_size=4, device="cuda", memory_fraction=1.0
+        )
+        whole.setup()
+        assert caps == []  # one actor per GPU: no cap
+    finally:
+        torch.set_num_threads(before)
