@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.backend.capacity import GpuCapacity
 from pipeline.backend.cluster import describe_cluster
-from pipeline.backend.dataset import ray_session, run_pipeline
+from pipeline.backend.dataset import describe_failure, ray_session, run_pipeline
 from pipeline.backend.datasink import EmbeddingDatasink
 from pipeline.backend.datasource import ShardDatasource
 from pipeline.backend.duplicates import duplicate_ids_on_cluster
@@ -278,15 +278,21 @@ def _run_leased(ctx: RunContext) -> RunSummary:
         with phases("plan"):
             plan = _plan(config, ctx.info)
         run.plan = plan.to_dict()
+        # the compute dtype as resolved ("auto": bf16/fp16 on GPUs, float32 on CPU), before any write
+        ctx.metadata.update(compute_dtype=plan.dtype, device=plan.device)
+        state.check_compute(work, ctx.metadata)
         with phases("carry_over"):
             run.rows_reused = _carry_over(ctx, work)
         with phases("embed"):
             written = _embed(ctx, plan, work, run)
+        touched = frozenset(src for _, sources in work.stale for src in sources)
         with phases("remove_stale"):
             stale_rows = state.remove_stale(work, ctx.metadata)
-            run.rows_removed = max(0, stale_rows - run.rows_reused)
         with phases("reconcile"):
             totals = state.reconcile(ctx.metadata)
+        if touched:  # --update: what its attempts carried over, a killed one's included (footers)
+            run.rows_reused = max(run.rows_reused, totals.carried_rows(touched))
+        run.rows_removed = max(0, stale_rows - run.rows_reused)
         with phases("duplicate_ids"):
             duplicates = _duplicate_ids(config, state.storage, totals)  # inside the session: its cluster path needs Ray
     return _prove_and_record(ctx, work, run, written, totals, duplicates)
@@ -312,6 +318,7 @@ def _carry_over(ctx: RunContext, work: Work) -> int:
         storage_options=config.storage_options,
         embedding_type=schemas.embedding_type(ctx.info.hidden_size, config.output_dtype),
         chunked=chunked,
+        expected={k: ctx.metadata.get(k) for k in VECTOR_KEYS},
     )
     try:
         carried = carry_over(
@@ -325,7 +332,7 @@ def _carry_over(ctx: RunContext, work: Work) -> int:
         if isinstance(e, LeaseLost) or lease.lost:
             raise LeaseLost(lease.lost or str(e)) from e
         raise JobError(
-            f"carrying vectors over failed: {scrub(f'{type(e).__name__}: {e}', config.storage_options)[:500]}"
+            f"carrying vectors over failed: {scrub(describe_failure(e), config.storage_options)[:500]}"
         ) from e
     done_before = work.rows_skipped
     state.plan_reads(work, ctx.shards)
@@ -452,7 +459,7 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
         telemetry.stop()
     if failure is not None:
         run.status = "failed"
-        run.error = scrub(f"{type(failure).__name__}: {failure}", config.storage_options)[:2000]
+        run.error = scrub(describe_failure(failure), config.storage_options)[:2000]
         first = f"pipeline failed: {run.error.splitlines()[0]}"
         try:  # the record of the failed run; its own failure must not hide the pipeline's
             # stale rows share (source, row) with the new ones: never "repair" those while any remain

@@ -17,9 +17,17 @@ SLOW_DOWN = (
 
 
 class FaultyProxy:
-    def __init__(self, upstream_host: str, upstream_port: int, fail_every: int = 4, reset_every: int = 0):
+    def __init__(
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        fail_every: int = 4,
+        reset_every: int = 0,
+        fail_when=None,  # (method, path) -> bool: fail every such request (a store down for those keys)
+    ):
         self.upstream = (upstream_host, upstream_port)
         self.fail_every = fail_every
+        self.fail_when = fail_when
         self.reset_every = reset_every
         self.requests = 0
         self.injected = 0
@@ -44,7 +52,8 @@ class FaultyProxy:
                     self.close_connection = True
                     self.connection.close()
                     return
-                if proxy.fail_every and n % proxy.fail_every == 0:
+                doomed = proxy.fail_when is not None and proxy.fail_when(self.command, self.path)
+                if doomed or (proxy.fail_every and n % proxy.fail_every == 0):
                     with proxy._lock:
                         proxy.injected += 1
                     self.send_response(503)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -18,6 +19,28 @@ from pipeline.errors import UsageError
 from pipeline.stages.spec import StageSpec
 
 logger = logging.getLogger(__name__)
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Ray's and Ray Data's wrappers: their message is a task header and a traceback, their cause the error
+_WRAPPERS = ("RayTaskError", "UserCodeException", "SystemException")
+
+
+def failure_cause(e: BaseException) -> BaseException:
+    """The error a task or actor raised, behind Ray's wrappers."""
+    seen: set[int] = set()
+    while id(e) not in seen and any(w in type(e).__name__ for w in _WRAPPERS):
+        seen.add(id(e))
+        inner = getattr(e, "cause", None) or e.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        e = inner
+    return e
+
+
+def describe_failure(e: BaseException) -> str:
+    """``Type: message`` of the error behind Ray's wrappers, without terminal colour codes."""
+    cause = failure_cause(e)
+    return _ANSI.sub("", f"{type(cause).__name__}: {cause}")
 
 
 # Ray settings for the cluster this job starts itself (a `ray start` cluster has its own; see

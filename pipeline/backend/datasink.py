@@ -65,6 +65,7 @@ class EmbeddingDatasink(Datasink[dict]):
             rows_per_file=self.rows_per_file,
             versions=self.versions,
             fence=self.fence.check if self.fence else None,
+            carried=self.outcome == "reused",
         )
         if self.telemetry is not None:
             self.telemetry.written(written, self.outcome)

@@ -16,9 +16,10 @@ what is still missing.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,10 @@ from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.backend.datasink import EmbeddingDatasink
 from pipeline.backend.datasource import ShardDatasource
-from pipeline.io import coverage
-from pipeline.io.storage import Storage
+from pipeline.errors import JobError
+from pipeline.io import coverage, schemas
+from pipeline.io.storage import Storage, safe_uri
+from pipeline.ledger.output import identity
 from pipeline.ledger.reuse import PoolFile
 
 KEY_COLUMNS = ("id", "source", "row", "text_hash")
@@ -39,17 +42,41 @@ ROWS_PER_JOIN_PARTITION = 2_000_000
 FILES_PER_POOL_TASK = 8
 
 
+def _check_made_as_expected(table: pa.Table, pool_file: PoolFile, expected: Mapping[str, Any]) -> None:
+    """The file as read now was made with the vector identity it had when the pool was checked: a
+    source overwritten meanwhile (another model, same file names) must not lend its rows."""
+    raw = (table.schema.metadata or {}).get(schemas.METADATA_KEY)
+    made = json.loads(raw) if raw else {}
+    made = made if isinstance(made, dict) else {}
+    differ = [k for k in expected if identity(made, k) != identity(expected, k)]
+    if made.get("producer") != schemas.PRODUCER or differ:
+        what = (
+            ", ".join(f"{k}: {made.get(k)!r} (expected {expected.get(k)!r})" for k in differ[:3])
+            or "no e5-embed footer"
+        )
+        raise JobError(
+            f"{safe_uri(pool_file.uri)}: {pool_file.path} changed after it was checked as a source of vectors "
+            f"({what}); was it overwritten meanwhile? Nothing of it was used; run again"
+        )
+
+
 def _pool_rows(
-    storage_options: Mapping[str, Any], files: Sequence[PoolFile], embedding_type: pa.DataType, chunked: bool
+    storage_options: Mapping[str, Any],
+    files: Sequence[PoolFile],
+    embedding_type: pa.DataType,
+    chunked: bool,
+    expected: Mapping[str, Any],
 ) -> pa.Table:
     """One read task: the pool rows of ``files``, one per text_hash (per text_hash and window in
-    chunked outputs: a record's windows follow from its text and the chunk settings)."""
+    chunked outputs: a record's windows follow from its text and the chunk settings). Each file's
+    footer is checked against ``expected`` (the run's vector identity) as it is read."""
     schema = _pool_schema(embedding_type, chunked)
     tables = []
     for pool_file in files:
         storage = Storage(pool_file.uri, storage_options)
         with storage.open(pool_file.path) as f:
             table = pq.read_table(f, columns=[n for n in schema.names if n != "windows"] + ["source"])
+        _check_made_as_expected(table, pool_file, expected)
         if pool_file.sources is not None:
             table = table.filter(pc.is_in(table["source"], pa.array(pool_file.sources, pa.string())))
         table = table.select([n for n in schema.names if n != "windows"])
@@ -104,6 +131,7 @@ class PoolDatasource(Datasource):
     storage_options: Mapping[str, Any]
     embedding_type: pa.DataType
     chunked: bool = False  # the pool files hold one row per window (--chunk-tokens)
+    expected: Mapping[str, Any] = field(default_factory=dict)  # the vector identity every file must carry
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
@@ -115,7 +143,7 @@ class PoolDatasource(Datasource):
         tasks = []
         for start in range(0, len(self.files), FILES_PER_POOL_TASK):
             group = tuple(self.files[start : start + FILES_PER_POOL_TASK])
-            args = (dict(self.storage_options), group, self.embedding_type, self.chunked)
+            args = (dict(self.storage_options), group, self.embedding_type, self.chunked, dict(self.expected))
             meta = BlockMetadata(
                 num_rows=None, size_bytes=None, exec_stats=None, input_files=tuple(f.path for f in group)
             )

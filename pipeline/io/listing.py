@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import UsageError, step_failed
+from pipeline.errors import E5EmbedError, UsageError, step_failed
 from pipeline.io.formats import FORMAT_BY_EXTENSION
 from pipeline.io.storage import Storage, has_pattern, strip_uri_credentials
 
@@ -153,7 +153,7 @@ def list_inputs(
         storage = Storage(uri, storage_options)
         try:
             root, found, single_file = _list_input(storage)
-        except UsageError:
+        except E5EmbedError:
             raise
         except Exception as e:  # before any work: the store's moment (exit 1) or the input's (exit 2)
             raise step_failed(f"cannot list input {strip_uri_credentials(uri)}", e) from e

@@ -94,10 +94,13 @@ def write_rows(
     rows_per_file: int,
     versions: Mapping[str, str],
     fence: Callable[[], None] | None = None,
+    carried: bool = False,
 ) -> Counters:
     """Write embedded rows to data files and rejected rows under ``_rejects/``, at most
     ``rows_per_file`` rows per file, sorted by input position; the counters of what was written.
-    ``fence`` (the run's lease check) runs before each file is published."""
+    ``fence`` (the run's lease check) runs before each file is published. ``carried``: the vectors
+    were carried over (--update, --reuse-from), which each data file's footer says (``carried``), so
+    a resumed update can count what an earlier, killed attempt carried."""
     if table.num_rows == 0:
         return Counters()
     # Sorted by input position, so each file covers few, contiguous row ranges.
@@ -119,7 +122,8 @@ def write_rows(
             if chunked and not folder:
                 part = explode_windows(part, schema)
             counters = Counters.of_table(part)
-            put_file(storage, folder, part, metadata, counters.footer(), versions, fence=fence)
+            stats = counters.footer() | ({"carried": counters.rows_written} if carried and not folder else {})
+            put_file(storage, folder, part, metadata, stats, versions, fence=fence)
             written = written + counters
     return written
 

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline.config import OutputSettings
-from pipeline.errors import TransientError, UsageError, step_failed
+from pipeline.errors import E5EmbedError, TransientError, UsageError, step_failed
 from pipeline.io import coverage, schemas, text_hash
 from pipeline.io.counters import Counters
 from pipeline.io.listing import Shard
@@ -36,7 +36,9 @@ from pipeline.stages.model import ModelInfo
 logger = logging.getLogger(__name__)
 
 # What makes two outputs' vectors interchangeable for rows of equal text_hash (--reuse-from):
-# the model and how it is run; not where the records came from or how they were named.
+# the model and how it is run; not where the records came from or how they were named. The
+# compute dtype is the one the encoders resolved (bf16 on a GPU, float32 on CPU for "auto"), not
+# the asked-for setting; the device class is recorded but does not count (docs/exactly-once.md).
 VECTOR_KEYS = (
     "model",
     "model_sha",
@@ -45,7 +47,7 @@ VECTOR_KEYS = (
     "normalized",
     "dim",
     "max_length",
-    "dtype",
+    "compute_dtype",
     "output_dtype",
     "chunking",
     "text_hash",
@@ -104,6 +106,9 @@ def identity(metadata: Mapping[str, Any], key: str) -> Any:
     value = metadata.get(key)
     if key == "text_hash":  # the legacy scheme name, read as what it meant
         return text_hash.recorded_scheme(value, metadata.get("chunking") is not None)
+    if key == "compute_dtype" and value is None:  # made before it was recorded: known only if asked for
+        asked = metadata.get("dtype")
+        return None if asked in (None, "auto") else asked
     return normalized_inputs(value or []) if key == "inputs" else value
 
 
@@ -158,6 +163,8 @@ class Work:
     # --update: files holding rows of shards that changed or vanished since (file -> those sources);
     # their rows are not done, lend their vectors to the carry-over, and are removed before the proof
     stale: list[tuple[OutputFile, tuple[str, ...]]] = field(default_factory=list)
+    # the compute dtypes the output's manifest and files recorded (-> one place that says so)
+    made_compute: dict[str | None, str] = field(default_factory=dict)
 
 
 class OutputState:
@@ -235,8 +242,30 @@ class OutputState:
         except Exception as e:
             raise step_failed(f"cannot write to output {self.storage.describe()}", e) from e
         work = Work(manifest=manifest, new_shards=new_shards if existing else 0, stale=stale)
+        for what, meta in [(self.storage.display(f.path), f.metadata) for f in files]:  # the vectors there
+            work.made_compute.setdefault(identity(meta, "compute_dtype"), what)
         self.plan_reads(work, shards, files)
         return work
+
+    def check_compute(self, work: Work, metadata: Mapping[str, Any]) -> None:
+        """After the plan resolved the compute dtype: the output's vectors were all computed in it.
+        A GPU run (bf16) and a CPU run (float32) of one output would otherwise mix their vectors."""
+        now = metadata.get("compute_dtype")
+        for made, what in work.made_compute.items():
+            if made == now:
+                continue
+            if made is None:
+                raise UsageError(
+                    f"{what} was made before the compute dtype was recorded (--dtype auto: bf16 on a GPU, "
+                    f"float32 on CPU), so its vectors cannot be shown to be {now} like this run's; "
+                    "use --overwrite or another --output"
+                )
+            raise UsageError(
+                f"{what} holds vectors computed in {made}; this run would compute in {now} "
+                f"(on {metadata.get('device')}), and the two differ beyond rounding; run where it was made, "
+                f"pass --dtype {made}, or use --overwrite or another --output"
+            )
+        work.manifest.metadata.update({k: metadata[k] for k in ("compute_dtype", "device") if k in metadata})
 
     def plan_reads(self, work: Work, shards: Sequence[Shard], files: Sequence[OutputFile] | None = None) -> None:
         """Which shards still need reading, skipping which rows: from the footers (``files``, else a
@@ -278,7 +307,7 @@ class OutputState:
         """The manifest (None if absent) and whether ``_SUCCESS`` is there."""
         try:
             return Manifest.load(self.storage), is_complete(self.storage)
-        except UsageError:
+        except E5EmbedError:
             raise
         except Exception as e:  # before any work: the store's moment (exit 1) or the operator's (exit 2)
             raise step_failed(f"cannot read output {self.storage.describe()}", e) from e
@@ -317,6 +346,8 @@ class OutputState:
             k
             for k in IDENTITY_KEYS
             if identity(existing, k) != identity(metadata, k)
+            # "auto" resolves with the plan: checked then (check_compute)
+            and not (k == "compute_dtype" and identity(metadata, k) is None)
             # outputs made before input_format was recorded are resumed without it
             and not (k == "input_format" and k not in existing)
         ]
@@ -565,6 +596,12 @@ class Totals:
     data_paths: tuple[str, ...] = ()
     file_ranges: tuple[coverage.Ranges, ...] = ()  # each file's coverage, for the completeness proof
     paths: tuple[str, ...] = ()  # every file summed (data and rejects)
+    # data files written with carried-over vectors: (the sources they hold rows of, rows)
+    carried: tuple[tuple[frozenset[str], int], ...] = ()
+
+    def carried_rows(self, sources: set[str] | frozenset[str]) -> int:
+        """Rows written with carried vectors in files holding rows of ``sources``, by any attempt."""
+        return sum(rows for held, rows in self.carried if held & sources)
 
     @classmethod
     def of(cls, files: Sequence[OutputFile], repaired: int = 0) -> "Totals":
@@ -574,4 +611,9 @@ class Totals:
             data_paths=tuple(f.path for f in files if not f.is_rejects),
             file_ranges=tuple(f.ranges for f in files),
             paths=tuple(f.path for f in files),
+            carried=tuple(
+                (frozenset(f.ranges), int(f.stats["carried"]))
+                for f in files
+                if f.stats.get("carried") and not f.is_rejects
+            ),
         )

@@ -57,7 +57,7 @@ def reuse_from_pool(
         storage = Storage(uri, storage_options)
         try:
             manifest = Manifest.load(storage)
-        except UsageError:
+        except E5EmbedError:
             raise
         except Exception as e:
             raise step_failed(f"cannot read --reuse-from {safe_uri(uri)}", e) from e

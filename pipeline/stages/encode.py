@@ -97,6 +97,12 @@ class EncodeStage:
             )
             dtype = "float32"
         self.dtype = resolve_dtype(dtype, self.device)
+        if dtype != "auto" and self.dtype != dtype:  # the output records the plan's dtype: compute in it
+            raise JobError(
+                f"this encode actor was planned to compute in {dtype}, which its device lacks (it would "
+                f"compute in {self.dtype}); the output records one compute dtype, so pass --dtype {self.dtype} "
+                "(or a scheduler profile with bf16: false for this GPU)"
+            )
         if attention == "packed":
             import torch
 

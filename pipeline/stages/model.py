@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pipeline.errors import UsageError, step_failed
+from pipeline.errors import E5EmbedError, UsageError, step_failed
 
 logger = logging.getLogger(__name__)
 
@@ -368,7 +368,7 @@ class ModelSource:
         try:
             with open(os.path.join(self.local_path(), "config.json"), encoding="utf-8") as f:
                 return ModelInfo.from_config(self.name_or_path, json.load(f))
-        except UsageError:
+        except E5EmbedError:
             raise
         except Exception as e:
             raise step_failed(f"cannot read model {self.name_or_path!r}", e) from e

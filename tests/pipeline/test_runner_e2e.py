@@ -68,7 +68,9 @@ def test_s3_to_s3_every_id_once_matching_the_reference(ray_cluster, s3fs_client,
         "normalized": True,
         "dim": 384,
         "max_length": 512,
-        "dtype": "auto",
+        "dtype": "auto",  # as asked
+        "compute_dtype": "float32",  # as resolved by the plan: what the vectors were computed in
+        "device": "cpu",
         "revision": None,
     }.items():
         assert meta[key] == value

@@ -170,4 +170,6 @@ def test_a_crash_during_an_update_then_a_rerun_ends_exactly_once(
         run_job(config(corpus, out, minilm_path))
     summary = run_job(config(corpus, out, minilm_path, update=True))
     assert summary.status == "complete" and summary.rows_embedded == 0  # everything was written before
+    # s1's 17 unchanged records were carried over by the first, killed attempt: counted from the footers
+    assert summary.rows_reused == 17, summary.line()
     assert_as_fresh(out, corpus, embedder)

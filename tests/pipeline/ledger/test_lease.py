@@ -234,3 +234,82 @@ def test_same_hostname_other_pid_namespace_is_not_judged_dead(tmp_path):
     storage.create_exclusive(storage.join(LEASE_DIR, _gen_name(1)), other.to_json())
     with pytest.raises(LeaseHeld, match="in-another-container"):
         Lease(storage, run_id="retry", ttl_s=60).acquire()
+
+
+@pytest.mark.e2e
+def test_a_write_task_of_a_dead_driver_cannot_publish_after_a_takeover(tmp_path):
+    """The driver (a real process) holds the lease and hands its fence to a write task; it is
+    SIGKILLed. The task's next publish is refused at once, before any new holder exists (a
+    takeover on this host is immediate, so a later check would be too late), and after one."""
+    from pipeline.io.sink import put_file
+    from pipeline.ledger.lease import LeaseFence
+
+    out = tmp_path / "out"
+    script = (
+        "import sys, time, json; from pipeline.ledger.lease import Lease; from pipeline.io.storage import Storage;"
+        "lease = Lease(Storage(sys.argv[1]), run_id='driver', ttl_s=3600); lease.acquire();"
+        "f = lease.fence(); print(json.dumps([f.generation, f.run_id]), flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        generation, run_id = json.loads(proc.stdout.readline())
+        fence = LeaseFence(output_uri=str(out), storage_options={}, generation=generation, run_id=run_id)
+        fence.check()  # the driver is alive: the write task may publish
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    import pyarrow as pa
+
+    table = pa.table({"source": ["s"], "row": pa.array([0], pa.int64())})
+    with pytest.raises(LeaseLost, match="is gone"):
+        put_file(Storage(str(out)), "", table, {}, {"rows": 1}, {"s": "1:v"}, fence=fence.check)
+    new = Lease(Storage(str(out)), run_id="new", ttl_s=60)
+    new.acquire()
+    try:
+        with pytest.raises(LeaseLost):
+            put_file(Storage(str(out)), "", table, {}, {"rows": 1}, {"s": "1:v"}, fence=fence.check)
+    finally:
+        new.release()
+    assert list(out.glob("part-*.parquet")) == []
+
+
+@pytest.mark.unit
+def test_a_lost_lease_stops_the_run_through_its_error_path_off_the_main_thread(tmp_path):
+    """Run off the main thread (a notebook, an Airflow worker): losing the lease sets the event and
+    fences every write; nothing interrupts the main thread (a KeyboardInterrupt here would fail
+    this test), and the holder's next write raises LeaseLost."""
+    from pipeline.ledger.lease import _gen_name
+
+    storage = Storage(str(tmp_path / "out"))
+    held = threading.Event()
+    lease = Lease(storage, run_id="mine", ttl_s=0.4)  # renewed every 0.1 s
+    worker = threading.Thread(target=lambda: (lease.acquire(), held.set()))
+    worker.start()
+    assert held.wait(10)
+    rival = LeaseRecord.from_json(storage.read_bytes(storage.join(LEASE_DIR, _gen_name(1))))
+    storage.write_bytes_atomic(
+        storage.join(LEASE_DIR, _gen_name(1)), LeaseRecord(**{**rival.__dict__, "run_id": "rival"}).to_json()
+    )
+    try:
+        assert lease.lost_event.wait(10), "the renew thread should notice the rival"
+        with pytest.raises(LeaseLost, match="held by run rival"):
+            lease.check()
+    finally:
+        lease.release()
+        worker.join(10)
+
+
+@pytest.mark.unit
+def test_a_renewal_after_release_never_unreleases_the_lease(tmp_path):
+    """release() and the renew thread raced: a renewal that finished after the release rewrote the
+    record unreleased, so the next run waited a whole ttl for a finished one."""
+    storage = Storage(str(tmp_path / "out"))
+    lease = Lease(storage, run_id="mine", ttl_s=60)
+    lease.acquire()
+    lease.release()
+    lease.renew()  # the renew thread's last iteration, landing late
+    record = LeaseRecord.from_json(storage.read_bytes(storage.join(LEASE_DIR, "000000000001.json")))
+    assert record.released is True
+    nxt = Lease(storage, run_id="next", ttl_s=60)
+    assert nxt.acquire(wait_s=0).generation == 2  # at once
+    nxt.release()

@@ -259,3 +259,24 @@ def test_a_file_published_across_a_takeover_is_withdrawn_but_an_earlier_one_is_k
     with pytest.raises(LeaseLost):
         put_file(storage, "", table, {}, {"rows": 4}, {"s": "1:v"}, fence=lost_after_upload)
     assert storage.exists(kept)
+
+
+@pytest.mark.unit
+def test_vectors_computed_in_another_dtype_are_refused_once_the_plan_resolves_auto(tmp_path):
+    """--dtype auto recorded as "auto" let a GPU run (bf16) and a CPU run (float32) extend one output.
+    The resolved dtype is recorded and checked after the plan, before any write."""
+    from pipeline.errors import UsageError
+    from pipeline.ledger.manifest import Manifest
+    from pipeline.ledger.output import Work
+
+    state = OutputState(Storage(str(tmp_path)))
+    work = Work(manifest=Manifest(metadata={}), made_compute={"bfloat16": "o/part-1.parquet"})
+    with pytest.raises(
+        UsageError, match=r"part-1.parquet holds vectors computed in bfloat16.*float32.*--dtype bfloat16"
+    ):
+        state.check_compute(work, {"compute_dtype": "float32", "device": "cpu"})
+    state.check_compute(work, {"compute_dtype": "bfloat16", "device": "cuda"})
+    assert work.manifest.metadata == {"compute_dtype": "bfloat16", "device": "cuda"}
+    old = Work(manifest=Manifest(metadata={}), made_compute={None: "o/part-0.parquet"})  # made with "auto", unrecorded
+    with pytest.raises(UsageError, match="before the compute dtype was recorded"):
+        state.check_compute(old, {"compute_dtype": "float32", "device": "cpu"})

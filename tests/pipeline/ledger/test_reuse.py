@@ -52,3 +52,29 @@ def test_text_hash_is_what_the_model_reads():
     assert text_hash("passage: ", "b", title="a") != text_hash("passage: ", "ab", title="")
     column = text_hashes("q: ", ["x", None])
     assert column.type.byte_width == 16 and column.null_count == 1
+
+
+def test_the_chunked_fingerprint_is_unambiguous_whatever_the_title_and_text_hold():
+    """The NUL join made ("data", "base\0systems") and ("data\0base", "systems") one fingerprint."""
+    import hashlib
+
+    from pipeline.io.text_hash import text_hash
+
+    pairs = [("data", "base\0systems"), ("data\0base", "systems"), ("", "data\0base\0systems"), ("data\0", "base")]
+    hashes = {text_hash("passage: ", text, title) for title, text in pairs}
+    assert len(hashes) == len(pairs)
+    assert text_hash("passage: ", "x", "t") != text_hash("passage: t", "x", "")  # the prefix is a part too
+    # the truncating scheme is unchanged: recomputable downstream from the joined text alone
+    assert text_hash("passage: ", "hello") == hashlib.blake2b(b"passage: hello", digest_size=16).digest()
+
+
+def test_outputs_of_the_first_chunked_scheme_are_refused_by_name_and_truncating_ones_still_read():
+    from pipeline.io import text_hash
+    from pipeline.ledger.output import identity, refuse_legacy_chunked
+
+    legacy = {"text_hash": text_hash.LEGACY_SCHEME}
+    refuse_legacy_chunked(legacy, "o was made")  # a truncating output: the same function, still read
+    assert identity(legacy, "text_hash") == text_hash.SCHEME
+    with pytest.raises(UsageError, match="first chunked text_hash scheme.*--overwrite"):
+        refuse_legacy_chunked({**legacy, "chunking": {"tokens": 64}}, "o was made")
+    assert identity({**legacy, "chunking": {"tokens": 64}}, "text_hash") != text_hash.CHUNKED_SCHEME

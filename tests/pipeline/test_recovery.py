@@ -1,0 +1,254 @@
+"""Exactly-once, round 3: fingerprints that cannot collide, recovery that always has a way out,
+errors that say whether to retry. Each test tries to break one guarantee as an operator or an
+attacker would; where a refusal names an action, the test follows it and checks it succeeds.
+Real local Ray, real weights, moto's S3 server behind a fault-injecting proxy; in-process runs,
+except where the CLI's exit code (or a fresh Hub client) is what is tested."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import JobConfig
+from pipeline.errors import JobError, TransientError, UsageError
+from pipeline.io import schemas
+from pipeline.runner import run_job
+from tests.faulty_proxy import FaultyProxy
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def config(corpus, out, model: str, **kw) -> JobConfig:
+    return JobConfig(inputs=(str(corpus),), output=str(out), model=model, progress=False, rows_per_file=8, **kw)
+
+
+def embeddings(out: Path, key=("id",)) -> dict:
+    table = pads.dataset(sorted(map(str, out.glob("part-*.parquet"))), format="parquet").to_table()
+    keys = zip(*(table[k].to_pylist() for k in key))
+    return dict(zip(keys, np.asarray(table["embedding"].to_pylist(), dtype=np.float32)))
+
+
+# ---------------------------------------------------------------------------- silent wrong data
+
+
+@pytest.mark.integration
+def test_nul_characters_never_let_two_chunked_records_share_a_fingerprint(ray_cluster, tmp_path, minilm_path):
+    """title="data", text="base\\0systems ..." and title="data\\0base", text="systems ..." hashed alike
+    under the NUL join, though the model reads "data basesystems" and "database systems": --update
+    carried the old vector over. Now the edited record is encoded again, equal to a fresh run."""
+    corpus, out, fresh = tmp_path / "corpus", tmp_path / "out", tmp_path / "fresh"
+    tail = "systems store and query large collections of records in many tables"
+    other = {"id": "y", "title": "other", "text": "an unrelated record about rivers and their deltas"}
+    write_jsonl(corpus / "a.jsonl", [{"id": "x", "title": "data", "text": "base\0" + tail}, other])
+    chunked = dict(chunk_tokens=64, chunk_overlap=8, title_field="title")
+    assert run_job(config(corpus, out, minilm_path, **chunked)).status == "complete"
+
+    write_jsonl(corpus / "a.jsonl", [{"id": "x", "title": "data\0base", "text": tail}, other])
+    summary = run_job(config(corpus, out, minilm_path, update=True, **chunked))
+    assert (summary.status, summary.rows_embedded, summary.rows_reused) == ("complete", 1, 1)
+    assert run_job(config(corpus, fresh, minilm_path, **chunked)).status == "complete"
+    got, want = embeddings(out, ("id", "chunk")), embeddings(fresh, ("id", "chunk"))
+    assert got.keys() == want.keys()
+    for key, vector in want.items():
+        assert float(np.dot(got[key], vector)) > 0.9999, key
+
+
+@pytest.mark.integration
+def test_a_reuse_source_overwritten_after_its_check_lends_nothing(ray_cluster, tmp_path, minilm_path, monkeypatch):
+    """The source was checked, then overwritten by another model under the same file names before
+    its rows were read: each file's footer is checked again as it is read."""
+    import pipeline.runner as runner
+
+    corpus, source, out = tmp_path / "corpus", tmp_path / "source", tmp_path / "out"
+    write_jsonl(
+        corpus / "a.jsonl", [{"id": f"d{i}", "text": f"record number {i} about topic {i % 3}"} for i in range(12)]
+    )
+    assert run_job(config(corpus, source, minilm_path)).status == "complete"
+    real = runner.reuse_from_pool
+
+    def checked_then_overwritten(*args, **kwargs):
+        pool = real(*args, **kwargs)
+        for f in source.glob("part-*.parquet"):  # "another model" republishes the same names
+            table = pq.read_table(f)
+            meta = dict(table.schema.metadata)
+            made = json.loads(meta[schemas.METADATA_KEY])
+            meta[schemas.METADATA_KEY] = json.dumps({**made, "model_sha": "sha256:" + "e" * 64}).encode()
+            pq.write_table(table.replace_schema_metadata(meta), f)
+        return pool
+
+    monkeypatch.setattr(runner, "reuse_from_pool", checked_then_overwritten)
+    with pytest.raises(JobError, match="changed after it was checked.*model_sha"):
+        run_job(config(corpus, out, minilm_path, reuse_from=(str(source),)))
+    assert not (out / "_SUCCESS").exists()
+    assert not list(out.glob("part-*.parquet"))  # not one row of the other model's
+
+
+@pytest.mark.integration
+def test_no_success_over_a_foreign_part_file_and_the_advice_works(ray_cluster, tmp_path, minilm_path):
+    """A part-*.parquet someone else put in the output: a reader globbing part-*.parquet would take
+    its rows for the output's. The run refuses completion naming it; after the advice (delete it,
+    run again) the rerun completes and the glob reads exactly the corpus."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    records = [{"id": f"d{i}", "text": f"record number {i}"} for i in range(10)]
+    write_jsonl(corpus / "a.jsonl", records)
+    out.mkdir()
+    pq.write_table(pa.table({"id": ["intruder"], "embedding": [[0.0] * 384]}), out / "part-foreign.parquet")
+    with pytest.raises(UsageError, match=r"did not write \(e\.g\. .*part-foreign\.parquet.*move or delete") as caught:
+        run_job(config(corpus, out, minilm_path))
+    assert caught.value.exit_code == 2 and not (out / "_SUCCESS").exists()
+    (out / "part-foreign.parquet").unlink()
+    summary = run_job(config(corpus, out, minilm_path))
+    assert summary.status == "complete" and (out / "_SUCCESS").exists()
+    assert sorted(embeddings(out)) == sorted((r["id"],) for r in records)
+
+
+@pytest.mark.integration
+def test_a_damaged_reuse_source_is_a_usage_error_naming_the_source_and_the_file(ray_cluster, tmp_path, minilm_path):
+    corpus, source, out = tmp_path / "corpus", tmp_path / "source", tmp_path / "out"
+    write_jsonl(corpus / "a.jsonl", [{"id": f"d{i}", "text": f"record number {i}"} for i in range(10)])
+    assert run_job(config(corpus, source, minilm_path)).status == "complete"
+    damaged = sorted(source.glob("part-*.parquet"))[0]
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # cut short
+    with pytest.raises(UsageError) as caught:
+        run_job(config(corpus, out, minilm_path, reuse_from=(str(source),)))
+    message = str(caught.value)
+    assert caught.value.exit_code == 2 and str(source) in message and damaged.name in message
+
+
+# ---------------------------------------------------------------------------- recovery with a way out
+
+
+@pytest.mark.integration
+def test_a_vanished_empty_shard_does_not_block_later_runs(ray_cluster, tmp_path, minilm_path):
+    """An empty shard deleted after a complete run: the plain run's refusal says --update; --update
+    must then really clear it (it said "nothing to do" and left it in the manifest, so every later
+    plain run, the next day's incremental one included, was refused for good)."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    write_jsonl(corpus / "s0.jsonl", [{"id": f"d{i}", "text": f"record number {i}"} for i in range(6)])
+    (corpus / "empty.jsonl").write_text("")
+    assert run_job(config(corpus, out, minilm_path)).status == "complete"
+    (corpus / "empty.jsonl").unlink()
+    with pytest.raises(UsageError, match=r"no longer listed: .*empty\.jsonl.*use --update"):
+        run_job(config(corpus, out, minilm_path))
+    assert run_job(config(corpus, out, minilm_path, update=True)).status == "complete"  # the advice
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert [Path(e["path"]).name for e in manifest["input_shards"]] == ["s0.jsonl"]
+    write_jsonl(corpus / "s1.jsonl", [{"id": f"n{i}", "text": f"a new record {i}"} for i in range(3)])
+    summary = run_job(config(corpus, out, minilm_path))  # the next day's incremental run
+    assert (summary.status, summary.rows_embedded) == ("complete", 3)
+
+
+@pytest.mark.integration
+def test_the_pipeline_error_survives_a_failure_to_record_it(ray_cluster, tmp_path, minilm_path, monkeypatch):
+    """The pipeline failed, then reading the output to record the failed run failed too: the
+    first cause is kept (chained) and both are reported."""
+    import pipeline.runner as runner
+    from pipeline.ledger.output import OutputState
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    write_jsonl(corpus / "a.jsonl", [{"id": f"d{i}", "text": f"record number {i}"} for i in range(4)])
+
+    def pipeline_fails(*args, **kwargs):
+        raise RuntimeError("encode exploded (injected)")
+
+    def store_gone(self, metadata):
+        raise OSError("the store went away while the run was recorded (injected)")
+
+    monkeypatch.setattr(runner, "run_pipeline", pipeline_fails)
+    monkeypatch.setattr(OutputState, "reconcile", store_gone)
+    with pytest.raises(JobError) as caught:
+        run_job(config(corpus, out, minilm_path))
+    message = str(caught.value)
+    assert "encode exploded" in message and "store went away" in message
+    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+# ---------------------------------------------------------------------------- exit codes that tell the truth
+
+
+def _down_for(proxy_keys: str):
+    """A store down for the requests whose path holds ``proxy_keys`` (every one for "")."""
+    return lambda method, path: proxy_keys in path
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("step", ["list inputs", "read the manifest", "read a --reuse-from source"])
+def test_a_store_down_for_a_moment_at_start_up_is_exit_1(
+    ray_cluster, s3_server, s3fs_client, bucket, tmp_path, minilm_path, step
+):
+    """503 SlowDown on every request of one start-up step (after the client's own retries): a
+    retry later may work, so exit 1 (Airflow and KubeRay retry), never 2 ("fix your settings")."""
+    fs = s3fs_client
+    records = [{"id": f"d{i}", "text": f"record number {i}"} for i in range(6)]
+    write_jsonl(tmp_path / "corpus" / "a.jsonl", records)
+    fs.pipe(f"{bucket}/in/a.jsonl", (tmp_path / "corpus" / "a.jsonl").read_bytes())
+    if step == "read a --reuse-from source":  # a complete source, made through the store directly
+        assert run_job(config(tmp_path / "corpus", f"s3://{bucket}/source/", minilm_path)).status == "complete"
+    doomed = {"list inputs": "in", "read the manifest": "_manifest.json", "read a --reuse-from source": "source"}[step]
+    with FaultyProxy(s3_server.host, s3_server.port, fail_every=0, fail_when=_down_for(doomed)) as proxy:
+        options = {"endpoint_url": proxy.endpoint_url, "config_kwargs": {"retries": {"max_attempts": 2}}}
+        kw: dict = {"storage_options": options}
+        inputs, out = tmp_path / "corpus", f"s3://{bucket}/out/"
+        if step == "list inputs":
+            inputs, out = f"s3://{bucket}/in/", tmp_path / "out"
+        if step == "read a --reuse-from source":
+            out, kw["reuse_from"] = tmp_path / "out", (f"s3://{bucket}/source/",)
+        with pytest.raises(TransientError) as caught:
+            run_job(config(inputs, out, minilm_path, **kw))
+        assert proxy.injected > 0
+    assert caught.value.exit_code == 1 and "a retry may succeed" in str(caught.value)
+    assert {"list inputs": "input", "read the manifest": "output", "read a --reuse-from source": "--reuse-from"}[
+        step
+    ] in str(caught.value)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("status, code, label", [(503, 1, "temporary failure"), (404, 2, "error")])
+def test_a_hub_that_fails_for_a_moment_is_exit_1_and_a_missing_model_exit_2(tmp_path, status, code, label):
+    """The CLI as users run it, against a 'Hub' on loopback (a fresh process: the Hub client reads
+    its endpoint at import). 503: a retry may work (exit 1); 404: the model does not exist (exit 2)."""
+    import http.server
+    import sys
+
+    from tests.httpserve import serving
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "one record"}])
+    with serving(Hub) as endpoint:
+        env = {
+            **os.environ,
+            "RAY_ADDRESS": "",
+            "HF_HUB_OFFLINE": "0",
+            "HF_ENDPOINT": endpoint,
+            "HF_HUB_CACHE": str(tmp_path / "hub"),
+            "HF_HUB_ETAG_TIMEOUT": "2",
+            "HF_HUB_DOWNLOAD_TIMEOUT": "2",
+        }
+        argv = [sys.executable, "-m", "pipeline", "run", "--input", str(tmp_path / "in.jsonl")]
+        argv += ["--output", str(tmp_path / "out"), "--model", "acme/e5-test", "--no-progress"]
+        done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(f"e5-embed: {label}: cannot fetch model 'acme/e5-test'")
