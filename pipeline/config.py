@@ -275,6 +275,26 @@ class JobConfig:
         metavar="URI",
         repeat=True,
     )
+    iceberg_table: str | None = setting(
+        None,
+        help="publish each run, once proven complete, to this Apache Iceberg table (NAMESPACE.TABLE) as one "
+        "snapshot: the data files registered in place (no copy); --update replaces stale files in the same snapshot",
+        metavar="NAMESPACE.TABLE",
+    )
+    iceberg_catalog: str | None = setting(
+        None,
+        help="the pyiceberg catalog to publish through, by name (its settings from .pyiceberg.yaml or "
+        "PYICEBERG_CATALOG__<NAME>__* variables: SQL on PostgreSQL, REST, Glue, ...); default: an embedded "
+        "SQLite catalog kept in <output>/_iceberg/ (no server)",
+        metavar="NAME",
+    )
+    iceberg_keep_snapshots: int = setting(
+        10,
+        help="table snapshots kept after each publish; older ones expire, and data files only they read are "
+        "deleted then (until then --update and --overwrite leave them in place)",
+        type=int,
+        check=int_range(1, 100000),
+    )
     ray_address: str | None = setting(
         None, help="Ray cluster address (default: RAY_ADDRESS, else start a local one)", commands=BOTH
     )
@@ -320,6 +340,19 @@ class JobConfig:
                 )
         if self.update and self.overwrite:
             raise UsageError("--update carries unchanged vectors over; --overwrite starts over: pass one of them")
+        if self.iceberg_table is not None:
+            parts = self.iceberg_table.split(".")
+            if len(parts) < 2 or not all(p and p.replace("_", "").replace("-", "").isalnum() for p in parts):
+                raise UsageError(
+                    f"--iceberg-table {self.iceberg_table!r} must be NAMESPACE.TABLE (letters, digits, _ and -)"
+                )
+            if self.output_dtype == "float16":
+                raise UsageError(
+                    "--output-dtype float16 cannot be published: Iceberg has no 16-bit float type; publish "
+                    "float32 vectors, or leave --iceberg-table out"
+                )
+        elif self.iceberg_catalog is not None:
+            raise UsageError("--iceberg-catalog names the catalog of --iceberg-table; pass the table too")
         if not isinstance(self.storage_options, Mapping):
             raise UsageError("--storage-options must be a JSON object")
         object.__setattr__(self, "storage_options", dict(self.storage_options))
@@ -366,6 +399,17 @@ class JobConfig:
             chunking=ChunkSettings.of_job(self),
             overwrite=self.overwrite,
             update=self.update,
+        )
+
+    def table_settings(self) -> "TableSettings | None":
+        """The publisher's group (``pipeline.ledger.table``); None when no table is asked for."""
+        if self.iceberg_table is None:
+            return None
+        return TableSettings(
+            table=self.iceberg_table,
+            catalog=self.iceberg_catalog,
+            keep_snapshots=self.iceberg_keep_snapshots,
+            storage_options=dict(self.storage_options),
         )
 
     def replace(self, **changes: Any) -> "JobConfig":
@@ -504,3 +548,15 @@ class OutputSettings:
     chunking: ChunkSettings | None  # None: records are truncated
     overwrite: bool = False
     update: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TableSettings:
+    """The settings the Iceberg publisher reads: which table, through which catalog (None: the
+    embedded SQLite one in the output), how many snapshots to keep, and the output's storage options
+    (the table's files are the output's)."""
+
+    table: str  # NAMESPACE.TABLE
+    catalog: str | None
+    keep_snapshots: int
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)

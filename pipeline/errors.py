@@ -64,6 +64,8 @@ _TRANSIENT_NAMES = frozenset(
         "ConnectTimeout",
         "RemoteProtocolError",
         "ChunkedEncodingError",
+        "OperationalError",  # DB-API (a SQL catalog's server unreachable, a connection dropped)
+        "InterfaceError",
     }
 )
 # HTTP statuses a retry may clear: throttling, timeouts and server-side failures

@@ -11,7 +11,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +38,8 @@ from pipeline.ledger.manifest import RunRecord, mark_success, remove_success
 from pipeline.ledger.output import VECTOR_KEYS, OutputState, Totals, Work, output_metadata
 from pipeline.ledger.reuse import reuse_from_pool, update_pool
 from pipeline.ledger.shard_log import ShardLog
+from pipeline.ledger.table import EMBEDDED as EMBEDDED_CATALOG
+from pipeline.ledger.table import Published, publish
 from pipeline.planning.plan import ClusterSpec, PlanRequest, ResourcePlan, make_plan
 from pipeline.planning.scheduler_config import load_scheduler_config
 from pipeline.stages.chunking import ChunkSettings
@@ -59,6 +61,7 @@ class RunSummary:
     rows_reused: int = 0  # rows written with a vector carried over (--update, --reuse-from)
     rows_removed: int = 0  # rows of changed or vanished shards' earlier state not carried over
     message: str = ""
+    published: str = ""  # the Iceberg snapshot that now describes the output, if it is published
 
     @property
     def docs_per_s(self) -> float:
@@ -70,7 +73,8 @@ class RunSummary:
 
     def line(self) -> str:
         if self.status == "noop":
-            return f"e5-embed: {self.output} is already complete; nothing to do ({self.message})"
+            line = f"e5-embed: {self.output} is already complete; nothing to do ({self.message})"
+            return line + (f"; {self.published}" if self.published else "")
         return (
             f"e5-embed: {self.status}: {self.rows_embedded} rows embedded, {self.rows_rejected} rejected, "
             f"{self.rows_skipped} already done, "
@@ -83,6 +87,7 @@ class RunSummary:
             f"({self.docs_per_s:.1f} docs/s, {self.tokens_per_s:.0f} tokens/s)"
             + (f", {self.duplicate_ids} duplicate ids" if self.duplicate_ids else "")
             + f" -> {self.output}"
+            + (f"; {self.published}" if self.published else "")
         )
 
 
@@ -204,7 +209,7 @@ def run_job(config: JobConfig) -> RunSummary:
     ctx = RunContext(
         config=config,
         lease=lease,
-        state=OutputState(storage, fence=lease.check),
+        state=OutputState(storage, fence=lease.check, retain=config.iceberg_table is not None),
         model=model,
         info=info,
         metadata=metadata,
@@ -250,10 +255,12 @@ def _run_leased(ctx: RunContext) -> RunSummary:
     work.manifest.ignored_file_examples = ctx.listing.ignored[:100]
     work.manifest.unversioned_shards = len(unversioned(ctx.shards))
     if work.noop:
+        published = _publish(ctx, work, state.data_files(), {"run-id": ctx.lease.run_id, "rows-embedded": 0})
         return RunSummary(
             status="noop",
             output=config.output,
             message=f"{work.manifest.rows_written} rows; pass --overwrite to start over",
+            published=_published_line(published),
         )
     run = RunRecord(
         run_id=ctx.lease.run_id,
@@ -361,6 +368,7 @@ def _sink(ctx: RunContext, work: Work, telemetry: Telemetry, outcome: str = "emb
         fence=ctx.lease.fence(),
         telemetry=telemetry,
         outcome=outcome,
+        name_salt=work.manifest.name_salt,
     )
 
 
@@ -543,7 +551,82 @@ def _prove_and_record(
     except JobError:
         remove_success(state.storage, ctx.lease.check)
         raise
+    counts = {
+        "run-id": run.run_id,
+        "rows-embedded": run.rows_embedded,
+        "rows-reused": run.rows_reused,
+        "rows-removed": run.rows_removed,
+        "rows-rejected": run.rows_rejected,
+        "rows-total": work.manifest.rows_written,
+    }
+    summary.published = _published_line(_publish(ctx, work, totals.data_paths, counts))
     return summary
+
+
+def _publish(ctx: RunContext, work: Work, data_paths: Sequence[str], counts: dict[str, Any]) -> Published | None:
+    """A complete output published to its Iceberg table (one snapshot; nothing when it is already
+    there); the manifest records the snapshot and the files retired meanwhile."""
+    config, state, manifest = ctx.config, ctx.state, work.manifest
+    settings = config.table_settings()
+    if settings is None:
+        if manifest.published:
+            logger.warning(
+                "%s is published to table %s (catalog %s), which this run did not update; pass --iceberg-table %s",
+                config.output,
+                manifest.published.get("table"),
+                manifest.published.get("catalog"),
+                manifest.published.get("table"),
+            )
+        return None
+    catalog = settings.catalog or EMBEDDED_CATALOG
+    known = (manifest.published.get("table"), manifest.published.get("catalog")) == (settings.table, catalog)
+    if manifest.published and not known:
+        raise UsageError(
+            f"{config.output} is published to table {manifest.published.get('table')} in catalog "
+            f"{manifest.published.get('catalog')}; one output publishes to one table (its retired files are kept "
+            f"for that table's snapshots): pass --iceberg-table {manifest.published.get('table')}"
+            + (
+                f" --iceberg-catalog {manifest.published.get('catalog')}"
+                if manifest.published.get("catalog") != EMBEDDED_CATALOG
+                else ""
+            )
+            + ", or embed into another --output"
+        )
+    metadata = dict(ctx.metadata)
+    for key in ("compute_dtype", "device"):  # a no-op run has no plan: the output's recorded values
+        metadata.setdefault(key, manifest.metadata.get(key))
+    dim, chunked = ctx.info.hidden_size, config.chunk_tokens is not None
+    expected = (
+        schemas.chunk_output_schema(dim, config.output_dtype)
+        if chunked
+        else schemas.output_schema(dim, config.output_dtype)
+    )
+    with ctx.phases("publish"):
+        published = publish(
+            settings,
+            state.storage,
+            metadata,
+            expected,
+            data_paths,
+            {**counts, "model-sha": metadata.get("model_sha")},
+            retired=sorted(state.retired),
+            known=known,
+            fence=ctx.lease.check,
+        )
+    state.retired -= set(published.deleted_files)
+    manifest.published = published.record()
+    manifest.retired_files = sorted(state.retired)
+    manifest.save(state.storage, ctx.lease.check)
+    return published
+
+
+def _published_line(published: Published | None) -> str:
+    if published is None:
+        return ""
+    what = (
+        f"snapshot {published.snapshot_id}" if published.committed else f"already at snapshot {published.snapshot_id}"
+    )
+    return f"table {published.table} ({published.catalog}): {what}, {published.files} file(s)"
 
 
 def _record(ctx: RunContext, run: RunRecord, work: Work, written: Counters, totals: Totals) -> None:
@@ -553,5 +636,6 @@ def _record(ctx: RunContext, run: RunRecord, work: Work, written: Counters, tota
     run.set_counters(written)
     work.manifest.set_totals(totals.counters)
     work.manifest.repaired_files += totals.repaired_files
+    work.manifest.retired_files = sorted(ctx.state.retired)
     work.manifest.add_run(run)
     work.manifest.save(ctx.state.storage, ctx.state.fence)

@@ -32,7 +32,9 @@ class EmbeddingDatasink(Datasink[dict]):
         fence: LeaseFence | None = None,
         telemetry: Telemetry | None = None,
         outcome: str = "embedded",  # or "reused": rows carried over, counted apart
+        name_salt: str = "",  # the output's (a published output after --overwrite)
     ):
+        self.name_salt = name_salt
         self.outcome = outcome
         self.telemetry = telemetry
         self.fence = fence  # a write task of a run that lost its lease writes nothing
@@ -66,6 +68,7 @@ class EmbeddingDatasink(Datasink[dict]):
             versions=self.versions,
             fence=self.fence.check if self.fence else None,
             carried=self.outcome == "reused",
+            name_salt=self.name_salt,
         )
         if self.telemetry is not None:
             self.telemetry.written(written, self.outcome)

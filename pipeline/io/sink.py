@@ -9,6 +9,7 @@ datasink (``pipeline.backend.datasink``) is a shell over it, and returns counter
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -43,6 +44,7 @@ def put_file(
     stats: Mapping[str, Any],
     versions: Mapping[str, str],
     fence: Callable[[], None] | None = None,
+    name_salt: str = "",
 ) -> str:
     """Publish one data/rejects file atomically, named by the input rows it covers. ``versions``
     gives each source shard's version key (``Shard.version_key``) as it was read: its rows in this
@@ -66,7 +68,10 @@ def put_file(
     pq.write_table(table, buf, compression="zstd")
     # the rows it covers and the versions they were read at: the same rows give the same name (a retried
     # write overwrites), but rows of a shard's new version never take the name of its stale file
-    name = f"part-{coverage.digest(ranges, {s: versions[s] for s in ranges})}.parquet"
+    digest = coverage.digest(ranges, {s: versions[s] for s in ranges})
+    if name_salt:  # a published output after --overwrite: never the name of a file an old snapshot reads
+        digest = hashlib.sha1(f"{name_salt}:{digest}".encode()).hexdigest()[: len(digest)]
+    name = f"part-{digest}.parquet"
     path = storage.join(folder, name) if folder else storage.join(name)
     if fence is None:
         storage.write_bytes_atomic(path, buf.getvalue())
@@ -95,6 +100,7 @@ def write_rows(
     versions: Mapping[str, str],
     fence: Callable[[], None] | None = None,
     carried: bool = False,
+    name_salt: str = "",
 ) -> Counters:
     """Write embedded rows to data files and rejected rows under ``_rejects/``, at most
     ``rows_per_file`` rows per file, sorted by input position; the counters of what was written.
@@ -123,7 +129,7 @@ def write_rows(
                 part = explode_windows(part, schema)
             counters = Counters.of_table(part)
             stats = counters.footer() | ({"carried": counters.rows_written} if carried and not folder else {})
-            put_file(storage, folder, part, metadata, stats, versions, fence=fence)
+            put_file(storage, folder, part, metadata, stats, versions, fence=fence, name_salt=name_salt)
             written = written + counters
     return written
 

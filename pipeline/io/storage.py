@@ -284,6 +284,10 @@ class Storage:
         """A printable form of one file of this filesystem (as the error messages name it)."""
         return path if self.is_local else f"{self.protocol}://{path}"
 
+    def url(self, path: str) -> str:
+        """One file of this filesystem as a full URI (``file:///…`` locally), as table formats name files."""
+        return f"file://{path}" if self.is_local else f"{self.protocol}://{path}"
+
 
 def _write_synced(path: str, data: bytes) -> None:
     with open(path, "wb") as f:

@@ -92,6 +92,15 @@ class Manifest:
     duplicate_ids: int = 0
     duplicate_id_examples: list[str] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
+    # published to an Iceberg table (pipeline.ledger.table): the table, its catalog and the snapshot
+    # that describes this output now; once published, data files are retired instead of deleted
+    published: dict[str, Any] = field(default_factory=dict)
+    # data files the output no longer holds but a table snapshot may still reference: left in place
+    # (never read, counted or proven) until snapshot expiry releases them
+    retired_files: list[str] = field(default_factory=list)
+    # mixed into data file names after an --overwrite of a published output, so a new file never
+    # takes (and overwrites) the name of a retired one an older snapshot reads
+    name_salt: str = ""
 
     def add_run(self, run: RunRecord) -> None:
         self.runs.append(asdict(run))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -173,10 +174,35 @@ class OutputState:
     Changes go through the run's lease (``fence``): a run that lost it writes nothing more.
     """
 
-    def __init__(self, storage: Storage, fence: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        storage: Storage,
+        fence: Callable[[], None] = lambda: None,
+        *,
+        retain: bool = False,
+        retired: Sequence[str] = (),
+    ):
         self.storage = storage
         self.fence = fence
         self.foreign: list[str] = []  # part-*.parquet files the last scan found that e5-embed did not write
+        # a published output (or one about to be): a data file it no longer holds is retired (left in
+        # place for the table snapshots that may read it), never deleted here
+        self.retain = retain
+        self.retired: set[str] = set(retired)
+        self.name_salt = ""  # the output's (Manifest.name_salt)
+
+    def _drop(self, path: str, is_rejects: bool = False) -> None:
+        """A file the output no longer holds: deleted, or retired (a published output's data file)."""
+        if self.retain and not is_rejects:
+            self.retired.add(path)
+        else:
+            self.storage.delete(path)
+
+    def _adopt(self, manifest: Manifest) -> None:
+        """What the manifest knows of published state: retention, retired files, the name salt."""
+        self.retain = self.retain or bool(manifest.published)
+        self.retired |= set(manifest.retired_files)
+        self.name_salt = manifest.name_salt
 
     # ------------------------------------------------------------------ before the run
 
@@ -187,12 +213,15 @@ class OutputState:
         record cannot block it). Otherwise the data files' footers are checked as well as the
         manifest, and a missing manifest is rebuilt from the footers and ``_shards/`` records.
         """
+        cleared: Manifest | None = None
         if config.overwrite:
             self.remove_temp_files()
-            self.clear(metadata)
+            cleared = self.clear(metadata)
             existing, complete = None, False
         else:
             existing, complete = self._read_state()
+            if existing is not None:
+                self._adopt(existing)
             self.remove_temp_files()
             if existing is not None and existing.state == "clearing":
                 raise UsageError(
@@ -226,7 +255,10 @@ class OutputState:
         if existing is not None and complete and not new_shards and not stale and not changed and not vanished:
             existing.complete = True
             return Work(manifest=existing, noop=True)
-        manifest = existing or Manifest(metadata=dict(metadata), inputs=normalized_inputs(config.inputs))
+        manifest = existing or cleared or Manifest(metadata=dict(metadata))
+        if existing is None:
+            manifest.inputs = normalized_inputs(config.inputs)
+        manifest.retired_files = sorted(self.retired)
         if complete:  # new input shards (or a rebuilt manifest): incomplete again until proven
             logger.info(
                 "%d new input shard(s) since %s was completed; embedding them", new_shards, self.storage.describe()
@@ -295,12 +327,15 @@ class OutputState:
             kept = coverage.count(coverage.merge([f.ranges])) - count
             new = self._rewrite_without(f, drop, metadata) if kept > 0 else None
             if new is None or new.path != f.path:
-                self.storage.delete(f.path)
+                self._drop(f.path, f.is_rejects)
             removed += count
         if work.stale:
             logger.info(
                 "--update: removed %d row(s) of changed or vanished shards from %d file(s)", removed, len(work.stale)
             )
+            if self.retain:  # the retired files are the manifest's to remember: at once
+                work.manifest.retired_files = sorted(self.retired)
+                work.manifest.save(self.storage, self.fence)
         return removed
 
     def _read_state(self) -> tuple[Manifest | None, bool]:
@@ -379,27 +414,46 @@ class OutputState:
                 + "); use --update to re-embed only what changed, or --overwrite to embed the corpus as it is now"
             )
 
-    def clear(self, metadata: Mapping[str, Any]) -> None:
+    def clear(self, metadata: Mapping[str, Any]) -> Manifest:
         """``--overwrite``: first make the output visibly incomplete, then delete what e5-embed wrote.
 
         ``_SUCCESS`` goes first and the manifest says ``clearing`` until every file is gone, so a
         crash part-way never leaves a complete-looking output; only files whose footer names
-        this producer are deleted.
+        this producer are deleted. A published output's data files are retired instead (its table's
+        snapshots read them until they expire), and its new files get names of their own (a fresh
+        ``name_salt``). Returns the new, empty manifest.
         """
+        try:  # best effort: a damaged manifest cannot block --overwrite
+            old = Manifest.load(self.storage)
+        except Exception:
+            old = None
+        if old is not None:
+            self._adopt(old)
         remove_success(self.storage, self.fence)
-        Manifest(metadata=dict(metadata), state="clearing").save(self.storage, self.fence)
-        ours = [f.path for f in self.scan()]
+        manifest = Manifest(metadata=dict(metadata), state="clearing")
+        if self.retain and old is not None:
+            manifest.published = dict(old.published)
+            manifest.name_salt = uuid.uuid4().hex[:12] if old.state != "clearing" else old.name_salt
+        self.name_salt = manifest.name_salt
+        files = self.scan()
+        for f in files:
+            if not f.is_rejects:
+                self._drop(f.path)
+        manifest.retired_files = sorted(self.retired)
+        manifest.save(self.storage, self.fence)
         records = [p for p, _ in self.storage.list_files(SHARDS_DIR)]
         self.fence()
-        for path in ours + records:
+        for path in [f.path for f in files if f.is_rejects or not self.retain] + records:
             self.storage.delete(path)
-        logger.info("--overwrite: cleared %d file(s) from %s", len(ours), self.storage.describe())
+        logger.info("--overwrite: cleared %d file(s) from %s", len(files), self.storage.describe())
+        return manifest
 
     def _files(self, folder: str = "") -> list[str]:
+        """The part-*.parquet files the output holds (retired ones are not the output's any more)."""
         return [
             p
             for p, _ in self.storage.list_files(folder)
-            if posixpath.basename(p).startswith("part-") and p.endswith(".parquet")
+            if posixpath.basename(p).startswith("part-") and p.endswith(".parquet") and p not in self.retired
         ]
 
     def remove_temp_files(self) -> None:
@@ -464,6 +518,10 @@ class OutputState:
 
     # ------------------------------------------------------------------ after the run
 
+    def data_files(self) -> list[str]:
+        """The output's data files (names only: no footer is read; retired ones are not the output's)."""
+        return self._files()
+
     def listed_files(self) -> frozenset[str]:
         """The data and rejects files there now (names only: no footer is read)."""
         return frozenset(self._files()) | frozenset(self._files(REJECTS_DIR))
@@ -506,7 +564,7 @@ class OutputState:
                 unique = coverage.count(coverage.merge([f.ranges]))
                 new = self._rewrite_without(f, seen, metadata) if dup < unique else None
                 if new is None or new.path != f.path:
-                    self.storage.delete(f.path)
+                    self._drop(f.path, f.is_rejects)
                 logger.warning("removed %d duplicate row(s) found in %s", dup + repeats, f.path)
                 if new is None:
                     continue
@@ -526,7 +584,8 @@ class OutputState:
         stats = file_stats(table)
         ranges = coverage.ranges_of(table)
         versions = {s: v for s, v in f.versions.items() if s in ranges}
-        path = put_file(self.storage, REJECTS_DIR if f.is_rejects else "", table, metadata, stats, versions)
+        folder = REJECTS_DIR if f.is_rejects else ""
+        path = put_file(self.storage, folder, table, metadata, stats, versions, name_salt=self.name_salt)
         return OutputFile(
             path=path,
             is_rejects=f.is_rejects,
