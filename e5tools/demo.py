@@ -77,13 +77,15 @@ def run_demo(*, query: str, top_k: int, out: IO[str], long_documents: bool = Tru
             title_field="title",
             progress=False,
             rows_per_file=256,
+            iceberg_table="demo.passages",  # published as one snapshot of the embedded catalog
         )
         summary = run_job(config)
         out.write(summary.line() + "\n")
         fs.invalidate_cache()
-        table = pads.dataset(f"{BUCKET}/embeddings/", filesystem=fs, format="parquet").to_table()
+        table = read_published(fs, f"{BUCKET}/embeddings/", s3.endpoint_url)
         out.write(
-            f"read back {table.num_rows} rows; columns {table.column_names}; files: "
+            f"read back {table.num_rows} rows from the Iceberg table's current snapshot; columns "
+            f"{table.column_names}; files: "
             f"{sorted(p.rsplit('/', 1)[-1] for p in fs.ls(f'{BUCKET}/embeddings/'))[:6]} ...\n"
         )
         texts = _corpus_texts(corpus)
@@ -95,6 +97,18 @@ def run_demo(*, query: str, top_k: int, out: IO[str], long_documents: bool = Tru
             out.write(f"  {rank}. {scores[i]:.3f}  {doc_id}  {texts.get(doc_id, '')[:100]}\n")
         if long_documents:
             run_long_document_demo(fs, model_path, out)
+
+
+def read_published(fs, output: str, endpoint_url: str):
+    """The published table's current snapshot, as a reader without the job opens it: from the
+    metadata file the output's manifest names (any Iceberg engine reads the same file)."""
+    import json
+
+    from pyiceberg.table import StaticTable
+
+    published = json.loads(fs.cat(f"{output.rstrip('/')}/_manifest.json"))["published"]
+    properties = {"s3.endpoint": endpoint_url, "s3.region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    return StaticTable.from_metadata(published["metadata_location"], properties=properties).scan().to_arrow()
 
 
 def run_long_document_demo(fs, model_path: str, out: IO[str], *, chunk_tokens: int = 256) -> None:

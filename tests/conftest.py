@@ -29,7 +29,7 @@ TIERS = {
     "rehearsal": "benchmarks, scale and GPU-script rehearsals, the wheel install, torch.compile",
 }
 # fixtures that start a server or a cluster (directly or through another fixture)
-SERVER_FIXTURES = {"s3_server", "ray_cluster", "ray_head", "airflow_python"}
+SERVER_FIXTURES = {"s3_server", "ray_cluster", "ray_head", "airflow_python", "postgres_server"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -98,6 +98,23 @@ def ray_head(tmp_path_factory):
         yield head
     finally:
         head.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL server on loopback (Debian's postgresql), for the shared SQL catalog. CI
+    installs it (.ci/run) and sets E5_EMBED_REQUIRE_POSTGRES=1, so there a missing server fails."""
+    from tests.postgres import PostgresServer, available
+
+    if not available():
+        if os.environ.get("E5_EMBED_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL is required here (E5_EMBED_REQUIRE_POSTGRES=1) but initdb/pg_ctl are missing")
+        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql)")
+    server = PostgresServer(tmp_path_factory.mktemp("postgres")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

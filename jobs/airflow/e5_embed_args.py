@@ -66,6 +66,9 @@ RUN_FLAGS: dict[str, bool] = {
     "--overwrite": False,
     "--update": False,
     "--reuse-from": True,
+    "--iceberg-table": True,
+    "--iceberg-catalog": True,  # a name only: the catalog's settings are the cluster's (PYICEBERG_CATALOG__*)
+    "--iceberg-keep-snapshots": True,
     "--ray-address": True,
     "--no-progress": False,
     "--debug": False,
@@ -113,6 +116,10 @@ def build_entrypoint(params: Mapping[str, Any]) -> str:
         args += ["--batch-size", str(int(params["batch_size"]))]
     if params.get("dtype"):
         args += ["--dtype", str(params["dtype"])]
+    if params.get("iceberg_table"):  # publish the run as one snapshot of this table
+        args += ["--iceberg-table", str(params["iceberg_table"])]
+    if params.get("iceberg_catalog"):
+        args += ["--iceberg-catalog", str(params["iceberg_catalog"])]
     extra = params.get("extra_args") or ""
     if not isinstance(extra, str):
         raise BadParams("extra_args must be a string of e5-embed run flags")

@@ -1,8 +1,10 @@
 """The ``e5_embed`` DAG: one E5 embedding job on a Ray cluster per DAG run.
 
 Trigger with params (``dag_run.conf``): input, output, model, prefix, and optionally
-batch_size, dtype, config (a job YAML inside the working dir; it may not set ray_address or
-storage_options), extra_args (``e5-embed run`` flags only: split with shlex, checked against the
+batch_size, dtype, iceberg_table and iceberg_catalog (publish the proven run as one Iceberg
+snapshot; the catalog is named, its settings are the cluster's PYICEBERG_CATALOG__* variables),
+config (a job YAML inside the working dir; it may not set ray_address or storage_options),
+extra_args (``e5-embed run`` flags only: split with shlex, checked against the
 run flags, re-joined; see e5_embed_args.py). What runs on the cluster is the deployment's: the
 Ray ``runtime_env`` comes from ``E5_EMBED_WORKING_DIR`` here, never from a trigger (params are
 not templated into it). The cluster comes from one Airflow connection fixed by the deployment
@@ -46,6 +48,8 @@ with DAG(
         "prefix": Param("passage", enum=["passage", "query", "none"]),
         "batch_size": Param(None, type=["null", "integer"], minimum=1),
         "dtype": Param(None, type=["null", "string"], enum=[None, "auto", "float32", "float16", "bfloat16"]),
+        "iceberg_table": Param(None, type=["null", "string"], description="NAMESPACE.TABLE to publish to"),
+        "iceberg_catalog": Param(None, type=["null", "string"], description="pyiceberg catalog (default: embedded)"),
         "config": Param(None, type=["null", "string"], description="job YAML inside the working dir"),
         "extra_args": Param("", type="string", description="more e5-embed run flags (checked; no shell)"),
     },

@@ -435,12 +435,13 @@ class OutputState:
             manifest.published = dict(old.published)
             manifest.name_salt = uuid.uuid4().hex[:12] if old.state != "clearing" else old.name_salt
         self.name_salt = manifest.name_salt
-        files = self.scan()
-        for f in files:
-            if not f.is_rejects:
-                self._drop(f.path)
         manifest.retired_files = sorted(self.retired)
-        manifest.save(self.storage, self.fence)
+        manifest.save(self.storage, self.fence)  # "clearing" before anything is deleted or retired
+        files = self.scan()
+        if self.retain:  # the table's snapshots read them: retired, not deleted
+            self.retired |= {f.path for f in files if not f.is_rejects}
+            manifest.retired_files = sorted(self.retired)
+            manifest.save(self.storage, self.fence)
         records = [p for p, _ in self.storage.list_files(SHARDS_DIR)]
         self.fence()
         for path in [f.path for f in files if f.is_rejects or not self.retain] + records:

@@ -112,7 +112,9 @@ def open_catalog(settings: TableSettings, storage: Storage, fence=lambda: None) 
         from pyiceberg.catalog import load_catalog
         from pyiceberg.catalog.sql import SqlCatalog
     except ImportError as e:  # an extra, not a core dependency
-        raise UsageError(f"--iceberg-table needs pyiceberg: pip install 'e5-embed[iceberg]' ({e})") from e
+        raise UsageError(
+            f"--iceberg-table needs pyiceberg with its SQL catalog: pip install 'pyiceberg[sql-sqlite]' ({e})"
+        ) from e
     if settings.catalog is not None:
         from pyiceberg.utils.config import Config
 

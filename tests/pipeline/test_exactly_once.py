@@ -202,10 +202,14 @@ def test_interrupted_overwrite_never_leaves_success_and_spares_foreign_files(
     assert not (out / "_SUCCESS").exists()  # gone first, before any data
     with pytest.raises(UsageError, match="did not finish; run again with --overwrite"):
         run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=4))
-    assert run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=4, overwrite=True)).status == "complete"
-    assert foreign.exists()
-    got = [i for p in out.glob("part-*.parquet") if p != foreign for i in pq.read_table(p)["id"].to_pylist()]
-    assert sorted(got) == sorted(ids)
+    # the overwrite finishes its work but refuses _SUCCESS over someone else's part file (spared)
+    with pytest.raises(UsageError, match=r"did not write \(e\.g\. .*part-not-ours\.parquet.*move or delete"):
+        run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=4, overwrite=True))
+    assert foreign.exists() and not (out / "_SUCCESS").exists()
+    foreign.rename(tmp_path / "part-not-ours.parquet")  # the advice, followed
+    assert run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=4)).status == "complete"
+    got = [i for p in out.glob("part-*.parquet") for i in pq.read_table(p)["id"].to_pylist()]
+    assert sorted(got) == sorted(ids)  # a glob under _SUCCESS reads exactly the output
 
 
 @pytest.mark.unit

@@ -282,3 +282,35 @@ def test_publishing_refuses_float16_and_a_second_table(ray_cluster, tmp_path, mi
     with pytest.raises(UsageError, match=r"published to table embeddings\.docs.*--iceberg-table embeddings\.docs"):
         run_job(config(corpus, out, minilm_path).replace(iceberg_table="embeddings.other"))
     assert JobError  # the family: a refusal is a UsageError (exit 2), a failed commit a JobError (exit 1)
+
+
+def test_overwrite_replaces_everything_in_one_snapshot_and_expiry_frees_retired_files(
+    ray_cluster, tmp_path, minilm_path
+):
+    """--overwrite: one overwrite snapshot, new files under names of their own (an old snapshot's
+    files are never overwritten) and the old snapshot still readable. With 2 snapshots kept, the
+    files only expired snapshots read are deleted, and the folder holds no retired file beyond them."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    corpus_v1(corpus)
+    assert run_job(config(corpus, out, minilm_path, iceberg_keep_snapshots=2)).status == "complete"
+    t = table(out)
+    first = t.current_snapshot().snapshot_id
+    old_files = {task.file.file_path for task in t.scan().plan_files()}
+    old = t.scan().to_arrow()
+    assert run_job(config(corpus, out, minilm_path, iceberg_keep_snapshots=2, overwrite=True)).status == "complete"
+    t = table(out)
+    assert [s.summary.operation.value for s in t.snapshots()] == ["append", "overwrite"]
+    new_files = {task.file.file_path for task in t.scan().plan_files()}
+    assert not old_files & new_files  # new names: no file an old snapshot reads was overwritten
+    assert ids(t.scan(snapshot_id=first).to_arrow()) == ids(old)
+    assert all(Path(p.removeprefix("file://")).exists() for p in old_files)  # retired, kept
+
+    write_shard(corpus / "s1.jsonl", [(f"b{i}", f"edited record {i}") for i in range(2)])
+    assert run_job(config(corpus, out, minilm_path, iceberg_keep_snapshots=2, update=True)).status == "complete"
+    t = table(out)
+    assert len(t.snapshots()) == 2 and first not in {s.snapshot_id for s in t.snapshots()}  # expired
+    assert not any(Path(p.removeprefix("file://")).exists() for p in old_files)  # read by no kept snapshot: gone
+    manifest = json.loads((out / "_manifest.json").read_text())
+    readable = {task.file.file_path for s in t.snapshots() for task in t.scan(snapshot_id=s.snapshot_id).plan_files()}
+    assert {f"file://{p}" for p in manifest["retired_files"]} <= readable  # what is kept is still read
+    assert ids(t.scan().to_arrow()) == sorted([f"a{i}" for i in range(6)] + ["b0", "b1"])
