@@ -189,14 +189,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
             accelerator=config.accelerator,
             max_gpus=config.max_gpus,
         )
+        plan = make_plan(cluster, info, request, scheduler)
+        estimate = _estimate(config, plan, cluster_gpus=None) if config.inputs else None
     else:
         from pipeline.backend.cluster import describe_cluster
         from pipeline.backend.dataset import ray_session
 
         with ray_session(config.ray_address):
             cluster = describe_cluster()
-    plan = make_plan(cluster, info, request, scheduler)
-    estimate = _estimate(config, plan) if config.inputs else None
+            plan = make_plan(cluster, info, request, scheduler)
+            estimate = _estimate(config, plan, cluster_gpus=cluster.gpus) if config.inputs else None
+    if config.calibrate and not config.inputs:
+        raise UsageError("--calibrate measures with the corpus's own passages: pass --input")
     if args.json:  # presentation, not a setting
         out = {
             "model": info.name,
@@ -216,8 +220,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _estimate(config, plan):
-    """``plan --input``: sample the corpus and estimate records, tokens, GPU-hours and cost."""
+def _estimate(config, plan, *, cluster_gpus: int | None):
+    """``plan --input``: sample the corpus and estimate records, tokens, GPU-hours and cost, at a
+    rate that says where it comes from (``cluster_gpus``: the live cluster's, None: a described one)."""
     from pipeline.io.listing import list_shards
     from pipeline.io.records import FieldSpec
     from pipeline.io.storage import register_secrets
@@ -227,6 +232,7 @@ def _estimate(config, plan):
 
     options = dict(config.storage_options)
     register_secrets(options, tuple(config.inputs))
+    texts: list[str] = []
     shards = list_shards(config.inputs, options, config.input_format, ignore_unknown=config.ignore_unknown_files)
     chunk = ChunkSettings.of_job(config)
     estimate = estimate_corpus(
@@ -244,11 +250,93 @@ def _estimate(config, plan):
         chunk=chunk,
         sample_shards=config.sample_shards,
         sample_records=config.sample_records,
+        batching=(plan.batch_size, plan.rows_per_encode_call, 8 if plan.device == "cuda" else 1),
+        keep_texts=texts,
     )
-    gpus = plan.gpu_actors // plan.actors_per_gpu if plan.device == "cuda" else 0
+    on_gpu = plan.device == "cuda"
+    encoders = plan.gpu_actors // plan.actors_per_gpu if on_gpu else plan.gpu_actors
+    rate, calibration = _rate(config, plan, texts, cluster_gpus)
     return add_cost(
-        estimate, gpus=gpus, gpu_tokens_per_s=plan.gpu_tokens_per_s or 0.0, gpu_hour_price=config.gpu_hour_price
+        estimate,
+        encoders=encoders,
+        rate=rate,
+        on_gpu=on_gpu,
+        gpu_hour_price=config.gpu_hour_price,
+        calibrated_padding=None if calibration is None else calibration.padding_share,
     )
+
+
+def _rate(config, plan, texts, cluster_gpus):
+    """The rate per encoder and where it comes from: a calibration made now (--calibrate) or read
+    (--calibration, refused when stale), the last run of an output (--from-run), or the profile."""
+    import torch
+
+    from pipeline.planning import calibration as cal
+    from pipeline.stages.model import ModelSource
+
+    if config.calibrate:
+        if not config.calibration:
+            raise UsageError("--calibrate writes its result to --calibration URI: pass one")
+        if cluster_gpus is None and plan.device == "cuda":
+            raise UsageError("--calibrate measures the live cluster's accelerator: leave out --gpus/--cpus")
+        model, model_sha = ModelSource(
+            name_or_path=config.model, revision=config.revision, storage_options=config.storage_options
+        ).pinned()
+        where = "a GPU of the cluster" if plan.device == "cuda" else "this node's CPU (the cluster has no GPU)"
+        sys.stderr.write(f"e5-embed: calibrating on {where} for at most {config.calibrate_seconds:g} s\n")
+        from pipeline.backend.calibrate import calibrate_on_cluster
+
+        measured = calibrate_on_cluster(
+            gpus=cluster_gpus or 0,
+            timeout_s=config.calibrate_seconds * 3 + 300,
+            model=model,
+            texts=texts[: config.sample_records],
+            model_sha=model_sha,
+            prefix=PREFIXES[config.prefix],
+            max_length=config.max_length,
+            batch_size=plan.batch_size,
+            rows_per_call=plan.rows_per_encode_call,
+            dtype=plan.dtype,
+            device="cuda" if plan.device == "cuda" else "cpu",
+            attention=config.attention,
+            shape_buckets=config.shape_buckets,
+            torch_threads=plan.torch_threads,
+            max_seconds=config.calibrate_seconds,
+        )
+        cal.save(measured, config.calibration, config.storage_options)
+        sys.stderr.write(
+            f"e5-embed: calibration: {measured.tokens_per_s:,.0f} tokens/s per encoder, {measured.provenance()}; "
+            f"written to {config.calibration}\n"
+        )
+        return cal.calibrated_rate(measured), measured
+    if config.calibration:
+        loaded = cal.load(config.calibration, config.storage_options)
+        _, model_sha = ModelSource(
+            name_or_path=config.model, revision=config.revision, storage_options=config.storage_options
+        ).pinned()
+        device = None
+        if (plan.device == "cuda") != (loaded.device_kind == "cuda"):
+            device = "a GPU" if plan.device == "cuda" else "CPU"
+        elif plan.device == "cuda" and plan.profile.lower() not in loaded.device_name.lower().replace(" ", "-"):
+            device = f"{plan.profile} (the plan's profile)"
+        stale = loaded.stale(model_sha=model_sha, torch_version=torch.__version__, device_name=None)
+        if device:
+            stale.append(f"device {loaded.device_name} (now {device})")
+        if stale:
+            raise UsageError(
+                f"the calibration {config.calibration} was made with {'; '.join(stale)}: it does not describe "
+                "this plan; calibrate again (--calibrate)"
+            )
+        return cal.calibrated_rate(loaded), loaded
+    if config.from_run:
+        from pipeline.io.storage import Storage
+        from pipeline.ledger.manifest import Manifest
+
+        manifest = Manifest.load(Storage(config.from_run, config.storage_options))
+        if manifest is None:
+            raise UsageError(f"--from-run {config.from_run} is not an e5-embed output (no _manifest.json)")
+        return cal.run_rate(manifest.runs, config.from_run), None
+    return cal.profile_rate(plan.gpu_tokens_per_s), None
 
 
 def _dev_tools(module: str):

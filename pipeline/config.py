@@ -56,7 +56,9 @@ class JobConfig:
         commands=BOTH,
     )
     revision: str | None = setting(
-        None, help="Hub revision (branch/tag/commit); the driver resolves it to a commit sha that all actors load"
+        None,
+        help="Hub revision (branch/tag/commit); the driver resolves it to a commit sha that all actors load",
+        commands=BOTH,
     )
     prefix: str = setting(
         "passage",
@@ -129,6 +131,7 @@ class JobConfig:
         "attention on CUDA; same embeddings, a GPU fast-path candidate: measure with `e5-embed bench`)",
         choices=ATTENTION_MODES,
         check=one_of(ATTENTION_MODES),
+        commands=BOTH,
     )
     shape_buckets: tuple[int, ...] | None = setting(
         None,
@@ -136,6 +139,7 @@ class JobConfig:
         "warmed at actor start, CUDA graphs per shape on GPU: a fast-path candidate, measure with `e5-embed bench`",
         type=token_buckets,
         check=ascending_buckets,
+        commands=BOTH,
     )
     input_format: str = setting(
         "auto",
@@ -473,6 +477,35 @@ class PlanOptions:
         help="with --input: price of one GPU-hour, for the cost estimate",
         type=float,
         check=positive_number,
+        commands=PLAN,
+    )
+    calibrate: bool = setting(
+        False,
+        help="with --input: measure the encode rate on this cluster's accelerator with the corpus's own passages "
+        "(the job's encode stage and settings, at most --calibrate-seconds), write it to --calibration, and plan "
+        "with it",
+        type=None,
+        check=boolean,
+        commands=PLAN,
+    )
+    calibrate_seconds: float = setting(
+        120.0,
+        help="the most a calibration may take (per accelerator type)",
+        type=float,
+        check=seconds(allow_zero=False),
+        commands=PLAN,
+    )
+    calibration: str | None = setting(
+        None,
+        help="the calibration file (local path or object-storage URI) --calibrate writes and the plan reads; a "
+        "calibration made with another model, torch or device is refused",
+        metavar="URI",
+        commands=PLAN,
+    )
+    from_run: str | None = setting(
+        None,
+        help="plan with the encode rate measured by the last complete run of this output (its _manifest.json)",
+        metavar="OUTPUT",
         commands=PLAN,
     )
 

@@ -33,7 +33,7 @@ ROWS = 8
 METADATA = {"model": "intfloat/e5-base-v2", "model_sha": "git:" + "0" * 40, "prefix": "passage: ", "dim": DIM}
 
 
-def _file(storage: Storage, source: str, rng: np.random.Generator) -> str:
+def _file(storage: Storage, source: str, rng: np.random.Generator, version: str = "1:v") -> str:
     vectors = rng.standard_normal((ROWS, DIM)).astype(np.float32)
     table = pa.table(
         {
@@ -46,7 +46,7 @@ def _file(storage: Storage, source: str, rng: np.random.Generator) -> str:
             "text_hash": pa.array([rng.bytes(16) for _ in range(ROWS)], pa.binary(16)),
         }
     ).cast(schemas.output_schema(DIM))
-    return put_file(storage, "", table, METADATA, {"rows": ROWS}, {source: "1:v"})
+    return put_file(storage, "", table, METADATA, {"rows": ROWS}, {source: version})
 
 
 def _size(folder: str) -> int:
@@ -75,7 +75,7 @@ def measure(n_files: int, replace: int = 0) -> dict:
         publish(settings, storage, METADATA, expected, paths, {"run-id": "noop"})
         result["unchanged_publish_s"] = round(time.perf_counter() - t0, 3)
         if replace:
-            new = [_file(storage, f"shard-{i:06d}.jsonl", rng) for i in range(replace)]  # new versions
+            new = [_file(storage, f"shard-{i:06d}.jsonl", rng, "2:v") for i in range(replace)]  # new versions
             kept = paths[replace:] + new
             t0 = time.perf_counter()
             done = publish(settings, storage, METADATA, expected, kept, {"run-id": "update"}, retired=paths[:replace])

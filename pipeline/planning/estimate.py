@@ -25,6 +25,7 @@ from pipeline.io.listing import Shard
 from pipeline.io.records import FieldSpec
 from pipeline.io.sources import ShardReader
 from pipeline.io.storage import Storage
+from pipeline.planning.calibration import RateSource, padding_share
 from pipeline.stages.chunk_tokenize import ChunkTokenizeStage
 from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.embedder import records_table
@@ -48,6 +49,12 @@ class CorpusEstimate:
     wall_hours: float | None = None
     cost: float | None = None
     rate_tokens_per_s: float | None = None  # the cluster's expected rate
+    rate_source: str | None = None  # where the rate comes from (measured, a run, or a profile guess)
+    wall_hours_range: tuple[float, float] | None = None  # from the measured spread
+    gpu_hours_range: tuple[float, float] | None = None
+    cost_range: tuple[float, float] | None = None
+    padding_share: float | None = None  # padded token slots holding no token, under the plan's batching
+    encode_seconds: float | None = None  # the encoders' time for the tokens to embed
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,12 +70,23 @@ class CorpusEstimate:
         if self.windows_per_record is not None:
             lines.append(f"  --chunk-tokens: {self.windows_per_record:.2f} windows per record")
         lines.append(f"  ~{self.tokens_embedded:,.0f} tokens to embed")
-        if self.gpu_hours is not None:
-            cost = f", ~{self.cost:,.2f} at the given GPU-hour price" if self.cost is not None else ""
+        if self.padding_share is not None:
+            lines.append(f"  {self.padding_share:.1%} of the encoder's token slots padding under the plan's batching")
+        if self.wall_hours is not None:
+            low, high = self.wall_hours_range or (self.wall_hours, self.wall_hours)
             lines.append(
-                f"  ~{self.gpu_hours:,.1f} GPU-hours, ~{self.wall_hours:,.2f} h wall on the planned GPUs "
-                f"(at {self.rate_tokens_per_s:,.0f} tokens/s for the cluster){cost}"
+                f"  ~{self.wall_hours:,.3g} h of encoding ({low:,.3g}-{high:,.3g} h) at {self.rate_tokens_per_s:,.0f} "
+                f"tokens/s for the cluster"
             )
+        if self.gpu_hours is not None:
+            low, high = self.gpu_hours_range or (self.gpu_hours, self.gpu_hours)
+            cost = ""
+            if self.cost is not None:
+                c_low, c_high = self.cost_range or (self.cost, self.cost)
+                cost = f", ~{self.cost:,.2f} ({c_low:,.2f}-{c_high:,.2f}) at the given GPU-hour price"
+            lines.append(f"  ~{self.gpu_hours:,.3g} GPU-hours ({low:,.3g}-{high:,.3g}){cost}")
+        if self.rate_source:
+            lines.append(f"  rate: {self.rate_source}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -132,8 +150,12 @@ def estimate_corpus(
     chunk: ChunkSettings | None = None,
     sample_shards: int = 16,
     sample_records: int = 5000,
+    batching: tuple[int, int, int] | None = None,
+    keep_texts: list[str] | None = None,
 ) -> CorpusEstimate:
-    """Records, tokens, truncation and windows of the corpus, from a bounded sample."""
+    """Records, tokens, truncation and windows of the corpus, from a bounded sample. ``batching``
+    (micro-batch rows, rows per encode call, pad multiple): also the padding share under it.
+    ``keep_texts``: filled with the sampled passages (a calibration runs on them)."""
     picked = pick_spread(shards, sample_shards)
     per_shard = max(1, sample_records // max(1, len(picked)))
     texts: list[str] = []
@@ -187,13 +209,19 @@ def estimate_corpus(
     good_share = len(texts) / sampled
     estimate.mean_tokens = float(lengths.mean())
     estimate.truncated_share = float((lengths > max_length).mean())
+    if keep_texts is not None:
+        keep_texts.extend(texts)
     if chunk is None:
         per_record = float(np.minimum(lengths, max_length).mean())
+        encoded = np.minimum(lengths, max_length)
     else:
         out = ChunkTokenizeStage(model=model, prefix=prefix, chunk=chunk)(records_table(texts, titles=titles))
         windows = out["n_tokens"].to_pylist()
         estimate.windows_per_record = float(np.mean([len(w or []) for w in windows]))
         per_record = float(np.mean([sum(w or []) for w in windows]))
+        encoded = np.asarray([n for w in windows for n in (w or [])])
+    if batching is not None and len(encoded):
+        estimate.padding_share = round(padding_share(encoded, *batching), 4)
     estimate.tokens_embedded = records * good_share * per_record
     if len(picked) < len(shards):
         estimate.notes.append(
@@ -203,20 +231,40 @@ def estimate_corpus(
 
 
 def add_cost(
-    estimate: CorpusEstimate, *, gpus: int, gpu_tokens_per_s: float, gpu_hour_price: float | None = None
+    estimate: CorpusEstimate,
+    *,
+    encoders: int,
+    rate: RateSource | None,
+    on_gpu: bool = True,
+    gpu_hour_price: float | None = None,
+    calibrated_padding: float | None = None,
 ) -> CorpusEstimate:
-    """GPU-hours and wall time for ``gpus`` GPUs at ``gpu_tokens_per_s`` each; cost at the price."""
-    if gpus < 1 or gpu_tokens_per_s <= 0:
-        estimate.notes.append("no GPU in the plan: no time or cost estimate")
+    """Encoding time for ``encoders`` (GPUs, or CPU encode actors) at ``rate`` each; GPU-hours and
+    cost at the price on GPUs; ranges from the rate's measured spread. A calibrated rate counts real
+    tokens under the calibration corpus's padding: it is carried over to this corpus's padding
+    share (the encoder's work is its token slots, padded or not)."""
+    if encoders < 1 or rate is None or rate.tokens_per_s <= 0:
+        estimate.notes.append("no encoder rate for this plan: no time or cost estimate")
         return estimate
-    gpu_seconds = estimate.tokens_embedded / gpu_tokens_per_s
-    estimate.rate_tokens_per_s = gpus * gpu_tokens_per_s
-    estimate.gpu_hours = gpu_seconds / 3600
-    estimate.wall_hours = estimate.gpu_hours / gpus
-    if gpu_hour_price is not None:
-        estimate.cost = estimate.gpu_hours * gpu_hour_price
-    estimate.notes.append(
-        "GPU rate from the scheduler profile (gpu_tokens_per_s), not measured on this cluster; "
-        "`e5-embed bench` measures it"
-    )
+    per_encoder = rate.tokens_per_s
+    if calibrated_padding is not None and estimate.padding_share is not None and calibrated_padding < 1:
+        per_encoder *= (1 - estimate.padding_share) / (1 - calibrated_padding)
+        estimate.notes.append(
+            f"the calibrated rate is carried over from its sample's padding share ({calibrated_padding:.1%}) to "
+            f"this corpus's ({estimate.padding_share:.1%})"
+        )
+    estimate.rate_tokens_per_s = encoders * per_encoder
+    estimate.rate_source = rate.source
+    estimate.encode_seconds = estimate.tokens_embedded / estimate.rate_tokens_per_s
+    estimate.wall_hours = estimate.encode_seconds / 3600
+    spread = min(rate.spread, 0.9)
+    estimate.wall_hours_range = (estimate.wall_hours / (1 + spread), estimate.wall_hours / (1 - spread))
+    if on_gpu:
+        estimate.gpu_hours = estimate.wall_hours * encoders
+        estimate.gpu_hours_range = tuple(h * encoders for h in estimate.wall_hours_range)
+        if gpu_hour_price is not None:
+            estimate.cost = estimate.gpu_hours * gpu_hour_price
+            estimate.cost_range = tuple(h * gpu_hour_price for h in estimate.gpu_hours_range)
+    if not rate.measured:
+        estimate.notes.append("the rate is a profile's guess: calibrate before budgeting on it (--calibrate)")
     return estimate
