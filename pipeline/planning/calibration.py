@@ -211,7 +211,7 @@ def measure(
     stage.setup()
     # timed in calls of a few micro-batches, so the time bound holds whatever the plan's call size;
     # the padding share is computed for the plan's own call size (below)
-    step = max(1, min(rows_per_call, 4 * batch_size))
+    step = max(1, min(rows_per_call, 2 * batch_size))  # two micro-batches: one in flight while one is padded
     order = np.random.default_rng(0).permutation(tokens.num_rows)  # the corpus's length mix in every call
     tokens_shuffled = tokens.take(order)
     calls = [tokens_shuffled.slice(s, step) for s in range(0, tokens.num_rows, step)]
