@@ -279,6 +279,39 @@ class JobConfig:
         metavar="URI",
         repeat=True,
     )
+    max_gpu_hours: float | None = setting(
+        None,
+        help="keep the run to this many GPU-hours (encoder-hours on a cluster without GPUs): after warm-up it "
+        "projects its total from the measured rate and the records left, and past the cap (less "
+        "--budget-margin) stops at a consistent point (whole files, lease released), exit 1; a rerun resumes",
+        type=float,
+        check=positive_number,
+    )
+    max_cost: float | None = setting(
+        None,
+        help="keep the run to this cost at --gpu-hour-price (as --max-gpu-hours)",
+        type=float,
+        check=positive_number,
+    )
+    gpu_hour_price: float | None = setting(
+        None,
+        help="price of one GPU-hour: the plan's cost estimate, and --max-cost",
+        type=float,
+        check=positive_number,
+        commands=BOTH,
+    )
+    budget_margin: float = setting(
+        0.1,
+        help="stop when the projection passes the cap less this share (the margin for the in-flight work)",
+        type=float,
+        check=fraction,
+    )
+    budget_warmup_s: float = setting(
+        30.0,
+        help="seconds of encoding before the budget trusts its projection",
+        type=float,
+        check=seconds(allow_zero=True),
+    )
     iceberg_table: str | None = setting(
         None,
         help="publish each run, once proven complete, to this Apache Iceberg table (NAMESPACE.TABLE) as one "
@@ -355,7 +388,9 @@ class JobConfig:
                     "--output-dtype float16 cannot be published: Iceberg has no 16-bit float type; publish "
                     "float32 vectors, or leave --iceberg-table out"
                 )
-        elif self.iceberg_catalog is not None:
+        if self.max_cost is not None and self.gpu_hour_price is None:
+            raise UsageError("--max-cost needs --gpu-hour-price (the price of one GPU-hour)")
+        elif self.iceberg_catalog is not None and self.iceberg_table is None:
             raise UsageError("--iceberg-catalog names the catalog of --iceberg-table; pass the table too")
         if not isinstance(self.storage_options, Mapping):
             raise UsageError("--storage-options must be a JSON object")
@@ -470,13 +505,6 @@ class PlanOptions:
         help="with --input: read at most this many records in all for the estimate",
         type=int,
         check=int_range(1, 1 << 24),
-        commands=PLAN,
-    )
-    gpu_hour_price: float | None = setting(
-        None,
-        help="with --input: price of one GPU-hour, for the cost estimate",
-        type=float,
-        check=positive_number,
         commands=PLAN,
     )
     calibrate: bool = setting(

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,8 +38,10 @@ from pipeline.ledger.manifest import RunRecord, mark_success, remove_success
 from pipeline.ledger.output import VECTOR_KEYS, OutputState, Totals, Work, output_metadata
 from pipeline.ledger.reuse import reuse_from_pool, update_pool
 from pipeline.ledger.shard_log import ShardLog
+from pipeline.ledger.stop import StopSignal, clear_stop, request_stop
 from pipeline.ledger.table import EMBEDDED as EMBEDDED_CATALOG
 from pipeline.ledger.table import Published, publish
+from pipeline.planning.budget import Budget
 from pipeline.planning.plan import ClusterSpec, PlanRequest, ResourcePlan, make_plan
 from pipeline.planning.scheduler_config import load_scheduler_config
 from pipeline.stages.chunking import ChunkSettings
@@ -182,6 +184,7 @@ class RunContext:
     listing: Listing
     phases: Phases
     started_at: str
+    stop_reason: str | None = None  # the run asked itself to stop (its budget): why
 
     @property
     def shards(self) -> list[Shard]:
@@ -206,6 +209,7 @@ def run_job(config: JobConfig) -> RunSummary:
     if lease.waited:  # another run held the output meanwhile: list the inputs as they are now
         with phases("list_inputs"):
             listing = _list_inputs(config)
+    clear_stop(storage, lease.check)  # an earlier run's stop request (its budget) is not this run's
     ctx = RunContext(
         config=config,
         lease=lease,
@@ -373,7 +377,11 @@ def _sink(ctx: RunContext, work: Work, telemetry: Telemetry, outcome: str = "emb
 
 
 def _records(
-    config: JobConfig, work: Work, shard_log: ShardLog | None = None, telemetry: Telemetry | None = None
+    config: JobConfig,
+    work: Work,
+    shard_log: ShardLog | None = None,
+    telemetry: Telemetry | None = None,
+    stop: StopSignal | None = None,
 ) -> ShardDatasource:
     """The records of ``work.shards`` not yet done, as the job reads them (the same ids, titles and
     text_hash in the carry-over pass and in the pipeline)."""
@@ -392,6 +400,20 @@ def _records(
         ),
         shard_log=shard_log,
         telemetry=telemetry,
+        stop=stop,
+    )
+
+
+def _budget(config: JobConfig, plan: ResourcePlan) -> Budget | None:
+    on_gpu = plan.device == "cuda"
+    return Budget.of(
+        max_gpu_hours=config.max_gpu_hours,
+        max_cost=config.max_cost,
+        gpu_hour_price=config.gpu_hour_price,
+        encoders=plan.gpu_actors / plan.actors_per_gpu if on_gpu else plan.gpu_actors,
+        margin=config.budget_margin,
+        warmup_s=config.budget_warmup_s,
+        on_gpu=on_gpu,
     )
 
 
@@ -435,18 +457,28 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
         device=config.device,
         chunk=ChunkSettings.of_job(config),
     )
+    budget = _budget(config, plan)
+
+    def stop_for_budget(reason: str) -> None:  # the status thread: past the cap, stop reading
+        ctx.stop_reason = reason
+        logger.warning("stopping to keep to the budget: %s", reason)
+        request_stop(ctx.state.storage, lease.check, reason)
+
     status = StatusReporter(
         telemetry,
         total_bytes=sum(s.size for s in work.shards),
         count_records=functools.partial(_count_records, config.storage_options, work.shards),
         records_done=coverage.count(work.skip),  # rows of the shards left that earlier runs wrote
         interval_s=config.status_interval_s,
+        budget=budget,
+        on_over=stop_for_budget,
     )
+    stop = StopSignal(config.output, config.storage_options) if budget is not None else None
     failure: Exception | None = None
     try:
         with status:
             run_pipeline(
-                _records(config, work, shard_log=shard_log, telemetry=telemetry),
+                _records(config, work, shard_log=shard_log, telemetry=telemetry, stop=stop),
                 stages,
                 sink,
                 io_num_cpus=plan.io_num_cpus,
@@ -458,6 +490,8 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
             raise LeaseLost(lease.lost or str(e)) from e
         failure = e
     finally:
+        if status.projection is not None and budget is not None:
+            run.budget = {"cap": budget.max_hours, "unit": budget.what, **asdict(status.projection)}
         first = telemetry.first_seen()
         for stage in ("tokenize", "chunktokenize", "encode"):
             phases.at(f"first_{stage}_batch_at", first.get(stage))
@@ -514,7 +548,7 @@ def _prove_and_record(
         allow_remainders=config.skip_corrupt_remainders,
         max_bad_fraction=config.max_bad_fraction,
     )
-    run.status = "complete" if work.manifest.complete else "failed"
+    run.status = "complete" if work.manifest.complete else ("stopped" if ctx.stop_reason else "failed")
     if not proof.ok:
         run.error = scrub(f"not complete: {proof.describe()}", config.storage_options)[:2000]
     _record(ctx, run, work, written, totals)
@@ -530,6 +564,12 @@ def _prove_and_record(
         rows_reused=run.rows_reused,
         rows_removed=run.rows_removed,
     )
+    if not proof.ok and ctx.stop_reason:
+        raise JobError(
+            f"stopped to keep to the budget ({ctx.stop_reason}); {config.output} holds whole files of what was "
+            f"encoded, no _SUCCESS. Rerun with a higher cap (or none) to resume exactly where it stopped. "
+            + summary.line()
+        )
     if not proof.ok:
         raise JobError(f"{config.output} is not complete, so no _SUCCESS: {proof.describe()}. " + summary.line())
     if not work.manifest.complete:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,7 @@ class ShardDatasource(Datasource):
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     shard_log: ShardLog | None = None
     telemetry: Telemetry | None = None
+    stop: Callable[[], bool] | None = None  # the run's stop request (StopSignal), asked between blocks
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(s.size for s in self.shards) or None
@@ -84,7 +85,11 @@ class ShardDatasource(Datasource):
                 self.rows_per_block,
                 {s.path: tuple(self.skip.get(s.path, ())) for s in group},
             )
-            kw = {"max_record_bytes": self.max_record_bytes, "on_shard_end": _ShardEnd(self.shard_log, self.telemetry)}
+            kw = {
+                "max_record_bytes": self.max_record_bytes,
+                "on_shard_end": _ShardEnd(self.shard_log, self.telemetry),
+                "stop": self.stop,
+            }
             meta = BlockMetadata(
                 num_rows=None,
                 size_bytes=sum(s.size for s in group) or None,

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.planning.budget import Budget, Projection, over, project
+
 logger = logging.getLogger(__name__)
 
 # name -> (description, tag keys); Prometheus shows them as ray_<name>_total
@@ -263,14 +265,13 @@ def status_line(
     recent = recent or _rates([(elapsed_s, values)], since=(0.0, {}))  # no window given: the whole run's
     read_rows, encoded = values.get("read_rows", 0), values.get("encoded", 0)
     committed = values.get("embedded", 0) + values.get("rejected", 0)
+    todo = records_to_do(values, total_bytes, total_records, records_done)
     if total_records:
         share = read_rows / total_records
         unit = "input records"
-        todo: float | None = max(0, total_records - records_done)
     else:
         share = values.get("read_bytes", 0) / total_bytes if total_bytes else 0.0
         unit = "input bytes"
-        todo = (read_rows / share - records_done) if share > 0 else None
     if share >= 1 and encoded >= read_rows - records_done:
         eta = f"encoding done; writing the last files ({max(0, encoded - committed):,} records to commit)"
     elif todo is not None and recent.get("encoded", 0) > 0:
@@ -310,7 +311,13 @@ class StatusReporter:
         count_records: Callable[[threading.Event], int | None] | None = None,
         records_done: int = 0,
         interval_s: float = 60.0,
+        budget: Budget | None = None,
+        on_over: Callable[[str], None] | None = None,
     ):
+        self.budget = budget  # --max-gpu-hours: projected on every check, ``on_over`` once past it
+        self.on_over = on_over
+        self.projection: Projection | None = None
+        self._encoding_since: float | None = None
         self.telemetry = telemetry
         self.total_bytes = total_bytes
         self.total_records: int | None = None
@@ -351,7 +358,9 @@ class StatusReporter:
 
     def _run(self) -> None:
         history: collections.deque[tuple[float, Mapping[str, int]]] = collections.deque()
-        while not self._stop.wait(self.interval_s):
+        tick = min(self.interval_s, BUDGET_CHECK_S) if self.budget is not None else self.interval_s
+        last_line = self._t0
+        while not self._stop.wait(tick):
             values = self.telemetry.snapshot()
             if values is None:
                 continue
@@ -359,20 +368,56 @@ class StatusReporter:
             history.append((now, values))
             while len(history) > 2 and now - history[1][0] >= RATE_WINDOW_S:
                 history.popleft()  # keep about RATE_WINDOW_S of snapshots (at least two)
-            logger.info(
-                "%s",
-                status_line(
-                    values,
-                    total_bytes=self.total_bytes,
-                    total_records=self.total_records,
-                    records_done=self.records_done,
-                    elapsed_s=now - self._t0,
-                    recent=_rates(history, since=(self._t0, {})),
-                ),
+            recent = _rates(history, since=(self._t0, {}))
+            budget = self._check_budget(values, now, recent)
+            if now - last_line < self.interval_s - 1e-6:
+                continue
+            last_line = now
+            line = status_line(
+                values,
+                total_bytes=self.total_bytes,
+                total_records=self.total_records,
+                records_done=self.records_done,
+                elapsed_s=now - self._t0,
+                recent=recent,
             )
+            logger.info("%s", line + (f"; {budget}" if budget else ""))
+
+    def _check_budget(self, values: Mapping[str, int], now: float, recent: Mapping[str, float]) -> str:
+        """Project the run's encoder-hours; past the cap, ask the run to stop (once)."""
+        if self.budget is None:
+            return ""
+        if self._encoding_since is None and values.get("encoded", 0) > 0:
+            self._encoding_since = now
+        todo = records_to_do(values, self.total_bytes, self.total_records, self.records_done)
+        left = None if todo is None else max(0.0, todo - values.get("encoded", 0))
+        self.projection = project(
+            self.budget,
+            elapsed_s=now - self._t0,
+            encoding_s=None if self._encoding_since is None else now - self._encoding_since,
+            records_left=left,
+            records_per_s=recent.get("encoded", 0.0),
+        )
+        described = self.projection.describe(self.budget)
+        if over(self.budget, self.projection) and self.on_over is not None:
+            on_over, self.on_over = self.on_over, None
+            on_over(f"{described}; {0 if left is None else int(left):,} records left")
+        return described
 
 
 RATE_WINDOW_S = 60.0  # tokens/s and the ETA: the encode stage's rate over about the last minute
+BUDGET_CHECK_S = 2.0  # how often a run with a budget projects its cost
+
+
+def records_to_do(
+    values: Mapping[str, int], total_bytes: int, total_records: int | None, records_done: int
+) -> float | None:
+    """The records this run has to encode: exact from the footers' total, else from the share of
+    input bytes read; None while nothing is read."""
+    if total_records:
+        return max(0, total_records - records_done)
+    share = values.get("read_bytes", 0) / total_bytes if total_bytes else 0.0
+    return (values.get("read_rows", 0) / share - records_done) if share > 0 else None
 
 
 def _rates(

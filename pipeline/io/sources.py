@@ -254,11 +254,17 @@ def read_shards(
     *,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     on_shard_end: Callable[[Shard, int, str | None], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Iterator[pa.Table]:
     """RECORDS-schema blocks for the shards in order; ``on_shard_end(shard, rows, remainder)`` is
-    called when a shard has been read to its end (the ledger records it)."""
+    called when a shard has been read to its end (the ledger records it). ``stop()`` (the run asked
+    to stop, e.g. to keep to its budget) is asked at each full block and each shard's start: the
+    rows read so far go on as one last block, the shard is left unfinished (no record: the next run
+    resumes it from the output's footers), and nothing more is read."""
     builder = BlockBuilder(rows_per_block, fields)
     for shard in shards:
+        if stop is not None and stop():
+            break
         reader = ShardReader(
             Storage(shard.uri, storage_options),
             shard,
@@ -279,6 +285,8 @@ def read_shards(
             )
             if builder.full():
                 yield builder.take()
+                if stop is not None and stop():
+                    return
         if on_shard_end is not None:
             on_shard_end(shard, int(reader.rows or 0), reader.remainder)
     if len(builder):

@@ -42,6 +42,7 @@ class RunRecord:
     data_files: int = 0
     chunks: int = 0  # data rows written: one per record, or one per window in chunked runs
     new_shards: int = 0  # input shards this run found that earlier runs had not (incremental runs)
+    budget: dict[str, Any] | None = None  # --max-gpu-hours: the cap and the last projection
     oom_splits: int = 0  # encode micro-batches split after a device out-of-memory (each lowers that actor's batch)
     rows_reused: int = 0  # rows written with a vector carried over by text_hash (--update, --reuse-from)
     rows_removed: int = 0  # rows of changed or vanished shards' earlier state that were not carried over
