@@ -253,6 +253,28 @@ def _estimate(config, plan, *, cluster_gpus: int | None):
         batching=(plan.batch_size, plan.rows_per_encode_call, 8 if plan.device == "cuda" else 1),
         keep_texts=texts,
     )
+    if config.update:  # a dry run of --update's change detection against the output
+        from pipeline.planning.update_plan import estimate_update
+
+        if not config.output:
+            raise UsageError("plan --update estimates an update of an output: pass --output")
+        update = estimate_update(
+            config.output,
+            shards,
+            storage_options=options,
+            fields=FieldSpec(
+                text_field=config.text_field,
+                id_field=config.id_field,
+                title_field=config.title_field,
+                title_apart=chunk is not None,
+            ),
+            prefix=PREFIXES[config.prefix],
+            sample_records=config.sample_records,
+        )
+        estimate.update = update.to_dict()
+        share = update.records_to_encode / estimate.records if estimate.records else 0.0
+        estimate.tokens_embedded *= share
+        estimate.notes.append(update.describe() + "; tokens, time and cost are the update's")
     on_gpu = plan.device == "cuda"
     encoders = plan.gpu_actors // plan.actors_per_gpu if on_gpu else plan.gpu_actors
     rate, calibration = _rate(config, plan, texts, cluster_gpus)

@@ -49,7 +49,11 @@ class JobConfig:
         commands=BOTH,
         name="input",
     )
-    output: str = setting(help="output folder/prefix for Parquet files (literal)", metavar="URI")
+    output: str = setting(
+        help="output folder/prefix for Parquet files (literal); with `plan --update`: the output to update",
+        metavar="URI",
+        commands=BOTH,
+    )
     model: str = setting(
         DEFAULT_MODEL,
         help="Hub id, local folder, or a folder in object storage (s3://…/, copied once per node)",
@@ -271,6 +275,7 @@ class JobConfig:
         "edited, deleted and vanished records are removed). Without it a changed shard is refused",
         type=None,
         check=boolean,
+        commands=BOTH,
     )
     reuse_from: tuple[str, ...] = setting(
         (),

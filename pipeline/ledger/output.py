@@ -140,7 +140,9 @@ def _merged(known: Mapping[str, Any] | None, now: Mapping[str, Any]) -> dict[str
     return dict(now)
 
 
-def _stale(files: Sequence["OutputFile"], current: Mapping[str, str]) -> list[tuple["OutputFile", tuple[str, ...]]]:
+def stale_files(
+    files: Sequence["OutputFile"], current: Mapping[str, str]
+) -> list[tuple["OutputFile", tuple[str, ...]]]:
     """Files holding rows of a source whose version (as the footer recorded it) is not the current
     listing's: the shard changed or vanished since those rows were read."""
     out = []
@@ -237,7 +239,7 @@ class OutputState:
         if existing is None and files:
             known, recorded = self._rebuilt_fingerprints(files), True
         self._check_inputs(known, shards, recorded and not config.update)
-        stale = _stale(files, {s.path: s.version_key for s in shards})
+        stale = stale_files(files, {s.path: s.version_key for s in shards})
         if stale and not config.update:  # the footers say so even where the manifest does not
             changed = sorted({src for _, sources in stale for src in sources})
             raise UsageError(

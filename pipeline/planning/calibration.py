@@ -64,7 +64,7 @@ class Calibration:
     tokenize_cpu_s_per_m_tokens: float  # the tokenizer's CPU-seconds per million tokens on this node type
     sample_records: int
     sample_mean_tokens: float
-    setup_s: float  # the encoder's start: model load and first call (a run pays it once per actor)
+    setup_s: float = 0.0  # the encoder's start: model load and first call (a run pays it once per actor)
     seconds: float  # what the calibration itself took
     notes: list[str] = field(default_factory=list)
     format: str = FORMAT

@@ -55,6 +55,7 @@ class CorpusEstimate:
     cost_range: tuple[float, float] | None = None
     padding_share: float | None = None  # padded token slots holding no token, under the plan's batching
     encode_seconds: float | None = None  # the encoders' time for the tokens to embed
+    update: dict[str, Any] | None = None  # plan --update: what the update would read, encode and carry
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,7 +92,7 @@ class CorpusEstimate:
         return "\n".join(lines)
 
 
-class _CountingStorage:
+class CountingStorage:
     """A Storage whose opened files count the bytes read from it."""
 
     def __init__(self, storage: Storage):
@@ -106,7 +107,7 @@ class _CountingStorage:
 
 
 class _Counted(io.RawIOBase):
-    def __init__(self, f, owner: _CountingStorage):
+    def __init__(self, f, owner: CountingStorage):
         self.f, self.owner = f, owner
 
     def read(self, n: int = -1) -> bytes:
@@ -163,7 +164,7 @@ def estimate_corpus(
     rejected = 0
     read: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # class -> [records, bytes]
     for shard in picked:
-        counting = _CountingStorage(Storage(shard.uri, storage_options))
+        counting = CountingStorage(Storage(shard.uri, storage_options))
         n, used, fetched = 0, shard.size, 0
         for record in ShardReader(counting, shard, fields):
             if n >= per_shard and counting.read_bytes != fetched:
