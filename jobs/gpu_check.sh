@@ -21,6 +21,12 @@
 # `pipeline bench --rows pipeline` at other sizes, which tests/e5tools/test_bench.py rehearses (with
 # --actors-per-gpu 2) through the same command. ACTORS="1 2" picks the actors step's pool sizes.
 set -euo pipefail
+# settings come from the environment (STEPS=, DEVICE=, OUT=, ...); an argument is refused rather than
+# ignored (`gpu_check.sh --quick` once ran the 30-minute full check on a 15-minute device lease)
+if [[ $# -gt 0 ]]; then
+  echo "gpu_check.sh takes no arguments (got: $*); use the environment, e.g. STEPS=quick bash jobs/gpu_check.sh" >&2
+  exit 2
+fi
 py=${PYTHON:-python3}  # the device image has python3, not python
 out=${OUT:-gpu-check}
 device=${DEVICE:-cuda}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from pipeline.config import JobConfig, PlanOptions
@@ -19,7 +19,6 @@ from pipeline.errors import UsageError
 from pipeline.settings import Flag, flags_of
 
 FLAGS: tuple[Flag, ...] = flags_of(JobConfig) + flags_of(PlanOptions)
-BY_FIELD = {f.field: f for f in FLAGS}
 
 
 def option(flag: Flag) -> str:
@@ -49,14 +48,6 @@ def _help(flag: Flag) -> str:
     if flag.type is None or flag.default in (None, ()):
         return flag.help
     return f"{flag.help} (default {flag.default})"
-
-
-def validate(values: dict[str, Any], fields: Sequence[str] | None = None) -> None:
-    """Run each flag's check on the given values (by JobConfig field name)."""
-    for name in fields if fields is not None else values:
-        flag = BY_FIELD.get(name)
-        if flag is not None and name in values:
-            flag.validate(values[name])
 
 
 def markdown_table() -> str:

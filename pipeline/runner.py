@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(kw_only=True)
 class RunSummary:
-    status: str  # complete | noop | failed
+    status: str  # complete | noop (a run that does not complete raises: JobError, UsageError)
     output: str
     rows_embedded: int = 0
     rows_rejected: int = 0

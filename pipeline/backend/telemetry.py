@@ -145,10 +145,9 @@ class Telemetry:
 
     def written(self, counters, outcome: str = "embedded") -> None:
         """A write task's ``Counters``; ``outcome="reused"`` for rows whose vector was carried over
-        (counted apart: nothing was encoded for them)."""
+        (counted apart: nothing was encoded for them; the carry-over pass has no progress actor)."""
         if outcome == "reused":
             self._inc("e5_embed_records", counters.rows_written, outcome="reused")
-            self._progress(reused=counters.rows_written)
             return
         self._inc("e5_embed_records", counters.rows_written, outcome="embedded")
         self._inc("e5_embed_records", counters.rows_rejected, outcome="rejected")

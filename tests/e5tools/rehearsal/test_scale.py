@@ -55,7 +55,10 @@ def test_tiny_rehearsal_reports_every_step(tmp_path):
         # per-process samples explain most of it
         assert sum(run["cpu_s_by_role"].values()) == pytest.approx(run["job_cpu_s"], abs=0.05)
         assert run["job_cpu_s"] <= 1.05 * (run["machine_busy_cpu_s"] - run["sampler_cpu_s"]) + 0.05
-        assert 0.5 < run["accounted"] <= 1.05
+        # the share of the machine's busy CPU the job's sampled processes explain: other work on the machine
+        # (a CI runner's) lowers it, so only the bound that cannot move is asserted here; the benchmark
+        # report flags a share under 90% (docs/benchmarks.md)
+        assert 0 < run["accounted"] <= 1.05
     # at this size the CPU between the two runs is start-up noise: the ratio may be unmeasurable (None), never a crash
     assert "marginal_ratio" in report["cpu_side"] and "Marginal whole job" in (tmp_path / "scale.md").read_text()
     assert "Records grow" in (tmp_path / "scale.md").read_text()
