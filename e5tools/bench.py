@@ -140,7 +140,7 @@ def run_reference(model_path: str, texts: list[str], batch_size: int, device: st
     import torch.nn.functional as F
     from transformers import AutoModel, AutoTokenizer
 
-    from pipeline.stages.pooling import average_pool
+    from e5tools.reference import average_pool  # the card's, not the product's: parity can fail
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModel.from_pretrained(model_path).to(device).eval()

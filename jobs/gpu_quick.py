@@ -146,25 +146,10 @@ def memory(torch, cuda: bool, model_path: str, dtype: str, device: str, cells) -
 
 
 def _card_reference(path: str, texts: list[str], device: str):
-    """The model card's code, float32, on ``device``."""
-    import torch
-    import torch.nn.functional as F
-    from transformers import AutoModel, AutoTokenizer
+    """The model card's code, float32, on ``device`` (the one copy: e5tools.reference)."""
+    from e5tools.reference import reference_embeddings
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).to(device).eval()
-    out = []
-    for i in range(0, len(texts), 32):
-        batch = tokenizer(texts[i : i + 32], max_length=512, padding=True, truncation=True, return_tensors="pt")
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.no_grad():
-            hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"]
-        pooled = hidden.masked_fill(~mask[..., None].bool(), 0.0).sum(1) / mask.sum(1)[..., None]
-        out.append(F.normalize(pooled, p=2, dim=1).float().cpu().numpy())
-    import numpy as np
-
-    return np.concatenate(out)
+    return reference_embeddings(path, texts, 512, device=device, batch_size=32)[0]
 
 
 def real_weights() -> str:

@@ -171,3 +171,13 @@ def test_no_private_name_is_imported_from_another_module():
                     if a.name.startswith("_") and not a.name.endswith("__")
                 ]
     assert not bad, bad
+
+
+def test_the_one_reference_is_independent_of_the_product():
+    """The model card's code must not import the product: a pooling bug there would pass parity."""
+    tree = ast.parse((ROOT / "e5tools" / "reference.py").read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {m for m in imported if m.split(".")[0] in ("pipeline", "tests")}, imported
+    for path in ("tests/reference.py", "e5tools/bench.py", "jobs/gpu_quick.py"):
+        assert "e5tools.reference" in (ROOT / path).read_text(), f"{path} keeps a copy of the card's code"
