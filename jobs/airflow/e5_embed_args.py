@@ -66,6 +66,11 @@ RUN_FLAGS: dict[str, bool] = {
     "--overwrite": False,
     "--update": False,
     "--reuse-from": True,
+    "--max-gpu-hours": True,
+    "--max-cost": True,
+    "--gpu-hour-price": True,
+    "--budget-margin": True,
+    "--budget-warmup-s": True,
     "--iceberg-table": True,
     "--iceberg-catalog": True,  # a name only: the catalog's settings are the cluster's (PYICEBERG_CATALOG__*)
     "--iceberg-keep-snapshots": True,

@@ -54,7 +54,9 @@ def test_records_and_tokens_are_estimated_from_a_small_sample(tmp_path, minilm_p
     assert est.tokens_embedded <= est.records * 32 * 1.01
     chunked = estimate(shards, minilm_path, chunk=ChunkSettings(tokens=32, overlap=4))
     assert chunked.windows_per_record > 1.2 and chunked.tokens_embedded > est.tokens_embedded
-    priced = add_cost(est, gpus=4, gpu_tokens_per_s=1000.0, gpu_hour_price=2.0)
+    from pipeline.planning.calibration import profile_rate
+
+    priced = add_cost(est, encoders=4, rate=profile_rate(1000.0), gpu_hour_price=2.0)
     assert priced.gpu_hours == pytest.approx(est.tokens_embedded / 1000 / 3600)
     assert priced.wall_hours == pytest.approx(priced.gpu_hours / 4) and priced.cost == pytest.approx(
         2 * priced.gpu_hours
