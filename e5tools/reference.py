@@ -20,7 +20,7 @@ def average_pool(last_hidden_states, attention_mask):
 
 
 @functools.lru_cache(maxsize=4)
-def _model(model_path: str, device: str):
+def card_model(model_path: str, device: str = "cpu"):
     """Loaded once per path and device (read-only: eval mode, no grad)."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -34,7 +34,7 @@ def card_batches(model_path: str, input_texts: list[str], *, max_length: int = 5
     import torch
     import torch.nn.functional as F
 
-    tokenizer, model = _model(model_path, device)
+    tokenizer, model = card_model(model_path, device)
     for i in range(0, len(input_texts), batch_size):
         batch = tokenizer(
             input_texts[i : i + batch_size], max_length=max_length, padding=True, truncation=True, return_tensors="pt"

@@ -102,6 +102,9 @@ class Manifest:
     # mixed into data file names after an --overwrite of a published output, so a new file never
     # takes (and overwrites) the name of a retired one an older snapshot reads
     name_salt: str = ""
+    # the data and rejects files the last completeness proof was made over (their names' digest): a
+    # rerun that finds others (one deleted, say) checks the output again instead of a no-op
+    proven_files: str = ""
 
     def add_run(self, run: RunRecord) -> None:
         self.runs.append(asdict(run))

@@ -9,6 +9,7 @@ input rows are done. After the pipeline: repair repeats, prove completeness (see
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import posixpath
@@ -254,17 +255,20 @@ class OutputState:
         changed = any(_fingerprint(known[s.path]) != s.fingerprint for s in shards if s.path in known)
         listed = {s.path for s in shards}
         vanished = any(p not in listed for p in known)
+        moved = complete and existing is not None and self._files_moved(existing)
         if existing is not None and complete and not new_shards and not stale and not changed and not vanished:
-            existing.complete = True
-            return Work(manifest=existing, noop=True)
+            if not moved:
+                existing.complete = True
+                return Work(manifest=existing, noop=True)
         manifest = existing or cleared or Manifest(metadata=dict(metadata))
         if existing is None:
             manifest.inputs = normalized_inputs(config.inputs)
         manifest.retired_files = sorted(self.retired)
-        if complete:  # new input shards (or a rebuilt manifest): incomplete again until proven
-            logger.info(
-                "%d new input shard(s) since %s was completed; embedding them", new_shards, self.storage.describe()
-            )
+        if complete:  # new input shards, files that moved (or a rebuilt manifest): incomplete until proven
+            if new_shards:
+                logger.info(
+                    "%d new input shard(s) since %s was completed; embedding them", new_shards, self.storage.describe()
+                )
             remove_success(self.storage, self.fence)
         manifest.shards = len(shards)
         manifest.complete, manifest.state = False, "in_progress"
@@ -300,6 +304,27 @@ class OutputState:
                 f"pass --dtype {made}, or use --overwrite or another --output"
             )
         work.manifest.metadata.update({k: metadata[k] for k in ("compute_dtype", "device") if k in metadata})
+
+    def files_digest(self, paths: Sequence[str]) -> str:
+        """A digest of the output's file names (relative to it): what a proof was made over."""
+        names = sorted(posixpath.relpath(p, self.storage.root) for p in paths)
+        return hashlib.sha256("\n".join(names).encode()).hexdigest()[:32]
+
+    def _files_moved(self, manifest: Manifest) -> bool:
+        """A complete output whose files are not those its proof was made over (a data file deleted
+        or added since): it must be checked again, never called complete by a no-op."""
+        if not manifest.proven_files:  # proven before the names were recorded
+            return False
+        now = sorted(self.listed_files())
+        if self.files_digest(now) == manifest.proven_files:
+            return False
+        logger.warning(
+            "%s is marked complete but its files are not those it was proven with (%d there now): a file was "
+            "deleted or added since; checking it again, re-embedding what is missing",
+            self.storage.describe(),
+            len(now),
+        )
+        return True
 
     def plan_reads(self, work: Work, shards: Sequence[Shard], files: Sequence[OutputFile] | None = None) -> None:
         """Which shards still need reading, skipping which rows: from the footers (``files``, else a
@@ -635,6 +660,7 @@ class OutputState:
         ]
         manifest.complete = proof.ok and bad_fraction <= max_bad_fraction
         manifest.state = "complete" if manifest.complete else "in_progress"
+        manifest.proven_files = self.files_digest(totals.paths) if manifest.complete else ""
         return proof, bad_fraction
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from e5tools.parity import TOLERANCE, parity_error, spread
-from tests.reference import _reference_model, average_pool, reference_embeddings
+from tests.reference import average_pool, card_model, reference_embeddings
 
 pytestmark = pytest.mark.unit
 
@@ -27,7 +27,7 @@ TEXTS = [
 
 def _bugged(path: str, bug: str) -> np.ndarray:
     """The card's code with one seeded bug."""
-    tokenizer, model = _reference_model(path)
+    tokenizer, model = card_model(path)
     batch = tokenizer(TEXTS, max_length=512, padding=True, truncation=True, return_tensors="pt")
     kwargs = dict(batch)
     if bug == "positions shifted by one":
