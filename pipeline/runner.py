@@ -257,6 +257,8 @@ def _run_leased(ctx: RunContext) -> RunSummary:
         work = state.prepare(config.output_settings(), ctx.metadata, ctx.shards)
     work.manifest.ignored_files = len(ctx.listing.ignored)  # saved with the run record
     work.manifest.ignored_file_examples = ctx.listing.ignored[:100]
+    work.manifest.skipped_side_files = len(ctx.listing.side_files)
+    work.manifest.skipped_side_file_examples = [strip_uri_credentials(p) for p in ctx.listing.side_files[:100]]
     work.manifest.unversioned_shards = len(unversioned(ctx.shards))
     if work.noop:
         published = _publish(ctx, work, state.data_files(), {"run-id": ctx.lease.run_id, "rows-embedded": 0})

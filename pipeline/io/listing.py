@@ -9,12 +9,12 @@ import logging
 import os
 import posixpath
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import E5EmbedError, UsageError, step_failed
 from pipeline.io.formats import FORMAT_BY_EXTENSION
-from pipeline.io.storage import Storage, has_pattern, strip_uri_credentials
+from pipeline.io.storage import Storage, escape_controls, has_pattern, strip_uri_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,9 @@ def _list_input(storage: Storage) -> tuple[str, dict[str, Any], bool]:
 class Listing:
     shards: list[Shard]
     ignored: list[str]  # files of unknown format inside listed folders (skipped with --ignore-unknown-files)
+    # files under a `_`/`.` name inside listed folders (Spark's and Hadoop's side-file convention:
+    # `_SUCCESS`, `_temporary/`, `.crc`): never read, but said and recorded, not skipped in silence
+    side_files: list[str] = field(default_factory=list)
 
 
 def list_shards(
@@ -161,9 +164,11 @@ def list_inputs(
     id_root = _common_root([root for _, _, root, _, _ in listed])
     shards: dict[str, Shard] = {}
     unknown: list[str] = []
+    side: list[str] = []
     for uri, storage, root, found, single_file in listed:
         for p, info in sorted(found.items()):
             if not single_file and _is_side_file(posixpath.relpath(p, root) if root else p):
+                side.append(p)
                 continue
             fmt, compression = detect_format(p, input_format)
             if fmt is None:
@@ -190,9 +195,19 @@ def list_inputs(
         )
     if unknown:
         logger.warning("skipped %d input file(s) of unknown format (--ignore-unknown-files)", len(unknown))
+    if side:
+        logger.warning(
+            "skipped %d file(s) under `_`/`.` names inside the input folders (side files by convention, never "
+            "read), e.g. %s; name a file with --input to read it (the manifest lists them: skipped_side_files)",
+            len(side),
+            escape_controls(strip_uri_credentials(side[0])),
+        )
     if not shards:
-        raise UsageError(f"no input files found in {', '.join(strip_uri_credentials(u) for u in inputs)}")
-    return Listing(sorted(shards.values(), key=lambda s: s.path), unknown)
+        raise UsageError(
+            f"no input files found in {', '.join(strip_uri_credentials(u) for u in inputs)}"
+            + (f" (only {len(side)} side file(s) under `_`/`.` names, e.g. {side[0]})" if side else "")
+        )
+    return Listing(sorted(shards.values(), key=lambda s: s.path), unknown, sorted(side))
 
 
 def _common_root(roots: Sequence[str]) -> str:

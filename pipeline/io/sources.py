@@ -18,7 +18,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import JobError, is_transient
@@ -218,9 +220,15 @@ class ShardReader:
                         yield row, None
                         row += 1
                     continue
-                for obj in batch.to_pylist():
+                batch, oversized = self._cut_oversized(batch)
+                for i, obj in enumerate(batch.to_pylist()):
                     if row < start:
                         yield row, None
+                    elif i in oversized:  # never turned into a Python string, never tokenized
+                        reason = (
+                            f"record larger than --max-record-bytes ({oversized[i]} > {self.max_record_bytes} bytes)"
+                        )
+                        yield row, {"row": row, "id": None, "text": None, "title": None, "reject_reason": reason}
                     else:
                         try:
                             record_id, text, reason = record_from_json(obj, self.fields)
@@ -230,6 +238,34 @@ class ShardReader:
                             title = None
                         yield row, {"row": row, "id": record_id, "text": text, "title": title, "reject_reason": reason}
                     row += 1
+
+    def _cut_oversized(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[int, int]]:
+        """Rows whose text (and title) bytes pass ``max_record_bytes``: their values nulled in the
+        batch (before any Python string is made of them) and their sizes by index, to be rejects
+        with that reason, as in the line formats. (Parquet keeps a value inside one page: reading
+        it cannot be avoided, embedding it can.)"""
+        sizes = None
+        for name in (self.fields.text_field, self.fields.title_field):
+            if not name or name not in batch.schema.names:
+                continue
+            column = batch.column(name)
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                continue
+            length = pc.fill_null(pc.binary_length(column), 0).cast(pa.int64())
+            sizes = length if sizes is None else pc.add(sizes, length)
+        if sizes is None:
+            return batch, {}
+        over = pc.greater(sizes, self.max_record_bytes)
+        if not pc.any(over).as_py():
+            return batch, {}
+        index = np.flatnonzero(over.to_numpy(zero_copy_only=False))
+        found = {int(i): int(sizes[int(i)].as_py()) for i in index}
+        for name in (self.fields.text_field, self.fields.title_field):
+            if name and name in batch.schema.names:
+                column = batch.column(name)
+                nulled = pc.if_else(over, pa.nulls(len(column), column.type), column)
+                batch = batch.set_column(batch.schema.get_field_index(name), name, nulled)
+        return batch, found
 
 
 class _RowFilter:

@@ -21,11 +21,22 @@ class CorruptStream(JobError):
     """The compressed stream cannot be decoded further: the rest of the shard is lost."""
 
 
-def _raw_chunks(f, piece: int = READ_CHUNK) -> Iterator[bytes]:
+class ShortRead(OSError):
+    """The store ended a shard's bytes before its listed size (a ranged GET answered 206 with an
+    empty body, a connection closed cleanly mid-object): transient, never an end of file."""
+
+
+def _raw_chunks(f, piece: int = READ_CHUNK, expected: int = 0) -> Iterator[bytes]:
+    """The bytes of ``f`` in pieces; ``expected`` (the listed size, when known): fewer bytes than
+    that raise ``ShortRead`` at the end, before a reader can take a cut line for a whole one."""
+    read = 0
     while True:
         data = f.read(READ_CHUNK)
         if not data:
+            if expected and read < expected:
+                raise ShortRead(f"read {read} of {expected} bytes: the store's answer ended early")
             return
+        read += len(data)
         for i in range(0, len(data), piece):
             yield data[i : i + piece]
 
@@ -85,10 +96,10 @@ def _zstd_chunks(raw: Iterator[bytes]) -> Iterator[bytes]:
 
 def shard_chunks(f, shard: Shard) -> Iterator[bytes]:
     if shard.compression is None:
-        return _raw_chunks(f)
+        return _raw_chunks(f, expected=shard.size)
     # Compressed input goes to the decoder in small pieces: a corrupt stream loses at most
     # the output of one piece beyond what was already decoded.
-    raw = _raw_chunks(f, COMPRESSED_PIECE)
+    raw = _raw_chunks(f, COMPRESSED_PIECE, expected=shard.size)
     return _gzip_chunks(raw) if shard.compression == "gzip" else _zstd_chunks(raw)
 
 

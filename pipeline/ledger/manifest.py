@@ -80,6 +80,9 @@ class Manifest:
     # files of unknown format skipped with --ignore-unknown-files (the latest run's listing)
     ignored_files: int = 0
     ignored_file_examples: list[str] = field(default_factory=list)
+    # files under `_`/`.` names inside the input folders, never read (the latest run's listing)
+    skipped_side_files: int = 0
+    skipped_side_file_examples: list[str] = field(default_factory=list)
     # input shards whose store gave no ETag/generation/mtime (the latest run's listing): for these,
     # only a change of size is detected between runs
     unversioned_shards: int = 0

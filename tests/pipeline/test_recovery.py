@@ -113,6 +113,14 @@ def test_no_success_over_a_foreign_part_file_and_the_advice_works(ray_cluster, t
     summary = run_job(config(corpus, out, minilm_path))
     assert summary.status == "complete" and (out / "_SUCCESS").exists()
     assert sorted(embeddings(out)) == sorted((r["id"],) for r in records)
+    # readers as the README says (issue 38, F6): the data files are the top-level part-*.parquet;
+    # `out/**/*.parquet` would take _rejects/ too, and a bare folder meets _manifest.json
+    import duckdb
+    import polars as pl
+
+    glob = f"{out}/part-*.parquet"
+    assert duckdb.connect().execute(f"select count(*) from read_parquet('{glob}')").fetchone()[0] == len(records)
+    assert pl.read_parquet(glob).height == len(records)
 
 
 @pytest.mark.integration
