@@ -2,7 +2,7 @@
 # The GPU check, for a session lent a GPU machine (see docs/benchmarks.md):
 #   ../shared/device/bundle.sh sentence-transformers==6.2.0 s3fs fsspec zstandard   (builds .device/)
 #   run: carry [".device"], command: source .device/setup.sh && bash jobs/gpu_check.sh
-# First contact: STEPS=quick (jobs/gpu_quick.py: versions, memory estimate vs reserved, parity with real
+# First contact: STEPS=quick (jobs/gpu_quick.py: versions, the plan's calibration (--calibrate), memory estimate vs reserved, parity with real
 # weights, padded/packed encode tokens/s, the whole pipeline; <= 180 s on an H100, <= 4 files, each step
 # saved as it finishes, a failing step recorded and the others run). Then, with the time left:
 # Steps (STEPS="..." picks some; each fits in a few minutes on an H100 and writes its files as it goes,

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-STEPS = ("versions", "memory", "parity", "encode", "pipeline")
+STEPS = ("versions", "calibrate", "memory", "parity", "encode", "pipeline")
 FULL = {"memory_cells": ((256, 512), (1024, 128)), "encode_docs": 4096, "pipeline_docs": 4000, "parity_docs": 64}
 REHEARSAL = {"memory_cells": ((2, 16), (4, 32)), "encode_docs": 48, "pipeline_docs": 40, "parity_docs": 8}
 
@@ -205,6 +205,31 @@ def encode_rates(torch, cuda: bool, texts: list[str], model_path: str, dtype: st
     return result
 
 
+def calibrate(texts: list[str], model_path: str, dtype: str, device: str, seconds: float) -> dict:
+    """`plan --calibrate`'s measurement (the job's encode stage, the corpus's passages, a bounded
+    time, repeats and their spread), on e5-base's shape with random weights: the first number a
+    device check records, against the profile's unmeasured gpu_tokens_per_s."""
+    from pipeline.planning.calibration import measure
+    from pipeline.stages.model import ModelSource
+
+    cuda = device == "cuda"
+    measured = measure(
+        ModelSource(name_or_path=model_path),
+        texts,
+        model_sha=None,
+        prefix="passage: ",
+        max_length=512,
+        batch_size=256 if cuda else 8,
+        rows_per_call=4096 if cuda else 64,
+        dtype=dtype,
+        device=device,
+        torch_threads=1 if cuda else None,
+        max_seconds=seconds,
+    )
+    keep = ("device_name", "dtype", "tokens_per_s", "per_repeat", "spread", "padding_share", "peak_memory_gb")
+    return {k: getattr(measured, k) for k in keep} | {"weights": "random (e5-base's shape)" if cuda else "random"}
+
+
 def pipeline_rate(out: Path, device: str, docs: int, timeout_s: float) -> dict:
     cmd = [sys.executable, "-m", "pipeline", "bench", "--device", device, "--docs", str(docs), "--rows", "pipeline"]
     cmd += ["--out", str(out / "pipeline")]
@@ -255,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     texts = make_corpus(sizes["encode_docs"])
     if "versions" in steps:
         quick.step("versions", lambda: versions(torch, cuda))
+    if "calibrate" in steps:
+        seconds = 60.0 if cuda else 5.0
+        quick.step("calibrate", lambda: calibrate(texts, random_path, dtype, device, seconds))
     if "memory" in steps:
         quick.step("memory", lambda: memory(torch, cuda, random_path, dtype, device, sizes["memory_cells"]))
     if "parity" in steps:

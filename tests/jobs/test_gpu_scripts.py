@@ -56,7 +56,8 @@ def test_gpu_check_script_rehearsed_on_cpu(tmp_path):
     env = _env() | {"DEVICE": "cpu", "STEPS": "quick versions memory profile", "OUT": str(tmp_path)}
     subprocess.run(["bash", "jobs/gpu_check.sh"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
     quick = json.loads((tmp_path / "quick" / "quick.json").read_text())
-    assert list(quick["steps"]) == ["versions", "memory", "parity", "encode", "pipeline"]
+    assert list(quick["steps"]) == ["versions", "calibrate", "memory", "parity", "encode", "pipeline"]
+    assert quick["steps"]["calibrate"]["tokens_per_s"] > 0 and len(quick["steps"]["calibrate"]["per_repeat"]) == 3
     failed = {n: e.get("error") for n, e in quick["steps"].items() if not e["ok"]}
     assert not failed, failed
     assert len([p for p in (tmp_path / "quick").rglob("*") if p.is_file()]) <= 8  # what comes back from a device
