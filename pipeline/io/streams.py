@@ -7,7 +7,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 
-from pipeline.errors import JobError
+from pipeline.errors import JobError, TransientError
 from pipeline.io.listing import Shard
 
 # A shard is read in chunks of this many (compressed) bytes; decompressed output per step is
@@ -21,7 +21,7 @@ class CorruptStream(JobError):
     """The compressed stream cannot be decoded further: the rest of the shard is lost."""
 
 
-class ShortRead(OSError):
+class ShortRead(TransientError):
     """The store ended a shard's bytes before its listed size (a ranged GET answered 206 with an
     empty body, a connection closed cleanly mid-object): transient, never an end of file."""
 

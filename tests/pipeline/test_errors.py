@@ -10,7 +10,7 @@ import pytest
 from pipeline import cli
 from pipeline.errors import E5EmbedError, JobError, TransientError, UsageError, is_transient, step_failed
 from pipeline.io.sources import ShardReadError
-from pipeline.io.streams import CorruptStream
+from pipeline.io.streams import CorruptStream, ShortRead
 from pipeline.ledger.lease import LeaseDamaged, LeaseHeld, LeaseLost
 
 pytestmark = pytest.mark.unit
@@ -28,7 +28,17 @@ def test_every_exception_the_product_defines_is_in_the_family():
             ):
                 defined.append(f"{path.relative_to(ROOT)}:{node.name}")
     assert len(defined) >= 8, defined  # the scan finds them (E5EmbedError, UsageError, JobError, leases, reads)
-    family = {UsageError, JobError, TransientError, LeaseHeld, LeaseLost, LeaseDamaged, ShardReadError, CorruptStream}
+    family = {
+        UsageError,
+        JobError,
+        TransientError,
+        ShortRead,
+        LeaseHeld,
+        LeaseLost,
+        LeaseDamaged,
+        ShardReadError,
+        CorruptStream,
+    }
     assert all(issubclass(c, E5EmbedError) for c in family)
     names = {c.__name__ for c in family} | {"E5EmbedError"}
     assert {d.rsplit(":", 1)[1] for d in defined} <= names, sorted(defined)
