@@ -235,15 +235,16 @@ def _estimate(config, plan, *, cluster_gpus: int | None):
     texts: list[str] = []
     shards = list_shards(config.inputs, options, config.input_format, ignore_unknown=config.ignore_unknown_files)
     chunk = ChunkSettings.of_job(config)
+    fields = FieldSpec(
+        text_field=config.text_field,
+        id_field=config.id_field,
+        title_field=config.title_field,
+        title_apart=chunk is not None,
+    )
     estimate = estimate_corpus(
         shards,
         storage_options=options,
-        fields=FieldSpec(
-            text_field=config.text_field,
-            id_field=config.id_field,
-            title_field=config.title_field,
-            title_apart=chunk is not None,
-        ),
+        fields=fields,
         model=ModelSource(name_or_path=config.model, storage_options=options),
         prefix=PREFIXES[config.prefix],
         max_length=config.max_length,
@@ -262,12 +263,7 @@ def _estimate(config, plan, *, cluster_gpus: int | None):
             config.output,
             shards,
             storage_options=options,
-            fields=FieldSpec(
-                text_field=config.text_field,
-                id_field=config.id_field,
-                title_field=config.title_field,
-                title_apart=chunk is not None,
-            ),
+            fields=fields,
             prefix=PREFIXES[config.prefix],
             sample_records=config.sample_records,
         )

@@ -255,11 +255,10 @@ class OutputState:
         changed = any(_fingerprint(known[s.path]) != s.fingerprint for s in shards if s.path in known)
         listed = {s.path for s in shards}
         vanished = any(p not in listed for p in known)
-        moved = complete and existing is not None and self._files_moved(existing)
-        if existing is not None and complete and not new_shards and not stale and not changed and not vanished:
-            if not moved:
-                existing.complete = True
-                return Work(manifest=existing, noop=True)
+        unchanged = not (new_shards or stale or changed or vanished)
+        if existing is not None and complete and unchanged and not self._files_moved(existing, files):
+            existing.complete = True
+            return Work(manifest=existing, noop=True)
         manifest = existing or cleared or Manifest(metadata=dict(metadata))
         if existing is None:
             manifest.inputs = normalized_inputs(config.inputs)
@@ -310,12 +309,13 @@ class OutputState:
         names = sorted(posixpath.relpath(p, self.storage.root) for p in paths)
         return hashlib.sha256("\n".join(names).encode()).hexdigest()[:32]
 
-    def _files_moved(self, manifest: Manifest) -> bool:
-        """A complete output whose files are not those its proof was made over (a data file deleted
-        or added since): it must be checked again, never called complete by a no-op."""
+    def _files_moved(self, manifest: Manifest, files: Sequence[OutputFile]) -> bool:
+        """A complete output whose files (``files``, the scan just made, and foreign ones) are not
+        those its proof was made over (a data file deleted or added since): it must be checked
+        again, never called complete by a no-op."""
         if not manifest.proven_files:  # proven before the names were recorded
             return False
-        now = sorted(self.listed_files())
+        now = [f.path for f in files] + self.foreign
         if self.files_digest(now) == manifest.proven_files:
             return False
         logger.warning(
