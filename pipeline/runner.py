@@ -17,13 +17,15 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.backend import timeline
 from pipeline.backend.capacity import GpuCapacity
 from pipeline.backend.cluster import describe_cluster
-from pipeline.backend.dataset import describe_failure, ray_session, run_pipeline
+from pipeline.backend.dataset import PipelineStats, describe_failure, ray_session, run_pipeline
 from pipeline.backend.datasink import EmbeddingDatasink
 from pipeline.backend.datasource import ShardDatasource
 from pipeline.backend.duplicates import duplicate_ids_on_cluster
-from pipeline.backend.telemetry import StatusReporter, Telemetry
+from pipeline.backend.progress import Telemetry
+from pipeline.backend.status import StatusReporter
 from pipeline.config import JobConfig
 from pipeline.errors import E5EmbedError, JobError, UsageError, step_failed
 from pipeline.io import coverage, schemas
@@ -479,7 +481,7 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
     failure: Exception | None = None
     try:
         with status:
-            run_pipeline(
+            ran = run_pipeline(
                 _records(config, work, shard_log=shard_log, telemetry=telemetry, stop=stop),
                 stages,
                 sink,
@@ -487,6 +489,7 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
                 telemetry=telemetry,
                 progress=config.progress,
             )
+        _timeline(run, telemetry, ran)
     except Exception as e:
         if isinstance(e, LeaseLost) or lease.lost:
             raise LeaseLost(lease.lost or str(e)) from e
@@ -516,6 +519,18 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
             raise JobError(f"{first}; then recording the failed run failed too: {then}") from failure
         raise JobError(first) from failure
     return sink.totals
+
+
+def _timeline(run: RunRecord, telemetry: Telemetry, ran: PipelineStats) -> None:
+    """The run record's timeline, and its lines in the log; a timeline that cannot be made is said,
+    and the run goes on (it is a report, not a result)."""
+    try:
+        run.timeline = timeline.build(
+            telemetry.timeline(), ran.operators, window_s=ran.ended - ran.started, cpus=ran.cpus
+        )
+        logger.info("%s", timeline.describe(run.timeline))
+    except Exception as e:
+        logger.warning("no timeline for this run: %s: %s", type(e).__name__, e)
 
 
 def _duplicate_ids(config: JobConfig, storage: Storage, totals: Totals) -> DuplicateReport:

@@ -194,6 +194,7 @@ def job_cpu_side(corpus: Path, out: Path, model: str, texts: list[str], *extra: 
     job = sum(roles.values())
     raw = raw_tokenizer_cpu_rate(model, texts)
     work_cpu = roles["tokenize"] + roles["io"]
+    cores = os.cpu_count() or 1
     return {
         "records": int(manifest["rows_written"]),
         "tokens": tokens,
@@ -208,17 +209,22 @@ def job_cpu_side(corpus: Path, out: Path, model: str, texts: list[str], *extra: 
         "raw_tokenizer": raw,
         "cores_held_by_driver_and_ray": round((roles["driver"] + roles["runtime"]) / wall, 2),
         "runtime_by_process": account.runtime_by_process(),
+        "cores": cores,
+        "utilization": round(job / (cores * wall), 3) if wall else None,  # busy CPU / CPUs available
+        "tokens_per_wall_s": round(tokens / wall, 1) if wall else None,
+        "timeline": manifest["runs"][-1].get("timeline") or {},
     }
 
 
-def cpu_side_curve(work: Path, records: tuple[int, int] = (50_000, 200_000), *extra: str) -> dict:
+def cpu_side_curve(work: Path, records: tuple[int, int] = (50_000, 200_000), *extra: str, layers: int = 0) -> dict:
     """The job at two record counts with the stand-in encoder (``STAND_IN``); the whole job's
     **marginal** tokens per CPU second between them (start-up, worker imports and other fixed costs
     cancel) against the raw tokenizer's."""
     from e5tools.random_model import write_random_bert
     from e5tools.rehearsal.corpus import texts_pool, write_corpus
 
-    model = write_random_bert(str(work / "model-stand-in"), seed=0, **STAND_IN)
+    stand_in = {**STAND_IN, "layers": layers}  # layers=1: a 1-layer forward on the CPU too (not near-free here)
+    model = write_random_bert(str(work / f"model-stand-in-{layers}"), seed=0, **stand_in)
     # the encode actor as on a GPU node: one torch thread on its one reserved core (the CPU plan gives
     # torch every core of the node), and a GPU plan's micro-batch (256 rows: the A100 profile's for
     # e5-base; T4's is 64, H100's 512). The stand-in's forward runs on the CPU here, a GPU's work on
@@ -232,7 +238,10 @@ def cpu_side_curve(work: Path, records: tuple[int, int] = (50_000, 200_000), *ex
         write_corpus(corpus, n, max(1, n // 2000), pool)
         runs.append(job_cpu_side(corpus, work / f"cpu-side-out-{n}", model, rehearsal_texts(n, pool), *extra))
     one_thread = raw_tokenizer_one_thread(model, records[1])["tokens_per_cpu_s"]
-    return summarize(runs, one_thread, records)
+    report = summarize(runs, one_thread, records)
+    if layers:
+        report["model"] = STAND_IN_TEXT.replace("embeddings only (no layer)", f"{layers} layer(s)")
+    return report
 
 
 def summarize(runs: list[dict], one_thread: float, records: tuple[int, int]) -> dict:
@@ -248,9 +257,13 @@ def summarize(runs: list[dict], one_thread: float, records: tuple[int, int]) -> 
     marginal = d_tokens / d_job if measurable else None
     raws = [r["raw_tokenizer"]["tokens_per_cpu_s"] for r in runs]
     raw = max(raws)
+    d_wall = large["wall_s"] - small["wall_s"]
+    cores = large.get("cores") or os.cpu_count() or 1
+    wall_rate = d_tokens / d_wall if d_tokens > 0 and d_wall > 0 else None
+    raw_wall = max(r["raw_tokenizer"]["tokens_per_s"] for r in runs)
     return {
         "model": STAND_IN_TEXT,
-        "cores": os.cpu_count(),
+        "cores": cores,
         "runs": runs,
         "marginal_job_tokens_per_cpu_s": round(marginal, 1) if marginal else None,
         "marginal_cpu_s_per_m_tokens": {r: round(v / d_tokens * 1e6, 3) for r, v in d_roles.items()}
@@ -262,6 +275,11 @@ def summarize(runs: list[dict], one_thread: float, records: tuple[int, int]) -> 
         "raw_tokenizer_range": [min(raws), raw],
         "marginal_ratio": round(marginal / raw, 3) if marginal else None,
         "marginal_ratio_range": [round(marginal / raw, 3), round(marginal / min(raws), 3)] if marginal else None,
+        # wall time: what a GPU is fed (the marginal window: start-up and fixed costs cancel)
+        "marginal_tokens_per_wall_s": round(wall_rate, 1) if wall_rate else None,
+        "raw_tokenizer_tokens_per_wall_s": raw_wall,  # every core's Rust threads, the same records
+        "marginal_wall_ratio": round(wall_rate / raw_wall, 3) if wall_rate else None,
+        "marginal_utilization": round(d_job / (cores * d_wall), 3) if d_wall > 0 else None,
         # context, not the target: each 1-CPU tokenizer actor runs one Rust thread
         "raw_tokenizer_one_thread_tokens_per_cpu_s": one_thread,
         "how": f"(tokens at {records[1]} - at {records[0]} records) / (the machine's busy CPU-s while each job ran, "
@@ -309,8 +327,25 @@ def markdown(report: dict) -> str:
         + f" = {report['marginal_job_cpu_s_per_m_tokens']} "
         f"(raw tokenizer: {report['raw_tokenizer_cpu_s_per_m_tokens']}; "
         f"one Rust thread: {_number(report['raw_tokenizer_one_thread_tokens_per_cpu_s'])} tokens per CPU-s).",
+        "",
+        f"Wall time, marginal: {_number(report['marginal_tokens_per_wall_s'])} tokens/s against the raw tokenizer's "
+        f"{_number(report['raw_tokenizer_tokens_per_wall_s'])} on the same {report['cores']} cores: "
+        f"**{report['marginal_wall_ratio']}x**; utilization (the job's busy CPU / CPUs available, marginal window): "
+        f"**{_share(report['marginal_utilization'])}** (per run: "
+        + ", ".join(f"{r['records']:,} records {_share(r['utilization'])}" for r in report["runs"])
+        + ").",
     ]
+    timeline = report["runs"][-1].get("timeline")
+    if timeline:
+        from pipeline.backend.timeline import describe
+
+        lines += ["", f"Timeline of the {report['runs'][-1]['records']:,}-record run (the job's own log line):", ""]
+        lines += ["```", describe(timeline), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
 
 
 def _number(value: float | None) -> str:
@@ -325,12 +360,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="the whole job's CPU per token against the raw tokenizer")
     parser.add_argument("--records", default="50000,200000", help="two record counts")
     parser.add_argument("--out", help="folder for cpu_side.json and cpu_side.md")
+    parser.add_argument("--layers", type=int, default=0, help="the stand-in encoder's transformer layers")
     parser.add_argument("job_args", nargs="*", help="extra `e5-embed run` arguments (after --)")
     args = parser.parse_args()
     small, large = (int(x) for x in args.records.split(","))
     out = Path(args.out or tempfile.mkdtemp(prefix="e5-cpu-side-"))
     out.mkdir(parents=True, exist_ok=True)
-    result = cpu_side_curve(out, (small, large), *args.job_args)
+    result = cpu_side_curve(out, (small, large), *args.job_args, layers=args.layers)
     (out / "cpu_side.json").write_text(json.dumps(result, indent=2))
     (out / "cpu_side.md").write_text(markdown(result))
     print(markdown(result))

@@ -9,12 +9,16 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.backend.datasource import ShardDatasource
-from pipeline.backend.telemetry import Telemetry, timed
+from pipeline.backend.progress import Telemetry
+from pipeline.backend.timed_stage import timed
+from pipeline.backend.timeline import operator_stats
 from pipeline.errors import UsageError
 from pipeline.stages.spec import StageSpec
 
@@ -141,10 +145,27 @@ def run_pipeline(
     io_num_cpus: float,
     telemetry: Telemetry | None = None,
     progress: bool = False,
-) -> None:
+) -> PipelineStats:
     """The Ray job of one run: read tasks -> each stage's actor pool -> write tasks into ``sink``,
-    read and write tasks reserving ``io_num_cpus`` each. Returns when everything is written."""
+    read and write tasks reserving ``io_num_cpus`` each. Returns, once everything is written, the
+    window it ran in and Ray Data's per-operator stats (for the run's timeline)."""
+    import ray
+
     configure(progress=progress)
-    build_dataset(source, stages, read_num_cpus=io_num_cpus, telemetry=telemetry).write_datasink(
-        sink, ray_remote_args={"num_cpus": io_num_cpus}
+    dataset = build_dataset(source, stages, read_num_cpus=io_num_cpus, telemetry=telemetry)
+    started = time.time()
+    dataset.write_datasink(sink, ray_remote_args={"num_cpus": io_num_cpus})
+    return PipelineStats(
+        started=started,
+        ended=time.time(),
+        cpus=float(ray.cluster_resources().get("CPU", 0.0)),
+        operators=operator_stats(dataset),
     )
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    started: float  # wall clock (time.time()), as the work spans are
+    ended: float
+    cpus: float  # the cluster's CPUs
+    operators: list[dict[str, Any]]  # Ray Data's, in pipeline order (``timeline.operator_stats``)

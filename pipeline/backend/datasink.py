@@ -3,6 +3,7 @@ their counters; nothing but counters reaches the driver."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -11,7 +12,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 from ray.data.datasource.datasink import WriteResult
 
-from pipeline.backend.telemetry import Telemetry
+from pipeline.backend.progress import Telemetry
 from pipeline.io.counters import Counters
 from pipeline.io.sink import write_rows
 from pipeline.io.storage import Storage
@@ -55,6 +56,7 @@ class EmbeddingDatasink(Datasink[dict]):
         return self.rows_per_file
 
     def write(self, blocks: Iterable[Block], ctx) -> dict:
+        started = time.time()
         tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
         if not tables:
             return Counters().to_dict()
@@ -72,6 +74,7 @@ class EmbeddingDatasink(Datasink[dict]):
         )
         if self.telemetry is not None:
             self.telemetry.written(written, self.outcome)
+            self.telemetry.worked("write", started, time.time())
         return written.to_dict()
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:

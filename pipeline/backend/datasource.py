@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pipeline.backend.telemetry import Telemetry
+from pipeline.backend.progress import Telemetry
 from pipeline.io import schemas
 from pipeline.io.listing import Shard
 from pipeline.io.records import FieldSpec
@@ -98,13 +99,22 @@ class ShardDatasource(Datasource):
             )
             tasks.append(
                 ReadTask(
-                    lambda a=args, k=kw: read_shards(*a, **k),
+                    lambda a=args, k=kw, t=self.telemetry: _timed_read(t, read_shards(*a, **k)),
                     meta,
                     schema=schemas.RECORDS,
                     per_task_row_limit=per_task_row_limit,
                 )
             )
         return tasks
+
+
+def _timed_read(telemetry: Telemetry | None, blocks: Iterator) -> Iterator:
+    """A read task's blocks, its span (first call to its end, the blocks' hand-over included) told
+    to the run's timeline."""
+    started = time.time()
+    yield from blocks
+    if telemetry is not None:
+        telemetry.worked("read", started, time.time())
 
 
 @dataclass(frozen=True)

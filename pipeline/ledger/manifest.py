@@ -52,6 +52,9 @@ class RunRecord:
     # duplicate-id check) and when (seconds after the start) the first batch reached each stage
     phases: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    # where the pipeline's wall time went (``pipeline.backend.timeline``): each role's busy and idle
+    # time, Ray Data's per-operator waits
+    timeline: dict[str, Any] = field(default_factory=dict)
 
     def set_counters(self, written: Counters) -> None:
         """What this run wrote, and its rates over its wall time."""

@@ -10,12 +10,14 @@ from e5tools.rehearsal.cpu_account import JOB_ROLES, machine_busy_s, markdown, p
 pytestmark = pytest.mark.unit
 
 
-def _run(tokens: int, roles: dict[str, float], raw: float) -> dict:
+def _run(tokens: int, roles: dict[str, float], raw: float, wall_s: float = 10.0) -> dict:
     job = sum(roles.values())
     return {
         "records": tokens // 40,
         "tokens": tokens,
-        "wall_s": 10.0,
+        "wall_s": wall_s,
+        "cores": 2,
+        "utilization": round(job / (2 * wall_s), 3),
         "cpu_s_by_role": roles,
         "job_cpu_s": job,
         "accounted": 0.97,
@@ -41,6 +43,21 @@ def test_marginal_roles_add_up_to_the_whole_job_and_the_baseline_is_the_fastest_
     assert report["marginal_ratio_range"][1] == round(d_tokens / d_job / 600_000.0, 3)
     text = markdown(report)
     assert f"**{report['marginal_ratio']}x**" in text and "unattributed 0.056" in text
+
+
+def test_wall_time_marginal_throughput_and_utilization_by_hand():
+    # 9M more tokens in 20 s more wall time on 2 cores; the raw tokenizer's wall rate (every core) 1.4M/s
+    report = summarize(
+        [_run(3_000_000, SMALL, 600_000.0, wall_s=10.0), _run(12_000_000, LARGE, 700_000.0, wall_s=30.0)],
+        550_000.0,
+        (1, 4),
+    )
+    assert report["marginal_tokens_per_wall_s"] == 450_000.0
+    assert report["raw_tokenizer_tokens_per_wall_s"] == 1_400_000.0  # the faster run's
+    assert report["marginal_wall_ratio"] == round(450_000 / 1_400_000, 3)
+    assert report["marginal_utilization"] == round(27.5 / (2 * 20.0), 3)  # 27.5 CPU-s more over 2 x 20 s
+    text = markdown(report)
+    assert "**0.321x**" in text and "**69%**" in text
 
 
 def test_a_breakdown_that_explains_little_of_the_machine_says_so():

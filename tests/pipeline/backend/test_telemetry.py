@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.backend.telemetry import METRICS, status_line
+from pipeline.backend.metrics import METRICS
+from pipeline.backend.status import status_line
 from pipeline.config import JobConfig
 from pipeline.runner import run_job
 
@@ -81,7 +82,7 @@ def test_a_run_logs_status_lines(ray_cluster, tmp_path, minilm_path, caplog, fmt
             pq.write_table(pa.Table.from_pylist(rows), corpus / f"s{s}.parquet", row_group_size=7)
         else:
             (corpus / f"s{s}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with caplog.at_level(logging.INFO, logger="pipeline.backend.telemetry"):
+    with caplog.at_level(logging.INFO, logger="pipeline.backend.status"):
         summary = run_job(
             JobConfig(
                 inputs=(str(corpus),),

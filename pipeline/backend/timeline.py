@@ -1,0 +1,122 @@
+"""Where a run's wall time went: each role's busy and idle time, and what Ray Data waited on.
+
+Two independent sources, side by side:
+
+- **The job's own timers** (``progress.WorkSpans``): every read task, stage batch and write task
+  tells the progress actor its wall-clock span. A role's ``busy_s`` over ``workers x window_s`` is
+  how busy its processes were; ``idle_s`` is the rest (waiting for input, for output room, or for
+  a CPU).
+- **Ray Data's operator stats** (``Dataset._get_stats_summary`` after the write): per operator,
+  the task time, the time tasks waited to be scheduled (``scheduling_wait_s``: a worker or a CPU
+  reservation), the time the executor held back submissions (``submission_backpressure_s``: the
+  resource budget or a full downstream queue) and outputs (``output_backpressure_s``).
+
+Nothing here changes the run: a timeline that cannot be read is said (``unavailable``), never a
+failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("read", "tokenize", "chunktokenize", "encode", "write")
+# Ray Data's per-operator metrics the timeline keeps (extra_metrics key -> timeline key)
+OPERATOR_METRICS = {
+    "task_scheduling_time_s": "scheduling_wait_s",
+    "task_submission_backpressure_time": "submission_backpressure_s",
+    "task_output_backpressure_time": "output_backpressure_s",
+    "function_body_time_s": "udf_s",
+    "num_tasks_finished": "tasks",
+}
+
+
+def operator_stats(dataset: Any) -> list[dict[str, Any]]:
+    """Ray Data's per-operator stats of the dataset ``write_datasink`` executed, in pipeline order.
+
+    ``Dataset._write_ds`` and ``_get_stats_summary`` are Ray Data internals (2.60): a Ray without
+    them gives an empty list, said in the log."""
+    try:
+        summary = dataset._write_ds._get_stats_summary()
+    except Exception as e:
+        logger.info("Ray Data's operator stats are not available here (%s): the timeline has the job's own", e)
+        return []
+    chain = []
+    while summary is not None:
+        chain.append(summary)
+        summary = summary.parents[0] if summary.parents else None
+    out = []
+    for summary in reversed(chain):  # the read first
+        extra = summary.extra_metrics or {}
+        for op in summary.operators_stats:
+            row: dict[str, Any] = {
+                "operator": op.operator_name,
+                "span_s": _span(op.earliest_start_time, op.latest_end_time),
+                "task_s": round(float(getattr(op.wall_time, "sum", 0.0) or 0.0), 3),
+                "task_cpu_s": round(float(getattr(op.cpu_time, "sum", 0.0) or 0.0), 3),
+            }
+            if len(summary.operators_stats) == 1:  # the summary's extra metrics are this operator's
+                row |= {key: _number(extra.get(name)) for name, key in OPERATOR_METRICS.items()}
+            out.append(row)
+    return out
+
+
+def build(spans: Mapping[str, Any], operators: list[dict[str, Any]], *, window_s: float, cpus: float) -> dict[str, Any]:
+    """The run's timeline: ``spans`` from ``Telemetry.timeline()``, ``operators`` from
+    ``operator_stats``, over the pipeline's ``window_s`` on ``cpus`` CPUs."""
+    roles = {}
+    for role in ROLES:
+        span = (spans.get("roles") or {}).get(role)
+        if not span:
+            continue
+        workers = max(1, int(span["workers"]))
+        held = workers * window_s
+        roles[role] = {
+            "busy_s": span["busy_s"],
+            "workers": workers,
+            "spans": span["spans"],
+            "active_s": _span(span["first"], span["last"]),
+            "busy_share": round(span["busy_s"] / held, 3) if held > 0 else None,
+            "idle_s": round(max(0.0, held - span["busy_s"]), 2),
+        }
+    return {
+        "window_s": round(window_s, 2),
+        "cpus": cpus,
+        "roles": roles,
+        "operators": operators,
+        "progress_calls": int(spans.get("progress_calls", 0)),
+    }
+
+
+def describe(timeline: Mapping[str, Any]) -> str:
+    """One line per role and per operator, for the log and the bench."""
+    lines = [f"timeline over {timeline['window_s']:.1f} s of pipeline on {timeline['cpus']:g} CPUs:"]
+    for role, r in timeline["roles"].items():
+        share = "n/a" if r["busy_share"] is None else f"{r['busy_share']:.0%}"
+        lines.append(
+            f"  {role}: {r['busy_s']:.1f} s busy in {r['spans']} spans on {r['workers']} worker(s): {share} of their "
+            f"time, {r['idle_s']:.1f} s idle"
+        )
+    for op in timeline["operators"]:
+        waits = ", ".join(
+            f"{key} {op[key]:.1f} s"
+            for key in ("scheduling_wait_s", "submission_backpressure_s", "output_backpressure_s")
+            if op.get(key)
+        )
+        lines.append(
+            f"  [Ray Data] {op['operator']}: {op.get('tasks') or '?'} tasks, {op['task_s']:.1f} s in tasks over "
+            f"{op['span_s'] or 0:.1f} s" + (f"; waited: {waits}" if waits else "")
+        )
+    lines.append(f"  progress actor: {timeline['progress_calls']:,} calls")
+    return "\n".join(lines)
+
+
+def _span(first: float | None, last: float | None) -> float | None:
+    return round(last - first, 3) if first is not None and last is not None else None
+
+
+def _number(value: Any) -> float | None:
+    return round(float(value), 3) if isinstance(value, (int, float)) else None
