@@ -128,6 +128,19 @@ def is_transient(e: BaseException) -> bool:
     return False
 
 
+def is_refused(e: BaseException) -> bool:
+    """Did the store refuse what was asked (no permission: ``PermissionError``, HTTP 401/403)? No
+    retry grants a permission; the operator must (exit 2). Anywhere in the cause chain."""
+    seen: set[int] = set()
+    current: BaseException | None = e
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, PermissionError) or _status(current) in (401, 403):
+            return True
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return False
+
+
 def step_failed(what: str, e: BaseException) -> E5EmbedError:
     """The error a start-up step raises when ``e`` stops it: ``TransientError`` (exit 1, retry) when
     a retry may fix it, else ``UsageError`` (exit 2: the operator must change something). ``what``

@@ -20,14 +20,14 @@ from typing import Any
 from pipeline.backend import timeline
 from pipeline.backend.capacity import GpuCapacity
 from pipeline.backend.cluster import describe_cluster
-from pipeline.backend.dataset import PipelineStats, describe_failure, ray_session, run_pipeline
+from pipeline.backend.dataset import PipelineStats, describe_failure, failure_cause, ray_session, run_pipeline
 from pipeline.backend.datasink import EmbeddingDatasink
 from pipeline.backend.datasource import ShardDatasource
 from pipeline.backend.duplicates import duplicate_ids_on_cluster
 from pipeline.backend.progress import Telemetry
 from pipeline.backend.status import StatusReporter
 from pipeline.config import JobConfig
-from pipeline.errors import E5EmbedError, JobError, UsageError, step_failed
+from pipeline.errors import E5EmbedError, JobError, UsageError, is_refused, step_failed
 from pipeline.io import coverage, schemas
 from pipeline.io.counters import Counters
 from pipeline.io.listing import Listing, Shard, list_inputs, unversioned
@@ -507,7 +507,7 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
     if failure is not None:
         run.status = "failed"
         run.error = scrub(describe_failure(failure), config.storage_options)[:2000]
-        first = f"pipeline failed: {run.error.splitlines()[0]}"
+        first = f"pipeline failed: {run.error[:500]}"
         try:  # the record of the failed run; its own failure must not hide the pipeline's
             # stale rows share (source, row) with the new ones: never "repair" those while any remain
             state = ctx.state
@@ -517,7 +517,7 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
             then = scrub(f"{type(after).__name__}: {after}", config.storage_options).splitlines()[0][:500]
             logger.error("recording the failed run failed too: %s", then)
             raise JobError(f"{first}; then recording the failed run failed too: {then}") from failure
-        raise JobError(first) from failure
+        raise (UsageError if is_refused(failure_cause(failure)) else JobError)(first) from failure
     return sink.totals
 
 

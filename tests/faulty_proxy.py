@@ -14,6 +14,9 @@ SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
+ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>'
+)
 
 
 class FaultyProxy:
@@ -24,7 +27,9 @@ class FaultyProxy:
         fail_every: int = 4,
         reset_every: int = 0,
         fail_when=None,  # (method, path) -> bool: fail every such request (a store down for those keys)
+        deny_when=None,  # (method, path) -> bool: answer 403 AccessDenied (a policy that refuses those keys)
     ):
+        self.deny_when = deny_when
         self.upstream = (upstream_host, upstream_port)
         self.fail_every = fail_every
         self.fail_when = fail_when
@@ -53,14 +58,16 @@ class FaultyProxy:
                     self.connection.close()
                     return
                 doomed = proxy.fail_when is not None and proxy.fail_when(self.command, self.path)
-                if doomed or (proxy.fail_every and n % proxy.fail_every == 0):
+                denied = proxy.deny_when is not None and proxy.deny_when(self.command, self.path)
+                if denied or doomed or (proxy.fail_every and n % proxy.fail_every == 0):
                     with proxy._lock:
                         proxy.injected += 1
-                    self.send_response(503)
+                    status, body = (403, ACCESS_DENIED) if denied else (503, SLOW_DOWN)
+                    self.send_response(status)
                     self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(SLOW_DOWN)))
+                    self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
-                    self.wfile.write(SLOW_DOWN)
+                    self.wfile.write(body)
                     return
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}

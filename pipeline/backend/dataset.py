@@ -42,9 +42,12 @@ def failure_cause(e: BaseException) -> BaseException:
 
 
 def describe_failure(e: BaseException) -> str:
-    """``Type: message`` of the error behind Ray's wrappers, without terminal colour codes."""
+    """``Type: message (notes)`` of the error behind Ray's wrappers, on one line, without terminal
+    colour codes."""
     cause = failure_cause(e)
-    return _ANSI.sub("", f"{type(cause).__name__}: {cause}")
+    notes = [str(n) for n in getattr(cause, "__notes__", ()) or ()]  # e.g. which file a write was refused
+    text = f"{type(cause).__name__}: {cause}" + "".join(f" ({n})" for n in notes)
+    return " ".join(_ANSI.sub("", text).split())
 
 
 # Ray settings for the cluster this job starts itself (a `ray start` cluster has its own; see

@@ -257,16 +257,20 @@ class Storage:
         Local/POSIX: write a temp file in the same folder, fsync, rename.
         """
         fs = self._fs
-        if self.is_local:
-            parent = posixpath.dirname(path)
-            os.makedirs(parent, exist_ok=True)
-            tmp = posixpath.join(parent, f"._tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
-            _write_synced(tmp, data)
-            os.replace(tmp, path)
-            _fsync_dir(parent)  # the rename itself survives a power loss
-        else:
-            fs.pipe_file(path, data)
-            fs.invalidate_cache(path)
+        try:
+            if self.is_local:
+                parent = posixpath.dirname(path)
+                os.makedirs(parent, exist_ok=True)
+                tmp = posixpath.join(parent, f"._tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+                _write_synced(tmp, data)
+                os.replace(tmp, path)
+                _fsync_dir(parent)  # the rename itself survives a power loss
+            else:
+                fs.pipe_file(path, data)
+                fs.invalidate_cache(path)
+        except Exception as e:  # the store's own error (its type decides retries), which file it refused
+            e.add_note(f"writing {self.display(path)}")
+            raise
 
     def delete(self, path: str) -> None:
         """Remove one file, literally (``fs.rm`` would expand glob characters in the name)."""

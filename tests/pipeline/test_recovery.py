@@ -223,6 +223,26 @@ def test_a_store_down_for_a_moment_at_start_up_is_exit_1(
     ] in str(caught.value)
 
 
+@pytest.mark.integration
+def test_writes_refused_by_the_store_say_so_with_the_path_in_one_line_and_exit_2(
+    ray_cluster, s3_server, bucket, tmp_path, minilm_path
+):
+    """A 403 AccessDenied on every data file's upload (a bucket policy that refuses the output's
+    keys): the error keeps its cause ("Access Denied") and the key it was refused, not only Ray's
+    task header; no terminal colour codes; one line; exit 2, since no retry grants a permission."""
+    write_jsonl(tmp_path / "corpus" / "a.jsonl", [{"id": f"d{i}", "text": f"record {i}"} for i in range(6)])
+    refused = lambda method, path: method == "PUT" and "/part-" in path  # noqa: E731
+    with FaultyProxy(s3_server.host, s3_server.port, fail_every=0, deny_when=refused) as proxy:
+        options = {"endpoint_url": proxy.endpoint_url}
+        with pytest.raises(UsageError) as caught:
+            run_job(config(tmp_path / "corpus", f"s3://{bucket}/out/", minilm_path, storage_options=options))
+        assert proxy.injected > 0
+    message = str(caught.value)
+    assert caught.value.exit_code == 2
+    assert "Access Denied" in message and f"{bucket}/out/part-" in message, message
+    assert "\x1b" not in message and "\n" not in message and "ray::" not in message, message
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("status, code, label", [(503, 1, "temporary failure"), (404, 2, "error")])
 def test_a_hub_that_fails_for_a_moment_is_exit_1_and_a_missing_model_exit_2(tmp_path, status, code, label):
