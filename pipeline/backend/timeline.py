@@ -60,6 +60,7 @@ def operator_stats(dataset: Any) -> list[dict[str, Any]]:
             }
             if len(summary.operators_stats) == 1:  # the summary's extra metrics are this operator's
                 row |= {key: _number(extra.get(name)) for name, key in OPERATOR_METRICS.items()}
+                row["tasks"] = None if row["tasks"] is None else int(row["tasks"])
             out.append(row)
     return out
 
@@ -74,16 +75,22 @@ def build(spans: Mapping[str, Any], operators: list[dict[str, Any]], *, window_s
             continue
         workers = max(1, int(span["workers"]))
         held = workers * window_s
+        active = _span(span["first"], span["last"])
         roles[role] = {
             "busy_s": span["busy_s"],
             "workers": workers,
             "spans": span["spans"],
-            "active_s": _span(span["first"], span["last"]),
+            "active_s": active,
             "busy_share": round(span["busy_s"] / held, 3) if held > 0 else None,
+            # of the time between its first start and its last end: ~100% for the stage that paces the run
+            "busy_share_active": round(span["busy_s"] / (workers * active), 3) if active else None,
             "idle_s": round(max(0.0, held - span["busy_s"]), 2),
         }
+    stages = {k: v for k, v in roles.items() if k not in ("read", "write") and v["busy_share"] is not None}
     return {
         "window_s": round(window_s, 2),
+        # the stage whose workers were busiest over the window: what paces the run
+        "busiest": max(stages, key=lambda k: stages[k]["busy_share"]) if stages else None,
         "cpus": cpus,
         "roles": roles,
         "operators": operators,
@@ -96,9 +103,10 @@ def describe(timeline: Mapping[str, Any]) -> str:
     lines = [f"timeline over {timeline['window_s']:.1f} s of pipeline on {timeline['cpus']:g} CPUs:"]
     for role, r in timeline["roles"].items():
         share = "n/a" if r["busy_share"] is None else f"{r['busy_share']:.0%}"
+        active = "" if r.get("busy_share_active") is None else f" ({r['busy_share_active']:.0%} while active)"
         lines.append(
             f"  {role}: {r['busy_s']:.1f} s busy in {r['spans']} spans on {r['workers']} worker(s): {share} of their "
-            f"time, {r['idle_s']:.1f} s idle"
+            f"time{active}, {r['idle_s']:.1f} s idle" + (" <- busiest stage" if role == timeline.get("busiest") else "")
         )
     for op in timeline["operators"]:
         waits = ", ".join(

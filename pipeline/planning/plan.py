@@ -106,6 +106,7 @@ class ResourcePlan:
     model_parameters: int
     gpu_tokens_per_s: float | None = None  # the profile's expected rate per GPU, scaled to this model
     cpu_cores_per_gpu_needed: float | None = None  # the whole job's CPU to feed one GPU at that rate
+    cpu_tokens_per_core_s: float | None = None  # what that comes from: the CPU side's throughput per core
     cpu_cores_per_gpu: float | None = None  # the cluster's CPUs per GPU after Ray's reserve
     notes: tuple[str, ...] = ()
 
@@ -188,7 +189,10 @@ class ResourcePlan:
         feed = ""
         if self.cpu_cores_per_gpu_needed is not None:
             need, have = self.cpu_cores_per_gpu_needed, self.cpu_cores_per_gpu
-            feed = f"; CPU side ~{need:g} cores per GPU needed, {have:g} here"
+            feed = (
+                f"; CPU side ~{need:g} cores per GPU needed (~{self.cpu_tokens_per_core_s:,.0f} tokens/s per core, "
+                f"measured throughput), {have:g} here"
+            )
         return (
             f"plan: {where}, batch {self.batch_size} x {self.max_length} tokens, "
             f"{self.tokenizer_actors} tokenizer actor(s){feed}"
@@ -321,14 +325,17 @@ def _gpu_plan(cluster: ClusterSpec, model: ModelInfo, req: PlanRequest, schedule
     if req.tokenizer_actors is None and needed > spare:
         notes.append(f"{needed} tokenizer actors would keep the GPUs fed but only {max(spare, 0)} CPUs are spare")
     # every process of the job (tokenizers, readers/writers, the encode actors' host work, driver, Ray)
-    cores_needed = feed * prof.job_cpu_s_per_m_tokens
+    # from throughput, not CPU-seconds: the cores keep busy only cpu_utilization of the time
+    per_core = prof.cpu_tokens_per_core_s()
+    cores_needed = feed * 1e6 / per_core
     cores_have = (cluster.cpus - cluster.nodes * prof.cpus_reserved_per_node) / cluster.gpus
     if cores_have < cores_needed:
         notes.append(
             f"the CPU side cannot feed the GPUs: {cores_have:.1f} CPUs per GPU after Ray's reserve, but a GPU at "
-            f"{gpu_rate:,.0f} tokens/s needs ~{cores_needed:.1f} ({prof.job_cpu_s_per_m_tokens:g} CPU-s per million "
-            f"tokens for the whole job, x{FEED_HEADROOM:g}); expect the GPUs at ~{cores_have / cores_needed:.0%} of "
-            "their rate, or use nodes with more CPUs per GPU"
+            f"{gpu_rate:,.0f} tokens/s needs ~{cores_needed:.1f} (the whole job's throughput, ~{per_core:,.0f} "
+            f"tokens/s per core: {prof.job_cpu_s_per_m_tokens:g} CPU-s per million tokens at "
+            f"{prof.cpu_utilization:.0%} utilization, x{FEED_HEADROOM:g}); expect the GPUs at "
+            f"~{cores_have / cores_needed:.0%} of their rate, or use nodes with more CPUs per GPU"
         )
     return ResourcePlan(
         device="cuda",
@@ -354,6 +361,7 @@ def _gpu_plan(cluster: ClusterSpec, model: ModelInfo, req: PlanRequest, schedule
         model_parameters=model.parameters,
         gpu_tokens_per_s=gpu_rate,
         cpu_cores_per_gpu_needed=round(cores_needed, 1),
+        cpu_tokens_per_core_s=round(per_core),
         cpu_cores_per_gpu=round(cores_have, 1),
         notes=tuple(notes),
     )

@@ -37,6 +37,9 @@ class Profile:
     # tokenizer actors' own (sizes their pool), and the whole job's, every process (cores per GPU)
     tokenize_cpu_s_per_m_tokens: float = 2.0
     job_cpu_s_per_m_tokens: float = 3.5
+    # the share of its cores the CPU side keeps busy (the marginal window of `bench --cpu-side`): cores
+    # per GPU come from throughput per core (utilization / CPU-s per token), not from CPU-seconds alone
+    cpu_utilization: float = 0.85
     cpus_reserved_per_node: float = 1.0
 
     def __post_init__(self) -> None:
@@ -44,11 +47,17 @@ class Profile:
             raise UsageError(f"scheduler config: memory_headroom must be in [0, 0.9), got {self.memory_headroom}")
         if self.actors_per_gpu < 1 or self.max_batch_size < 1:
             raise UsageError("scheduler config: actors_per_gpu and max_batch_size must be >= 1")
+        if not 0 < self.cpu_utilization <= 1:
+            raise UsageError(f"scheduler config: cpu_utilization must be in (0, 1], got {self.cpu_utilization}")
         if not 0 < self.tokenize_cpu_s_per_m_tokens <= self.job_cpu_s_per_m_tokens:
             raise UsageError(
                 "scheduler config: need 0 < tokenize_cpu_s_per_m_tokens <= job_cpu_s_per_m_tokens (the whole job "
                 f"includes the tokenizers), got {self.tokenize_cpu_s_per_m_tokens} and {self.job_cpu_s_per_m_tokens}"
             )
+
+    def cpu_tokens_per_core_s(self) -> float:
+        """The CPU side's throughput per core in wall time: tokens per second one core feeds."""
+        return self.cpu_utilization * 1e6 / self.job_cpu_s_per_m_tokens
 
     @classmethod
     def build(cls, values: Mapping[str, Any], base: "Profile | None" = None, where: str = "") -> "Profile":

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.errors import UsageError
 from pipeline.planning.plan import GB, ClusterSpec, PlanRequest, estimate_peak_gpu_memory_gb, make_plan
-from pipeline.planning.scheduler_config import Profile, load_scheduler_config
+from pipeline.planning.scheduler_config import Profile, SchedulerConfig, load_scheduler_config
 from pipeline.stages.model import KNOWN_SHAPES, ModelSource, offline_info
 from tests.clirun import run_cli
 
@@ -138,14 +138,35 @@ def test_the_cpu_side_is_sized_with_the_whole_jobs_cpu_per_token(scheduler):
     wide = make_plan(ClusterSpec(gpus=8, cpus=208, nodes=1, accelerator="H100"), BASE, PlanRequest(), scheduler)
     feed = 1.25 * h100.gpu_tokens_per_s / 1e6  # millions of tokens/s per GPU, with the plan's headroom
     assert wide.tokenizer_actors == math.ceil(8 * feed * h100.tokenize_cpu_s_per_m_tokens)
-    assert wide.cpu_cores_per_gpu_needed == round(feed * h100.job_cpu_s_per_m_tokens, 1)
+    # from throughput per core: utilization / CPU-s per token (H100 at 2.0M tokens/s, 3.5 CPU-s per
+    # million tokens at 85%: 2.5M tokens/s to feed / 242,857 tokens/s per core = 10.3 cores)
+    assert (h100.gpu_tokens_per_s, h100.job_cpu_s_per_m_tokens, h100.cpu_utilization) == (2_000_000, 3.5, 0.85)
+    assert wide.cpu_tokens_per_core_s == 242_857
+    assert wide.cpu_cores_per_gpu_needed == 10.3
     assert wide.cpu_cores_per_gpu == round((208 - h100.cpus_reserved_per_node) / 8, 1)
     assert not any("cannot feed" in n for n in wide.notes)
-    assert f"{wide.cpu_cores_per_gpu_needed:g} cores per GPU needed" in wide.describe()
+    assert "~10.3 cores per GPU needed (~242,857 tokens/s per core, measured throughput)" in wide.describe()
     thin = make_plan(ClusterSpec(gpus=8, cpus=64, nodes=1, accelerator="H100"), BASE, PlanRequest(), scheduler)
     (note,) = [n for n in thin.notes if "cannot feed" in n]
     assert f"{thin.cpu_cores_per_gpu:.1f} CPUs per GPU" in note
     assert f"~{thin.cpu_cores_per_gpu / thin.cpu_cores_per_gpu_needed:.0%} of their rate" in note
+
+
+@pytest.mark.unit
+def test_cores_per_gpu_come_from_the_profiles_own_throughput_per_core():
+    """A profile's own figures, not the defaults: 1M tokens/s per GPU (1.25M to feed), 4 CPU-s per
+    million tokens at 50% utilization = 125,000 tokens/s per core: 10 cores per GPU."""
+    slow = Profile.build(
+        {"memory_gb": 40, "gpu_tokens_per_s": 1_000_000, "job_cpu_s_per_m_tokens": 4.0, "cpu_utilization": 0.5}
+    )
+    assert slow.cpu_tokens_per_core_s() == 125_000
+    config = SchedulerConfig(defaults=slow, profiles={"X": slow}, source="test")
+    plan = make_plan(ClusterSpec(gpus=2, cpus=18, nodes=1, accelerator="X"), BASE, PlanRequest(), config)
+    assert plan.cpu_cores_per_gpu_needed == 10.0 and plan.cpu_cores_per_gpu == 8.5  # (18 - 1) / 2
+    (note,) = [n for n in plan.notes if "cannot feed" in n]
+    assert "~125,000 tokens/s per core: 4 CPU-s per million tokens at 50% utilization" in note
+    with pytest.raises(UsageError, match="cpu_utilization must be in"):
+        Profile.build({"cpu_utilization": 1.5})
 
 
 @pytest.mark.unit
