@@ -5,6 +5,7 @@
 #   make test-all  - every tier (+ e2e: whole-job subprocesses, kills, Ray Jobs, Airflow; + rehearsal:
 #                    bench, scale, GPU scripts, the wheel): what CI runs (.ci/run)
 #   make test-soak - the extra kill/resume seeds (marker `soak`), on demand
+#   make test-gpu  - the gpu tier (bf16 parity, memory cap, packed, CUDA-graph buckets) on a GPU node
 #   make lint      - ruff (lint + format check), which CI runs before the tests
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -43,4 +44,7 @@ test-all: install
 test-soak: install
 	$(PYTEST) -m soak --durations=$(DURATIONS)
 
-.PHONY: install demo lint test test-unit test-all test-soak
+test-gpu: install
+	$(PYTEST) -m gpu --durations=$(DURATIONS)
+
+.PHONY: install demo lint test test-unit test-all test-soak test-gpu

@@ -27,6 +27,7 @@ TIERS = {
     "integration": "the one session Ray cluster and S3 server; whole runs in-process",
     "e2e": "whole-job subprocesses: kills, Ray Jobs, Airflow, the CLI as users run it",
     "rehearsal": "benchmarks, scale and GPU-script rehearsals, the wheel install, torch.compile",
+    "gpu": "a CUDA device (skipped, and said in the summary, where there is none)",
 }
 # fixtures that start a server or a cluster (directly or through another fixture)
 SERVER_FIXTURES = {"s3_server", "ray_cluster", "ray_head", "airflow_python", "postgres_server"}
@@ -43,6 +44,30 @@ def pytest_collection_modifyitems(config, items):
             problems.append(f"{item.nodeid}: a unit test may not use {used}; mark it integration")
     if problems:
         raise pytest.UsageError("tier markers:\n  " + "\n  ".join(problems))
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu_tests and not _cuda_present():
+        skip = pytest.mark.skip(reason="gpu tier: no CUDA device here")
+        for item in gpu_tests:
+            item.add_marker(skip)
+        config._e5_gpu_skipped = len(gpu_tests)
+
+
+def _cuda_present() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    skipped = getattr(config, "_e5_gpu_skipped", 0)
+    if skipped:
+        terminalreporter.write_line(
+            f"gpu tier: {skipped} test(s) skipped, no CUDA device here; run `make test-gpu` on a GPU node "
+            "(the device check runs them)"
+        )
 
 
 class _NoProcessInUnitTests(subprocess.Popen):

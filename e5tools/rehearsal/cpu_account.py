@@ -41,6 +41,12 @@ STAND_IN_TEXT = "random BertModel, embeddings only (no layer), hidden 32, E5's u
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def usable_cores() -> int:
+    """The cores this process (and the job it starts) may run on: its CPU affinity, so a bench run
+    under ``taskset -c 0`` counts one core."""
+    return len(os.sched_getaffinity(0)) or os.cpu_count() or 1
+
+
 def machine_busy_s() -> float:
     """CPU seconds all cores have spent busy since boot (``/proc/stat``: every state but idle and
     iowait; guest time is already inside user)."""
@@ -194,7 +200,7 @@ def job_cpu_side(corpus: Path, out: Path, model: str, texts: list[str], *extra: 
     job = sum(roles.values())
     raw = raw_tokenizer_cpu_rate(model, texts)
     work_cpu = roles["tokenize"] + roles["io"]
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     return {
         "records": int(manifest["rows_written"]),
         "tokens": tokens,
@@ -258,7 +264,7 @@ def summarize(runs: list[dict], one_thread: float, records: tuple[int, int]) -> 
     raws = [r["raw_tokenizer"]["tokens_per_cpu_s"] for r in runs]
     raw = max(raws)
     d_wall = large["wall_s"] - small["wall_s"]
-    cores = large.get("cores") or os.cpu_count() or 1
+    cores = large.get("cores") or usable_cores()
     wall_rate = d_tokens / d_wall if d_tokens > 0 and d_wall > 0 else None
     raw_wall = max(r["raw_tokenizer"]["tokens_per_s"] for r in runs)
     return {

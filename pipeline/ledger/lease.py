@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -148,10 +148,13 @@ def _generations(storage: Storage) -> list[int]:
 class Lease:
     """The output's lease for one run. ``acquire`` before anything else, ``release`` at the end."""
 
-    def __init__(self, storage: Storage, *, run_id: str, ttl_s: float = DEFAULT_TTL_S):
+    def __init__(
+        self, storage: Storage, *, run_id: str, ttl_s: float = DEFAULT_TTL_S, clock: Callable[[], float] = time.time
+    ):
         self.storage = storage
         self.run_id = run_id
         self.ttl_s = float(ttl_s)
+        self.clock = clock  # wall-clock seconds: expiry is judged by it (tests hand in a clock they move)
         self.record: LeaseRecord | None = None
         self.waited = False  # acquire waited for another run: what was read before may be stale
         # set once the lease is lost: the run stops through its own error path (every write it makes
@@ -184,7 +187,7 @@ class Lease:
                     raise
                 logger.warning("%s; --overwrite takes the next generation", e)
                 top = None
-            if top is not None and top.is_live(time.time()):
+            if top is not None and top.is_live(self.clock()):
                 if time.monotonic() >= deadline:
                     raise LeaseHeld(
                         f"{self.storage.describe()} is being written by {top.describe()}; "
@@ -232,7 +235,7 @@ class Lease:
         return there.run_id == self.run_id
 
     def _new_record(self, generation: int) -> LeaseRecord:
-        now = time.time()
+        now = self.clock()
         return LeaseRecord(
             host_id=_host_id(),
             generation=generation,
@@ -275,7 +278,7 @@ class Lease:
             record = self.record
         if record is None:
             raise LeaseLost("the lease was never acquired")
-        if time.time() > record.expires_at - SAFETY_MARGIN * record.ttl_s:
+        if self.clock() > record.expires_at - SAFETY_MARGIN * record.ttl_s:
             self._mark_lost(f"the lease on {self.storage.describe()} was not renewed in time")
             raise LeaseLost(self._lost or "")
         newer = [g for g in _generations(self.storage) if g > record.generation]
@@ -303,7 +306,7 @@ class Lease:
             if self._released:  # release() won the race: a renewal now would un-release the lease
                 return
             assert self.record is not None
-            renewed = LeaseRecord(**{**asdict(self.record), "expires_at": time.time() + self.ttl_s})
+            renewed = LeaseRecord(**{**asdict(self.record), "expires_at": self.clock() + self.ttl_s})
             self.storage.write_bytes_atomic(self._path(renewed.generation), renewed.to_json())
             with self._lock:
                 self.record = renewed
@@ -343,7 +346,7 @@ class Lease:
                 return
             try:
                 self.check()
-                done = LeaseRecord(**{**asdict(self.record), "released": True, "expires_at": time.time()})
+                done = LeaseRecord(**{**asdict(self.record), "released": True, "expires_at": self.clock()})
                 self.storage.write_bytes_atomic(self._path(done.generation), done.to_json())
             except Exception as e:  # the lease expires by itself
                 logger.warning(
@@ -356,6 +359,7 @@ class Lease:
             storage_options=dict(self.storage.storage_options),
             generation=self.generation,
             run_id=self.run_id,
+            clock=self.clock,
         )
 
 
@@ -371,6 +375,7 @@ class LeaseFence:
     storage_options: Mapping[str, Any]
     generation: int
     run_id: str = ""
+    clock: Callable[[], float] = time.time  # picklable: write tasks carry the fence
 
     def check(self) -> None:
         storage = Storage(self.output_uri, self.storage_options)
@@ -390,7 +395,7 @@ class LeaseFence:
             raise LeaseLost(
                 f"lease generation {self.generation} of {self.output_uri} is not this run's; this write is refused"
             )
-        if mine.released or time.time() > mine.expires_at - SAFETY_MARGIN * mine.ttl_s:
+        if mine.released or self.clock() > mine.expires_at - SAFETY_MARGIN * mine.ttl_s:
             raise LeaseLost(
                 f"lease generation {self.generation} of {self.output_uri} was "
                 f"{'released' if mine.released else 'not renewed in time'}; this write is refused"

@@ -65,14 +65,35 @@ def test_racing_runs_get_exactly_one_lease(storage):
     winners[0].release()
 
 
+class MovedClock:
+    """Wall-clock seconds that move only when the test says: expiry without sleeping, at any load."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _stop_renewing(lease: Lease) -> None:
+    """A holder that hangs (GC pause, lost network): its renewal thread stops."""
+    lease._stop.set()
+    lease._thread.join()
+
+
 def test_an_expired_holder_is_taken_over_and_its_fence_stops_it(storage):
-    stale = Lease(storage, run_id="stale", ttl_s=0.6)
+    clock = MovedClock()
+    stale = Lease(storage, run_id="stale", ttl_s=60, clock=clock)
     stale.acquire()
-    stale._stop.set()  # a holder that hangs (GC pause, lost network) and stops renewing
-    stale._thread.join()
-    # this process is alive, so only expiry frees the lease: wait for it
-    taker = Lease(storage, run_id="taker", ttl_s=60)
-    taker.acquire(wait_s=10, poll_s=0.1)
+    _stop_renewing(stale)
+    with pytest.raises(LeaseHeld):  # this process is alive, so only expiry frees the lease
+        Lease(storage, run_id="early", ttl_s=60, clock=clock).acquire()
+    clock.advance(60.5)  # past its expiry
+    taker = Lease(storage, run_id="taker", ttl_s=60, clock=clock)
+    taker.acquire()  # no wait: the lease has expired
     try:
         with pytest.raises(LeaseLost):
             stale.check()
@@ -85,15 +106,17 @@ def test_an_expired_holder_is_taken_over_and_its_fence_stops_it(storage):
 
 
 def test_a_holder_that_stops_renewing_fences_its_writers_with_no_taker(storage):
-    """Expiry alone fences: a hung driver's write tasks stop before its lease is due to expire,
-    whether or not another run has come for the output."""
-    hung = Lease(storage, run_id="hung", ttl_s=0.8)
+    """Expiry alone fences: a hung driver's write tasks stop before its lease is due to expire
+    (its last quarter), whether or not another run has come for the output."""
+    clock = MovedClock()
+    hung = Lease(storage, run_id="hung", ttl_s=60, clock=clock)
     hung.acquire()
     fence = hung.fence()
     fence.check()  # renewed and fresh: writes go on
-    hung._stop.set()  # the driver hangs: no more renewals
-    hung._thread.join()
-    time.sleep(0.8 * 0.8)  # past the last quarter of the ttl, and nobody took the output
+    _stop_renewing(hung)  # the driver hangs: no more renewals
+    clock.advance(44)  # 73% of the ttl: still before its last quarter
+    fence.check()
+    clock.advance(2)  # 77%: in the last quarter, and nobody took the output
     with pytest.raises(LeaseLost, match="not renewed in time"):
         fence.check()
 
@@ -129,13 +152,17 @@ def test_shard_records_are_fenced_like_data_files(storage):
 
 
 def test_a_renewed_lease_outlives_its_ttl(storage):
-    lease = Lease(storage, run_id="long", ttl_s=0.8)
+    clock = MovedClock()
+    lease = Lease(storage, run_id="long", ttl_s=60, clock=clock)
     lease.acquire()
+    _stop_renewing(lease)  # the test renews, at the pace the thread would (every ttl / 4 or so)
     try:
-        time.sleep(2.0)  # several ttls: the renewal thread keeps it
+        for _ in range(10):  # 400 s: more than six ttls
+            clock.advance(40)
+            lease.renew()
         lease.check()
         with pytest.raises(LeaseHeld):
-            Lease(storage, run_id="other", ttl_s=60).acquire()
+            Lease(storage, run_id="other", ttl_s=60, clock=clock).acquire()
     finally:
         lease.release()
 
@@ -282,7 +309,9 @@ def test_a_lost_lease_stops_the_run_through_its_error_path_off_the_main_thread(t
 
     storage = Storage(str(tmp_path / "out"))
     held = threading.Event()
-    lease = Lease(storage, run_id="mine", ttl_s=0.4)  # renewed every 0.1 s
+    # renewed every 0.1 s of real time; expiry judged by a clock that does not move, so a late
+    # renewal under load cannot be taken for the rival
+    lease = Lease(storage, run_id="mine", ttl_s=0.4, clock=MovedClock())
     worker = threading.Thread(target=lambda: (lease.acquire(), held.set()))
     worker.start()
     assert held.wait(10)
