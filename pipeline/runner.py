@@ -54,26 +54,28 @@ logger = logging.getLogger(__name__)
 
 @dataclass(kw_only=True)
 class RunSummary:
+    """What ``run_job`` returns: the outcome, and the run's own record for its counters (kept once,
+    in ``RunRecord``; None for a no-op, whose counters are all 0)."""
+
     status: str  # complete | noop (a run that does not complete raises: JobError, UsageError)
     output: str
-    rows_embedded: int = 0
-    rows_rejected: int = 0
-    rows_skipped: int = 0
-    tokens: int = 0
-    wall_s: float = 0.0
+    run: RunRecord | None = None
     duplicate_ids: int = 0
-    rows_reused: int = 0  # rows written with a vector carried over (--update, --reuse-from)
-    rows_removed: int = 0  # rows of changed or vanished shards' earlier state not carried over
     message: str = ""
     published: str = ""  # the Iceberg snapshot that now describes the output, if it is published
 
-    @property
-    def docs_per_s(self) -> float:
-        return self.rows_embedded / self.wall_s if self.wall_s else 0.0
+    def _count(self, name: str) -> Any:
+        return getattr(self.run, name) if self.run is not None else 0
 
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.wall_s if self.wall_s else 0.0
+    rows_embedded = property(lambda self: self._count("rows_embedded"))
+    rows_rejected = property(lambda self: self._count("rows_rejected"))
+    rows_skipped = property(lambda self: self._count("rows_skipped"))
+    rows_reused = property(lambda self: self._count("rows_reused"))  # vectors carried over (--update, --reuse-from)
+    rows_removed = property(lambda self: self._count("rows_removed"))  # earlier rows not carried over
+    tokens = property(lambda self: self._count("tokens"))
+    wall_s = property(lambda self: self._count("wall_s"))
+    docs_per_s = property(lambda self: self._count("docs_per_s"))
+    tokens_per_s = property(lambda self: self._count("tokens_per_s"))
 
     def line(self) -> str:
         if self.status == "noop":
@@ -569,18 +571,7 @@ def _prove_and_record(
     if not proof.ok:
         run.error = scrub(f"not complete: {proof.describe()}", config.storage_options)[:2000]
     _record(ctx, run, work, written, totals)
-    summary = RunSummary(
-        status=run.status,
-        output=config.output,
-        rows_embedded=run.rows_embedded,
-        rows_rejected=run.rows_rejected,
-        rows_skipped=work.rows_skipped,
-        tokens=run.tokens,
-        wall_s=run.wall_s,
-        duplicate_ids=duplicates.duplicate_ids,
-        rows_reused=run.rows_reused,
-        rows_removed=run.rows_removed,
-    )
+    summary = RunSummary(status=run.status, output=config.output, run=run, duplicate_ids=duplicates.duplicate_ids)
     if not proof.ok and ctx.stop_reason:
         raise JobError(
             f"stopped to keep to the budget ({ctx.stop_reason}); {config.output} holds whole files of what was "

@@ -24,6 +24,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 ROLES = ("read", "tokenize", "chunktokenize", "encode", "write")
+TASK_ROLES = ("read", "write")  # Ray tasks on whichever worker is free, not a pool held for the run
 # Ray Data's per-operator metrics the timeline keeps (extra_metrics key -> timeline key)
 OPERATOR_METRICS = {
     "task_scheduling_time_s": "scheduling_wait_s",
@@ -74,24 +75,33 @@ def build(spans: Mapping[str, Any], operators: list[dict[str, Any]], *, window_s
         if not span:
             continue
         workers = max(1, int(span["workers"]))
-        held = workers * window_s
         active = _span(span["first"], span["last"])
-        roles[role] = {
+        row = {
             "busy_s": span["busy_s"],
             "workers": workers,
             "spans": span["spans"],
             "active_s": active,
-            "busy_share": round(span["busy_s"] / held, 3) if held > 0 else None,
-            # of the time between its first start and its last end: ~100% for the stage that paces the run
-            "busy_share_active": round(span["busy_s"] / (workers * active), 3) if active else None,
-            "idle_s": round(max(0.0, held - span["busy_s"]), 2),
+            # cores the role kept busy on average over the window (read and write: tasks on any worker)
+            "cores_busy": round(span["busy_s"] / window_s, 3) if window_s > 0 else None,
         }
-    stages = {k: v for k, v in roles.items() if k not in ("read", "write") and v["busy_share"] is not None}
+        if role not in TASK_ROLES:  # an actor pool holds its workers the whole window
+            held = workers * window_s
+            row |= {
+                "busy_share": round(span["busy_s"] / held, 3) if held > 0 else None,
+                # of the time between its first start and last end: ~100% for the stage that paces the run
+                "busy_share_active": round(span["busy_s"] / (workers * active), 3) if active else None,
+                "idle_s": round(max(0.0, held - span["busy_s"]), 2),
+            }
+        roles[role] = row
+    stages = {k: v for k, v in roles.items() if v.get("busy_share") is not None}
+    work = sum(v["cores_busy"] or 0.0 for v in roles.values())
     return {
         "window_s": round(window_s, 2),
+        "cpus": cpus,
         # the stage whose workers were busiest over the window: what paces the run
         "busiest": max(stages, key=lambda k: stages[k]["busy_share"]) if stages else None,
-        "cpus": cpus,
+        # the stages' and tasks' own work over the CPUs (the driver and Ray's processes not counted)
+        "work_utilization": round(work / cpus, 3) if cpus else None,
         "roles": roles,
         "operators": operators,
         "progress_calls": int(spans.get("progress_calls", 0)),
@@ -100,14 +110,20 @@ def build(spans: Mapping[str, Any], operators: list[dict[str, Any]], *, window_s
 
 def describe(timeline: Mapping[str, Any]) -> str:
     """One line per role and per operator, for the log and the bench."""
-    lines = [f"timeline over {timeline['window_s']:.1f} s of pipeline on {timeline['cpus']:g} CPUs:"]
+    work = timeline.get("work_utilization")
+    lines = [
+        f"timeline over {timeline['window_s']:.1f} s of pipeline on {timeline['cpus']:g} CPUs"
+        + ("" if work is None else f" (the stages' and tasks' own work: {work:.0%} of them)")
+        + ":"
+    ]
     for role, r in timeline["roles"].items():
-        share = "n/a" if r["busy_share"] is None else f"{r['busy_share']:.0%}"
-        active = "" if r.get("busy_share_active") is None else f" ({r['busy_share_active']:.0%} while active)"
-        lines.append(
-            f"  {role}: {r['busy_s']:.1f} s busy in {r['spans']} spans on {r['workers']} worker(s): {share} of their "
-            f"time{active}, {r['idle_s']:.1f} s idle" + (" <- busiest stage" if role == timeline.get("busiest") else "")
-        )
+        line = f"  {role}: {r['busy_s']:.1f} s busy in {r['spans']} spans on {r['workers']} worker(s)"
+        if r.get("busy_share") is not None:
+            active = "" if r.get("busy_share_active") is None else f" ({r['busy_share_active']:.0%} while active)"
+            line += f": {r['busy_share']:.0%} of their time{active}, {r['idle_s']:.1f} s idle"
+        elif r.get("cores_busy") is not None:
+            line += f": {r['cores_busy']:.2f} cores on average"
+        lines.append(line + (" <- busiest stage" if role == timeline.get("busiest") else ""))
     for op in timeline["operators"]:
         waits = ", ".join(
             f"{key} {op[key]:.1f} s"

@@ -84,37 +84,40 @@ def chunk_embedded_schema(dim: int, output_dtype: str = "float32") -> pa.Schema:
     )
 
 
-def chunk_output_schema(dim: int, output_dtype: str = "float32") -> pa.Schema:
-    """The data files' columns in chunked runs: one row per window; (id, chunk) is unique."""
-    return pa.schema(
-        [
-            pa.field("id", pa.string(), nullable=False),
-            pa.field("chunk", pa.int32(), nullable=False),  # 0-based, in text order
-            pa.field("char_start", pa.int64(), nullable=False),
-            pa.field("char_end", pa.int64(), nullable=False),
-            pa.field("embedding", embedding_type(dim, output_dtype), nullable=False),
-            pa.field("n_tokens", pa.int32(), nullable=False),
-            pa.field("truncated", pa.bool_(), nullable=False),
-            pa.field("source", pa.string(), nullable=False),
-            pa.field("row", pa.int64(), nullable=False),
-            pa.field("text_hash", TEXT_HASH_TYPE, nullable=False),  # the record's (every window shares it)
-        ]
-    )
+def _output_fields(dim: int, output_dtype: str) -> list[pa.Field]:
+    return [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("embedding", embedding_type(dim, output_dtype), nullable=False),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("truncated", pa.bool_(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("text_hash", TEXT_HASH_TYPE, nullable=False),  # pipeline.io.text_hash (chunked: the record's)
+    ]
 
 
 def output_schema(dim: int, output_dtype: str = "float32") -> pa.Schema:
     """The data files' columns (the output contract)."""
-    return pa.schema(
-        [
-            pa.field("id", pa.string(), nullable=False),
-            pa.field("embedding", embedding_type(dim, output_dtype), nullable=False),
-            pa.field("n_tokens", pa.int32(), nullable=False),
-            pa.field("truncated", pa.bool_(), nullable=False),
-            pa.field("source", pa.string(), nullable=False),
-            pa.field("row", pa.int64(), nullable=False),
-            pa.field("text_hash", TEXT_HASH_TYPE, nullable=False),  # pipeline.io.text_hash
-        ]
-    )
+    return pa.schema(_output_fields(dim, output_dtype))
+
+
+def chunk_output_schema(dim: int, output_dtype: str = "float32") -> pa.Schema:
+    """The data files' columns in chunked runs: the output contract's, with the window after the id
+    (one row per window; (id, chunk) is unique)."""
+    base = _output_fields(dim, output_dtype)
+    window = [
+        pa.field("chunk", pa.int32(), nullable=False),  # 0-based, in text order
+        pa.field("char_start", pa.int64(), nullable=False),
+        pa.field("char_end", pa.int64(), nullable=False),
+    ]
+    return pa.schema(base[:1] + window + base[1:])
+
+
+def keyed_table(batch: pa.Table, schema: pa.Schema, **columns: pa.Array) -> pa.Table:
+    """A stage's output in ``schema``: each column from ``columns`` where given, else passed through
+    from ``batch`` (the record's key columns: id, source, row, reject_reason, text_hash), so no stage
+    lists them by hand."""
+    return pa.Table.from_arrays([columns[n] if n in columns else batch[n] for n in schema.names], schema=schema)
 
 
 REJECTS = pa.schema(

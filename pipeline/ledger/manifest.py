@@ -34,7 +34,7 @@ class RunRecord:
     status: str = "running"  # "running" | "complete" | "failed"
     rows_embedded: int = 0  # input records embedded
     rows_rejected: int = 0
-    rows_skipped: int = 0
+    rows_skipped: int = 0  # rows earlier runs wrote of the shards this run reads (carried-over ones: rows_reused)
     tokens: int = 0
     truncated: int = 0
     docs_per_s: float = 0.0

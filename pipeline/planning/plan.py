@@ -367,12 +367,22 @@ def _gpu_plan(cluster: ClusterSpec, model: ModelInfo, req: PlanRequest, schedule
     )
 
 
+CPU_IO_NUM_CPUS = 0.25  # a read or write task's reservation on a cluster without GPUs
+
+
 def _cpu_plan(cluster: ClusterSpec, model: ModelInfo, req: PlanRequest) -> ResourcePlan:
     """No GPU: one encode actor per node using all its cores for torch; light fractional
     CPU reservations for the other stages so every stage can be scheduled."""
     cpus_per_node = max(1, int(cluster.cpus // cluster.nodes))
     actors = req.gpu_actors or cluster.nodes
     batch = req.batch_size or CPU_BATCH_SIZE
+    encode_cpus = float(max(1, math.floor(cpus_per_node / 2)))
+    tokenizers = req.tokenizer_actors or cluster.nodes
+    # the tokenizers share what the encode actor and two read/write tasks leave of a node (at most half
+    # a CPU each): more tokenizers than nodes each reserve less, so reads and writes still get scheduled
+    per_node = math.ceil(tokenizers / cluster.nodes)
+    room = max(0.1, cpus_per_node - encode_cpus - 2 * CPU_IO_NUM_CPUS)
+    tokenizer_cpus = max(0.05, min(0.5, math.floor(room / per_node * 20) / 20))
     return ResourcePlan(
         device="cpu",
         profile="cpu",
@@ -385,13 +395,13 @@ def _cpu_plan(cluster: ClusterSpec, model: ModelInfo, req: PlanRequest) -> Resou
         batch_size=batch,
         max_length=req.max_length,
         rows_per_encode_call=sort_window(batch, req.rows_per_file),
-        encode_num_cpus=float(max(1, math.floor(cpus_per_node / 2))),
+        encode_num_cpus=encode_cpus,
         # every core for the forward: on CPU it is the bottleneck (MiniLM, 40k short passages, 2 cores:
         # 146 s with 2 threads, 242 s with 1)
         torch_threads=req.encode_threads or cpus_per_node,
-        tokenizer_actors=req.tokenizer_actors or cluster.nodes,
-        tokenizer_num_cpus=0.5,
-        io_num_cpus=0.25,
+        tokenizer_actors=tokenizers,
+        tokenizer_num_cpus=tokenizer_cpus,
+        io_num_cpus=CPU_IO_NUM_CPUS,
         gpu_memory_gb=None,
         estimated_peak_gpu_memory_gb=None,
         model_parameters=model.parameters,

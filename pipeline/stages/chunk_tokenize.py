@@ -183,18 +183,13 @@ class _Builder:
         def per_row(values: pa.Array) -> pa.Array:
             return pa.ListArray.from_arrays(pa.array(outer), values, mask=mask)
 
-        return pa.Table.from_arrays(
-            [
-                batch["id"],
-                batch["source"],
-                batch["row"],
-                pa.array(reasons, pa.string()),
-                batch["text_hash"],
-                per_row(windows_ids),
-                per_row(pa.array(np.asarray(self.starts, dtype=np.int64))),
-                per_row(pa.array(np.asarray(self.ends, dtype=np.int64))),
-                per_row(pa.array(lengths)),
-                pa.array(self.truncated & ok),
-            ],
-            schema=schemas.CHUNK_TOKENIZED,
+        return schemas.keyed_table(
+            batch,
+            schemas.CHUNK_TOKENIZED,
+            reject_reason=pa.array(reasons, pa.string()),
+            input_ids=per_row(windows_ids),
+            char_start=per_row(pa.array(np.asarray(self.starts, dtype=np.int64))),
+            char_end=per_row(pa.array(np.asarray(self.ends, dtype=np.int64))),
+            n_tokens=per_row(pa.array(lengths)),
+            truncated=pa.array(self.truncated & ok),
         )

@@ -184,19 +184,7 @@ class EncodeStage:
         out_type = np.float16 if self.output_dtype == "float16" else np.float32
         flat = pa.array(embeddings.astype(out_type, copy=False).reshape(-1))
         embedding = pa.FixedSizeListArray.from_arrays(flat, self.dim, mask=pa.array(~ok))
-        return pa.Table.from_arrays(
-            [
-                batch["id"],
-                batch["source"],
-                batch["row"],
-                batch["reject_reason"],
-                batch["text_hash"],
-                embedding,
-                batch["n_tokens"],
-                batch["truncated"],
-            ],
-            schema=schemas.embedded_schema(self.dim, self.output_dtype),
-        )
+        return schemas.keyed_table(batch, schemas.embedded_schema(self.dim, self.output_dtype), embedding=embedding)
 
     def _encode_windows(self, batch: pa.Table, ids_col: pa.ListArray) -> pa.Table:
         """Chunked runs: every window of every record through the same length-sorted micro-batches;
@@ -214,10 +202,8 @@ class EncodeStage:
         embedding = pa.ListArray.from_arrays(
             pa.array(outer - outer[0], pa.int32()), per_window, mask=pc.is_null(ids_col)
         )
-        schema = schemas.chunk_embedded_schema(self.dim, self.output_dtype)
-        columns = {name: batch[name] for name in schema.names if name != "embedding"}
-        return pa.Table.from_arrays(
-            [embedding if n == "embedding" else columns[n] for n in schema.names], schema=schema
+        return schemas.keyed_table(
+            batch, schemas.chunk_embedded_schema(self.dim, self.output_dtype), embedding=embedding
         )
 
     def encode_ragged(self, values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:

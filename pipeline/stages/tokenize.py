@@ -65,18 +65,12 @@ class TokenizeStage:
         np.cumsum(lengths, out=offsets[1:])
         values = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
         input_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=pa.array(~ok))
-        return pa.Table.from_arrays(
-            [
-                batch["id"],
-                batch["source"],
-                batch["row"],
-                batch["reject_reason"],
-                batch["text_hash"],
-                input_ids,
-                pa.array(np.where(ok, lengths, 0), pa.int32()),
-                pa.array(trunc),
-            ],
-            schema=schemas.TOKENIZED,
+        return schemas.keyed_table(
+            batch,
+            schemas.TOKENIZED,
+            input_ids=input_ids,
+            n_tokens=pa.array(np.where(ok, lengths, 0), pa.int32()),
+            truncated=pa.array(trunc),
         )
 
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:

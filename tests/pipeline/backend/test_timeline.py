@@ -35,15 +35,19 @@ def test_busy_idle_and_the_busiest_stage_by_hand():
         "workers": 1,
         "spans": 2,
         "active_s": 9.0,
+        "cores_busy": 0.9,
         "busy_share": 0.9,
         "busy_share_active": 1.0,
         "idle_s": 1.0,
     }
     assert encode["workers"] == 2 and encode["busy_share"] == 0.3 and encode["idle_s"] == 14.0  # 2 x 10 - 6
     assert encode["busy_share_active"] == round(6 / (2 * 7), 3)  # active 101 -> 108
-    assert read["busy_s"] == 1.0 and read["spans"] == 2
+    assert read == {"busy_s": 1.0, "workers": 1, "spans": 2, "active_s": 1.0, "cores_busy": 0.1}  # tasks: no idle
     assert timeline["busiest"] == "tokenize"  # reads and writes are not stages that pace
+    assert timeline["work_utilization"] == round((9 + 6 + 1) / (2 * 10), 3)
     text = describe(timeline)
+    assert "(the stages' and tasks' own work: 80% of them)" in text
+    assert "read: 1.0 s busy in 2 spans on 1 worker(s): 0.10 cores on average" in text
     assert "tokenize: 9.0 s busy in 2 spans on 1 worker(s): 90% of their time (100% while active)" in text
     assert "<- busiest stage" in text.splitlines()[[k for k in timeline["roles"]].index("tokenize") + 1]
     assert "progress actor: 7 calls" in text
