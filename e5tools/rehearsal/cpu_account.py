@@ -37,6 +37,16 @@ JOB_ROLES = (*ROLES, "unattributed")  # every CPU second of the job
 STAND_IN = {"layers": 0, "hidden": 32, "heads": 2, "ffn": 64}
 ACCOUNTED_FLOOR = 0.9  # below this share of the machine's busy CPU, the breakdown says it is thin
 GPU_NODE_ENCODE = ("--encode-threads", "1", "--batch-size", "256")
+
+
+def gpu_node_shape() -> tuple[str, ...]:
+    """The job as on a GPU node: the encode actor's one torch thread and a GPU plan's micro-batch, and a
+    tokenizer actor per usable core (a GPU plan sizes the pool by the GPU's need; here every core the
+    encode actor's host work leaves is needed: one tokenizer paces a 2-core node at ~0.4x the raw
+    tokenizer, two at ~0.53x, docs/benchmarks.md)."""
+    return (*GPU_NODE_ENCODE, "--tokenizer-actors", str(usable_cores()))
+
+
 STAND_IN_TEXT = "random BertModel, embeddings only (no layer), hidden 32, E5's uncased WordPiece vocabulary"
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -236,7 +246,7 @@ def cpu_side_curve(work: Path, records: tuple[int, int] = (50_000, 200_000), *ex
     # e5-base; T4's is 64, H100's 512). The stand-in's forward runs on the CPU here, a GPU's work on
     # a GPU node; per million tokens it costs least at 128-256 rows (per-call Python in transformers
     # dominates below, padding above: docs/benchmarks.md), so what remains is closest to host work.
-    extra = (*GPU_NODE_ENCODE, *extra)
+    extra = (*gpu_node_shape(), *extra)
     pool = texts_pool()
     runs = []
     for n in records:

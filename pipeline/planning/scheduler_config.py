@@ -35,8 +35,8 @@ class Profile:
     bf16: bool = True
     # CPU-seconds per million tokens, measured by `e5-embed bench --cpu-side` (docs/benchmarks.md): the
     # tokenizer actors' own (sizes their pool), and the whole job's, every process (cores per GPU)
-    tokenize_cpu_s_per_m_tokens: float = 2.0
-    job_cpu_s_per_m_tokens: float = 3.5
+    tokenize_cpu_s_per_m_tokens: float = 2.5
+    job_cpu_s_per_m_tokens: float = 4.5
     # the share of its cores the CPU side keeps busy (the marginal window of `bench --cpu-side`): cores
     # per GPU come from throughput per core (utilization / CPU-s per token), not from CPU-seconds alone
     cpu_utilization: float = 0.85

@@ -138,14 +138,14 @@ def test_the_cpu_side_is_sized_with_the_whole_jobs_cpu_per_token(scheduler):
     wide = make_plan(ClusterSpec(gpus=8, cpus=208, nodes=1, accelerator="H100"), BASE, PlanRequest(), scheduler)
     feed = 1.25 * h100.gpu_tokens_per_s / 1e6  # millions of tokens/s per GPU, with the plan's headroom
     assert wide.tokenizer_actors == math.ceil(8 * feed * h100.tokenize_cpu_s_per_m_tokens)
-    # from throughput per core: utilization / CPU-s per token (H100 at 2.0M tokens/s, 3.5 CPU-s per
-    # million tokens at 85%: 2.5M tokens/s to feed / 242,857 tokens/s per core = 10.3 cores)
-    assert (h100.gpu_tokens_per_s, h100.job_cpu_s_per_m_tokens, h100.cpu_utilization) == (2_000_000, 3.5, 0.85)
-    assert wide.cpu_tokens_per_core_s == 242_857
-    assert wide.cpu_cores_per_gpu_needed == 10.3
+    # from throughput per core: utilization / CPU-s per token (H100 at 2.0M tokens/s, 4.5 CPU-s per
+    # million tokens at 85%: 2.5M tokens/s to feed / 188,889 tokens/s per core = 13.2 cores)
+    assert (h100.gpu_tokens_per_s, h100.job_cpu_s_per_m_tokens, h100.cpu_utilization) == (2_000_000, 4.5, 0.85)
+    assert wide.cpu_tokens_per_core_s == 188_889
+    assert wide.cpu_cores_per_gpu_needed == 13.2
     assert wide.cpu_cores_per_gpu == round((208 - h100.cpus_reserved_per_node) / 8, 1)
     assert not any("cannot feed" in n for n in wide.notes)
-    assert "~10.3 cores per GPU needed (~242,857 tokens/s per core, measured throughput)" in wide.describe()
+    assert "~13.2 cores per GPU needed (~188,889 tokens/s per core, measured throughput)" in wide.describe()
     thin = make_plan(ClusterSpec(gpus=8, cpus=64, nodes=1, accelerator="H100"), BASE, PlanRequest(), scheduler)
     (note,) = [n for n in thin.notes if "cannot feed" in n]
     assert f"{thin.cpu_cores_per_gpu:.1f} CPUs per GPU" in note
