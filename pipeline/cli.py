@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline import __version__, flags
-from pipeline.config import DEVICES, PREFIXES, JobConfig, parse_storage_options, plan_config_from_args
+from pipeline.config import DEVICES, PREFIXES, JobConfig, field_spec, parse_storage_options, plan_config_from_args
 from pipeline.errors import E5EmbedError, UsageError
 from pipeline.io.storage import ScrubFilter, scrub
 
@@ -224,7 +224,6 @@ def _estimate(config, plan, *, cluster_gpus: int | None):
     """``plan --input``: sample the corpus and estimate records, tokens, GPU-hours and cost, at a
     rate that says where it comes from (``cluster_gpus``: the live cluster's, None: a described one)."""
     from pipeline.io.listing import list_shards
-    from pipeline.io.records import FieldSpec
     from pipeline.io.storage import register_secrets
     from pipeline.planning.estimate import add_cost, estimate_corpus
     from pipeline.stages.chunking import ChunkSettings
@@ -235,12 +234,7 @@ def _estimate(config, plan, *, cluster_gpus: int | None):
     texts: list[str] = []
     shards = list_shards(config.inputs, options, config.input_format, ignore_unknown=config.ignore_unknown_files)
     chunk = ChunkSettings.of_job(config)
-    fields = FieldSpec(
-        text_field=config.text_field,
-        id_field=config.id_field,
-        title_field=config.title_field,
-        title_apart=chunk is not None,
-    )
+    fields = field_spec(config)
     estimate = estimate_corpus(
         shards,
         storage_options=options,

@@ -1,4 +1,4 @@
-"""The job's configuration: one validated, keyword-only, immutable dataclass.
+"""The job's configuration: typed, immutable groups of settings by concern, composed by ``JobConfig``.
 
 Flags, ``E5_EMBED_<FIELD>`` environment variables and YAML job files all end up here; YAML keys
 are the flag names (``batch-size`` or ``batch_size``). Precedence: flag > environment > job file
@@ -17,7 +17,8 @@ from typing import Any
 
 from pipeline import settings
 from pipeline.errors import UsageError
-from pipeline.io.formats import INPUT_FORMATS  # noqa: F401
+from pipeline.io.formats import INPUT_FORMATS
+from pipeline.io.records import FieldSpec
 from pipeline.io.storage import register_secrets, safe_uri, uri_credentials
 from pipeline.settings import (
     BOTH,
@@ -38,9 +39,9 @@ from pipeline.stages.e5 import ATTENTION_MODES, DEFAULT_MODEL, DEVICES, DTYPES, 
 
 
 @dataclass(frozen=True, kw_only=True)
-class JobConfig:
-    """Everything one ``e5-embed run`` needs, each setting declared once with its flag (help, type,
-    check, the commands it belongs to); validated at construction."""
+class ReadingOptions:
+    """What to read and how records are found in it: the inputs, their format and fields, the store's
+    options, what is skipped or refused."""
 
     inputs: tuple[str, ...] = setting(
         help="input folder/prefix or file (s3://, gs://, file paths, ...), literal; repeatable",
@@ -49,11 +50,71 @@ class JobConfig:
         commands=BOTH,
         name="input",
     )
-    output: str = setting(
-        help="output folder/prefix for Parquet files (literal); with `plan --update`: the output to update",
-        metavar="URI",
+    input_format: str = setting(
+        "auto",
+        help="override format detection by extension (.txt, .jsonl/.ndjson/.json, .parquet; .gz/.zst)",
+        choices=INPUT_FORMATS,
+        check=one_of(INPUT_FORMATS),
         commands=BOTH,
     )
+    text_field: str = setting("text", help="field holding the text", check=not_empty, commands=BOTH)
+    id_field: str = setting(
+        "id", help="field holding the id; missing ids become '<shard path>:<row>'", check=not_empty, commands=BOTH
+    )
+    title_field: str | None = setting(None, help="optional title field, embedded as f'{title} {text}'", commands=BOTH)
+    storage_options: Mapping[str, Any] = setting(
+        default_factory=dict,
+        help="fsspec storage options as JSON, or @FILE holding it (keeps secrets out of process "
+        "listings); S3 already uses the AWS chain and AWS_ENDPOINT_URL",
+        metavar="JSON",
+        commands=BOTH,
+    )
+    max_record_bytes: int = setting(
+        16 << 20,
+        help="reject a record (line) longer than this without reading it whole",
+        type=int,
+        check=int_range(1024, 1 << 31),
+    )
+    skip_corrupt_remainders: bool = setting(
+        False,
+        help="complete the job even when a compressed shard breaks off part-way (what "
+        "decodes is embedded; the shards are listed in the manifest). Default: such a shard fails the job",
+        type=None,
+        check=boolean,
+    )
+    ignore_unknown_files: bool = setting(
+        False,
+        help="skip files of unknown format inside input folders (they are listed in the manifest). "
+        "Default: such files fail the run (exit 2), named",
+        type=None,
+        check=boolean,
+        commands=BOTH,
+    )
+    shared_local_path: bool = setting(
+        False,
+        help="local paths are on storage every node shares (NFS, ...); without it a multi-node "
+        "cluster refuses local --input/--output",
+        type=None,
+        check=boolean,
+    )
+
+    def __post_init__(self) -> None:
+        inputs = self.inputs
+        if isinstance(inputs, (str, bytes, os.PathLike)):
+            inputs = (inputs,)
+        object.__setattr__(self, "inputs", tuple(os.fspath(i) for i in inputs))
+        if not self.inputs:
+            raise UsageError("at least one --input is required")
+        if not isinstance(self.storage_options, Mapping):
+            raise UsageError("--storage-options must be a JSON object")
+        object.__setattr__(self, "storage_options", dict(self.storage_options))
+        _check_fields(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingOptions:
+    """What the vectors are: the model (pinned by content), E5's prefix and the token budget."""
+
     model: str = setting(
         DEFAULT_MODEL,
         help="Hub id, local folder, or a folder in object storage (s3://…/, copied once per node)",
@@ -74,6 +135,16 @@ class JobConfig:
     max_length: int = setting(
         512, help="truncate inputs at this many tokens", type=int, check=int_range(8, 8192), commands=BOTH
     )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model", os.fspath(self.model))
+        _check_fields(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChunkingOptions:
+    """Long documents: windows instead of truncation (``--chunk-tokens``)."""
+
     chunk_tokens: int | None = setting(
         None,
         help="long documents: embed every window of at most this many tokens (prefix, title and special "
@@ -96,6 +167,19 @@ class JobConfig:
         check=int_range(1, 1 << 20),
         commands=BOTH,
     )
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+    def settings(self) -> ChunkSettings | None:
+        """The stages' and the ledger's windows, or None: records are truncated."""
+        return ChunkSettings.of_job(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncodingOptions:
+    """How the encoder runs and is sized: batch, dtype, device, attention, compile, the pools (the planner's inputs)."""
+
     batch_size: int | None = setting(
         None,
         help="fixed rows per forward pass (default: from the resource plan, which also checks that it fits)",
@@ -109,12 +193,6 @@ class JobConfig:
         choices=DTYPES,
         check=one_of(DTYPES),
         commands=BOTH,
-    )
-    output_dtype: str = setting(
-        "float32",
-        help="stored embedding dtype (float16 halves storage)",
-        choices=OUTPUT_DTYPES,
-        check=one_of(OUTPUT_DTYPES),
     )
     device: str = setting(
         "auto",
@@ -145,32 +223,7 @@ class JobConfig:
         check=ascending_buckets,
         commands=BOTH,
     )
-    input_format: str = setting(
-        "auto",
-        help="override format detection by extension (.txt, .jsonl/.ndjson/.json, .parquet; .gz/.zst)",
-        choices=INPUT_FORMATS,
-        check=one_of(INPUT_FORMATS),
-        commands=BOTH,
-    )
-    text_field: str = setting("text", help="field holding the text", check=not_empty, commands=BOTH)
-    id_field: str = setting(
-        "id", help="field holding the id; missing ids become '<shard path>:<row>'", check=not_empty, commands=BOTH
-    )
-    title_field: str | None = setting(None, help="optional title field, embedded as f'{title} {text}'", commands=BOTH)
-    storage_options: Mapping[str, Any] = setting(
-        default_factory=dict,
-        help="fsspec storage options as JSON, or @FILE holding it (keeps secrets out of process "
-        "listings); S3 already uses the AWS chain and AWS_ENDPOINT_URL",
-        metavar="JSON",
-        commands=BOTH,
-    )
     rows_per_block: int = setting(4096, help="rows per block read from a shard", type=int, check=int_range(1, 1 << 22))
-    rows_per_file: int = setting(
-        32768,
-        help="most rows per output file; also the unit of work redone after a crash",
-        type=int,
-        check=int_range(1, 1 << 24),
-    )
     gpu_actors: int | None = setting(
         None, help="encode actors (default: from the plan)", type=int, check=int_range(1, 1 << 16), commands=BOTH
     )
@@ -190,77 +243,42 @@ class JobConfig:
     gpu_memory_gb: float | None = setting(
         None, help="VRAM per GPU, overriding the probe and profile", type=float, check=positive_number, commands=BOTH
     )
-    min_gpus: int | None = setting(
-        None,
-        help="autoscaling clusters: ask for and wait until this many GPUs have joined (see --gpu-wait-s)",
-        type=int,
-        check=int_range(0, 1 << 16),
-    )
-    max_gpus: int | None = setting(
-        None,
-        help="the most GPUs the encode pool uses: room to grow on autoscaling clusters, a cap on bigger "
-        "ones (implies --min-gpus 1)",
-        type=int,
-        check=int_range(1, 1 << 16),
-        commands=BOTH,
-    )
-    gpu_wait_s: float = setting(
-        900.0,
-        help="how long --min-gpus waits before the job fails with exit 1",
-        type=float,
-        check=seconds(allow_zero=False),
-    )
     scheduler_config: str | None = setting(
         None,
         help="per-accelerator scheduler profiles laid over the packaged ones (pipeline/planning/scheduler.yaml)",
         metavar="YAML",
         commands=BOTH,
     )
-    max_bad_fraction: float = setting(
-        0.001,
-        help="fail (exit 1, no _SUCCESS) when more than this fraction of records is rejected",
-        type=float,
-        check=fraction,
-    )
-    skip_corrupt_remainders: bool = setting(
-        False,
-        help="complete the job even when a compressed shard breaks off part-way (what "
-        "decodes is embedded; the shards are listed in the manifest). Default: such a shard fails the job",
-        type=None,
-        check=boolean,
-    )
-    ignore_unknown_files: bool = setting(
-        False,
-        help="skip files of unknown format inside input folders (they are listed in the manifest). "
-        "Default: such files fail the run (exit 2), named",
-        type=None,
-        check=boolean,
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shape_buckets, list):
+            object.__setattr__(self, "shape_buckets", tuple(self.shape_buckets))
+        _check_fields(self)
+        if self.shape_buckets and self.attention == "packed":
+            raise UsageError("--shape-buckets pads to fixed shapes; it does not combine with --attention packed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WritingOptions:
+    """Where the output goes and how an existing one is treated: its files, --overwrite, --update,
+    --reuse-from, the rejects allowed."""
+
+    output: str = setting(
+        help="output folder/prefix for Parquet files (literal); with `plan --update`: the output to update",
+        metavar="URI",
         commands=BOTH,
     )
-    max_record_bytes: int = setting(
-        16 << 20,
-        help="reject a record (line) longer than this without reading it whole",
+    output_dtype: str = setting(
+        "float32",
+        help="stored embedding dtype (float16 halves storage)",
+        choices=OUTPUT_DTYPES,
+        check=one_of(OUTPUT_DTYPES),
+    )
+    rows_per_file: int = setting(
+        32768,
+        help="most rows per output file; also the unit of work redone after a crash",
         type=int,
-        check=int_range(1024, 1 << 31),
-    )
-    lease_wait_s: float = setting(
-        0.0,
-        help="when another run holds the output, wait this long for it before exit 1",
-        type=float,
-        check=seconds(allow_zero=True),
-    )
-    lease_ttl_s: float = setting(
-        120.0,
-        help="the output lease expires this long after its last renewal, so a retry after a crash proceeds",
-        type=float,
-        check=seconds(allow_zero=False),
-    )
-    shared_local_path: bool = setting(
-        False,
-        help="local paths are on storage every node shares (NFS, ...); without it a multi-node "
-        "cluster refuses local --input/--output",
-        type=None,
-        check=boolean,
+        check=int_range(1, 1 << 24),
     )
     overwrite: bool = setting(
         False,
@@ -284,6 +302,85 @@ class JobConfig:
         metavar="URI",
         repeat=True,
     )
+    max_bad_fraction: float = setting(
+        0.001,
+        help="fail (exit 1, no _SUCCESS) when more than this fraction of records is rejected",
+        type=float,
+        check=fraction,
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output", os.fspath(self.output))
+        if not self.output:
+            raise UsageError("--output is required")
+        reuse = self.reuse_from
+        if isinstance(reuse, (str, bytes, os.PathLike)):
+            reuse = (reuse,)
+        object.__setattr__(self, "reuse_from", tuple(os.fspath(u) for u in reuse or ()))
+        _check_fields(self)
+        if self.update and self.overwrite:
+            raise UsageError("--update carries unchanged vectors over; --overwrite starts over: pass one of them")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterOptions:
+    """The Ray cluster: its address and the GPUs to wait for or grow onto."""
+
+    ray_address: str | None = setting(
+        None, help="Ray cluster address (default: RAY_ADDRESS, else start a local one)", commands=BOTH
+    )
+    min_gpus: int | None = setting(
+        None,
+        help="autoscaling clusters: ask for and wait until this many GPUs have joined (see --gpu-wait-s)",
+        type=int,
+        check=int_range(0, 1 << 16),
+    )
+    max_gpus: int | None = setting(
+        None,
+        help="the most GPUs the encode pool uses: room to grow on autoscaling clusters, a cap on bigger "
+        "ones (implies --min-gpus 1)",
+        type=int,
+        check=int_range(1, 1 << 16),
+        commands=BOTH,
+    )
+    gpu_wait_s: float = setting(
+        900.0,
+        help="how long --min-gpus waits before the job fails with exit 1",
+        type=float,
+        check=seconds(allow_zero=False),
+    )
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.max_gpus is not None and self.min_gpus is not None and self.min_gpus > self.max_gpus:
+            raise UsageError(f"--min-gpus {self.min_gpus} is more than --max-gpus {self.max_gpus}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeaseOptions:
+    """The output's lease: how long to wait for another run, how long a lease lives without renewal."""
+
+    lease_wait_s: float = setting(
+        0.0,
+        help="when another run holds the output, wait this long for it before exit 1",
+        type=float,
+        check=seconds(allow_zero=True),
+    )
+    lease_ttl_s: float = setting(
+        120.0,
+        help="the output lease expires this long after its last renewal, so a retry after a crash proceeds",
+        type=float,
+        check=seconds(allow_zero=False),
+    )
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetOptions:
+    """A run that keeps to a budget: the cap, the price, the margin and the warm-up."""
+
     max_gpu_hours: float | None = setting(
         None,
         help="keep the run to this many GPU-hours (encoder-hours on a cluster without GPUs): after warm-up it "
@@ -317,6 +414,17 @@ class JobConfig:
         type=float,
         check=seconds(allow_zero=True),
     )
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.max_cost is not None and self.gpu_hour_price is None:
+            raise UsageError("--max-cost needs --gpu-hour-price (the price of one GPU-hour)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IcebergOptions:
+    """Publishing the output as an Iceberg table."""
+
     iceberg_table: str | None = setting(
         None,
         help="publish each run, once proven complete, to this Apache Iceberg table (NAMESPACE.TABLE) as one "
@@ -337,9 +445,23 @@ class JobConfig:
         type=int,
         check=int_range(1, 100000),
     )
-    ray_address: str | None = setting(
-        None, help="Ray cluster address (default: RAY_ADDRESS, else start a local one)", commands=BOTH
-    )
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        if self.iceberg_table is not None:
+            parts = self.iceberg_table.split(".")
+            if len(parts) < 2 or not all(p and p.replace("_", "").replace("-", "").isalnum() for p in parts):
+                raise UsageError(
+                    f"--iceberg-table {self.iceberg_table!r} must be NAMESPACE.TABLE (letters, digits, _ and -)"
+                )
+        elif self.iceberg_catalog is not None:
+            raise UsageError("--iceberg-catalog names the catalog of --iceberg-table; pass the table too")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelemetryOptions:
+    """What a run shows while it runs."""
+
     progress: bool = setting(True, help="hide progress bars", type=None, check=boolean, negate=True)
     status_interval_s: float = setting(
         60.0,
@@ -349,57 +471,110 @@ class JobConfig:
     )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "model", os.fspath(self.model))
-        object.__setattr__(self, "output", os.fspath(self.output))
-        if isinstance(self.inputs, (str, bytes)):
-            object.__setattr__(self, "inputs", (self.inputs,))
-        object.__setattr__(self, "inputs", tuple(os.fspath(i) for i in self.inputs))
-        if not self.inputs:
-            raise UsageError("at least one --input is required")
-        if not self.output:
-            raise UsageError("--output is required")
-        if isinstance(self.reuse_from, (str, bytes)):
-            object.__setattr__(self, "reuse_from", (self.reuse_from,))
-        object.__setattr__(self, "reuse_from", tuple(os.fspath(u) for u in self.reuse_from or ()))
-        if isinstance(self.shape_buckets, list):
-            object.__setattr__(self, "shape_buckets", tuple(self.shape_buckets))
-        settings.validate(JobConfig, {f.name: getattr(self, f.name) for f in fields(self)})  # each field's check
-        if self.shape_buckets and self.shape_buckets[-1] != self.max_length:
+        _check_fields(self)
+
+
+GROUPS: dict[str, type] = {
+    "reading": ReadingOptions,
+    "embedding": EmbeddingOptions,
+    "chunking": ChunkingOptions,
+    "encoding": EncodingOptions,
+    "writing": WritingOptions,
+    "cluster": ClusterOptions,
+    "lease": LeaseOptions,
+    "budget": BudgetOptions,
+    "iceberg": IcebergOptions,
+    "telemetry": TelemetryOptions,
+}
+
+# field name -> the group (JobConfig attribute) that declares it
+FIELD_GROUP: dict[str, str] = {f.name: attr for attr, cls in GROUPS.items() for f in fields(cls)}
+
+
+def job_fields() -> tuple[dataclasses.Field, ...]:
+    """Every ``run`` setting, group by group (the flag table's order)."""
+    return tuple(f for cls in GROUPS.values() for f in fields(cls))
+
+
+def _check_fields(group: Any) -> None:
+    """Each declared field's own check (``setting(check=...)``)."""
+    settings.validate(type(group), {f.name: getattr(group, f.name) for f in fields(group)})
+
+
+class JobConfig:
+    """Everything one ``e5-embed run`` needs, in typed groups by concern (``reading``, ``embedding``,
+    ``chunking``, ``encoding``, ``writing``, ``cluster``, ``lease``, ``budget``, ``iceberg``,
+    ``telemetry``); each consumer takes its group. Built from the user's flat namespace
+    (``JobConfig(inputs=..., max_length=...)``: flags, variables and job-file keys are the groups'
+    field names) and read flat too (``config.max_length`` is ``config.embedding.max_length``).
+    Immutable; each group validates its own fields at construction, then the checks across groups run."""
+
+    __slots__ = tuple(GROUPS)
+    reading: ReadingOptions
+    embedding: EmbeddingOptions
+    chunking: ChunkingOptions
+    encoding: EncodingOptions
+    writing: WritingOptions
+    cluster: ClusterOptions
+    lease: LeaseOptions
+    budget: BudgetOptions
+    iceberg: IcebergOptions
+    telemetry: TelemetryOptions
+
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(set(values) - set(FIELD_GROUP))
+        if unknown:
+            raise TypeError(f"JobConfig got unexpected keyword argument(s): {', '.join(unknown)}")
+        for attr, cls in GROUPS.items():
+            object.__setattr__(self, attr, cls(**{k: v for k, v in values.items() if FIELD_GROUP[k] == attr}))
+        self._check_across_groups()
+
+    def __getattr__(self, name: str) -> Any:  # only for names that are not a group: a flat setting
+        group = FIELD_GROUP.get(name)
+        if group is None:
+            raise AttributeError(f"JobConfig has no setting {name!r}")
+        return getattr(object.__getattribute__(self, group), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobConfig) and all(getattr(self, a) == getattr(other, a) for a in GROUPS)
+
+    __hash__ = None  # type: ignore[assignment]  # storage_options is a dict
+
+    def __repr__(self) -> str:
+        return "JobConfig(" + ", ".join(f"{a}={getattr(self, a)!r}" for a in GROUPS) + ")"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_from_flat, (self.to_dict(),))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat namespace: every setting by its field name."""
+        return {name: getattr(getattr(self, group), name) for name, group in FIELD_GROUP.items()}
+
+    def _check_across_groups(self) -> None:
+        if self.encoding.shape_buckets and self.encoding.shape_buckets[-1] != self.max_length:
             raise UsageError(
                 f"--shape-buckets must end at --max-length {self.max_length} (no longer shape is needed, and a "
-                f"shorter one leaves long rows uncompiled); largest is {self.shape_buckets[-1]}"
+                f"shorter one leaves long rows uncompiled); largest is {self.encoding.shape_buckets[-1]}"
             )
-        if self.shape_buckets and self.attention == "packed":
-            raise UsageError("--shape-buckets pads to fixed shapes; it does not combine with --attention packed")
-        if self.max_gpus is not None and self.min_gpus is not None and self.min_gpus > self.max_gpus:
-            raise UsageError(f"--min-gpus {self.min_gpus} is more than --max-gpus {self.max_gpus}")
-        if self.chunk_tokens is not None:
-            if self.chunk_tokens > self.max_length:
-                raise UsageError(f"--chunk-tokens {self.chunk_tokens} is more than --max-length {self.max_length}")
-            if self.chunk_overlap > self.chunk_tokens // 2:
+        chunk = self.chunking
+        if chunk.chunk_tokens is not None:
+            if chunk.chunk_tokens > self.max_length:
+                raise UsageError(f"--chunk-tokens {chunk.chunk_tokens} is more than --max-length {self.max_length}")
+            if chunk.chunk_overlap > chunk.chunk_tokens // 2:
                 raise UsageError(
-                    f"--chunk-overlap {self.chunk_overlap} is more than half of --chunk-tokens {self.chunk_tokens}"
+                    f"--chunk-overlap {chunk.chunk_overlap} is more than half of --chunk-tokens {chunk.chunk_tokens}"
                 )
-        if self.update and self.overwrite:
-            raise UsageError("--update carries unchanged vectors over; --overwrite starts over: pass one of them")
-        if self.iceberg_table is not None:
-            parts = self.iceberg_table.split(".")
-            if len(parts) < 2 or not all(p and p.replace("_", "").replace("-", "").isalnum() for p in parts):
-                raise UsageError(
-                    f"--iceberg-table {self.iceberg_table!r} must be NAMESPACE.TABLE (letters, digits, _ and -)"
-                )
-            if self.output_dtype == "float16":
-                raise UsageError(
-                    "--output-dtype float16 cannot be published: Iceberg has no 16-bit float type; publish "
-                    "float32 vectors, or leave --iceberg-table out"
-                )
-        if self.max_cost is not None and self.gpu_hour_price is None:
-            raise UsageError("--max-cost needs --gpu-hour-price (the price of one GPU-hour)")
-        elif self.iceberg_catalog is not None and self.iceberg_table is None:
-            raise UsageError("--iceberg-catalog names the catalog of --iceberg-table; pass the table too")
-        if not isinstance(self.storage_options, Mapping):
-            raise UsageError("--storage-options must be a JSON object")
-        object.__setattr__(self, "storage_options", dict(self.storage_options))
+        if self.iceberg.iceberg_table is not None and self.writing.output_dtype == "float16":
+            raise UsageError(
+                "--output-dtype float16 cannot be published: Iceberg has no 16-bit float type; publish "
+                "float32 vectors, or leave --iceberg-table out"
+            )
         named = [("--input", u) for u in self.inputs] + [("--reuse-from", u) for u in self.reuse_from]
         for flag, uri in named + [("--output", self.output), ("--model", self.model)]:
             kind = uri_credentials(uri)
@@ -440,7 +615,7 @@ class JobConfig:
             id_field=self.id_field,
             title_field=self.title_field,
             input_format=self.input_format,
-            chunking=ChunkSettings.of_job(self),
+            chunking=self.chunking.settings(),
             overwrite=self.overwrite,
             update=self.update,
         )
@@ -457,11 +632,11 @@ class JobConfig:
         )
 
     def replace(self, **changes: Any) -> "JobConfig":
-        return dataclasses.replace(self, **changes)
+        return JobConfig(**{**self.to_dict(), **changes})
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        return tuple(FIELD_GROUP)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "JobConfig":
@@ -481,6 +656,22 @@ class JobConfig:
             return cls(**normalized)
         except TypeError as e:
             raise UsageError(f"invalid job configuration: {e}") from e
+
+
+def field_spec(values: Any, *, prefix: str = "") -> FieldSpec:
+    """How records are found in the input (the run's ``JobConfig`` or plan's ``PlanConfig``: the
+    same declarations), made in one place for both commands."""
+    return FieldSpec(
+        text_field=values.text_field,
+        id_field=values.id_field,
+        title_field=values.title_field,
+        title_apart=values.chunk_tokens is not None,  # windows: every window gets the title
+        prefix=prefix,
+    )
+
+
+def _from_flat(values: dict[str, Any]) -> JobConfig:
+    return JobConfig(**values)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -544,10 +735,10 @@ class PlanOptions:
 
 
 def _plan_config_class() -> type:
-    """``plan``'s typed settings: the ``run`` settings that ``plan`` also takes (declared once, on
-    ``JobConfig``; none required) and ``PlanOptions``'."""
+    """``plan``'s typed settings: the ``run`` settings that ``plan`` also takes (declared once, in
+    ``JobConfig``'s groups; none required) and ``PlanOptions``'."""
     chosen = []
-    for f in fields(JobConfig) + fields(PlanOptions):
+    for f in job_fields() + fields(PlanOptions):
         if "plan" not in f.metadata["flag"].commands:
             continue
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:

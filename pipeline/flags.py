@@ -14,11 +14,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.config import JobConfig, PlanOptions
+from pipeline.config import GROUPS, PlanOptions
 from pipeline.errors import UsageError
 from pipeline.settings import Flag, flags_of
 
-FLAGS: tuple[Flag, ...] = flags_of(JobConfig) + flags_of(PlanOptions)
+FLAGS: tuple[Flag, ...] = tuple(f for group in GROUPS.values() for f in flags_of(group)) + flags_of(PlanOptions)
 
 
 def option(flag: Flag) -> str:

@@ -26,13 +26,12 @@ from pipeline.backend.datasource import ShardDatasource
 from pipeline.backend.duplicates import duplicate_ids_on_cluster
 from pipeline.backend.progress import Telemetry
 from pipeline.backend.status import StatusReporter
-from pipeline.config import JobConfig
+from pipeline.config import BudgetOptions, JobConfig, field_spec
 from pipeline.errors import E5EmbedError, JobError, UsageError, is_refused, step_failed
 from pipeline.io import coverage, schemas
 from pipeline.io.counters import Counters
 from pipeline.io.listing import Listing, Shard, list_inputs, unversioned
 from pipeline.io.record_counts import parquet_rows
-from pipeline.io.records import FieldSpec
 from pipeline.io.storage import Storage, escape_controls, has_pattern, is_within, scrub, strip_uri_credentials
 from pipeline.ledger.duplicates import DuplicateReport, find_duplicate_ids
 from pipeline.ledger.lease import Lease, LeaseLost, new_run_id
@@ -46,7 +45,6 @@ from pipeline.ledger.table import Published, publish
 from pipeline.planning.budget import Budget
 from pipeline.planning.plan import ClusterSpec, PlanRequest, ResourcePlan, make_plan
 from pipeline.planning.scheduler_config import load_scheduler_config
-from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.model import ModelInfo, ModelSource
 
 logger = logging.getLogger(__name__)
@@ -142,9 +140,9 @@ def _model(config: JobConfig) -> tuple[ModelSource, str]:
 
 
 def _acquire(config: JobConfig, storage: Storage) -> Lease:
-    lease = Lease(storage, run_id=new_run_id(), ttl_s=config.lease_ttl_s)
+    lease = Lease(storage, run_id=new_run_id(), ttl_s=config.lease.lease_ttl_s)
     try:
-        lease.acquire(wait_s=config.lease_wait_s, replace_damaged=config.overwrite)
+        lease.acquire(wait_s=config.lease.lease_wait_s, replace_damaged=config.overwrite)
     except E5EmbedError:  # held by a live run (exit 1), damaged (exit 2)
         raise
     except Exception as e:  # cannot create a small object there: the store's moment, or a config error
@@ -397,28 +395,22 @@ def _records(
         rows_per_block=config.rows_per_block,
         skip=work.skip,
         max_record_bytes=config.max_record_bytes,
-        fields=FieldSpec(
-            text_field=config.text_field,
-            id_field=config.id_field,
-            title_field=config.title_field,
-            title_apart=config.chunk_tokens is not None,
-            prefix=config.prefix_text,
-        ),
+        fields=field_spec(config, prefix=config.prefix_text),
         shard_log=shard_log,
         telemetry=telemetry,
         stop=stop,
     )
 
 
-def _budget(config: JobConfig, plan: ResourcePlan) -> Budget | None:
+def _budget(options: BudgetOptions, plan: ResourcePlan) -> Budget | None:
     on_gpu = plan.device == "cuda"
     return Budget.of(
-        max_gpu_hours=config.max_gpu_hours,
-        max_cost=config.max_cost,
-        gpu_hour_price=config.gpu_hour_price,
+        max_gpu_hours=options.max_gpu_hours,
+        max_cost=options.max_cost,
+        gpu_hour_price=options.gpu_hour_price,
         encoders=plan.gpu_actors / plan.actors_per_gpu if on_gpu else plan.gpu_actors,
-        margin=config.budget_margin,
-        warmup_s=config.budget_warmup_s,
+        margin=options.budget_margin,
+        warmup_s=options.budget_warmup_s,
         on_gpu=on_gpu,
     )
 
@@ -461,9 +453,9 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
         attention=config.attention,
         shape_buckets=config.shape_buckets,
         device=config.device,
-        chunk=ChunkSettings.of_job(config),
+        chunk=config.chunking.settings(),
     )
-    budget = _budget(config, plan)
+    budget = _budget(config.budget, plan)
 
     def stop_for_budget(reason: str) -> None:  # the status thread: past the cap, stop reading
         ctx.stop_reason = reason
@@ -475,7 +467,7 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
         total_bytes=sum(s.size for s in work.shards),
         count_records=functools.partial(_count_records, config.storage_options, work.shards),
         records_done=coverage.count(work.skip),  # rows of the shards left that earlier runs wrote
-        interval_s=config.status_interval_s,
+        interval_s=config.telemetry.status_interval_s,
         budget=budget,
         on_over=stop_for_budget,
     )
@@ -489,7 +481,7 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
                 sink,
                 io_num_cpus=plan.io_num_cpus,
                 telemetry=telemetry,
-                progress=config.progress,
+                progress=config.telemetry.progress,
             )
         _timeline(run, telemetry, ran)
     except Exception as e:

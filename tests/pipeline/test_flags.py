@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import flags
 from pipeline.cli import build_parser, job_config_from_args
-from pipeline.config import JobConfig
+from pipeline.config import JobConfig, job_fields
 from pipeline.errors import UsageError
 
 pytestmark = pytest.mark.unit
@@ -56,7 +56,7 @@ def test_run_takes_every_job_config_field_and_nothing_else():
     """Each JobConfig field is reachable from `run` (flag, variable, job-file key), once."""
     run_fields = [f.field for f in flags.FLAGS if "run" in f.commands]
     assert len(run_fields) == len(set(run_fields))
-    assert set(run_fields) == {f.name for f in fields(JobConfig)}
+    assert set(run_fields) == {f.name for f in job_fields()}
     parser_dests = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["run"]._actions}
     assert set(run_fields) <= parser_dests
 
@@ -102,11 +102,14 @@ def test_each_setting_is_declared_once_and_everything_else_is_derived():
     table, the env names and the docs come from the fields (no second table to keep equal)."""
     import ast
 
-    from pipeline.config import PlanConfig, PlanOptions
-    from pipeline.settings import flags_of
+    from pipeline.config import GROUPS, PlanConfig, PlanOptions
 
-    assert flags.FLAGS == flags_of(JobConfig) + flags_of(PlanOptions)
-    assert all("flag" in f.metadata for f in fields(JobConfig) + fields(PlanOptions))  # every field is a setting
+    names = [f.name for f in flags.FLAGS]
+    assert len(names) == len(set(names)), "a flag is declared twice"
+    # every setting of every group, once: a field of two groups would be two declarations
+    group_fields = [f.name for cls in GROUPS.values() for f in fields(cls)]
+    assert len(group_fields) == len(set(group_fields)) == len(JobConfig.field_names())
+    assert all("flag" in f.metadata for f in job_fields() + fields(PlanOptions))  # every field is a setting
     declared = []
     for path in sorted((ROOT / "pipeline").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -119,5 +122,5 @@ def test_each_setting_is_declared_once_and_everything_else_is_derived():
     plan_fields = {f.name for f in fields(PlanConfig)}
     assert plan_fields == {f.field for f in flags.FLAGS if "plan" in f.commands}
     assert {flags.env_name(f) for f in flags.FLAGS if "run" in f.commands} == {
-        flags.ENV_PREFIX + f.name.upper() for f in fields(JobConfig)
+        flags.ENV_PREFIX + f.name.upper() for f in job_fields()
     }
