@@ -165,6 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import run_job
 
     config = job_config_from_args(args)
+    config.register_secrets()  # for the process: the error this command prints last is scrubbed too
     summary = run_job(config)
     sys.stdout.write(summary.line() + "\n")
     return 0

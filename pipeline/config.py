@@ -12,14 +12,16 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pipeline import settings
 from pipeline.errors import UsageError
+from pipeline.io import schemas, text_hash
 from pipeline.io.formats import INPUT_FORMATS
 from pipeline.io.records import FieldSpec
-from pipeline.io.storage import register_secrets, safe_uri, uri_credentials
+from pipeline.io.storage import normalize_uri, register_secrets, safe_uri, secrets_registered, uri_credentials
 from pipeline.settings import (
     BOTH,
     PLAN,
@@ -36,6 +38,7 @@ from pipeline.settings import (
 )
 from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.e5 import ATTENTION_MODES, DEFAULT_MODEL, DEVICES, DTYPES, OUTPUT_DTYPES, PREFIXES
+from pipeline.stages.model import ModelInfo
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -586,9 +589,17 @@ class JobConfig:
 
     def register_secrets(self) -> None:
         """Tell the log and error scrubber this job's secrets (storage options at any depth, credentials
-        inside URIs). The entry point that runs the job calls it (``run_job``); building a config has
-        no side effect."""
-        register_secrets(self.storage_options, (*self.inputs, *self.reuse_from, self.output, self.model))
+        inside URIs) for the rest of the process: the command line calls it, so its last message is
+        scrubbed too. Building a config has no side effect."""
+        register_secrets(self.storage_options, self._secret_places())
+
+    def secrets_registered(self) -> AbstractContextManager[None]:
+        """The same for one block: ``run_job`` holds them while it runs (a long-lived process keeps no
+        finished job's secrets)."""
+        return secrets_registered(self.storage_options, self._secret_places())
+
+    def _secret_places(self) -> tuple[str, ...]:
+        return (*self.inputs, *self.reuse_from, self.output, self.model)
 
     @property
     def gpus_to_wait_for(self) -> int:
@@ -805,6 +816,38 @@ class OutputSettings:
     chunking: ChunkSettings | None  # None: records are truncated
     overwrite: bool = False
     update: bool = False
+
+    def metadata(self, info: ModelInfo, model_sha: str | None = None) -> dict[str, Any]:
+        """The ``e5_embed`` metadata every file of the output and its manifest record: what it is made
+        with (``pipeline.ledger.identity`` says which of it must match)."""
+        meta = {
+            "model": self.model,
+            "revision": self.revision,
+            "prefix": self.prefix_text,
+            "pooling": "mean",
+            "normalized": True,
+            "dim": info.hidden_size,
+            "max_length": self.max_length,
+            "dtype": self.dtype,
+            "output_dtype": self.output_dtype,
+            "text_field": self.text_field,
+            "id_field": self.id_field,
+            "title_field": self.title_field,
+            "input_format": self.input_format,
+            "inputs": sorted({normalize_uri(i) for i in self.inputs}),
+            "model_sha": model_sha,  # the Hub commit (git:<sha>) or the local folder's content digest
+            # every row's fingerprint of what the model read (its scheme depends on chunking)
+            "text_hash": text_hash.scheme(self.chunking is not None),
+            "producer": schemas.PRODUCER,
+        }
+        if len(meta["inputs"]) > 1:  # one input: ids relative to it, as they always were
+            # several inputs: relative to their common root, so two inputs' part-0 files cannot collide;
+            # an output made before (ids relative to each input) is refused rather than mixed
+            meta["derived_ids"] = "relative to the inputs' common root"
+        chunking = self.chunking
+        if chunking is not None:  # absent in truncating runs: their metadata is what it always was
+            meta["chunking"] = chunking.metadata()
+        return meta
 
 
 @dataclass(frozen=True, kw_only=True)

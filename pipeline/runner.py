@@ -7,6 +7,7 @@ through the Ray backend -> repair, prove complete and record the run (ledger) ->
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -34,9 +35,11 @@ from pipeline.io.listing import Listing, Shard, list_inputs, unversioned
 from pipeline.io.record_counts import parquet_rows
 from pipeline.io.storage import Storage, escape_controls, has_pattern, is_within, scrub, strip_uri_credentials
 from pipeline.ledger.duplicates import DuplicateReport, find_duplicate_ids
+from pipeline.ledger.files import Totals
+from pipeline.ledger.identity import VECTOR_KEYS
 from pipeline.ledger.lease import Lease, LeaseLost, new_run_id
 from pipeline.ledger.manifest import RunRecord, mark_success, remove_success
-from pipeline.ledger.output import VECTOR_KEYS, OutputState, Totals, Work, output_metadata
+from pipeline.ledger.output import OutputState, Work
 from pipeline.ledger.reuse import reuse_from_pool, update_pool
 from pipeline.ledger.shard_log import ShardLog
 from pipeline.ledger.stop import StopSignal, clear_stop, request_stop
@@ -195,14 +198,18 @@ class RunContext:
 
 def run_job(config: JobConfig) -> RunSummary:
     """Lease the output, see what is left, embed it, prove the output complete, record the run."""
-    config.register_secrets()
+    with config.secrets_registered():  # scrubbed from every message while the job runs
+        return _run(config)
+
+
+def _run(config: JobConfig) -> RunSummary:
     phases = Phases()
     started_at = _now()
     check_locations(config)
     with phases("model"):
         model, model_sha = _model(config)
         info: ModelInfo = model.info()
-    metadata = output_metadata(config.output_settings(), info, model_sha)
+    metadata = config.output_settings().metadata(info, model_sha)
     with phases("list_inputs"):
         listing = _list_inputs(config)  # read-only: before the lease
     storage = Storage(config.output, config.storage_options)
@@ -257,13 +264,9 @@ def _run_leased(ctx: RunContext) -> RunSummary:
     config, phases, state = ctx.config, ctx.phases, ctx.state
     with phases("prepare_output"):
         work = state.prepare(config.output_settings(), ctx.metadata, ctx.shards)
-    work.manifest.ignored_files = len(ctx.listing.ignored)  # saved with the run record
-    work.manifest.ignored_file_examples = ctx.listing.ignored[:100]
-    work.manifest.skipped_side_files = len(ctx.listing.side_files)
-    work.manifest.skipped_side_file_examples = [strip_uri_credentials(p) for p in ctx.listing.side_files[:100]]
-    work.manifest.unversioned_shards = len(unversioned(ctx.shards))
+    work.manifest.note_listing(ctx.listing.ignored, ctx.listing.side_files, len(unversioned(ctx.shards)))
     if work.noop:
-        published = _publish(ctx, work, state.data_files(), {"run-id": ctx.lease.run_id, "rows-embedded": 0})
+        published = _publish(ctx, work, state.files.data_files(), {"run-id": ctx.lease.run_id, "rows-embedded": 0})
         return RunSummary(
             status="noop",
             output=config.output,
@@ -296,8 +299,8 @@ def _run_leased(ctx: RunContext) -> RunSummary:
         # the compute dtype as resolved ("auto": bf16/fp16 on GPUs, float32 on CPU), before any write
         ctx.metadata.update(compute_dtype=plan.dtype, device=plan.device)
         state.check_compute(work, ctx.metadata)
-        with phases("carry_over"):
-            run.rows_reused = _carry_over(ctx, work)
+        with phases("carry_over"):  # the work left: reads re-planned without the rows it carried over
+            run.rows_reused, work = _carry_over(ctx, work)
         with phases("embed"):
             written = _embed(ctx, plan, work, run)
         touched = frozenset(src for _, sources in work.stale for src in sources)
@@ -313,15 +316,16 @@ def _run_leased(ctx: RunContext) -> RunSummary:
     return _prove_and_record(ctx, work, run, written, totals, duplicates)
 
 
-def _carry_over(ctx: RunContext, work: Work) -> int:
+def _carry_over(ctx: RunContext, work: Work) -> tuple[int, Work]:
     """--update / --reuse-from: write the records whose text_hash matches a pool row with that
-    row's vector, then re-plan the reads so the pipeline encodes only the rest. Rows carried."""
+    row's vector. Returns the rows carried, and the work left: the reads re-planned from the
+    footers, so the pipeline encodes only the rest (``work`` itself is not changed)."""
     config, lease, state = ctx.config, ctx.lease, ctx.state
     pool = update_pool(state, work) if config.update else []
     if config.reuse_from:
         pool += reuse_from_pool(config.reuse_from, config.output, config.storage_options, ctx.metadata, VECTOR_KEYS)
     if not pool or not work.shards:
-        return 0
+        return 0, work
     from pipeline.backend.reuse import PoolDatasource, carry_over
 
     chunked = config.chunk_tokens is not None
@@ -349,16 +353,16 @@ def _carry_over(ctx: RunContext, work: Work) -> int:
         raise JobError(
             f"carrying vectors over failed: {scrub(describe_failure(e), config.storage_options)[:500]}"
         ) from e
-    done_before = work.rows_skipped
-    state.plan_reads(work, ctx.shards)
-    reused = work.rows_skipped - done_before  # from the footers: a row written twice counts once
+    left = dataclasses.replace(work)
+    state.plan_reads(left, ctx.shards)
+    reused = left.rows_skipped - work.rows_skipped  # from the footers: a row written twice counts once
     logger.info(
         "carried %d vector(s) over by text_hash from %d file(s) (%d rows written); encoding only the records left",
         reused,
         len(pool),
         carried,
     )
-    return reused
+    return reused, left
 
 
 def _sink(ctx: RunContext, work: Work, telemetry: Telemetry, outcome: str = "embedded") -> EmbeddingDatasink:
@@ -505,7 +509,7 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
         try:  # the record of the failed run; its own failure must not hide the pipeline's
             # stale rows share (source, row) with the new ones: never "repair" those while any remain
             state = ctx.state
-            totals = Totals.of(state.scan()) if work.stale else state.reconcile(dict(ctx.metadata))
+            totals = Totals.of(state.files.scan()) if work.stale else state.reconcile(dict(ctx.metadata))
             _record(ctx, run, work, sink.totals, totals)
         except Exception as after:
             then = scrub(f"{type(after).__name__}: {after}", config.storage_options).splitlines()[0][:500]
@@ -550,8 +554,7 @@ def _prove_and_record(
 ) -> RunSummary:
     """Prove the output complete (or say why not), record the run, and publish ``_SUCCESS``."""
     config, state = ctx.config, ctx.state
-    work.manifest.duplicate_ids = duplicates.duplicate_ids
-    work.manifest.duplicate_id_examples = duplicates.examples
+    work.manifest.note_duplicates(duplicates.duplicate_ids, duplicates.examples)
     proof, bad_fraction = state.finish(
         manifest=work.manifest,
         shards=ctx.shards,
@@ -584,10 +587,10 @@ def _prove_and_record(
             len(proof.skipped_remainders),
             ", ".join(r.path for r in proof.skipped_remainders[:5]),
         )
-    state.check_unchanged(totals, "while it was proven")
+    state.files.check_unchanged(totals, "while it was proven")
     mark_success(state.storage, ctx.lease.check)
     try:
-        state.check_unchanged(totals, "as it was marked complete")
+        state.files.check_unchanged(totals, "as it was marked complete")
     except JobError:
         remove_success(state.storage, ctx.lease.check)
         raise
@@ -649,14 +652,11 @@ def _publish(ctx: RunContext, work: Work, data_paths: Sequence[str], counts: dic
             expected,
             data_paths,
             {**counts, "model-sha": metadata.get("model_sha")},
-            retired=sorted(state.retired),
+            retired=sorted(state.files.retired),
             known=known,
             fence=ctx.lease.check,
         )
-    state.retired -= set(published.deleted_files)
-    manifest.published = published.record()
-    manifest.retired_files = sorted(state.retired)
-    manifest.save(state.storage, ctx.lease.check)
+    state.published(manifest, published.record(), published.deleted_files)
     return published
 
 
@@ -674,8 +674,4 @@ def _record(ctx: RunContext, run: RunRecord, work: Work, written: Counters, tota
     run.ended_at = _now()
     run.wall_s = round(time.monotonic() - ctx.phases.t0, 3)
     run.set_counters(written)
-    work.manifest.set_totals(totals.counters)
-    work.manifest.repaired_files += totals.repaired_files
-    work.manifest.retired_files = sorted(ctx.state.retired)
-    work.manifest.add_run(run)
-    work.manifest.save(ctx.state.storage, ctx.state.fence)
+    ctx.state.record_run(work.manifest, run, totals.counters, totals.repaired_files)

@@ -34,7 +34,7 @@ from pipeline.backend.datasource import ShardDatasource
 from pipeline.errors import JobError
 from pipeline.io import coverage, schemas
 from pipeline.io.storage import Storage, safe_uri
-from pipeline.ledger.output import identity
+from pipeline.ledger.identity import identity
 from pipeline.ledger.reuse import PoolFile
 
 KEY_COLUMNS = ("id", "source", "row", "text_hash")

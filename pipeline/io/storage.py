@@ -8,12 +8,15 @@ File names are never patterns: listings are literal (``ls``/``find``), deletes a
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import posixpath
 import re
+import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -312,7 +315,8 @@ def has_pattern(name: str) -> bool:
     return bool(_GLOB_CHARS.search(name))
 
 
-_REGISTERED_SECRETS: set[str] = set()
+_REGISTERED_SECRETS: collections.Counter[str] = collections.Counter()  # secret -> registrations
+_SECRETS_LOCK = threading.Lock()
 _ENV_SECRETS = (
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -325,20 +329,46 @@ _ENV_SECRETS = (
 )
 
 
-def register_secrets(storage_options: Mapping[str, Any], uris: Sequence[str] = ()) -> None:
-    """Remember secret-looking option values (at any depth) and credentials written inside URIs,
-    so ``scrub`` removes them from any message, even one that quotes a path without its scheme."""
-    _REGISTERED_SECRETS.update(secret_values(storage_options))
+def _secrets_in(storage_options: Mapping[str, Any], uris: Sequence[str]) -> list[str]:
+    found = list(secret_values(storage_options))
     for uri in uris:
         for m in _URI_CREDENTIALS.finditer(os.fspath(uri)):
             user, _, password = m.group("creds").partition(":")
-            _REGISTERED_SECRETS.update(v for v in (password, user if password else "") if v)
+            found += [v for v in (password, user if password else "") if v]
+    return found
+
+
+def register_secrets(storage_options: Mapping[str, Any], uris: Sequence[str] = ()) -> None:
+    """Remember secret-looking option values (at any depth) and credentials written inside URIs for
+    the rest of this process (a command line's: its last error message is scrubbed too), so
+    ``scrub`` removes them from any message, even one that quotes a path without its scheme."""
+    with _SECRETS_LOCK:
+        _REGISTERED_SECRETS.update(_secrets_in(storage_options, uris))
+
+
+@contextmanager
+def secrets_registered(storage_options: Mapping[str, Any], uris: Sequence[str] = ()) -> Iterator[None]:
+    """``register_secrets`` for the length of a block (one job in a long-lived process: a notebook,
+    an Airflow worker, a test session): counted, so two jobs at once keep each other's, and gone
+    after, so one job's secrets do not outlive it in the registry."""
+    found = _secrets_in(storage_options, uris)
+    with _SECRETS_LOCK:
+        _REGISTERED_SECRETS.update(found)
+    try:
+        yield
+    finally:
+        with _SECRETS_LOCK:
+            _REGISTERED_SECRETS.subtract(found)
+            for secret in [k for k, n in _REGISTERED_SECRETS.items() if n <= 0]:
+                del _REGISTERED_SECRETS[secret]
 
 
 def scrub(text: str, storage_options: Mapping[str, Any] | None = None) -> str:
     """Remove known secret values (storage options at any depth, the AWS/Azure/Ray environment) and
     credentials written inside URIs from a message."""
-    secrets = secret_values(storage_options or {}) + list(_REGISTERED_SECRETS)
+    with _SECRETS_LOCK:
+        registered = list(_REGISTERED_SECRETS)
+    secrets = secret_values(storage_options or {}) + registered
     secrets += [v for k, v in os.environ.items() if k in _ENV_SECRETS and v]
     for secret in sorted(set(secrets), key=len, reverse=True):
         if len(secret) >= 4:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.errors import UsageError
 from pipeline.io.counters import Counters
-from pipeline.io.storage import Storage
+from pipeline.io.storage import Storage, strip_uri_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,17 @@ class Manifest:
 
     def add_run(self, run: RunRecord) -> None:
         self.runs.append(asdict(run))
+
+    def note_listing(self, ignored: list[str], side_files: list[str], unversioned: int) -> None:
+        """What the run's listing left out (saved with the run record): unknown files, side files
+        skipped inside input folders (named without credentials), shards with no version."""
+        self.ignored_files, self.ignored_file_examples = len(ignored), ignored[:100]
+        self.skipped_side_files = len(side_files)
+        self.skipped_side_file_examples = [strip_uri_credentials(p) for p in side_files[:100]]
+        self.unversioned_shards = unversioned
+
+    def note_duplicates(self, count: int, examples: list[str]) -> None:
+        self.duplicate_ids, self.duplicate_id_examples = count, list(examples)
 
     def set_totals(self, totals: Counters) -> None:
         """Totals are rebuilt from the output's files, so runs that crashed still count."""

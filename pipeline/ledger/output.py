@@ -1,4 +1,7 @@
-"""The state of an output location: what was made there, with what, from which inputs, and what is done.
+"""The state of an output location and every change to it: what work is left, and whether it is complete.
+
+What the output holds is ``pipeline.ledger.files`` (its files and footers); what it was made with is
+``pipeline.ledger.identity``; this module decides from both.
 
 Before any actor starts: refuse to mix outputs made with different settings or from changed
 input shards, no-op on a complete output whose inputs did not change, clear it safely for
@@ -9,121 +12,30 @@ input rows are done. After the pipeline: repair repeats, prove completeness (see
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import posixpath
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow.parquet as pq
 
 from pipeline.config import OutputSettings
-from pipeline.errors import E5EmbedError, TransientError, UsageError, step_failed
-from pipeline.io import coverage, schemas, text_hash
+from pipeline.errors import E5EmbedError, UsageError, step_failed
+from pipeline.io import coverage
 from pipeline.io.counters import Counters
 from pipeline.io.listing import Shard
 from pipeline.io.sink import REJECTS_DIR
-from pipeline.io.storage import Storage, normalize_uri
+from pipeline.io.storage import Storage
 from pipeline.ledger.completeness import Proof, fully_covered, prove
+from pipeline.ledger.files import OutputFile, OutputFiles, Totals
+from pipeline.ledger.identity import IDENTITY_KEYS, PRODUCER, identity, normalized_inputs, refuse_legacy_chunked
 from pipeline.ledger.lease import LeaseLost
 from pipeline.ledger.manifest import MANIFEST as MANIFEST_NAME
 from pipeline.ledger.manifest import Manifest, is_complete, remove_success
 from pipeline.ledger.shard_log import SHARDS_DIR, ShardRecord, read_records
-from pipeline.stages.model import ModelInfo
 
 logger = logging.getLogger(__name__)
-
-# What makes two outputs' vectors interchangeable for rows of equal text_hash (--reuse-from):
-# the model and how it is run; not where the records came from or how they were named. The
-# compute dtype is the one the encoders resolved (bf16 on a GPU, float32 on CPU for "auto"), not
-# the asked-for setting; the device class is recorded but does not count (docs/exactly-once.md).
-VECTOR_KEYS = (
-    "model",
-    "model_sha",
-    "prefix",
-    "pooling",
-    "normalized",
-    "dim",
-    "max_length",
-    "compute_dtype",
-    "output_dtype",
-    "chunking",
-    "text_hash",
-)
-# Settings an output is made with: it is never a mix of two of these.
-IDENTITY_KEYS = (
-    *VECTOR_KEYS,
-    "revision",
-    "text_field",
-    "id_field",
-    "title_field",
-    "input_format",
-    "inputs",
-    "derived_ids",
-)
-PRODUCER = schemas.PRODUCER
-
-
-def output_metadata(config: OutputSettings, info: ModelInfo, model_sha: str | None = None) -> dict[str, Any]:
-    """The ``e5_embed`` Parquet metadata (and the manifest's ``metadata``)."""
-    meta = {
-        "model": config.model,
-        "revision": config.revision,
-        "prefix": config.prefix_text,
-        "pooling": "mean",
-        "normalized": True,
-        "dim": info.hidden_size,
-        "max_length": config.max_length,
-        "dtype": config.dtype,
-        "output_dtype": config.output_dtype,
-        "text_field": config.text_field,
-        "id_field": config.id_field,
-        "title_field": config.title_field,
-        "input_format": config.input_format,
-        "inputs": normalized_inputs(config.inputs),
-        "model_sha": model_sha,  # the Hub commit (git:<sha>) or the local folder's content digest
-        # every row's fingerprint of what the model read (its scheme depends on chunking)
-        "text_hash": text_hash.scheme(config.chunking is not None),
-        "producer": PRODUCER,
-    }
-    if len(meta["inputs"]) > 1:  # one input: ids relative to it, as they always were
-        # several inputs: relative to their common root, so two inputs' part-0 files cannot collide;
-        # an output made before (ids relative to each input) is refused rather than mixed
-        meta["derived_ids"] = "relative to the inputs' common root"
-    chunking = config.chunking
-    if chunking is not None:  # absent in truncating runs: their metadata is what it always was
-        meta["chunking"] = chunking.metadata()
-    return meta
-
-
-def normalized_inputs(inputs: Sequence[str]) -> list[str]:
-    return sorted({normalize_uri(i) for i in inputs})
-
-
-def identity(metadata: Mapping[str, Any], key: str) -> Any:
-    value = metadata.get(key)
-    if key == "text_hash":  # the legacy scheme name, read as what it meant
-        return text_hash.recorded_scheme(value, metadata.get("chunking") is not None)
-    if key == "compute_dtype" and value is None:  # made before it was recorded: known only if asked for
-        asked = metadata.get("dtype")
-        return None if asked in (None, "auto") else asked
-    return normalized_inputs(value or []) if key == "inputs" else value
-
-
-def refuse_legacy_chunked(made: Mapping[str, Any], what: str) -> None:
-    """A chunked output made with the first chunked text_hash (title NUL text): its fingerprints
-    are ambiguous, so no row of it may be matched by text_hash again."""
-    if text_hash.legacy_chunked(made.get("text_hash"), made.get("chunking") is not None):
-        raise UsageError(
-            f"{what} with the first chunked text_hash scheme ({text_hash.LEGACY_SCHEME!r}), under which a "
-            "title and a text holding NUL characters can share a fingerprint with another record; its "
-            "fingerprints cannot be trusted to match texts. Embed it again with --overwrite (or into another "
-            "--output)"
-        )
 
 
 def fingerprints(shards: Sequence[Shard]) -> list[dict[str, Any]]:
@@ -187,25 +99,40 @@ class OutputState:
     ):
         self.storage = storage
         self.fence = fence
-        self.foreign: list[str] = []  # part-*.parquet files the last scan found that e5-embed did not write
+        # what the output holds now (its files, the retired ones, foreign part files): pipeline.ledger.files
+        self.files = OutputFiles(storage, retired)
         # a published output (or one about to be): a data file it no longer holds is retired (left in
         # place for the table snapshots that may read it), never deleted here
         self.retain = retain
-        self.retired: set[str] = set(retired)
         self.name_salt = ""  # the output's (Manifest.name_salt)
 
     def _drop(self, path: str, is_rejects: bool = False) -> None:
         """A file the output no longer holds: deleted, or retired (a published output's data file)."""
         if self.retain and not is_rejects:
-            self.retired.add(path)
+            self.files.retired.add(path)
         else:
             self.storage.delete(path)
 
     def _adopt(self, manifest: Manifest) -> None:
         """What the manifest knows of published state: retention, retired files, the name salt."""
         self.retain = self.retain or bool(manifest.published)
-        self.retired |= set(manifest.retired_files)
+        self.files.retired |= set(manifest.retired_files)
         self.name_salt = manifest.name_salt
+
+    def published(self, manifest: Manifest, record: Mapping[str, Any], deleted: Sequence[str]) -> None:
+        """A publish committed: the snapshot's record, and the retired files its expiry deleted."""
+        self.files.retired -= set(deleted)
+        manifest.published = dict(record)
+        manifest.retired_files = sorted(self.files.retired)
+        manifest.save(self.storage, self.fence)
+
+    def record_run(self, manifest: Manifest, run: Any, totals: Counters, repaired_files: int) -> None:
+        """A run's record (failed or not) and the output's totals, saved in the manifest."""
+        manifest.set_totals(totals)
+        manifest.repaired_files += repaired_files
+        manifest.retired_files = sorted(self.files.retired)
+        manifest.add_run(run)
+        manifest.save(self.storage, self.fence)
 
     # ------------------------------------------------------------------ before the run
 
@@ -218,21 +145,21 @@ class OutputState:
         """
         cleared: Manifest | None = None
         if config.overwrite:
-            self.remove_temp_files()
+            self.files.remove_temp_files()
             cleared = self.clear(metadata)
             existing, complete = None, False
         else:
             existing, complete = self._read_state()
             if existing is not None:
                 self._adopt(existing)
-            self.remove_temp_files()
+            self.files.remove_temp_files()
             if existing is not None and existing.state == "clearing":
                 raise UsageError(
                     f"an --overwrite of {self.storage.describe()} did not finish; run again with --overwrite"
                 )
             if existing is not None:
                 self._check_identity(existing.metadata, metadata, f"{self.storage.describe()} was made")
-        files = self.scan()
+        files = self.files.scan()
         for f in files:  # the footers, not only the manifest: a lost manifest must not hide mixed settings
             self._check_identity(f.metadata, metadata, f"{self.storage.display(f.path)} was made")
         known = {e["path"]: e for e in (existing.input_shards if existing else [])}
@@ -262,7 +189,7 @@ class OutputState:
         manifest = existing or cleared or Manifest(metadata=dict(metadata))
         if existing is None:
             manifest.inputs = normalized_inputs(config.inputs)
-        manifest.retired_files = sorted(self.retired)
+        manifest.retired_files = sorted(self.files.retired)
         if complete:  # new input shards, files that moved (or a rebuilt manifest): incomplete until proven
             if new_shards:
                 logger.info(
@@ -304,19 +231,14 @@ class OutputState:
             )
         work.manifest.metadata.update({k: metadata[k] for k in ("compute_dtype", "device") if k in metadata})
 
-    def files_digest(self, paths: Sequence[str]) -> str:
-        """A digest of the output's file names (relative to it): what a proof was made over."""
-        names = sorted(posixpath.relpath(p, self.storage.root) for p in paths)
-        return hashlib.sha256("\n".join(names).encode()).hexdigest()[:32]
-
     def _files_moved(self, manifest: Manifest, files: Sequence[OutputFile]) -> bool:
         """A complete output whose files (``files``, the scan just made, and foreign ones) are not
         those its proof was made over (a data file deleted or added since): it must be checked
         again, never called complete by a no-op."""
         if not manifest.proven_files:  # proven before the names were recorded
             return False
-        now = [f.path for f in files] + self.foreign
-        if self.files_digest(now) == manifest.proven_files:
+        now = [f.path for f in files] + self.files.foreign
+        if self.files.files_digest(now) == manifest.proven_files:
             return False
         logger.warning(
             "%s is marked complete but its files are not those it was proven with (%d there now): a file was "
@@ -330,7 +252,7 @@ class OutputState:
         """Which shards still need reading, skipping which rows: from the footers (``files``, else a
         fresh scan, e.g. after vectors were carried over); rows of stale files do not count."""
         if files is None:
-            files = self.scan()
+            files = self.files.scan()
         paths = {s.path for s in shards}
         stale = {f.path: set(sources) for f, sources in work.stale}
         current = [{s: r for s, r in f.ranges.items() if s not in stale.get(f.path, ())} for f in files]
@@ -361,7 +283,7 @@ class OutputState:
                 "--update: removed %d row(s) of changed or vanished shards from %d file(s)", removed, len(work.stale)
             )
             if self.retain:  # the retired files are the manifest's to remember: at once
-                work.manifest.retired_files = sorted(self.retired)
+                work.manifest.retired_files = sorted(self.files.retired)
                 work.manifest.save(self.storage, self.fence)
         return removed
 
@@ -462,12 +384,12 @@ class OutputState:
             manifest.published = dict(old.published)
             manifest.name_salt = uuid.uuid4().hex[:12] if old.state != "clearing" else old.name_salt
         self.name_salt = manifest.name_salt
-        manifest.retired_files = sorted(self.retired)
+        manifest.retired_files = sorted(self.files.retired)
         manifest.save(self.storage, self.fence)  # "clearing" before anything is deleted or retired
-        files = self.scan()
+        files = self.files.scan()
         if self.retain:  # the table's snapshots read them: retired, not deleted
-            self.retired |= {f.path for f in files if not f.is_rejects}
-            manifest.retired_files = sorted(self.retired)
+            self.files.retired |= {f.path for f in files if not f.is_rejects}
+            manifest.retired_files = sorted(self.files.retired)
             manifest.save(self.storage, self.fence)
         records = [p for p, _ in self.storage.list_files(SHARDS_DIR)]
         self.fence()
@@ -475,58 +397,6 @@ class OutputState:
             self.storage.delete(path)
         logger.info("--overwrite: cleared %d file(s) from %s", len(files), self.storage.describe())
         return manifest
-
-    def _files(self, folder: str = "") -> list[str]:
-        """The part-*.parquet files the output holds (retired ones are not the output's any more)."""
-        return [
-            p
-            for p, _ in self.storage.list_files(folder)
-            if posixpath.basename(p).startswith("part-") and p.endswith(".parquet") and p not in self.retired
-        ]
-
-    def remove_temp_files(self) -> None:
-        """Local temp files of writes a crash interrupted (object stores have none)."""
-        if self.storage.is_local:
-            for folder in ("", REJECTS_DIR, SHARDS_DIR):  # not _lease/: another run may be mid-create there
-                for path, _ in self.storage.list_files(folder):
-                    if posixpath.basename(path).startswith("._tmp-"):
-                        self.storage.delete(path)
-
-    def scan(self) -> list[OutputFile]:
-        """Every data and rejects file with its footer's coverage and counters (footers only, in parallel)."""
-        listed = [(p, False) for p in self._files()] + [(p, True) for p in self._files(REJECTS_DIR)]
-
-        def read(item: tuple[str, bool]) -> OutputFile:
-            path, is_rejects = item
-            try:
-                with self.storage.open(path) as f:
-                    meta = pq.read_schema(f).metadata or {}
-            except Exception as e:  # a cut or foreign file: named, exit 2; the store's moment: exit 1
-                raise step_failed(f"cannot read the Parquet footer of {self.storage.display(path)}", e) from e
-            produced = json.loads(meta.get(schemas.METADATA_KEY) or b"{}")
-            produced = produced if isinstance(produced, dict) else {}
-            return OutputFile(
-                path=path,
-                is_rejects=is_rejects,
-                ranges=coverage.decode(meta.get(schemas.COVERAGE_KEY)),
-                stats=json.loads(meta.get(schemas.STATS_KEY) or b"{}"),
-                producer=produced.get("producer"),
-                metadata=produced,
-                versions=json.loads(meta.get(schemas.VERSIONS_KEY) or b"{}"),
-            )
-
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            files = list(pool.map(read, listed))
-        foreign = [f.path for f in files if f.producer != PRODUCER]
-        self.foreign = foreign
-        if foreign:  # not ours: never counted, repaired or deleted, and no _SUCCESS while they are there
-            logger.warning(
-                "%s holds %d part-*.parquet file(s) e5-embed did not write (ignored), e.g. %s",
-                self.storage.describe(),
-                len(foreign),
-                foreign[0],
-            )
-        return [f for f in files if f.producer == PRODUCER]
 
     def shard_records(self, manifest: Manifest, shards: Sequence[Shard]) -> dict[str, ShardRecord]:
         """Shard records: from the manifest where a proof already counted the rows, else ``_shards/``."""
@@ -546,26 +416,6 @@ class OutputState:
 
     # ------------------------------------------------------------------ after the run
 
-    def data_files(self) -> list[str]:
-        """The output's data files (names only: no footer is read; retired ones are not the output's)."""
-        return self._files()
-
-    def listed_files(self) -> frozenset[str]:
-        """The data and rejects files there now (names only: no footer is read)."""
-        return frozenset(self._files()) | frozenset(self._files(REJECTS_DIR))
-
-    def check_unchanged(self, totals: "Totals", when: str) -> None:
-        """The files are still exactly those the proof was made over: a write of an earlier run
-        (a dead driver's last write task) that lands late must never sit under ``_SUCCESS``."""
-        now = self.listed_files() - set(self.foreign)
-        if now != set(totals.paths):
-            appeared, gone = sorted(now - set(totals.paths)), sorted(set(totals.paths) - now)
-            raise TransientError(
-                f"the files of {self.storage.describe()} changed {when} ({len(appeared)} appeared, e.g. "
-                f"{appeared[:2]}; {len(gone)} vanished, e.g. {gone[:2]}): a late write of an earlier run? "
-                "Not marked complete; run again to reconcile and prove it"
-            )
-
     def reconcile(self, metadata: Mapping[str, Any]) -> Totals:
         """Make every input row appear at most once, then total the output from its files.
 
@@ -574,7 +424,7 @@ class OutputState:
         are all in files kept before it is deleted; a partly overlapping one, or one that holds
         a row twice, is rewritten without the repeats.
         """
-        files = self.scan()
+        files = self.files.scan()
         if coverage.overlap(f.ranges for f in files) == 0:
             return Totals.of(files)
         seen: coverage.Ranges = {}  # rows of the files kept so far, merged as they are kept
@@ -638,10 +488,11 @@ class OutputState:
 
         Returns the proof and the rejected fraction.
         """
-        if self.foreign:  # a reader globbing part-*.parquet would take their rows for the output's
+        foreign = self.files.foreign
+        if foreign:  # a reader globbing part-*.parquet would take their rows for the output's
             raise UsageError(
-                f"{self.storage.describe()} holds {len(self.foreign)} part-*.parquet file(s) e5-embed did not write "
-                f"(e.g. {self.storage.display(self.foreign[0])}), which readers would take for part of the output; "
+                f"{self.storage.describe()} holds {len(foreign)} part-*.parquet file(s) e5-embed did not write "
+                f"(e.g. {self.storage.display(foreign[0])}), which readers would take for part of the output; "
                 "move or delete them, then run again: the rerun only proves the output complete and marks it"
             )
         records = self.shard_records(manifest, shards)
@@ -660,48 +511,5 @@ class OutputState:
         ]
         manifest.complete = proof.ok and bad_fraction <= max_bad_fraction
         manifest.state = "complete" if manifest.complete else "in_progress"
-        manifest.proven_files = self.files_digest(totals.paths) if manifest.complete else ""
+        manifest.proven_files = self.files.files_digest(totals.paths) if manifest.complete else ""
         return proof, bad_fraction
-
-
-@dataclass
-class OutputFile:
-    path: str
-    is_rejects: bool
-    ranges: coverage.Ranges
-    stats: dict[str, Any]
-    producer: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)  # the footer's e5_embed settings
-    versions: dict[str, str] = field(default_factory=dict)  # source -> its version key when read
-
-
-@dataclass(frozen=True)
-class Totals:
-    """The output's counters summed from its files' footers, and what reconcile repaired."""
-
-    counters: Counters
-    repaired_files: int = 0
-    data_paths: tuple[str, ...] = ()
-    file_ranges: tuple[coverage.Ranges, ...] = ()  # each file's coverage, for the completeness proof
-    paths: tuple[str, ...] = ()  # every file summed (data and rejects)
-    # data files written with carried-over vectors: (the sources they hold rows of, rows)
-    carried: tuple[tuple[frozenset[str], int], ...] = ()
-
-    def carried_rows(self, sources: set[str] | frozenset[str]) -> int:
-        """Rows written with carried vectors in files holding rows of ``sources``, by any attempt."""
-        return sum(rows for held, rows in self.carried if held & sources)
-
-    @classmethod
-    def of(cls, files: Sequence[OutputFile], repaired: int = 0) -> "Totals":
-        return cls(
-            counters=Counters.total(Counters.from_footer(f.stats, is_rejects=f.is_rejects) for f in files),
-            repaired_files=repaired,
-            data_paths=tuple(f.path for f in files if not f.is_rejects),
-            file_ranges=tuple(f.ranges for f in files),
-            paths=tuple(f.path for f in files),
-            carried=tuple(
-                (frozenset(f.ranges), int(f.stats["carried"]))
-                for f in files
-                if f.stats.get("carried") and not f.is_rejects
-            ),
-        )

@@ -15,8 +15,10 @@ from typing import Any
 
 from pipeline.errors import E5EmbedError, UsageError, step_failed
 from pipeline.io.storage import Storage, normalize_uri, safe_uri
+from pipeline.ledger.files import OutputFiles
+from pipeline.ledger.identity import identity, refuse_legacy_chunked
 from pipeline.ledger.manifest import Manifest
-from pipeline.ledger.output import OutputState, Work, identity, refuse_legacy_chunked
+from pipeline.ledger.output import OutputState, Work
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ def reuse_from_pool(
         if manifest is None:
             raise UsageError(f"--reuse-from {safe_uri(uri)} is not an e5-embed output (no _manifest.json)")
         try:
-            files = [f for f in OutputState(storage).scan() if not f.is_rejects]
+            files = [f for f in OutputFiles(storage).scan() if not f.is_rejects]
         except E5EmbedError as e:  # a cut or foreign file names itself; say which source it is in
             raise type(e)(f"--reuse-from {safe_uri(uri)}: {e}") from e
         for where, made in [("it", manifest.metadata)] + [(storage.display(f.path), f.metadata) for f in files]:

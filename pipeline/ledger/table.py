@@ -44,7 +44,7 @@ import pyarrow as pa
 from pipeline.config import TableSettings
 from pipeline.errors import E5EmbedError, UsageError, step_failed
 from pipeline.io.storage import Storage, normalize_uri, scrub
-from pipeline.ledger.output import VECTOR_KEYS, identity
+from pipeline.ledger.identity import VECTOR_KEYS, identity
 
 logger = logging.getLogger(__name__)
 

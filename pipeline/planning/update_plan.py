@@ -25,8 +25,9 @@ from pipeline.io.records import FieldSpec
 from pipeline.io.sources import ShardReader
 from pipeline.io.storage import Storage
 from pipeline.io.text_hash import text_hash
+from pipeline.ledger.files import OutputFiles
 from pipeline.ledger.manifest import Manifest
-from pipeline.ledger.output import OutputState, stale_files
+from pipeline.ledger.output import stale_files
 from pipeline.planning.estimate import CountingStorage
 
 
@@ -71,7 +72,7 @@ def estimate_update(
     manifest = Manifest.load(storage)
     if manifest is None:
         raise UsageError(f"plan --update: {output} is not an e5-embed output (no _manifest.json)")
-    files = OutputState(storage, retired=manifest.retired_files).scan()
+    files = OutputFiles(storage, retired=manifest.retired_files).scan()
     current = {s.path: s.version_key for s in shards}
     stale = stale_files(files, current)
     changed = {src for _, sources in stale for src in sources if src in current}

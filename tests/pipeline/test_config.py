@@ -148,5 +148,21 @@ def test_building_a_config_registers_nothing_the_entry_point_does():
     config = JobConfig(inputs=("a",), output="b", storage_options={"client_kwargs": {"token": "CTOR-SECRET-51"}})
     assert "CTOR-SECRET-51" not in storage._REGISTERED_SECRETS  # no side effect at construction
     assert "CTOR-SECRET-51" in storage.scrub("CTOR-SECRET-51")
-    config.register_secrets()  # what run_job does first
+    config.register_secrets()  # what the command line does first
     assert storage.scrub("failed: CTOR-SECRET-51") == "failed: ***"
+
+
+def test_a_jobs_secrets_are_registered_while_it_runs_and_not_after():
+    """run_job holds its secrets for its own length (a notebook or Airflow worker runs many jobs):
+    counted, so two jobs at once keep each other's, and gone once the last one ends."""
+    from pipeline.io import storage
+
+    one = JobConfig(inputs=("a",), output="b", storage_options={"key": "x", "nested": {"secret": "LIFETIME-SECRET-7"}})
+    other = JobConfig(inputs=("a",), output="c", storage_options={"deep": [{"password": "LIFETIME-SECRET-7"}]})
+    with one.secrets_registered():
+        assert storage.scrub("see LIFETIME-SECRET-7") == "see ***"
+        with other.secrets_registered():  # a second job in the same process, sharing the value
+            pass
+        assert storage.scrub("see LIFETIME-SECRET-7") == "see ***"  # the first one still runs
+    assert "LIFETIME-SECRET-7" not in storage._REGISTERED_SECRETS
+    assert storage.scrub("see LIFETIME-SECRET-7") == "see LIFETIME-SECRET-7"  # nothing left behind

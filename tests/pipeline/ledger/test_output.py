@@ -185,7 +185,6 @@ def test_a_multi_input_output_made_before_common_root_ids_is_refused_not_mixed(t
     from pipeline.config import JobConfig
     from pipeline.errors import UsageError
     from pipeline.io.listing import list_shards
-    from pipeline.ledger.output import output_metadata
     from pipeline.stages.model import offline_info
 
     for day in ("day-1", "day-2"):
@@ -194,7 +193,7 @@ def test_a_multi_input_output_made_before_common_root_ids_is_refused_not_mixed(t
     inputs = (str(tmp_path / "day-1"), str(tmp_path / "day-2"))
     config = JobConfig(inputs=inputs, output=str(tmp_path / "out"), model="intfloat/e5-small-v2")
     info = offline_info("intfloat/e5-small-v2")
-    meta = output_metadata(config.output_settings(), info, "git:" + "a" * 40)
+    meta = config.output_settings().metadata(info, "git:" + "a" * 40)
     shards = list_shards(inputs, {})
     OutputState(Storage(config.output)).prepare(config.output_settings(), meta, shards)  # an output in progress
     manifest_path = tmp_path / "out" / "_manifest.json"
@@ -204,7 +203,7 @@ def test_a_multi_input_output_made_before_common_root_ids_is_refused_not_mixed(t
     with pytest.raises(UsageError, match="different settings.*derived_ids"):
         OutputState(Storage(config.output)).prepare(config.output_settings(), meta, shards)
     one = JobConfig(inputs=inputs[:1], output=str(tmp_path / "o1"), model="intfloat/e5-small-v2")
-    assert "derived_ids" not in output_metadata(one.output_settings(), info, None)  # one input: ids as they always were
+    assert "derived_ids" not in one.output_settings().metadata(info, None)  # one input: ids as they always were
 
 
 @pytest.mark.unit

@@ -8,7 +8,8 @@ from pipeline.config import JobConfig
 from pipeline.errors import UsageError
 from pipeline.io.listing import list_shards
 from pipeline.io.storage import Storage
-from pipeline.ledger.output import VECTOR_KEYS, OutputState, output_metadata
+from pipeline.ledger.identity import VECTOR_KEYS
+from pipeline.ledger.output import OutputState
 from pipeline.ledger.reuse import reuse_from_pool
 from pipeline.stages.model import offline_info
 
@@ -19,7 +20,7 @@ def _output(tmp_path, name, **kw):
     (tmp_path / "in").mkdir(exist_ok=True)
     (tmp_path / "in" / "a.txt").write_text("x\n")
     config = JobConfig(inputs=(str(tmp_path / "in"),), output=str(tmp_path / name), model="intfloat/e5-small-v2", **kw)
-    meta = output_metadata(config.output_settings(), offline_info("intfloat/e5-small-v2"), "git:" + "a" * 40)
+    meta = config.output_settings().metadata(offline_info("intfloat/e5-small-v2"), "git:" + "a" * 40)
     OutputState(Storage(config.output)).prepare(config.output_settings(), meta, list_shards(config.inputs, {}))
     return config, meta
 
@@ -70,7 +71,7 @@ def test_the_chunked_fingerprint_is_unambiguous_whatever_the_title_and_text_hold
 
 def test_outputs_of_the_first_chunked_scheme_are_refused_by_name_and_truncating_ones_still_read():
     from pipeline.io import text_hash
-    from pipeline.ledger.output import identity, refuse_legacy_chunked
+    from pipeline.ledger.identity import identity, refuse_legacy_chunked
 
     legacy = {"text_hash": text_hash.LEGACY_SCHEME}
     refuse_legacy_chunked(legacy, "o was made")  # a truncating output: the same function, still read
