@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from pipeline import settings
 from pipeline.errors import UsageError
@@ -47,6 +47,7 @@ class ReadingOptions:
     options, what is skipped or refused."""
 
     inputs: tuple[str, ...] = setting(
+        default_factory=tuple,  # required by `run` (JobConfig), optional for `plan`
         help="input folder/prefix or file (s3://, gs://, file paths, ...), literal; repeatable",
         metavar="URI",
         repeat=True,
@@ -106,8 +107,6 @@ class ReadingOptions:
         if isinstance(inputs, (str, bytes, os.PathLike)):
             inputs = (inputs,)
         object.__setattr__(self, "inputs", tuple(os.fspath(i) for i in inputs))
-        if not self.inputs:
-            raise UsageError("at least one --input is required")
         if not isinstance(self.storage_options, Mapping):
             raise UsageError("--storage-options must be a JSON object")
         object.__setattr__(self, "storage_options", dict(self.storage_options))
@@ -266,7 +265,8 @@ class WritingOptions:
     """Where the output goes and how an existing one is treated: its files, --overwrite, --update,
     --reuse-from, the rejects allowed."""
 
-    output: str = setting(
+    output: str | None = setting(
+        None,  # required by `run` (JobConfig), optional for `plan`
         help="output folder/prefix for Parquet files (literal); with `plan --update`: the output to update",
         metavar="URI",
         commands=BOTH,
@@ -313,9 +313,8 @@ class WritingOptions:
     )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "output", os.fspath(self.output))
-        if not self.output:
-            raise UsageError("--output is required")
+        if self.output is not None:
+            object.__setattr__(self, "output", os.fspath(self.output))
         reuse = self.reuse_from
         if isinstance(reuse, (str, bytes, os.PathLike)):
             reuse = (reuse,)
@@ -504,14 +503,99 @@ def _check_fields(group: Any) -> None:
     settings.validate(type(group), {f.name: getattr(group, f.name) for f in fields(group)})
 
 
-class JobConfig:
+class _Composed:
+    """Settings in typed groups (``GROUPS``: attribute -> frozen dataclass), built from and read in
+    the user's flat namespace: ``X(max_length=...)``, ``x.max_length`` (the group's field). Immutable;
+    each group checks its own fields at construction, then ``_check_across_groups`` runs."""
+
+    __slots__ = ()
+    GROUPS: ClassVar[dict[str, type]]
+    FIELD_GROUP: ClassVar[dict[str, str]]  # field name -> the group that declares it
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.FIELD_GROUP = {f.name: attr for attr, group in cls.GROUPS.items() for f in fields(group)}
+
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(set(values) - set(self.FIELD_GROUP))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s): {', '.join(unknown)}")
+        for attr, group in self.GROUPS.items():
+            chosen = {k: v for k, v in values.items() if self.FIELD_GROUP[k] == attr}
+            object.__setattr__(self, attr, group(**chosen))
+        self._check_across_groups()
+
+    def __getattr__(self, name: str) -> Any:  # only for names that are not a group: a flat setting
+        group = type(self).FIELD_GROUP.get(name)
+        if group is None:
+            raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
+        return getattr(object.__getattribute__(self, group), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(getattr(self, a) == getattr(other, a) for a in self.GROUPS)
+
+    __hash__ = None  # type: ignore[assignment]  # storage_options is a dict
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(" + ", ".join(f"{a}={getattr(self, a)!r}" for a in self.GROUPS) + ")"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.to_dict()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat namespace: every setting by its field name."""
+        return {name: getattr(getattr(self, group), name) for name, group in self.FIELD_GROUP.items()}
+
+    def replace(self, **changes: Any) -> Any:
+        return type(self)(**{**self.to_dict(), **changes})
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(cls.FIELD_GROUP)
+
+    def _check_across_groups(self) -> None:
+        buckets = self.encoding.shape_buckets
+        if buckets and buckets[-1] != self.max_length:
+            raise UsageError(
+                f"--shape-buckets must end at --max-length {self.max_length} (no longer shape is needed, and a "
+                f"shorter one leaves long rows uncompiled); largest is {buckets[-1]}"
+            )
+        chunk = self.chunking
+        if chunk.chunk_tokens is not None:
+            if chunk.chunk_tokens > self.max_length:
+                raise UsageError(f"--chunk-tokens {chunk.chunk_tokens} is more than --max-length {self.max_length}")
+            if chunk.chunk_overlap > chunk.chunk_tokens // 2:
+                raise UsageError(
+                    f"--chunk-overlap {chunk.chunk_overlap} is more than half of --chunk-tokens {chunk.chunk_tokens}"
+                )
+        named = [("--input", u) for u in self.inputs] + [("--reuse-from", u) for u in self.reuse_from]
+        for flag, uri in named + [("--output", self.output), ("--model", self.model)]:
+            kind = uri_credentials(uri) if uri else None
+            if kind:  # it would be written into the manifest, the data files' `source` and the logs
+                raise UsageError(
+                    f"{flag} {safe_uri(uri)} carries {kind}; credentials in a URI would be recorded in the "
+                    f"output and its logs: pass them with --storage-options (or the store's environment)"
+                )
+
+
+def _rebuild(cls: type, values: dict[str, Any]) -> Any:
+    return cls(**values)
+
+
+class JobConfig(_Composed):
     """Everything one ``e5-embed run`` needs, in typed groups by concern (``reading``, ``embedding``,
     ``chunking``, ``encoding``, ``writing``, ``cluster``, ``lease``, ``budget``, ``iceberg``,
     ``telemetry``); each consumer takes its group. Built from the user's flat namespace
     (``JobConfig(inputs=..., max_length=...)``: flags, variables and job-file keys are the groups'
-    field names) and read flat too (``config.max_length`` is ``config.embedding.max_length``).
-    Immutable; each group validates its own fields at construction, then the checks across groups run."""
+    field names) and read flat too (``config.max_length`` is ``config.embedding.max_length``)."""
 
+    GROUPS = GROUPS
     __slots__ = tuple(GROUPS)
     reading: ReadingOptions
     embedding: EmbeddingOptions
@@ -524,68 +608,17 @@ class JobConfig:
     iceberg: IcebergOptions
     telemetry: TelemetryOptions
 
-    def __init__(self, **values: Any) -> None:
-        unknown = sorted(set(values) - set(FIELD_GROUP))
-        if unknown:
-            raise TypeError(f"JobConfig got unexpected keyword argument(s): {', '.join(unknown)}")
-        for attr, cls in GROUPS.items():
-            object.__setattr__(self, attr, cls(**{k: v for k, v in values.items() if FIELD_GROUP[k] == attr}))
-        self._check_across_groups()
-
-    def __getattr__(self, name: str) -> Any:  # only for names that are not a group: a flat setting
-        group = FIELD_GROUP.get(name)
-        if group is None:
-            raise AttributeError(f"JobConfig has no setting {name!r}")
-        return getattr(object.__getattribute__(self, group), name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, JobConfig) and all(getattr(self, a) == getattr(other, a) for a in GROUPS)
-
-    __hash__ = None  # type: ignore[assignment]  # storage_options is a dict
-
-    def __repr__(self) -> str:
-        return "JobConfig(" + ", ".join(f"{a}={getattr(self, a)!r}" for a in GROUPS) + ")"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_from_flat, (self.to_dict(),))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The flat namespace: every setting by its field name."""
-        return {name: getattr(getattr(self, group), name) for name, group in FIELD_GROUP.items()}
-
     def _check_across_groups(self) -> None:
-        if self.encoding.shape_buckets and self.encoding.shape_buckets[-1] != self.max_length:
-            raise UsageError(
-                f"--shape-buckets must end at --max-length {self.max_length} (no longer shape is needed, and a "
-                f"shorter one leaves long rows uncompiled); largest is {self.encoding.shape_buckets[-1]}"
-            )
-        chunk = self.chunking
-        if chunk.chunk_tokens is not None:
-            if chunk.chunk_tokens > self.max_length:
-                raise UsageError(f"--chunk-tokens {chunk.chunk_tokens} is more than --max-length {self.max_length}")
-            if chunk.chunk_overlap > chunk.chunk_tokens // 2:
-                raise UsageError(
-                    f"--chunk-overlap {chunk.chunk_overlap} is more than half of --chunk-tokens {chunk.chunk_tokens}"
-                )
+        if not self.inputs:
+            raise UsageError("at least one --input is required")
+        if not self.output:
+            raise UsageError("--output is required")
+        super()._check_across_groups()
         if self.iceberg.iceberg_table is not None and self.writing.output_dtype == "float16":
             raise UsageError(
                 "--output-dtype float16 cannot be published: Iceberg has no 16-bit float type; publish "
                 "float32 vectors, or leave --iceberg-table out"
             )
-        named = [("--input", u) for u in self.inputs] + [("--reuse-from", u) for u in self.reuse_from]
-        for flag, uri in named + [("--output", self.output), ("--model", self.model)]:
-            kind = uri_credentials(uri)
-            if kind:  # it would be written into the manifest, the data files' `source` and the logs
-                raise UsageError(
-                    f"{flag} {safe_uri(uri)} carries {kind}; credentials in a URI would be recorded in the "
-                    f"output and its logs: pass them with --storage-options (or the store's environment)"
-                )
 
     def register_secrets(self) -> None:
         """Tell the log and error scrubber this job's secrets (storage options at any depth, credentials
@@ -642,13 +675,6 @@ class JobConfig:
             storage_options=dict(self.storage_options),
         )
 
-    def replace(self, **changes: Any) -> "JobConfig":
-        return JobConfig(**{**self.to_dict(), **changes})
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(FIELD_GROUP)
-
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "JobConfig":
         """Build from YAML/flag values; keys may use dashes. Unknown keys are errors."""
@@ -679,10 +705,6 @@ def field_spec(values: Any, *, prefix: str = "") -> FieldSpec:
         title_apart=values.chunk_tokens is not None,  # windows: every window gets the title
         prefix=prefix,
     )
-
-
-def _from_flat(values: dict[str, Any]) -> JobConfig:
-    return JobConfig(**values)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -745,37 +767,38 @@ class PlanOptions:
     )
 
 
-def _plan_config_class() -> type:
-    """``plan``'s typed settings: the ``run`` settings that ``plan`` also takes (declared once, in
-    ``JobConfig``'s groups; none required) and ``PlanOptions``'."""
-    chosen = []
-    for f in job_fields() + fields(PlanOptions):
-        if "plan" not in f.metadata["flag"].commands:
-            continue
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            default = field(default=None, metadata=f.metadata)  # --input is optional for plan
-        elif f.default_factory is not dataclasses.MISSING:
-            default = field(default_factory=f.default_factory, metadata=f.metadata)
-        else:
-            default = field(default=f.default, metadata=f.metadata)
-        chosen.append((f.name, f.type, default))
-    cls = dataclasses.make_dataclass("PlanConfig", chosen, frozen=True, kw_only=True)
-    cls.__module__ = __name__
-    cls.__doc__ = "The ``plan`` command's settings (generated from the declarations of JobConfig and PlanOptions)."
-    return cls
+# plan's groups: every group that declares a setting `plan` takes, and PlanOptions (plan only)
+PLAN_GROUPS: dict[str, type] = {
+    **{a: g for a, g in GROUPS.items() if any("plan" in f.metadata["flag"].commands for f in fields(g))},
+    "options": PlanOptions,
+}
 
 
-PlanConfig = _plan_config_class()
+class PlanConfig(_Composed):
+    """The ``plan`` command's settings: the same typed groups as ``JobConfig`` (the settings ``plan``
+    takes set from its flags, the others at their defaults; no input or output required) and
+    ``PlanOptions`` (a cluster to describe, the estimate's sample and price)."""
+
+    GROUPS = PLAN_GROUPS
+    __slots__ = tuple(PLAN_GROUPS)
+    reading: ReadingOptions
+    embedding: EmbeddingOptions
+    chunking: ChunkingOptions
+    encoding: EncodingOptions
+    writing: WritingOptions
+    cluster: ClusterOptions
+    budget: BudgetOptions
+    options: PlanOptions
 
 
-def plan_config_from_args(args: Any) -> Any:
-    """``plan``'s typed settings from its parsed flags, each field's check applied."""
-    values = {f.name: getattr(args, f.name) for f in fields(PlanConfig)}
+def plan_config_from_args(args: Any) -> PlanConfig:
+    """``plan``'s typed settings from its parsed flags, each setting's check applied."""
+    taken = [f.name for g in PLAN_GROUPS.values() for f in fields(g) if "plan" in f.metadata["flag"].commands]
+    values = {name: getattr(args, name) for name in taken}
     if isinstance(values["storage_options"], str):
         values["storage_options"] = parse_storage_options(values["storage_options"])
     values["storage_options"] = values["storage_options"] or {}
     values["inputs"] = tuple(values["inputs"] or ())
-    settings.validate(PlanConfig, values)
     return PlanConfig(**values)
 
 

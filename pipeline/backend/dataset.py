@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -97,16 +97,29 @@ def ray_session(address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-def configure(*, progress: bool) -> None:
+@contextmanager
+def data_context(*, progress: bool) -> Iterator[None]:
+    """Ray Data's process-wide context as one run wants it (progress bars, no automatic stats log),
+    for the length of the run: the caller's own settings are back afterwards (a notebook, a worker)."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    ctx.enable_operator_progress_bars = progress
-    ctx.enable_auto_log_stats = False
+    wanted = {
+        "enable_progress_bars": progress,
+        "enable_operator_progress_bars": progress,
+        "enable_auto_log_stats": False,
+    }
+    before = {name: getattr(ctx, name) for name in wanted}
+    for name, value in wanted.items():
+        setattr(ctx, name, value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(ctx, name, value)
 
 
-def apply_stage(ds, spec: StageSpec, telemetry: Telemetry | None = None):
+def apply_stage(ds, spec: StageSpec, telemetry: Telemetry | None = None, stop: Callable[[], bool] | None = None):
     """``ds.map_batches`` for one stage: an actor pool, each actor holding one stage instance
     (wrapped to report each batch's rows and time to ``telemetry``).
 
@@ -118,7 +131,7 @@ def apply_stage(ds, spec: StageSpec, telemetry: Telemetry | None = None):
     res = spec.resources
     return ds.map_batches(
         timed(spec.stage, spec.name.removesuffix("Stage").lower()),
-        fn_constructor_args=(spec.stage, telemetry),
+        fn_constructor_args=(spec.stage, telemetry, stop),
         fn_constructor_kwargs=spec.kwargs(),
         batch_size=spec.batch_size,
         batch_format="pyarrow",
@@ -136,7 +149,7 @@ def build_dataset(
 
     ds = ray.data.read_datasource(source, num_cpus=read_num_cpus)
     for spec in stages:
-        ds = apply_stage(ds, spec, telemetry)
+        ds = apply_stage(ds, spec, telemetry, source.stop)  # a stopped run stops reading and working
     return ds
 
 
@@ -154,10 +167,10 @@ def run_pipeline(
     window it ran in and Ray Data's per-operator stats (for the run's timeline)."""
     import ray
 
-    configure(progress=progress)
     dataset = build_dataset(source, stages, read_num_cpus=io_num_cpus, telemetry=telemetry)
     started = time.time()
-    dataset.write_datasink(sink, ray_remote_args={"num_cpus": io_num_cpus})
+    with data_context(progress=progress):
+        dataset.write_datasink(sink, ray_remote_args={"num_cpus": io_num_cpus})
     return PipelineStats(
         started=started,
         ended=time.time(),

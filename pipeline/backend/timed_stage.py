@@ -1,8 +1,10 @@
-"""A stage wrapped for Ray Data: built once per actor, each batch's rows and time reported."""
+"""A stage wrapped for Ray Data: built once per actor, each batch's rows and time reported, and
+batches let through empty once the run asked itself to stop (its budget)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.backend.progress import Telemetry
@@ -13,8 +15,13 @@ class TimedStage:
 
     stage_name = "stage"
 
-    def __init__(self, stage_cls: type, telemetry: Telemetry | None, **kwargs: Any):
+    def __init__(
+        self, stage_cls: type, telemetry: Telemetry | None, stop: Callable[[], bool] | None = None, **kwargs: Any
+    ):
         self.stage = stage_cls(**kwargs)
+        # the run's stop request (StopSignal): past it, a batch read ahead is not worked on; its rows
+        # reach no file, so the next run reads them again (the footers are the record of what is done)
+        self.stop = stop
         setup = getattr(self.stage, "setup", None)
         if setup is not None:  # the expensive part (weights, compilation) when the actor starts
             setup()
@@ -26,6 +33,8 @@ class TimedStage:
         if self.telemetry is not None and not self._called:
             self._called = True
             self.telemetry.seen(self.stage_name)
+        if self.stop is not None and self.stop():
+            return self.stage(batch.slice(0, 0))  # the stage's own schema, no rows
         started = time.time()
         out = self.stage(batch)
         if self.telemetry is not None:

@@ -1,9 +1,11 @@
 """A run asked to stop at a consistent point (``--max-gpu-hours``): a marker in the output.
 
 The driver writes ``_stop`` (behind its lease fence) with the reason; read tasks ask
-:class:`StopSignal` between blocks (a listing at most every ``poll_s``) and stop reading. What was
-read still goes through the pipeline and into whole files; the run then ends incomplete, and the
-next run (which removes the marker) resumes from the footers, exactly once.
+:class:`StopSignal` between blocks (a listing at most every ``poll_s``) and stop reading, and the
+stage actors let batches through empty (Ray Data reads ahead: what was read but not yet worked on
+is not worked on). Files in flight are written whole; rows in no file are not done, and the run
+ends incomplete; the next run (which removes the marker) reads them again from the footers'
+coverage, exactly once.
 """
 
 from __future__ import annotations

@@ -133,18 +133,23 @@ class ResourcePlan:
         # while the encoder still sees fixed-size micro-batches of windows.
         per_call = self.rows_per_encode_call if chunk is None else max(self.batch_size, self.rows_per_encode_call // 8)
         tokenize_rows = min(rows_per_block, TOKENIZE_BATCH_ROWS if chunk is None else TOKENIZE_BATCH_ROWS // 8)
-        threads = max(1, math.ceil(self.tokenizer_num_cpus))
+        tokenizer = TokenizeStage if chunk is None else ChunkTokenizeStage
+        # the pool starts at the size the encoders need (the plan sized it), not at one actor
+        tokenize_resources = Resources.sized(
+            tokenizer.needs,
+            num_cpus=self.tokenizer_num_cpus,
+            gpu_share=0.0,
+            actors=(self.tokenizer_actors, self.tokenizer_actors),
+        )
+        threads = tokenize_resources.threads(tokenizer.needs)
         tokenize = StageSpec(
-            stage=TokenizeStage if chunk is None else ChunkTokenizeStage,
+            stage=tokenizer,
             settings=(
                 TokenizeSettings(model=model, prefix=prefix, max_length=self.max_length, threads=threads)
                 if chunk is None
                 else ChunkTokenizeSettings(model=model, prefix=prefix, chunk=chunk, threads=threads)
             ),
-            # the pool starts at the size the encoders need (the plan sized it), not at one actor
-            resources=Resources(
-                num_cpus=self.tokenizer_num_cpus, min_actors=self.tokenizer_actors, max_actors=self.tokenizer_actors
-            ),
+            resources=tokenize_resources,
             batch_size=tokenize_rows,
         )
         encode = StageSpec(
@@ -162,11 +167,11 @@ class ResourcePlan:
                 attention=attention,
                 shape_buckets=shape_buckets,
             ),
-            resources=Resources(
+            resources=Resources.sized(
+                EncodeStage.needs,
                 num_cpus=self.encode_num_cpus,
-                num_gpus=self.num_gpus_per_actor,
-                min_actors=self.gpu_actors_min,
-                max_actors=self.gpu_actors_max,
+                gpu_share=self.num_gpus_per_actor,
+                actors=(self.gpu_actors_min, self.gpu_actors_max),
             ),
             batch_size=per_call,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +21,7 @@ from pipeline.errors import UsageError
 from pipeline.io import schemas
 from pipeline.stages.chunking import MIN_TEXT_TOKENS, ChunkSettings, windows
 from pipeline.stages.model import ModelSource
+from pipeline.stages.spec import Needs
 from pipeline.stages.tokenize import CHARS_PER_TOKEN_CUTOFF, cut_at_whitespace, cut_characters, limit_threads
 
 logger = logging.getLogger(__name__)
@@ -38,25 +40,40 @@ class ChunkTokenizeSettings:
 class ChunkTokenizeStage:
     """A callable class over RECORDS tables (one tokenizer per instance): CHUNK_TOKENIZED out."""
 
+    needs = Needs(threads_from_cpus=True)  # the Rust tokenizer's pool: the actor's CPUs
+
     def __init__(self, *, model: ModelSource, prefix: str, chunk: ChunkSettings, threads: int | None = None):
-        limit_threads(threads)
-        backend = copy.deepcopy(model.load_tokenizer())
+        """Cheap: nothing is loaded and no process setting changes (``setup``, on the actor)."""
+        self._model = model
+        self._threads = threads
+        self._prefix = prefix
+        self._chunk = chunk
+        # a record longer than this many characters is cut at whitespace before tokenizing:
+        # bounded memory for megabyte records, whose windows past max_chunks are dropped anyway
+        self._cutoff = chunk.max_chunks * chunk.tokens * CHARS_PER_TOKEN_CUTOFF
+        self._backend: Any = None
+
+    def setup(self) -> None:
+        """The tokenizer, once per actor (``TimedStage`` calls it when the actor starts; in-process use
+        at the first batch), held to the actor's threads; refuses windows with no room for text."""
+        if self._backend is not None:
+            return
+        limit_threads(self._threads)
+        backend = copy.deepcopy(self._model.load_tokenizer())
         backend.no_padding()
         backend.no_truncation()
-        self._backend = backend
-        self._chunk = chunk
-        self._prefix_ids = np.asarray(_prefix_ids(backend, prefix), dtype=np.int32)
+        chunk = self._chunk
+        self._prefix_ids = np.asarray(_prefix_ids(backend, self._prefix), dtype=np.int32)
         self._head, self._tail = _special_tokens(backend)
         # the fixed part of every window: special tokens and the prefix
         self._fixed = len(self._head) + len(self._tail) + len(self._prefix_ids)
         if chunk.tokens - self._fixed < MIN_TEXT_TOKENS:
             raise UsageError(f"chunk tokens {chunk.tokens} leave no room for text after {self._fixed} fixed tokens")
-        # a record longer than this many characters is cut at whitespace before tokenizing:
-        # bounded memory for megabyte records, whose windows past max_chunks are dropped anyway
-        self._cutoff = chunk.max_chunks * chunk.tokens * CHARS_PER_TOKEN_CUTOFF
         self._cut_chars = cut_characters(backend)
+        self._backend = backend
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        self.setup()
         n = batch.num_rows
         reasons = batch["reject_reason"].to_pylist()
         good = [i for i, r in enumerate(reasons) if r is None]

@@ -23,6 +23,7 @@ from pipeline.io import schemas
 from pipeline.stages.e5 import ATTENTION_MODES
 from pipeline.stages.model import ModelSource, resolve_device, resolve_dtype
 from pipeline.stages.packed import PackedEncoder, packed_unavailable
+from pipeline.stages.spec import Needs
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class EncodeSettings:
 
 class EncodeStage:
     """A callable class over TOKENIZED tables: the model is loaded once per instance (actor)."""
+
+    needs = Needs(accelerator=True)  # a GPU (or a share of one) per actor where the cluster has them
 
     def __init__(
         self,

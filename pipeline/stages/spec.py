@@ -11,8 +11,18 @@ actor starts.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, fields
 from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class Needs:
+    """What one actor of a stage needs, declared by the stage class (``needs = Needs(...)``); the
+    plan sizes it to the cluster (``Resources.sized``)."""
+
+    accelerator: bool = False  # a share of a GPU per actor where the cluster has GPUs
+    threads_from_cpus: bool = False  # its native threads (a Rust pool) are the CPUs it reserves
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +37,21 @@ class Resources:
     def __post_init__(self) -> None:
         if self.num_cpus < 0 or self.num_gpus < 0 or not 1 <= self.min_actors <= self.max_actors:
             raise ValueError(f"invalid stage resources: {self}")
+
+    @classmethod
+    def sized(cls, needs: Needs, *, num_cpus: float, gpu_share: float, actors: tuple[int, int]) -> "Resources":
+        """A stage's declared needs at the plan's sizes: CPUs per actor, the GPU share (for a stage
+        that needs an accelerator; 0 on a cluster without GPUs), the pool's least and most actors."""
+        return cls(
+            num_cpus=num_cpus,
+            num_gpus=gpu_share if needs.accelerator else 0.0,
+            min_actors=actors[0],
+            max_actors=actors[1],
+        )
+
+    def threads(self, needs: Needs) -> int | None:
+        """The native threads a stage that declares ``threads_from_cpus`` runs: its CPUs, at least one."""
+        return max(1, math.ceil(self.num_cpus)) if needs.threads_from_cpus else None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +19,7 @@ import pyarrow.compute as pc
 
 from pipeline.io import schemas
 from pipeline.stages.model import ModelSource
+from pipeline.stages.spec import Needs
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +42,28 @@ class TokenizeSettings:
 class TokenizeStage:
     """A callable class over RECORDS tables (one tokenizer per instance): TOKENIZED out."""
 
+    needs = Needs(threads_from_cpus=True)  # the Rust tokenizer's pool: the actor's CPUs
+
     def __init__(self, *, model: ModelSource, prefix: str, max_length: int, threads: int | None = None):
-        limit_threads(threads)
-        backend = copy.deepcopy(model.load_tokenizer())
-        backend.no_padding()
-        backend.enable_truncation(max_length)
-        self._backend = backend
+        """Cheap: nothing is loaded and no process setting changes (``setup``, on the actor)."""
+        self._model = model
+        self._threads = threads
         self._prefix = prefix
         self._max_length = max_length
         self._cutoff = max_length * CHARS_PER_TOKEN_CUTOFF
+        self._backend: Any = None
+
+    def setup(self) -> None:
+        """The tokenizer, once per actor (``TimedStage`` calls it when the actor starts; in-process use
+        at the first batch), held to the actor's threads."""
+        if self._backend is not None:
+            return
+        limit_threads(self._threads)
+        backend = copy.deepcopy(self._model.load_tokenizer())
+        backend.no_padding()
+        backend.enable_truncation(self._max_length)
         self._cut_chars = cut_characters(backend)
+        self._backend = backend
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ok = pc.is_null(batch["reject_reason"]).to_numpy(zero_copy_only=False)
@@ -75,6 +89,7 @@ class TokenizeStage:
 
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
         """Token ids (special tokens included, truncated) and whether each was truncated."""
+        self.setup()
         prefixed = [self._prefix + t for t in texts]
         cut = [cut_at_whitespace(t, self._cutoff, self._cut_chars) for t in prefixed]
         encodings = self._backend.encode_batch(cut)

@@ -118,9 +118,11 @@ def test_each_setting_is_declared_once_and_everything_else_is_derived():
     assert {d.split(":")[0] for d in declared if d.endswith(":setting")} == {"pipeline/config.py"}  # declared there
     machinery = sorted(d for d in declared if not d.endswith(":setting"))
     assert machinery == ["pipeline/settings.py:Flag", "pipeline/settings.py:_FlagSpec"]  # built from fields only
-    # plan's typed config is generated from the same declarations: the run settings plan takes, and its own
-    plan_fields = {f.name for f in fields(PlanConfig)}
-    assert plan_fields == {f.field for f in flags.FLAGS if "plan" in f.commands}
+    # plan's typed config composes the same groups: the run settings plan takes, and its own
+    plan_taken = {
+        f.name for g in PlanConfig.GROUPS.values() for f in fields(g) if "plan" in f.metadata["flag"].commands
+    }
+    assert plan_taken == {f.field for f in flags.FLAGS if "plan" in f.commands}
     assert {flags.env_name(f) for f in flags.FLAGS if "run" in f.commands} == {
         flags.ENV_PREFIX + f.name.upper() for f in job_fields()
     }

@@ -23,3 +23,37 @@ def test_an_operators_own_value_wins_and_is_kept(monkeypatch):
     with _local_raylet_env(LOCAL_RAYLET_ENV):
         assert os.environ[key] == "3"
     assert os.environ[key] == "3"
+
+
+def test_a_run_sets_ray_datas_context_for_its_length_only():
+    """The run's progress-bar choice holds while it runs; the process's own settings are back after
+    (a notebook or an Airflow worker that runs several jobs keeps its own)."""
+    from ray.data import DataContext
+
+    from pipeline.backend.dataset import data_context
+
+    ctx = DataContext.get_current()
+    before = (ctx.enable_progress_bars, ctx.enable_operator_progress_bars, ctx.enable_auto_log_stats)
+    with data_context(progress=not before[0]):
+        assert ctx.enable_progress_bars is (not before[0]) and ctx.enable_auto_log_stats is False
+    assert (ctx.enable_progress_bars, ctx.enable_operator_progress_bars, ctx.enable_auto_log_stats) == before
+
+
+def test_a_stopped_run_lets_batches_through_empty_with_the_stages_schema(minilm_path):
+    """Past the run's stop request a stage works on nothing: the rows read ahead reach no file (the
+    next run reads them again), and what flows on has the stage's own output schema."""
+    from pipeline.backend.timed_stage import timed
+    from pipeline.io import schemas
+    from pipeline.stages.embedder import records_table
+    from pipeline.stages.model import ModelSource
+    from pipeline.stages.tokenize import TokenizeStage
+
+    stopped = [False]
+    wrapped = timed(TokenizeStage, "tokenize")(
+        TokenizeStage, None, lambda: stopped[0], model=ModelSource(name_or_path=minilm_path), prefix="", max_length=32
+    )
+    block = records_table(["one record", "two records"])
+    assert wrapped(block).num_rows == 2
+    stopped[0] = True
+    out = wrapped(block)
+    assert out.num_rows == 0 and out.schema == schemas.TOKENIZED

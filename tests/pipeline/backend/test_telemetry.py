@@ -109,3 +109,40 @@ def test_a_run_logs_status_lines(ray_cluster, tmp_path, minilm_path, caplog, fmt
     steps = ("model", "list_inputs", "lease", "prepare_output", "plan", "embed", "reconcile", "duplicate_ids")
     assert all(phases[k] >= 0 for k in steps)
     assert 0 < phases["first_tokenize_batch_at"] <= phases["first_encode_batch_at"] < summary.wall_s
+
+
+@pytest.mark.unit
+def test_the_budget_projection_is_in_the_metrics_and_stops_the_run_once(monkeypatch):
+    """GPU-hours spent and projected reach Prometheus as gauges on every check; past the cap the
+    run is asked to stop, once. Hand-computed: 4 encoders held for 30 min = 2.0 hours spent; 90
+    records left at 1 record/s on 4 encoders = 0.1 hours more."""
+    import time
+
+    from pipeline.backend import metrics
+    from pipeline.backend.progress import Telemetry
+    from pipeline.backend.status import StatusReporter
+    from pipeline.planning.budget import Budget
+
+    gauges: dict[str, float] = {}
+    monkeypatch.setattr(metrics, "set_gauge", lambda name, value, run_id, **tags: gauges.__setitem__(name, value))
+    stops: list[str] = []
+    reporter = StatusReporter(
+        Telemetry(run_id="r1"),
+        total_bytes=100,
+        budget=Budget(max_hours=2.5, encoders=4, margin=0.1, warmup_s=0),
+        on_over=stops.append,
+    )
+    now = time.monotonic()
+    reporter._t0 = now - 1800
+    values = {"encoded": 10, "read_rows": 50, "read_bytes": 50}  # half the bytes held 50 records: 100 in all
+    line = reporter._check_budget(values, now, {"encoded": 1.0})
+    assert gauges == {
+        "e5_embed_budget_cap_hours": 2.5,
+        "e5_embed_budget_spent_hours": pytest.approx(2.0),
+        "e5_embed_budget_projected_hours": pytest.approx(2.1),
+    }
+    assert "2 spent, 2.1 projected, cap 2.5" in line and stops == []  # 2.1 < 2.5 x 0.9
+    reporter._t0 = now - 2000  # 2.22 spent + 0.1: past the 2.25 the margin allows
+    reporter._check_budget(values, now, {"encoded": 1.0})
+    reporter._check_budget(values, now, {"encoded": 1.0})
+    assert len(stops) == 1 and "90 records left" in stops[0]

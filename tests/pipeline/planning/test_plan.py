@@ -50,6 +50,27 @@ def test_every_plan_fits(scheduler, accelerator, gpus, model, max_length):
 
 
 @pytest.mark.unit
+def test_the_memory_model_against_independent_facts():
+    """Not the planner against itself: the models' sizes as their cards publish them, and one peak
+    worked out by hand. e5-base-v2 at 64 rows x 512 tokens in bf16: 108,891,648 parameters (BERT-base
+    without its pooler: 23,837,184 embeddings + 12 x 7,087,872) x 2 bytes; the largest phase is the
+    FFN: 32,768 tokens x (2 x 768 + 2 x 3,072) x 2 bytes + ids and mask (32,768 x 16) = 503,840,768
+    bytes, x 1.2 margin; plus the 0.6 GB CUDA context."""
+    published = {  # parameters, from each model card (with the pooler the embedder does not use)
+        "intfloat/e5-small-v2": 33.4e6,
+        "intfloat/e5-base-v2": 109e6,
+        "intfloat/e5-large-v2": 335e6,
+        "intfloat/multilingual-e5-large": 560e6,
+    }
+    for name, count in published.items():
+        assert KNOWN_SHAPES[name].parameters == pytest.approx(count, rel=0.01), name
+    assert KNOWN_SHAPES["intfloat/e5-base-v2"].parameters == 23_837_184 + 12 * 7_087_872
+    by_hand = (0.6 * 2**30 + 108_891_648 * 2 + 1.2 * 503_840_768) / 2**30
+    assert estimate_peak_gpu_memory_gb(BASE, 64, 512, "bfloat16", 0.6) == pytest.approx(by_hand, rel=1e-9)
+    assert by_hand == pytest.approx(1.3659, abs=1e-4)
+
+
+@pytest.mark.unit
 def test_batch_grows_with_vram_and_shrinks_with_length_and_model_size(scheduler):
     t4 = plan_for(scheduler, gpus=4, accelerator="T4")
     h100 = plan_for(scheduler, gpus=8, accelerator="H100")

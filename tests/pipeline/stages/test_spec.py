@@ -67,3 +67,27 @@ def test_chunked_runs_get_the_chunk_tokenizer_and_smaller_ray_batches(minilm_pat
     assert tokenize.stage is ChunkTokenizeStage and tokenize.kwargs()["chunk"] == chunk
     assert tokenize.batch_size == 128  # records, each a list of windows
     assert plan.batch_size <= encode.batch_size == max(plan.batch_size, plan.rows_per_encode_call // 8)
+
+
+def test_stages_declare_what_an_actor_needs_and_the_plan_sizes_it():
+    """The stage classes say what kind of resource they need; the plan's sizes fill it in."""
+    from pipeline.stages.chunk_tokenize import ChunkTokenizeStage
+    from pipeline.stages.encode import EncodeStage
+    from pipeline.stages.spec import Needs, Resources
+    from pipeline.stages.tokenize import TokenizeStage
+
+    assert EncodeStage.needs == Needs(accelerator=True)
+    assert TokenizeStage.needs == ChunkTokenizeStage.needs == Needs(threads_from_cpus=True)
+    encode = Resources.sized(EncodeStage.needs, num_cpus=1.0, gpu_share=0.5, actors=(16, 32))
+    assert (encode.num_gpus, encode.min_actors, encode.max_actors, encode.threads(EncodeStage.needs)) == (
+        0.5,
+        16,
+        32,
+        None,
+    )
+    tokenize = Resources.sized(TokenizeStage.needs, num_cpus=2.5, gpu_share=0.5, actors=(4, 4))
+    assert tokenize.num_gpus == 0.0 and tokenize.threads(TokenizeStage.needs) == 3  # never a GPU; ceil(2.5) threads
+    assert (
+        Resources.sized(TokenizeStage.needs, num_cpus=0.25, gpu_share=0, actors=(2, 2)).threads(TokenizeStage.needs)
+        == 1
+    )
