@@ -42,7 +42,7 @@ from pipeline.ledger.manifest import RunRecord, mark_success, remove_success
 from pipeline.ledger.output import OutputState, Work
 from pipeline.ledger.reuse import reuse_from_pool, update_pool
 from pipeline.ledger.shard_log import ShardLog
-from pipeline.ledger.stop import StopSignal, clear_stop, request_stop
+from pipeline.ledger.stop import StopSignal, request_stop
 from pipeline.ledger.table import EMBEDDED as EMBEDDED_CATALOG
 from pipeline.ledger.table import Published, publish
 from pipeline.planning.budget import Budget
@@ -218,7 +218,6 @@ def _run(config: JobConfig) -> RunSummary:
     if lease.waited:  # another run held the output meanwhile: list the inputs as they are now
         with phases("list_inputs"):
             listing = _list_inputs(config)
-    clear_stop(storage, lease.check)  # an earlier run's stop request (its budget) is not this run's
     ctx = RunContext(
         config=config,
         lease=lease,

@@ -21,11 +21,11 @@ def duplicate_ids_on_cluster(
     import ray
     from ray.data.expressions import col
 
-    ids = ray.data.read_parquet(
-        list(files), filesystem=storage.arrow_filesystem(), columns=["id", "chunk"] if chunked else ["id"]
-    )
+    # the projection is pushed down into the read (Ray Data's optimizer): no vector is read
+    ids = ray.data.read_parquet(list(files), filesystem=storage.arrow_filesystem())
     if chunked:
-        ids = ids.filter(expr=col("chunk") == 0).select_columns(["id"])
+        ids = ids.select_columns(["id", "chunk"]).filter(expr=col("chunk") == 0)
+    ids = ids.select_columns(["id"])
     partitions = None if rows is None else max(1, min(MAX_PARTITIONS, math.ceil(rows / IDS_PER_PARTITION)))
     counts = ids.groupby("id", num_partitions=partitions).count()
     repeated = counts.filter(expr=col("count()") > 1).materialize()

@@ -34,6 +34,7 @@ from pipeline.ledger.lease import LeaseLost
 from pipeline.ledger.manifest import MANIFEST as MANIFEST_NAME
 from pipeline.ledger.manifest import Manifest, is_complete, remove_success
 from pipeline.ledger.shard_log import SHARDS_DIR, ShardRecord, read_records
+from pipeline.ledger.stop import clear_stop
 
 logger = logging.getLogger(__name__)
 
@@ -139,10 +140,12 @@ class OutputState:
     def prepare(self, config: OutputSettings, metadata: Mapping[str, Any], shards: Sequence[Shard]) -> Work:
         """Check the output against this run's settings and inputs; say what is left to do.
 
+        An earlier run's stop request (``_stop``, its budget) is cleared first: it is not this run's.
         ``--overwrite`` needs nothing from the output's bookkeeping (a damaged manifest or shard
         record cannot block it). Otherwise the data files' footers are checked as well as the
         manifest, and a missing manifest is rebuilt from the footers and ``_shards/`` records.
         """
+        clear_stop(self.storage, self.fence)  # an earlier run's stop request (its budget) is not this run's
         cleared: Manifest | None = None
         if config.overwrite:
             self.files.remove_temp_files()
