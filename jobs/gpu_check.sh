@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, for a session lent a GPU machine (see docs/benchmarks.md):
-#   ../shared/device/bundle.sh sentence-transformers==6.2.0 s3fs fsspec zstandard   (builds .device/)
+#   ../shared/device/bundle.sh sentence-transformers==6.2.0 s3fs fsspec zstandard pytest   (builds .device/)
 #   run: carry [".device"], command: source .device/setup.sh && bash jobs/gpu_check.sh
 # First contact: STEPS=quick (jobs/gpu_quick.py: versions, the plan's calibration (--calibrate), memory estimate vs reserved, parity with real
 # weights, padded/packed encode tokens/s, the whole pipeline; <= 180 s on an H100, <= 4 files, each step
@@ -8,6 +8,8 @@
 # Steps (STEPS="..." picks some; each fits in a few minutes on an H100 and writes its files as it goes,
 # so a timeout keeps the earlier ones; run them in one call or one call each):
 #   versions      python/torch/transformers/ray/pyarrow, the device, nvidia-smi
+#   tests         the gpu test tier (pytest -m gpu: bf16 parity with real weights, packed attention,
+#                 CUDA-graph buckets, the memory cap of actors sharing a GPU) -> gpu-tests.txt
 #   memory/       planner's peak-memory estimate vs torch.cuda.max_memory_reserved on the job's encode path
 #   profile/      forward-only tokens/s over batch x length (CUDA events); torch.profiler of the encode
 #                 path, padded and packed: the attention kernel that ran, the GPU's idle share
@@ -30,7 +32,7 @@ fi
 py=${PYTHON:-python3}  # the device image has python3, not python
 out=${OUT:-gpu-check}
 device=${DEVICE:-cuda}
-steps=" ${STEPS:-versions memory profile bench actors sustained} "
+steps=" ${STEPS:-versions tests memory profile bench actors sustained} "
 rehearse=()
 [[ $device == cuda ]] || rehearse=(--rehearse)
 mkdir -p "$out"
@@ -48,6 +50,10 @@ PY
   if [[ $device == cuda ]]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/nvidia-smi.csv"
   fi
+fi
+if [[ $steps == *" tests "* ]]; then
+  # its result is in the file (a failing test does not stop the other steps); no CUDA: all skipped, said
+  "$py" -m pytest -q -m gpu -p no:cacheprovider tests/pipeline/stages/test_gpu.py 2>&1 | tee "$out/gpu-tests.txt" || true
 fi
 if [[ $steps == *" memory "* ]]; then
   "$py" jobs/gpu_memory_check.py "${rehearse[@]}" --out "$out/memory"
