@@ -14,6 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipeline.config import JobConfig, PlanConfig
 from pipeline.errors import UsageError
 from pipeline.planning.scheduler_config import SchedulerConfig
 from pipeline.stages.chunk_tokenize import ChunkTokenizeSettings, ChunkTokenizeStage
@@ -67,8 +68,8 @@ class PlanRequest:
     rows_per_file: int | None = None  # an encode call never spans more rows than one output file
 
     @classmethod
-    def from_job(cls, config: Any, rows_per_file: int | None = None) -> "PlanRequest":
-        """From a JobConfig or a PlanConfig (the settings both declare); ``rows_per_file`` is a run's."""
+    def from_job(cls, config: JobConfig | PlanConfig, rows_per_file: int | None = None) -> "PlanRequest":
+        """From a run's or plan's settings (the same groups); ``rows_per_file`` is a run's."""
         return cls(
             max_length=config.max_length,
             dtype=config.dtype,
