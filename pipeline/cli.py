@@ -227,14 +227,13 @@ def _estimate(config, plan, *, cluster_gpus: int | None):
     from pipeline.io.listing import list_shards
     from pipeline.io.storage import register_secrets
     from pipeline.planning.estimate import add_cost, estimate_corpus
-    from pipeline.stages.chunking import ChunkSettings
     from pipeline.stages.model import ModelSource
 
     options = dict(config.storage_options)
     register_secrets(options, tuple(config.inputs))
     texts: list[str] = []
     shards = list_shards(config.inputs, options, config.input_format, ignore_unknown=config.ignore_unknown_files)
-    chunk = ChunkSettings.of_job(config)
+    chunk = config.chunking.settings()
     fields = field_spec(config)
     estimate = estimate_corpus(
         shards,

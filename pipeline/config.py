@@ -175,7 +175,11 @@ class ChunkingOptions:
 
     def settings(self) -> ChunkSettings | None:
         """The stages' and the ledger's windows, or None: records are truncated."""
-        return ChunkSettings.of_job(self)
+        if self.chunk_tokens is None:
+            return None
+        return ChunkSettings(
+            tokens=self.chunk_tokens, overlap=self.chunk_overlap, max_chunks=self.max_chunks_per_record
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

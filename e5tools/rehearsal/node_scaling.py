@@ -58,7 +58,7 @@ class PinnedRayCluster:
                     f"--num-cpus={NODE_CPUS}",
                     "--node-ip-address=127.0.0.1",
                     "--disable-usage-stats",
-                    *(["--object-store-memory", str(512 * 2**20)]),
+                    f"--object-store-memory={512 * 2**20}",
                 ]
                 if core == 0:
                     role = ["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.temp_dir}"]

@@ -37,7 +37,7 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 class ProcessMetrics:
     """This process's metric objects, made on first use under a lock (read tasks, stage actors and
-    the driver's status thread report from several threads); ``reset()`` ends their lifetime."""
+    the driver's status thread report from several threads); they live as long as the process."""
 
     _instance: ProcessMetrics | None = None
     _lock = threading.Lock()
@@ -58,11 +58,6 @@ class ProcessMetrics:
             if cls._instance is None:
                 cls._instance = cls()
             return cls._instance
-
-    @classmethod
-    def reset(cls) -> None:
-        with cls._lock:
-            cls._instance = None
 
 
 def inc(name: str, value: float, run_id: str, **tags: str) -> None:

@@ -9,6 +9,7 @@ fails the job.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -211,5 +212,7 @@ class WorkSpans:
         }
 
 
+@functools.cache
 def _worker() -> str:
+    """This process, as the timeline counts workers (once per process: it is asked on every batch)."""
     return f"{socket.gethostname()}:{os.getpid()}"

@@ -32,7 +32,7 @@ from pipeline.ledger.files import OutputFile, OutputFiles, Totals
 from pipeline.ledger.identity import IDENTITY_KEYS, PRODUCER, identity, normalized_inputs, refuse_legacy_chunked
 from pipeline.ledger.lease import LeaseLost
 from pipeline.ledger.manifest import MANIFEST as MANIFEST_NAME
-from pipeline.ledger.manifest import Manifest, is_complete, remove_success
+from pipeline.ledger.manifest import Manifest, RunRecord, is_complete, remove_success
 from pipeline.ledger.shard_log import SHARDS_DIR, ShardRecord, read_records
 from pipeline.ledger.stop import clear_stop
 
@@ -127,7 +127,7 @@ class OutputState:
         manifest.retired_files = sorted(self.files.retired)
         manifest.save(self.storage, self.fence)
 
-    def record_run(self, manifest: Manifest, run: Any, totals: Counters, repaired_files: int) -> None:
+    def record_run(self, manifest: Manifest, run: RunRecord, totals: Counters, repaired_files: int) -> None:
         """A run's record (failed or not) and the output's totals, saved in the manifest."""
         manifest.set_totals(totals)
         manifest.repaired_files += repaired_files

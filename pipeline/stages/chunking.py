@@ -45,13 +45,6 @@ class ChunkSettings:
         if self.max_chunks < 1:
             raise UsageError(f"max chunks per record must be >= 1; got {self.max_chunks}")
 
-    @classmethod
-    def of_job(cls, config: Any) -> "ChunkSettings | None":
-        """A JobConfig's windows (``--chunk-tokens``…), or None: records are truncated."""
-        if config.chunk_tokens is None:
-            return None
-        return cls(tokens=config.chunk_tokens, overlap=config.chunk_overlap, max_chunks=config.max_chunks_per_record)
-
     def metadata(self) -> dict[str, Any]:
         return {"tokens": self.tokens, "overlap": self.overlap, "max_chunks": self.max_chunks}
 
