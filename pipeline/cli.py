@@ -348,7 +348,7 @@ def _rate(config, plan, texts, cluster_gpus):
         if manifest is None:
             raise UsageError(f"--from-run {config.from_run} is not an e5-embed output (no _manifest.json)")
         return cal.run_rate(manifest.runs, config.from_run), None
-    return cal.profile_rate(plan.gpu_tokens_per_s), None
+    return cal.profile_rate(plan.gpu_tokens_per_s, plan.gpu_rate_source), None
 
 
 def _dev_tools(module: str):

@@ -32,6 +32,8 @@ class Profile:
     memory_headroom: float = 0.15
     cuda_context_gb: float = 0.6
     gpu_tokens_per_s: float = 500_000
+    # where gpu_tokens_per_s comes from, said beside every number the plan makes from it; unset: a guess
+    rate_source: str | None = None
     bf16: bool = True
     # CPU-seconds per million tokens, measured by `e5-embed bench --cpu-side` (docs/benchmarks.md): the
     # tokenizer actors' own (sizes their pool), and the whole job's, every process (cores per GPU)

@@ -133,6 +133,11 @@ def test_cost_and_wall_time_come_as_a_range_from_the_spread():
     unmeasured = CorpusEstimate(**{**estimate.__dict__, "notes": []})
     add_cost(unmeasured, encoders=10, rate=cal.profile_rate(2e6), gpu_hour_price=2.0)
     assert "profile guess, unmeasured" in unmeasured.rate_source and any("calibrate" in n for n in unmeasured.notes)
+    # a profile measured on a machine of its kind says so, and is still not this cluster's calibration
+    sourced = CorpusEstimate(**{**estimate.__dict__, "notes": []})
+    add_cost(sourced, encoders=10, rate=cal.profile_rate(1.36e6, "H200 profile: measured on one H200"))
+    assert sourced.rate_source.startswith("H200 profile: measured on one H200; not this cluster")
+    assert any("calibrate" in n for n in sourced.notes)
     # a corpus with less padding than the calibration's sample: more real tokens per slot
     lean = CorpusEstimate(**{**estimate.__dict__, "notes": [], "padding_share": 0.0})
     add_cost(lean, encoders=10, rate=rate, calibrated_padding=0.2)

@@ -48,8 +48,11 @@ def test_calibrate_then_plan_with_it_refuse_it_stale_and_plan_from_a_run(tmp_pat
     stale = cli("plan", "--input", str(corpus), "--model", tiny_e5_path, "--calibration", str(calibration))
     assert stale.returncode == 2 and "does not describe this plan" in stale.stderr and "model sha256:" in stale.stderr
 
-    guessed = cli("plan", "--input", str(corpus), "--model", minilm_path, "--gpus", "8", "--accelerator", "H100")
+    guessed = cli("plan", "--input", str(corpus), "--model", minilm_path, "--gpus", "8", "--accelerator", "A100")
     assert guessed.returncode == 0 and "rate: profile guess, unmeasured" in guessed.stdout
+    derived = cli("plan", "--input", str(corpus), "--model", minilm_path, "--gpus", "8", "--accelerator", "H100")
+    assert derived.returncode == 0 and "rate: H100 profile: the H200's measured" in derived.stdout
+    assert "not measured on an H100" in derived.stdout and "not this cluster" in derived.stdout
 
     out = tmp_path / "out"
     done = cli("run", "--input", str(corpus), "--output", str(out), "--model", minilm_path, "--no-progress")

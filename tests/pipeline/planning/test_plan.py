@@ -55,7 +55,9 @@ def test_the_memory_model_against_independent_facts():
     worked out by hand. e5-base-v2 at 64 rows x 512 tokens in bf16: 108,891,648 parameters (BERT-base
     without its pooler: 23,837,184 embeddings + 12 x 7,087,872) x 2 bytes; the largest phase is the
     FFN: 32,768 tokens x (2 x 768 + 2 x 3,072) x 2 bytes + ids and mask (32,768 x 16) = 503,840,768
-    bytes, x 1.2 margin; plus the 0.6 GB CUDA context."""
+    bytes, x 2.0 margin; plus the 0.6 GB CUDA context. And what a GPU reserved: on an H200
+    (docs/gpu-h200-results.json, the job's ragged encode path) the allocator's peak stays within the
+    estimate for both cells measured (before the margin was measured it covered 0.66x of it)."""
     published = {  # parameters, from each model card (with the pooler the embedder does not use)
         "intfloat/e5-small-v2": 33.4e6,
         "intfloat/e5-base-v2": 109e6,
@@ -65,9 +67,15 @@ def test_the_memory_model_against_independent_facts():
     for name, count in published.items():
         assert KNOWN_SHAPES[name].parameters == pytest.approx(count, rel=0.01), name
     assert KNOWN_SHAPES["intfloat/e5-base-v2"].parameters == 23_837_184 + 12 * 7_087_872
-    by_hand = (0.6 * 2**30 + 108_891_648 * 2 + 1.2 * 503_840_768) / 2**30
+    by_hand = (0.6 * 2**30 + 108_891_648 * 2 + 2.0 * 503_840_768) / 2**30
     assert estimate_peak_gpu_memory_gb(BASE, 64, 512, "bfloat16", 0.6) == pytest.approx(by_hand, rel=1e-9)
-    assert by_hand == pytest.approx(1.3659, abs=1e-4)
+    assert by_hand == pytest.approx(1.7413, abs=1e-4)
+    measured = json.loads((Path(__file__).parents[3] / "docs" / "gpu-h200-results.json").read_text())
+    cells = measured["quick"]["memory"]["rows"]
+    assert len(cells) == 2
+    for cell in cells:  # reserved excludes the CUDA context, so the estimate is taken without it too
+        estimate = estimate_peak_gpu_memory_gb(BASE, cell["batch"], cell["length"], "bfloat16", 0.0)
+        assert cell["reserved_gb"] <= estimate <= 1.25 * cell["reserved_gb"], cell
 
 
 @pytest.mark.unit
@@ -159,14 +167,14 @@ def test_the_cpu_side_is_sized_with_the_whole_jobs_cpu_per_token(scheduler):
     wide = make_plan(ClusterSpec(gpus=8, cpus=208, nodes=1, accelerator="H100"), BASE, PlanRequest(), scheduler)
     feed = 1.25 * h100.gpu_tokens_per_s / 1e6  # millions of tokens/s per GPU, with the plan's headroom
     assert wide.tokenizer_actors == math.ceil(8 * feed * h100.tokenize_cpu_s_per_m_tokens)
-    # from throughput per core: utilization / CPU-s per token (H100 at 2.0M tokens/s, 4.5 CPU-s per
-    # million tokens at 85%: 2.5M tokens/s to feed / 188,889 tokens/s per core = 13.2 cores)
-    assert (h100.gpu_tokens_per_s, h100.job_cpu_s_per_m_tokens, h100.cpu_utilization) == (2_000_000, 4.5, 0.85)
+    # from throughput per core: utilization / CPU-s per token (H100 at 1.3M tokens/s, 4.5 CPU-s per
+    # million tokens at 85%: 1.625M tokens/s to feed / 188,889 tokens/s per core = 8.6 cores)
+    assert (h100.gpu_tokens_per_s, h100.job_cpu_s_per_m_tokens, h100.cpu_utilization) == (1_300_000, 4.5, 0.85)
     assert wide.cpu_tokens_per_core_s == 188_889
-    assert wide.cpu_cores_per_gpu_needed == 13.2
+    assert wide.cpu_cores_per_gpu_needed == 8.6
     assert wide.cpu_cores_per_gpu == round((208 - h100.cpus_reserved_per_node) / 8, 1)
     assert not any("cannot feed" in n for n in wide.notes)
-    assert "~13.2 cores per GPU needed (~188,889 tokens/s per core, measured throughput)" in wide.describe()
+    assert "~8.6 cores per GPU needed (~188,889 tokens/s per core, measured throughput)" in wide.describe()
     thin = make_plan(ClusterSpec(gpus=8, cpus=64, nodes=1, accelerator="H100"), BASE, PlanRequest(), scheduler)
     (note,) = [n for n in thin.notes if "cannot feed" in n]
     assert f"{thin.cpu_cores_per_gpu:.1f} CPUs per GPU" in note
@@ -334,4 +342,4 @@ def test_estimate_takes_the_largest_phase_not_their_sum():
         / tokens
     )
     assert per_token == pytest.approx(ACTIVATION_MARGIN * (7680 * 2 + 16))
-    assert per_token < sum(phases.values()) / tokens / 1.5  # the old sum, less the margin
+    assert per_token < ACTIVATION_MARGIN * sum(phases.values()) / tokens / 1.5  # not the sum of the phases

@@ -35,10 +35,13 @@ def test_bf16_with_real_weights_matches_the_card(minilm_path):
 
 
 def test_packed_attention_runs_on_the_gpu_and_matches_the_card(minilm_path):
-    embedder = Embedder(minilm_path, prefix="passage", batch_size=8, dtype="float32", device="cuda", attention="packed")
+    # flash varlen attention runs in bf16/fp16 only (float32 falls back to padded, with a warning)
+    embedder = Embedder(
+        minilm_path, prefix="passage", batch_size=8, dtype="bfloat16", device="cuda", attention="packed"
+    )
     ours = embedder.encode(TEXTS)
     assert embedder.encoder.attention == "packed"  # it ran packed, not the padded fallback
-    assert parity_error(ours, _reference(minilm_path)) <= TOLERANCE["float32"]
+    assert parity_error(ours, _reference(minilm_path)) <= TOLERANCE["bfloat16"]
 
 
 def test_shape_buckets_with_cuda_graphs_reuse_their_graphs(minilm_path):
