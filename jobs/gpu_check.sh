@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check, for a session lent a GPU machine (see docs/benchmarks.md):
-#   ../shared/device/bundle.sh sentence-transformers==6.2.0 s3fs fsspec zstandard pytest   (builds .device/)
-#   run: carry [".device"], command: source .device/setup.sh && bash jobs/gpu_check.sh
+# The GPU check, for a session lent a GPU machine (see docs/benchmarks.md, "GPU"; last run 2026-12-04 on an H200):
+#   ../shared/device/bundle.sh                                   (builds .device/: Ray, slimmed)
+#   python -m e5tools.device_model pack .device/minilm.tar.xz    (real weights small enough to carry)
+#   run: carry [".device"], command: source .device/setup.sh && export E5_EMBED_OFFLINE_MODEL=$(python3 -m
+#        e5tools.device_model unpack .device/minilm.tar.xz /tmp/models) && STEPS="quick tests" bash jobs/gpu_check.sh
 # First contact: STEPS=quick (jobs/gpu_quick.py: versions, the plan's calibration (--calibrate), memory estimate vs reserved, parity with real
 # weights, padded/packed encode tokens/s, the whole pipeline; <= 180 s on an H100, <= 4 files, each step
 # saved as it finishes, a failing step recorded and the others run). Then, with the time left:

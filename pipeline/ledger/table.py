@@ -53,6 +53,10 @@ CATALOG_DB = "catalog.db"
 EMBEDDED = "e5_embed"  # the embedded catalog's name (a reader opens its database under this name)
 PREFIX = "e5-embed."
 COMMIT_ATTEMPTS = 4  # a commit that lost the catalog's optimistic-concurrency race is redone this often
+# pyiceberg redoes a lost commit itself by default, on the table as the winner left it: a rival's files
+# would then ride into this run's snapshot. The job's table has it off, so a lost race comes back here,
+# where the change is computed again and another writer's files are refused by name.
+NO_LIBRARY_RETRY = {"commit.retry.num-retries": "0"}
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,7 @@ def _table_properties(storage: Storage, metadata: Mapping[str, Any], expected: p
         PREFIX + "embedding-dim": str(embedding.list_size),
         PREFIX + "embedding-cast": f"pa.list_(pa.float32(), {embedding.list_size})",
         "write.parquet.compression-codec": "zstd",
+        **NO_LIBRARY_RETRY,
     }
 
 
@@ -227,6 +232,10 @@ def _load_or_create(
             f"(model {metadata.get('model_sha')}): publish to another --iceberg-table"
         )
     _check_schema(table, expected, settings.table)
+    if any(props.get(k) != v for k, v in NO_LIBRARY_RETRY.items()):  # a table of an earlier release
+        with table.transaction() as tx:
+            tx.set_properties(**NO_LIBRARY_RETRY)
+        table = catalog.load_table(settings.table)
     return table
 
 
@@ -256,6 +265,20 @@ def _commit(table: Any, add: list[Any], remove: list[Any], summary: Mapping[str,
                 producer.delete_data_file(data_file)
             for data_file in add:
                 producer.append_data_file(data_file)
+
+
+def _check_committed(table: Any, want: set[str], where: str) -> None:
+    """The snapshot just committed holds exactly the output's files (a writer that redoes lost
+    commits on its own could have carried another writer's files into it)."""
+    now = set(_current_files(table))
+    if now != want:
+        extra, missing = sorted(now - want), sorted(want - now)
+        raise UsageError(
+            f"{where}: the snapshot just committed ({table.current_snapshot().snapshot_id}) is not the output: "
+            f"{len(extra)} file(s) another writer added (e.g. {extra[0] if extra else '-'}), {len(missing)} of the "
+            "output's missing; another writer committed to the table at the same time. Roll the table back to "
+            "its previous snapshot, then publish again"
+        )
 
 
 def _expire(table: Any, keep: int, retired: Sequence[str], storage: Storage) -> tuple[int, list[str]]:
@@ -334,6 +357,7 @@ def publish(
                     continue
                 committed, added, removed = True, len(add), len(remove)
                 table = catalog.load_table(settings.table)
+                _check_committed(table, want, where)
                 break
             expired, deleted = _expire(table, settings.keep_snapshots, retired, storage)
             snapshot = table.current_snapshot()
