@@ -457,6 +457,7 @@ def run_benchmark(
     longdoc: bool = False,
     cpu_side: tuple[int, int] | None = None,
     actors_per_gpu: int | None = None,
+    pipeline_attention: str | None = None,
     out_dir: str = "bench-results",
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -574,6 +575,7 @@ def run_benchmark(
     steady_state: dict[str, Any] = {}
     if "pipeline" in rows:
         pipeline_flags = ("--actors-per-gpu", str(actors_per_gpu)) if actors_per_gpu else ()
+        pipeline_flags += ("--attention", pipeline_attention) if pipeline_attention else ()
         s, manifest, rss = run_pipeline(model, texts, batch_size, workdir, extra=pipeline_flags)
         tokens_total = tokens_total or manifest["tokens"]  # pipeline alone: its own count
         steady = manifest["steady_tokens_per_s"]
@@ -587,6 +589,7 @@ def run_benchmark(
             None,
             "whole job incl. Ray start-up; peak host = sum of RSS over the job's processes"
             + (f"; --actors-per-gpu {actors_per_gpu}" if actors_per_gpu else "")
+            + (f"; --attention {pipeline_attention}" if pipeline_attention else "")
             + (f"; steady state (between output files) {steady:.0f} tokens/s" if steady else ""),
         )
         steady_state = {

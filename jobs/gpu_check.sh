@@ -19,6 +19,7 @@
 #                 encode_buckets, pipeline on the same 20k docs
 #   actors1/ actors2/  the pipeline on 50k docs with 1 and 2 encode actors per GPU
 #   sustained/    the pipeline alone on 200k docs (~30M tokens): steady-state throughput
+#                 (SUSTAINED_ATTENTION=packed: the whole job with --attention packed, not yet measured on a GPU)
 # DEVICE=cpu DOCS=40 ACTORS_DOCS=40 SUSTAINED_DOCS=80 bash jobs/gpu_check.sh  rehearses it on a CPU machine.
 # tests/jobs/test_gpu_scripts.py runs the steps with code of their own once (STEPS="versions memory profile
 # bench", BENCH_ROWS=reference) and parses the rest (bash -n): the actors and sustained steps are
@@ -75,5 +76,6 @@ if [[ $steps == *" actors "* ]]; then
   done
 fi
 if [[ $steps == *" sustained "* ]]; then
-  "$py" -m pipeline bench --device "$device" --docs "${SUSTAINED_DOCS:-200000}" --rows pipeline --out "$out/sustained"
+  "$py" -m pipeline bench --device "$device" --docs "${SUSTAINED_DOCS:-200000}" --rows pipeline --out "$out/sustained" \
+    ${SUSTAINED_ATTENTION:+--pipeline-attention "$SUSTAINED_ATTENTION"}
 fi

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run as on a GPU node, every process's CPU by role, marginal tokens per CPU-s against the raw tokenizer",
     )
     bench.add_argument("--actors-per-gpu", type=int, help="the pipeline row's encode actors per GPU (default: plan)")
+    bench.add_argument(
+        "--pipeline-attention", choices=("padded", "packed"), default=None, help="the pipeline row's --attention"
+    )
     bench.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     _common(bench)
     bench.set_defaults(handler=cmd_bench)
@@ -398,6 +401,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         longdoc=args.longdoc,
         cpu_side=cpu_side,
         actors_per_gpu=args.actors_per_gpu,
+        pipeline_attention=args.pipeline_attention,
         out_dir=args.out,
     )
     sys.stdout.write(markdown(report))

@@ -49,7 +49,14 @@ def test_every_row_and_memory_check_are_well_formed(tmp_path):
     # the same code at any length (the GPU session runs them at 512)
     # --actors-per-gpu 2: what jobs/gpu_check.sh's actors step passes to the pipeline row
     report = run_benchmark(
-        docs=24, device="cpu", rows=ROWS, memory_check=True, max_length=128, actors_per_gpu=2, out_dir=str(tmp_path)
+        docs=24,
+        device="cpu",
+        rows=ROWS,
+        memory_check=True,
+        max_length=128,
+        actors_per_gpu=2,
+        pipeline_attention="packed",
+        out_dir=str(tmp_path),
     )
     assert set(report["rows"]) == set(ROWS)
     for name, row in report["rows"].items():
@@ -77,6 +84,7 @@ def test_every_row_and_memory_check_are_well_formed(tmp_path):
     }
     assert report["matmul_peak_flops"] > 0 and report["versions"]["ray"]
     assert "--actors-per-gpu 2" in report["rows"]["pipeline"]["notes"]
+    assert "--attention packed" in report["rows"]["pipeline"]["notes"]  # gpu_check.sh's SUSTAINED_ATTENTION
     rates = report["tokenize"]["rates"]  # the CPU side on the same texts: raw tokenizer and both stages
     assert rates["raw_encode_batch"]["tokens"] == rates["tokenize_stage"]["tokens"] > 0
     assert rates["chunk_tokenize_stage"]["tokens"] >= rates["tokenize_stage"]["tokens"]  # nothing cut off
