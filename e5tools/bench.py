@@ -468,6 +468,10 @@ def run_benchmark(
     from pipeline.stages.model import offline_info
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if device == "cuda":  # the in-process rows encode here: this process set as the job's GPU actors are
+        from e5tools.device_scripts import own_cuda_process
+
+        own_cuda_process()
     workdir = Path(tempfile.mkdtemp(prefix="e5-bench-"))
     weights = "real"
     if model is None:

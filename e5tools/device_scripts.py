@@ -17,8 +17,21 @@ def parse_args(name: str, description: str, default_out: str, add=None) -> argpa
     return parser.parse_args()
 
 
+def own_cuda_process() -> None:
+    """A script that encodes in its own process on a GPU owns that process's settings: the encode
+    stage's (``EncodeStage.needs.gpu_process_env``, which the job's backend gives its GPU actors), set
+    before the first CUDA call, as the job's actors have them. One already set is left as it is."""
+    import os
+
+    from pipeline.stages.encode import CUDA_PROCESS_ENV
+
+    for name, value in CUDA_PROCESS_ENV:
+        os.environ.setdefault(name, value)
+
+
 def device_or_exit(name: str, args: argparse.Namespace) -> tuple[str, str] | None:
     """("cuda", dtype), ("cpu", "float32") when rehearsing, or None (said on stderr) with no CUDA device."""
+    own_cuda_process()
     import torch
 
     if torch.cuda.is_available():

@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention", choices=("padded", "packed"), default="padded", help="the calibrate step's")
     parser.add_argument("--calibrate-seconds", type=float, default=None, help="default: 60 on CUDA, 5 on CPU")
     args = parser.parse_args(argv)
+    from e5tools.device_scripts import own_cuda_process
+
+    own_cuda_process()  # before the first CUDA call, as the job's encode actors have it
     import torch
 
     cuda = torch.cuda.is_available()

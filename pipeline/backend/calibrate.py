@@ -15,9 +15,12 @@ def calibrate_on_cluster(*, gpus: int, timeout_s: float, **kwargs: Any) -> Calib
         return measure(**kwargs)
     import ray
 
+    from pipeline.backend.dataset import gpu_process_env
     from pipeline.errors import TransientError
+    from pipeline.stages.encode import EncodeStage
 
-    task = ray.remote(num_gpus=1, num_cpus=1, max_retries=0)(measure)
+    env = gpu_process_env(EncodeStage.needs)  # the process the encode stage runs in, as in the job
+    task = ray.remote(num_gpus=1, num_cpus=1, max_retries=0, runtime_env={"env_vars": env} if env else None)(measure)
     ref = task.remote(**kwargs)
     ready, _ = ray.wait([ref], timeout=timeout_s)
     if not ready:

@@ -20,7 +20,7 @@ from pipeline.backend.progress import Telemetry
 from pipeline.backend.timed_stage import timed
 from pipeline.backend.timeline import operator_stats
 from pipeline.errors import UsageError
-from pipeline.stages.spec import StageSpec
+from pipeline.stages.spec import Needs, StageSpec
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,10 @@ def apply_stage(ds, spec: StageSpec, telemetry: Telemetry | None = None, stop: C
     from ray.data import ActorPoolStrategy
 
     res = spec.resources
+    remote_args = {}
+    env = gpu_process_env(spec.stage.needs) if res.num_gpus else {}
+    if env:
+        remote_args["runtime_env"] = {"env_vars": env}
     return ds.map_batches(
         timed(spec.stage, spec.name.removesuffix("Stage").lower()),
         fn_constructor_args=(spec.stage, telemetry, stop),
@@ -138,7 +142,14 @@ def apply_stage(ds, spec: StageSpec, telemetry: Telemetry | None = None, stop: C
         compute=ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
         num_cpus=res.num_cpus,
         num_gpus=res.num_gpus or None,
+        **remote_args,
     )
+
+
+def gpu_process_env(needs: Needs) -> dict[str, str]:
+    """What a GPU actor's process is started with (``Needs.gpu_process_env``), less what the job's
+    environment sets already (the user's choice stands)."""
+    return {k: v for k, v in needs.gpu_process_env if k not in os.environ}
 
 
 def build_dataset(

@@ -2,6 +2,9 @@
 tokenize and encode stages (the same prefix, truncation, micro-batching, pooling and L2 norm).
 
 For queries at serving time, the demo, the benchmark and tests; a batch job uses ``e5-embed run``.
+On a GPU the process is the caller's: the job starts its GPU actors with
+``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` (fewer fragmentation OOMs on ragged batches,
+``EncodeStage.needs``); set it in this process before its first CUDA call for the same behaviour.
 """
 
 from __future__ import annotations

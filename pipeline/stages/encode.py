@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 # Tests that declare Ray GPUs on a machine without one set this; anywhere else a GPU actor
 # without CUDA is an error, never a quiet CPU run.
 ALLOW_CPU_ON_GPU_ENV = "E5_EMBED_ALLOW_CPU_ON_GPU"
+CUDA_PROCESS_ENV = (("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),)
 WARM_CALLS = 2  # calls per shape bucket at warm-up: compile on the first, CUDA-graph capture on the second
 # RuntimeErrors that are allocation failures in disguise (library workspaces on a full device)
 ALLOC_FAILURES = (
@@ -60,7 +61,10 @@ class EncodeSettings:
 class EncodeStage:
     """A callable class over TOKENIZED tables: the model is loaded once per instance (actor)."""
 
-    needs = Needs(accelerator=True)  # a GPU (or a share of one) per actor where the cluster has them
+    # a GPU (or a share of one) per actor where the cluster has them; the caching allocator set for
+    # ragged batches (fewer fragmentation OOMs) in the actor's process before its first CUDA call.
+    # In-process use on a GPU (Embedder, the GPU scripts): the process's owner sets CUDA_PROCESS_ENV.
+    needs = Needs(accelerator=True, gpu_process_env=CUDA_PROCESS_ENV)
 
     def __init__(
         self,
@@ -82,10 +86,6 @@ class EncodeStage:
         (``setup``, on the actor)."""
         if attention not in ATTENTION_MODES:  # before any model is loaded
             raise UsageError(f"attention must be one of {', '.join(ATTENTION_MODES)}, not {attention!r}")
-        if device != "cpu":
-            # before any CUDA call of this process (the allocator reads it once, at its first use):
-            # fewer fragmentation OOMs on ragged batches
-            os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         self.device = resolve_device(device)
         if expect_gpu and self.device != "cuda":
             if os.environ.get(ALLOW_CPU_ON_GPU_ENV) != "1":

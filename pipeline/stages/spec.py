@@ -23,6 +23,10 @@ class Needs:
 
     accelerator: bool = False  # a share of a GPU per actor where the cluster has GPUs
     threads_from_cpus: bool = False  # its native threads (a Rust pool) are the CPUs it reserves
+    # variables the actor's process needs before its first CUDA call when it holds a GPU: set by the
+    # backend as it starts that process (Ray's runtime_env), never by the stage in whatever process
+    # constructs it; one the job's own environment sets already is left as it is
+    gpu_process_env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

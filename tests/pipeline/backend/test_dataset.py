@@ -1,10 +1,12 @@
 """The Ray session's environment for a cluster the job starts itself."""
 
 import os
+from dataclasses import dataclass
 
 import pytest
 
 from pipeline.backend.dataset import LOCAL_RAYLET_ENV, _local_raylet_env
+from pipeline.stages.model import ModelSource
 
 pytestmark = pytest.mark.unit
 
@@ -57,3 +59,50 @@ def test_a_stopped_run_lets_batches_through_empty_with_the_stages_schema(minilm_
     stopped[0] = True
     out = wrapped(block)
     assert out.num_rows == 0 and out.schema == schemas.TOKENIZED
+
+
+def test_gpu_actors_are_started_with_the_encode_stages_process_env_and_the_jobs_own_value_stands(monkeypatch):
+    """The allocator setting belongs to the GPU actor's process, set by the backend as Ray starts it
+    (runtime_env), not by the stage's constructor in whatever process builds it."""
+    from pipeline.backend.dataset import apply_stage
+    from pipeline.stages.encode import EncodeStage
+    from pipeline.stages.spec import Resources, StageSpec
+    from pipeline.stages.tokenize import TokenizeStage
+
+    class Recorder:
+        def map_batches(self, fn, **kwargs):
+            self.kwargs = kwargs
+            return self
+
+    def remote_env(stage, settings, gpus):
+        spec = StageSpec(stage=stage, settings=settings, resources=Resources(num_gpus=gpus), batch_size=8)
+        return apply_stage(Recorder(), spec).kwargs.get("runtime_env")
+
+    @dataclass(frozen=True)
+    class Encode:
+        model: ModelSource
+        batch_size: int
+
+    @dataclass(frozen=True)
+    class Tokenize:
+        model: ModelSource
+        prefix: str
+        max_length: int
+
+    encode = Encode(ModelSource(name_or_path="m"), 8)
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert remote_env(EncodeStage, encode, 0.5) == {"env_vars": {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}}
+    assert remote_env(EncodeStage, encode, 0) is None  # a CPU encode actor: no CUDA, no extra env
+    assert remote_env(TokenizeStage, Tokenize(ModelSource(name_or_path="m"), "passage: ", 512), 0) is None
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "backend:cudaMallocAsync")  # the job's own choice
+    assert remote_env(EncodeStage, encode, 0.5) is None
+
+
+def test_constructing_an_encode_stage_changes_no_process_setting(monkeypatch, minilm_path):
+    import pipeline.stages.encode as encode
+
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.setattr(encode, "resolve_device", lambda device: "cpu")
+    before = dict(os.environ)
+    encode.EncodeStage(model=ModelSource(name_or_path=minilm_path), batch_size=2, device="auto")
+    assert dict(os.environ) == before

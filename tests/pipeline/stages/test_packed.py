@@ -97,7 +97,6 @@ def test_packed_on_a_gpu_without_flash_falls_back_to_padded_loudly(monkeypatch, 
 
     _FakeGpu(monkeypatch, (7, 5))
     monkeypatch.setattr(encode, "resolve_device", lambda device: "cuda")
-    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     stage = EncodeStage(model=ModelSource(name_or_path=minilm_path), batch_size=2, device="cuda", attention="packed")
     assert stage.attention == "padded" and stage.dtype == "float16"
     assert any(
@@ -110,20 +109,3 @@ def test_packed_on_a_gpu_without_flash_falls_back_to_padded_loudly(monkeypatch, 
         ).attention
         == "packed"
     )
-
-
-def test_the_allocator_setting_is_in_place_before_the_first_cuda_call(monkeypatch, minilm_path):
-    import os
-
-    import pipeline.stages.encode as encode
-
-    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
-    seen = []
-
-    def resolve_device(device):  # the first torch.cuda call the stage makes
-        seen.append(os.environ.get("PYTORCH_CUDA_ALLOC_CONF"))
-        return "cpu"
-
-    monkeypatch.setattr(encode, "resolve_device", resolve_device)
-    EncodeStage(model=ModelSource(name_or_path=minilm_path), batch_size=2, device="auto")
-    assert seen == ["expandable_segments:True"]

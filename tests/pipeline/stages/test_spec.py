@@ -76,7 +76,9 @@ def test_stages_declare_what_an_actor_needs_and_the_plan_sizes_it():
     from pipeline.stages.spec import Needs, Resources
     from pipeline.stages.tokenize import TokenizeStage
 
-    assert EncodeStage.needs == Needs(accelerator=True)
+    assert EncodeStage.needs == Needs(
+        accelerator=True, gpu_process_env=(("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"),)
+    )
     assert TokenizeStage.needs == ChunkTokenizeStage.needs == Needs(threads_from_cpus=True)
     encode = Resources.sized(EncodeStage.needs, num_cpus=1.0, gpu_share=0.5, actors=(16, 32))
     assert (encode.num_gpus, encode.min_actors, encode.max_actors, encode.threads(EncodeStage.needs)) == (
