@@ -32,15 +32,9 @@ KEEP_FILES = (
 
 def _texts() -> list[str]:
     from e5tools.bench import make_corpus
+    from e5tools.sample_text import PARITY_TEXTS
 
-    texts = make_corpus(20_000)
-    try:  # the gpu tier's texts, where the tests are present (a checkout)
-        from tests.pipeline.stages.test_gpu import TEXTS
-
-        texts += list(TEXTS)
-    except ImportError:
-        pass
-    return texts
+    return make_corpus(20_000) + PARITY_TEXTS
 
 
 def pack(dest: str, preset: int = 6) -> dict:

@@ -135,6 +135,18 @@ def passages(limit: int) -> list[tuple[str, str]]:
 
 
 # One sentence per script (several without spaces: Chinese, Japanese, Thai), for the multilingual tests.
+# The texts the GPU checks hold the product to the model card with (the gpu test tier, the real
+# weights carried to a GPU machine: e5tools.device_model keeps their tokens): short and long,
+# queries and passages, accents and CJK, and one past 512 tokens.
+PARITY_TEXTS = [
+    "how much protein should a female eat",
+    "summit define",
+    "As a general guideline, the CDC's average requirement of protein for women ages 19 to 70 is 46 grams per day.",
+    "Definition of summit for English Language Learners: the highest point of a mountain.",
+    "long words " * 200,
+    "ünïcödé 東京 text",
+]
+
 MULTILINGUAL_SENTENCES = [
     "The quick brown fox jumps over the lazy dog, and then it naps in the afternoon sun.",
     "Der schnelle braune Fuchs springt über den faulen Hund; später schläft er im Garten.",

@@ -11,18 +11,12 @@ import pytest
 
 from e5tools.parity import TOLERANCE, parity_error
 from e5tools.reference import reference_embeddings
+from e5tools.sample_text import PARITY_TEXTS
 from pipeline.stages.embedder import Embedder
 
 pytestmark = pytest.mark.gpu
 
-TEXTS = [
-    "how much protein should a female eat",
-    "summit define",
-    "As a general guideline, the CDC's average requirement of protein for women ages 19 to 70 is 46 grams per day.",
-    "Definition of summit for English Language Learners: the highest point of a mountain.",
-    "long words " * 200,
-    "ünïcödé 東京 text",
-] * 4
+TEXTS = PARITY_TEXTS * 4
 
 
 def _reference(path: str) -> "object":
