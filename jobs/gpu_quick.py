@@ -259,13 +259,15 @@ def pipeline_rate(out: Path, device: str, docs: int, timeout_s: float) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    from pipeline.stages.e5 import ATTENTION_MODES
+
     parser = argparse.ArgumentParser(prog="gpu_quick", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu-quick")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--rehearse", action="store_true", help="CPU, a tiny random model, tiny sizes")
     parser.add_argument("--steps", default=",".join(STEPS))
     parser.add_argument("--pipeline-docs", type=int, default=None)
-    parser.add_argument("--attention", choices=("padded", "packed"), default="padded", help="the calibrate step's")
+    parser.add_argument("--attention", choices=ATTENTION_MODES, default="padded", help="the calibrate step's")
     parser.add_argument("--calibrate-seconds", type=float, default=None, help="default: 60 on CUDA, 5 on CPU")
     args = parser.parse_args(argv)
     from e5tools.device_scripts import own_cuda_process

@@ -15,7 +15,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline import __version__, flags
-from pipeline.config import DEVICES, PREFIXES, JobConfig, field_spec, parse_storage_options, plan_config_from_args
+from pipeline.config import (
+    ATTENTION_MODES,
+    DEVICES,
+    PREFIXES,
+    JobConfig,
+    field_spec,
+    parse_storage_options,
+    plan_config_from_args,
+)
 from pipeline.errors import E5EmbedError, UsageError
 from pipeline.io.storage import ScrubFilter, scrub
 
@@ -100,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--actors-per-gpu", type=int, help="the pipeline row's encode actors per GPU (default: plan)")
     bench.add_argument(
-        "--pipeline-attention", choices=("padded", "packed"), default=None, help="the pipeline row's --attention"
+        "--pipeline-attention", choices=ATTENTION_MODES, default=None, help="the pipeline row's --attention"
     )
     bench.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     _common(bench)

@@ -18,9 +18,11 @@ import json
 import re
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlparse
+
+from tests.httpserve import serving
 
 NS_SEP = "\x1f"  # the REST spec's separator of a multi-level namespace in a path
 
@@ -34,56 +36,41 @@ class IcebergRestServer:
         self.commits = 0  # commit requests answered 200
         self.conflicts = 0  # commit requests answered 409
         self._lock = threading.Lock()
+        self._serving = serving(self._handler())
+        self.uri = ""
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
-            def _route(self, method: str) -> None:
+            def _route(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
                 try:
-                    status, body = server.handle(method, urlparse(self.path).path, self._body())
+                    status, answer = server.handle(self.command, urlparse(self.path).path, body)
                 except Exception as e:  # an error of this fixture: a 500 naming it, never a hang
-                    status, body = 500, _error(500, "ServerError", f"{type(e).__name__}: {e}")
-                data = b"" if body is None else json.dumps(body).encode()
+                    status, answer = 500, _error(500, "ServerError", f"{type(e).__name__}: {e}")
+                data = b"" if answer is None else json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if method != "HEAD":
+                if self.command != "HEAD":
                     self.wfile.write(data)
 
-            def _body(self) -> bytes:
-                length = int(self.headers.get("Content-Length") or 0)
-                return self.rfile.read(length) if length else b""
+            do_GET = do_POST = do_DELETE = do_HEAD = _route
 
-            def do_GET(self) -> None:
-                self._route("GET")
-
-            def do_POST(self) -> None:
-                self._route("POST")
-
-            def do_DELETE(self) -> None:
-                self._route("DELETE")
-
-            def do_HEAD(self) -> None:
-                self._route("HEAD")
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self._http.server_address[1]}"
+        return Handler
 
     def __enter__(self) -> "IcebergRestServer":
-        self._thread.start()
+        self.uri = self._serving.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._http.shutdown()
-        self._http.server_close()
-        self._thread.join(timeout=10)
+        self._serving.__exit__(*exc)
         self.catalog.engine.dispose()
 
     # -- routes ---------------------------------------------------------------------------------
