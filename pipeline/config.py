@@ -451,9 +451,18 @@ class IcebergOptions:
         type=int,
         check=int_range(1, 100000),
     )
+    iceberg_rebuild: bool = setting(
+        False,
+        help="register the table again from the output when its catalog or metadata cannot be read (a damaged "
+        "catalog.db, a deleted metadata folder); its snapshot history starts over. A readable table is left as it is",
+        type=None,
+        check=boolean,
+    )
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        if self.iceberg_rebuild and self.iceberg_table is None:
+            raise UsageError("--iceberg-rebuild rebuilds the table of --iceberg-table; pass the table too")
         if self.iceberg_table is not None:
             parts = self.iceberg_table.split(".")
             if len(parts) < 2 or not all(p and p.replace("_", "").replace("-", "").isalnum() for p in parts):
@@ -676,6 +685,7 @@ class JobConfig(_Composed):
             table=self.iceberg_table,
             catalog=self.iceberg_catalog,
             keep_snapshots=self.iceberg_keep_snapshots,
+            rebuild=self.iceberg_rebuild,
             storage_options=dict(self.storage_options),
         )
 
@@ -886,4 +896,5 @@ class TableSettings:
     table: str  # NAMESPACE.TABLE
     catalog: str | None
     keep_snapshots: int
+    rebuild: bool = False  # register an unreadable table again from the output (--iceberg-rebuild)
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)

@@ -265,7 +265,7 @@ def _run_leased(ctx: RunContext) -> RunSummary:
         work = state.prepare(config.output_settings(), ctx.metadata, ctx.shards)
     work.manifest.note_listing(ctx.listing.ignored, ctx.listing.side_files, len(unversioned(ctx.shards)))
     if work.noop:
-        published = _publish(ctx, work, state.files.data_files(), {"run-id": ctx.lease.run_id, "rows-embedded": 0})
+        published = _publish(ctx, work, state.files.data_files())
         return RunSummary(
             status="noop",
             output=config.output,
@@ -593,19 +593,11 @@ def _prove_and_record(
     except JobError:
         remove_success(state.storage, ctx.lease.check)
         raise
-    counts = {
-        "run-id": run.run_id,
-        "rows-embedded": run.rows_embedded,
-        "rows-reused": run.rows_reused,
-        "rows-removed": run.rows_removed,
-        "rows-rejected": run.rows_rejected,
-        "rows-total": work.manifest.rows_written,
-    }
-    summary.published = _published_line(_publish(ctx, work, totals.data_paths, counts))
+    summary.published = _published_line(_publish(ctx, work, totals.data_paths))
     return summary
 
 
-def _publish(ctx: RunContext, work: Work, data_paths: Sequence[str], counts: dict[str, Any]) -> Published | None:
+def _publish(ctx: RunContext, work: Work, data_paths: Sequence[str]) -> Published | None:
     """A complete output published to its Iceberg table (one snapshot; nothing when it is already
     there); the manifest records the snapshot and the files retired meanwhile."""
     config, state, manifest = ctx.config, ctx.state, work.manifest
@@ -621,18 +613,20 @@ def _publish(ctx: RunContext, work: Work, data_paths: Sequence[str], counts: dic
             )
         return None
     catalog = settings.catalog or EMBEDDED_CATALOG
-    known = (manifest.published.get("table"), manifest.published.get("catalog")) == (settings.table, catalog)
+    was_table, was_catalog = manifest.published.get("table"), manifest.published.get("catalog")
+    known = (was_table, was_catalog) == (settings.table, catalog)
     if manifest.published and not known:
-        raise UsageError(
-            f"{config.output} is published to table {manifest.published.get('table')} in catalog "
-            f"{manifest.published.get('catalog')}; one output publishes to one table (its retired files are kept "
-            f"for that table's snapshots): pass --iceberg-table {manifest.published.get('table')}"
-            + (
-                f" --iceberg-catalog {manifest.published.get('catalog')}"
-                if manifest.published.get("catalog") != EMBEDDED_CATALOG
-                else ""
+        flags = [f"--iceberg-table {was_table}"] if was_table != settings.table else []
+        if was_catalog != catalog:
+            flags.append(
+                "no --iceberg-catalog (its embedded catalog)"
+                if was_catalog == EMBEDDED_CATALOG
+                else f"--iceberg-catalog {was_catalog}"
             )
-            + ", or embed into another --output"
+        raise UsageError(
+            f"{config.output} is published to table {was_table} in catalog {was_catalog}, not table {settings.table} "
+            f"in catalog {catalog}; one output publishes to one table (its retired files are kept for that table's "
+            f"snapshots): rerun with {' and '.join(flags)}, or embed into another --output"
         )
     metadata = dict(ctx.metadata)
     for key in ("compute_dtype", "device"):  # a no-op run has no plan: the output's recorded values
@@ -650,7 +644,7 @@ def _publish(ctx: RunContext, work: Work, data_paths: Sequence[str], counts: dic
             metadata,
             expected,
             data_paths,
-            {**counts, "model-sha": metadata.get("model_sha")},
+            {**manifest.snapshot_summary(ctx.lease.run_id), "model-sha": metadata.get("model_sha")},
             retired=sorted(state.files.retired),
             known=known,
             fence=ctx.lease.check,

@@ -115,6 +115,34 @@ class Manifest:
     def add_run(self, run: RunRecord) -> None:
         self.runs.append(asdict(run))
 
+    def unpublished_runs(self) -> list[dict[str, Any]]:
+        """The runs whose rows the table has not seen: those after the last one a publish covered
+        (``published["through_run"]``); all of them when none did (or it is not among them)."""
+        through = self.published.get("through_run")
+        ids = [r.get("run_id") for r in self.runs]
+        return self.runs[ids.index(through) + 1 :] if through in ids else list(self.runs)
+
+    def snapshot_summary(self, committed_by: str) -> dict[str, Any]:
+        """A snapshot's summary: which runs' rows it adds (``run-ids``; ``run-id`` the one that proved
+        the output complete), their counts, the output's total, and the run that committed it (a
+        rerun that only publishes what a killed run proved is not the run whose rows they are)."""
+        runs = self.unpublished_runs()
+        proved = [r["run_id"] for r in self.runs if r.get("status") == "complete"]
+
+        def total(key: str) -> int:
+            return sum(int(r.get(key) or 0) for r in runs)
+
+        return {
+            "run-id": proved[-1] if proved else committed_by,
+            "run-ids": ",".join(str(r.get("run_id")) for r in runs),
+            "committed-by": committed_by,
+            "rows-embedded": total("rows_embedded"),
+            "rows-reused": total("rows_reused"),
+            "rows-removed": total("rows_removed"),
+            "rows-rejected": total("rows_rejected"),
+            "rows-total": self.rows_written,
+        }
+
     def note_listing(self, ignored: list[str], side_files: list[str], unversioned: int) -> None:
         """What the run's listing left out (saved with the run record): unknown files, side files
         skipped inside input folders (named without credentials), shards with no version."""

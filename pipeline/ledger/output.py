@@ -35,8 +35,13 @@ from pipeline.ledger.manifest import MANIFEST as MANIFEST_NAME
 from pipeline.ledger.manifest import Manifest, RunRecord, is_complete, remove_success
 from pipeline.ledger.shard_log import SHARDS_DIR, ShardRecord, read_records
 from pipeline.ledger.stop import clear_stop
+from pipeline.ledger.table import CATALOG_DB, CATALOG_DIR
 
 logger = logging.getLogger(__name__)
+
+
+def _new_salt() -> str:
+    return uuid.uuid4().hex[:12]
 
 
 def fingerprints(shards: Sequence[Shard]) -> list[dict[str, Any]]:
@@ -108,11 +113,20 @@ class OutputState:
         self.name_salt = ""  # the output's (Manifest.name_salt)
 
     def _drop(self, path: str, is_rejects: bool = False) -> None:
-        """A file the output no longer holds: deleted, or retired (a published output's data file)."""
+        """A file the output no longer holds: deleted, or retired (a published output's data file).
+        Retiring a name changes the name salt: the same rows written again (a shard that vanished and
+        came back with the same ETag) never take the retired name, which the job no longer lists."""
         if self.retain and not is_rejects:
             self.files.retired.add(path)
+            self.name_salt = _new_salt()
         else:
             self.storage.delete(path)
+
+    def _remember(self, manifest: Manifest) -> None:
+        """The manifest's copy of the retired files and of the salt new names are made with (saved
+        together: a salt is current only once the names it avoids are recorded as retired)."""
+        manifest.retired_files = sorted(self.files.retired)
+        manifest.name_salt = self.name_salt
 
     def _adopt(self, manifest: Manifest) -> None:
         """What the manifest knows of published state: retention, retired files, the name salt."""
@@ -123,15 +137,15 @@ class OutputState:
     def published(self, manifest: Manifest, record: Mapping[str, Any], deleted: Sequence[str]) -> None:
         """A publish committed: the snapshot's record, and the retired files its expiry deleted."""
         self.files.retired -= set(deleted)
-        manifest.published = dict(record)
-        manifest.retired_files = sorted(self.files.retired)
+        manifest.published = {**record, "through_run": manifest.runs[-1]["run_id"] if manifest.runs else ""}
+        self._remember(manifest)
         manifest.save(self.storage, self.fence)
 
     def record_run(self, manifest: Manifest, run: RunRecord, totals: Counters, repaired_files: int) -> None:
         """A run's record (failed or not) and the output's totals, saved in the manifest."""
         manifest.set_totals(totals)
         manifest.repaired_files += repaired_files
-        manifest.retired_files = sorted(self.files.retired)
+        self._remember(manifest)
         manifest.add_run(run)
         manifest.save(self.storage, self.fence)
 
@@ -192,7 +206,7 @@ class OutputState:
         manifest = existing or cleared or Manifest(metadata=dict(metadata))
         if existing is None:
             manifest.inputs = normalized_inputs(config.inputs)
-        manifest.retired_files = sorted(self.files.retired)
+        self._remember(manifest)
         if complete:  # new input shards, files that moved (or a rebuilt manifest): incomplete until proven
             if new_shards:
                 logger.info(
@@ -286,7 +300,7 @@ class OutputState:
                 "--update: removed %d row(s) of changed or vanished shards from %d file(s)", removed, len(work.stale)
             )
             if self.retain:  # the retired files are the manifest's to remember: at once
-                work.manifest.retired_files = sorted(self.files.retired)
+                self._remember(work.manifest)
                 work.manifest.save(self.storage, self.fence)
         return removed
 
@@ -381,18 +395,21 @@ class OutputState:
             old = None
         if old is not None:
             self._adopt(old)
+        elif self.storage.exists(self.storage.join(CATALOG_DIR, CATALOG_DB)):
+            self.retain = True  # published (its manifest is damaged): the table's snapshots read its files
         remove_success(self.storage, self.fence)
         manifest = Manifest(metadata=dict(metadata), state="clearing")
-        if self.retain and old is not None:
-            manifest.published = dict(old.published)
-            manifest.name_salt = uuid.uuid4().hex[:12] if old.state != "clearing" else old.name_salt
+        if self.retain:  # new names of their own: never one a snapshot reads, even with no manifest to say so
+            manifest.published = dict(old.published) if old is not None else {}
+            resumed = old is not None and old.state == "clearing" and old.name_salt
+            manifest.name_salt = old.name_salt if resumed else _new_salt()
         self.name_salt = manifest.name_salt
-        manifest.retired_files = sorted(self.files.retired)
+        self._remember(manifest)
         manifest.save(self.storage, self.fence)  # "clearing" before anything is deleted or retired
         files = self.files.scan()
         if self.retain:  # the table's snapshots read them: retired, not deleted
             self.files.retired |= {f.path for f in files if not f.is_rejects}
-            manifest.retired_files = sorted(self.files.retired)
+            self._remember(manifest)
             manifest.save(self.storage, self.fence)
         records = [p for p, _ in self.storage.list_files(SHARDS_DIR)]
         self.fence()

@@ -138,12 +138,31 @@ def open_catalog(settings: TableSettings, storage: Storage, fence=lambda: None) 
             storage.download(remote, local)
         except FileNotFoundError:
             pass  # the first publish creates it
-        catalog = SqlCatalog(
-            EMBEDDED,
-            uri=f"sqlite:///{local}",
-            warehouse=storage.url(storage.join(CATALOG_DIR)),
-            **_file_io_properties(storage),
-        )
+
+        def embedded() -> Any:
+            return SqlCatalog(
+                EMBEDDED,
+                uri=f"sqlite:///{local}",
+                warehouse=storage.url(storage.join(CATALOG_DIR)),
+                **_file_io_properties(storage),
+            )
+
+        from sqlalchemy.exc import DatabaseError
+
+        try:
+            catalog = embedded()
+        except DatabaseError as e:  # not a database any more (cut short, overwritten)
+            if not settings.rebuild:
+                raise UsageError(
+                    f"the table's embedded catalog {storage.display(remote)} is damaged ({str(e.orig)[:100]}); the "
+                    f"output itself is complete. Rerun the same command with --iceberg-rebuild to register table "
+                    f"{settings.table} again from the output (its snapshot history starts over)"
+                ) from e
+            logger.warning(
+                "the embedded catalog %s is damaged (%s): --iceberg-rebuild starts it over", storage.display(remote), e
+            )
+            os.remove(local)
+            catalog = embedded()
         yield catalog
         catalog.engine.dispose()
         with open(local, "rb") as f:
@@ -206,6 +225,17 @@ def _load_or_create(
     namespace = settings.table.rsplit(".", 1)[0]
     try:
         table = catalog.load_table(settings.table)
+    except (FileNotFoundError, ValueError) as e:  # the catalog names metadata that is gone or not Iceberg's
+        where = f"table {settings.table} in catalog {settings.catalog or EMBEDDED}"
+        if not settings.rebuild:
+            raise UsageError(
+                f"{where} cannot be read: {type(e).__name__}: {str(e)[:200]} (its metadata deleted or damaged?); the "
+                f"output itself is complete. Rerun the same command with --iceberg-rebuild to register the table "
+                "again from the output (its snapshot history starts over)"
+            ) from e
+        logger.warning("%s cannot be read (%s): --iceberg-rebuild registers it again", where, e)
+        catalog.drop_table(settings.table)  # the catalog's entry only: the data files are the output's
+        return _load_or_create(catalog, settings, storage, metadata, expected, known=False)
     except NoSuchTableError:
         if known:  # published before: dropped by hand since
             logger.warning(
@@ -281,24 +311,50 @@ def _check_committed(table: Any, want: set[str], where: str) -> None:
         )
 
 
-def _expire(table: Any, keep: int, retired: Sequence[str], storage: Storage) -> tuple[int, list[str]]:
-    """Expire snapshots beyond the newest ``keep`` (never the current one); delete the retired
-    files no kept snapshot reads. (snapshots expired, retired paths deleted)."""
+def _protected(table: Any) -> set[int]:
+    """Snapshots a reference holds (a reader's tag, a branch's head): Iceberg's retention keeps them."""
+    return {ref.snapshot_id for ref in table.metadata.refs.values()}
+
+
+def _expire(table: Any, keep: int) -> int:
+    """Expire snapshots beyond the newest ``keep``, never the current one nor one a tag or branch
+    holds (they stay, with their files, until their reference goes); the number expired."""
     snapshots = sorted(table.snapshots(), key=lambda s: s.timestamp_ms)
+    held = _protected(table)
     current = table.current_snapshot()
-    old = [s.snapshot_id for s in snapshots[:-keep] if current is None or s.snapshot_id != current.snapshot_id]
+    held |= set() if current is None else {current.snapshot_id}
+    old = [s.snapshot_id for s in snapshots[:-keep] if s.snapshot_id not in held]
     if old:
         table.maintenance.expire_snapshots().by_ids(old).commit()
         table.refresh()
+    return len(old)
+
+
+def _released(table: Any, retired: Sequence[str], storage: Storage) -> list[str]:
+    """The retired files no snapshot of ``table`` reads any more (deletable once ``table`` is what
+    the catalog durably holds)."""
     if not retired:
-        return len(old), []
+        return []
     read = {
         task.file.file_path for s in table.snapshots() for task in table.scan(snapshot_id=s.snapshot_id).plan_files()
     }
-    gone = [p for p in retired if storage.url(p) not in read]
-    for path in gone:
-        storage.delete(path)
-    return len(old), gone
+    return [p for p in retired if storage.url(p) not in read]
+
+
+def delete_released(storage: Storage, paths: Sequence[str], fence=lambda: None) -> list[str]:
+    """Delete retired files no saved snapshot reads. Runs only after the catalog that no longer
+    needs them is saved (embedded) or acknowledged (shared); idempotent, so a kill part-way is
+    finished by the next publish (the manifest keeps them retired until their deletion is saved)."""
+    deleted = []
+    for path in paths:
+        fence()
+        try:
+            storage.delete(path)
+        except Exception as e:  # the table is saved and right; the next publish deletes it
+            logger.warning("could not delete the released file %s (the next publish tries again): %s", path, e)
+            continue
+        deleted.append(path)
+    return deleted
 
 
 def publish(
@@ -359,20 +415,25 @@ def publish(
                 table = catalog.load_table(settings.table)
                 _check_committed(table, want, where)
                 break
-            expired, deleted = _expire(table, settings.keep_snapshots, retired, storage)
+            expired = _expire(table, settings.keep_snapshots)
+            released = _released(table, retired, storage)
             snapshot = table.current_snapshot()
-            published = Published(
-                table=settings.table,
-                catalog=catalog_name,
-                snapshot_id=None if snapshot is None else snapshot.snapshot_id,
-                metadata_location=table.metadata_location,
-                files=len(want),
-                added=added,
-                removed=removed,
-                committed=committed,
-                expired_snapshots=expired,
-                deleted_files=tuple(deleted),
-            )
+            metadata_location = table.metadata_location
+        # the catalog that no longer reads them is saved (embedded) or acknowledged (shared): only now
+        # may the retired files it released go
+        deleted = delete_released(storage, released, fence)
+        published = Published(
+            table=settings.table,
+            catalog=catalog_name,
+            snapshot_id=None if snapshot is None else snapshot.snapshot_id,
+            metadata_location=metadata_location,
+            files=len(want),
+            added=added,
+            removed=removed,
+            committed=committed,
+            expired_snapshots=expired,
+            deleted_files=tuple(deleted),
+        )
     except E5EmbedError:
         raise
     except Exception as e:
