@@ -139,9 +139,15 @@ def test_a_kill_between_the_proof_and_the_commit_then_a_rerun_commits_once(
         run_job(config(corpus, out, minilm_path))
     monkeypatch.undo()
     assert (out / "_SUCCESS").exists()  # the output is complete; only the table lags
+    killed = json.loads((out / "_manifest.json").read_text())["runs"][-1]
     assert run_job(config(corpus, out, minilm_path)).status == "noop"  # the rerun only commits
     t = table(out)
     assert len(t.snapshots()) == 1 and len(ids(t.scan().to_arrow())) == 12
+    # the snapshot says whose rows it holds: the killed run's (its id is in the manifest's runs), not the rerun's
+    summary = t.current_snapshot().summary
+    assert summary["e5-embed.run-id"] == killed["run_id"] == summary["e5-embed.run-ids"]
+    assert summary["e5-embed.rows-embedded"] == "12" and summary["e5-embed.rows-total"] == "12"
+    assert summary["e5-embed.committed-by"] not in (killed["run_id"], "")
     assert run_job(config(corpus, out, minilm_path)).status == "noop"
     assert len(table(out).snapshots()) == 1  # never a second append of the same files
 
@@ -273,14 +279,24 @@ def test_an_unreachable_catalog_leaves_the_output_complete_and_a_rerun_only_comm
     assert rerun.status == "noop" and "table embeddings.docs (lake): snapshot" in rerun.line()
 
 
-def test_publishing_refuses_float16_and_a_second_table(ray_cluster, tmp_path, minilm_path):
+def test_publishing_refuses_float16_and_a_second_table(ray_cluster, tmp_path, minilm_path, monkeypatch):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     corpus_v1(corpus)
     with pytest.raises(UsageError, match="no 16-bit float type"):
         config(corpus, out, minilm_path, output_dtype="float16")
     assert run_job(config(corpus, out, minilm_path)).status == "complete"
-    with pytest.raises(UsageError, match=r"published to table embeddings\.docs.*--iceberg-table embeddings\.docs"):
+    with pytest.raises(
+        UsageError, match=r"published to table embeddings\.docs.*rerun with --iceberg-table embeddings\.docs,"
+    ):
         run_job(config(corpus, out, minilm_path).replace(iceberg_table="embeddings.other"))
+    # the same table name through another catalog: the advice names the catalog, never the flag already passed
+    monkeypatch.setenv("PYICEBERG_CATALOG__LAKE__URI", f"sqlite:///{tmp_path}/lake.db")
+    monkeypatch.setenv("PYICEBERG_CATALOG__LAKE__WAREHOUSE", f"file://{tmp_path}/warehouse")
+    with pytest.raises(UsageError) as caught:
+        run_job(config(corpus, out, minilm_path, iceberg_catalog="lake"))
+    message = str(caught.value)
+    assert "rerun with no --iceberg-catalog (its embedded catalog)" in message
+    assert "--iceberg-table" not in message.split("rerun with")[1]
     assert JobError  # the family: a refusal is a UsageError (exit 2), a failed commit a JobError (exit 1)
 
 
@@ -314,3 +330,73 @@ def test_overwrite_replaces_everything_in_one_snapshot_and_expiry_frees_retired_
     readable = {task.file.file_path for s in t.snapshots() for task in t.scan(snapshot_id=s.snapshot_id).plan_files()}
     assert {f"file://{p}" for p in manifest["retired_files"]} <= readable  # what is kept is still read
     assert ids(t.scan().to_arrow()) == sorted([f"a{i}" for i in range(6)] + ["b0", "b1"])
+
+
+def test_a_shard_that_vanishes_and_comes_back_with_the_same_etag_is_embedded_again(
+    ray_cluster, tmp_path, minilm_path, bucket, s3fs_client
+):
+    """On S3 a shard put back byte for byte has its old ETag: its rows get the same digest as the
+    file --update retired. Retiring a name changes the name salt, so the new file has a name of its
+    own; every later run, plain or --update, finds the output complete. (Four records a shard, four
+    rows a file: each file holds one shard's rows, so the returning rows' digest is the retired file's.)"""
+    corpus, out = f"s3://{bucket}/corpus", tmp_path / "out"
+    body = "".join(json.dumps({"id": f"b{i}", "text": f"second shard record {i}"}) + "\n" for i in range(4))
+    s3fs_client.pipe(
+        f"{bucket}/corpus/s0.jsonl",
+        b"".join((json.dumps({"id": f"a{i}", "text": f"first shard record {i}"}) + "\n").encode() for i in range(4)),
+    )
+    s3fs_client.pipe(f"{bucket}/corpus/s1.jsonl", body.encode())
+    s3fs_client.invalidate_cache()
+    assert run_job(config(corpus, out, minilm_path)).status == "complete"
+    s3fs_client.rm(f"{bucket}/corpus/s1.jsonl")
+    s3fs_client.invalidate_cache()
+    assert run_job(config(corpus, out, minilm_path, update=True)).status == "complete"
+    retired = set(json.loads((out / "_manifest.json").read_text())["retired_files"])
+    assert retired  # s1's file, kept for the first snapshot
+    s3fs_client.pipe(f"{bucket}/corpus/s1.jsonl", body.encode())  # back, identical: the same ETag
+    s3fs_client.invalidate_cache()
+    back = run_job(config(corpus, out, minilm_path, update=True))
+    assert back.status == "complete" and back.rows_embedded + back.rows_reused == 4
+    current = {task.file.file_path.removeprefix("file://") for task in table(out).scan().plan_files()}
+    assert not current & retired  # never a retired name
+    assert run_job(config(corpus, out, minilm_path)).status == "noop"
+    assert run_job(config(corpus, out, minilm_path, update=True)).status == "noop"
+    assert ids(table(out).scan().to_arrow()) == sorted([f"a{i}" for i in range(4)] + [f"b{i}" for i in range(4)])
+
+
+def test_overwrite_of_a_published_output_with_a_damaged_manifest_never_writes_over_its_files(
+    ray_cluster, tmp_path, minilm_path
+):
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    corpus_v1(corpus)
+    assert run_job(config(corpus, out, minilm_path)).status == "complete"
+    t = table(out)
+    first = t.current_snapshot().snapshot_id
+    old = {
+        task.file.file_path.removeprefix("file://"): Path(task.file.file_path.removeprefix("file://")).read_bytes()
+        for task in t.scan().plan_files()
+    }
+    before = vectors(t.scan().to_arrow())
+    (out / "_manifest.json").write_text("{ damaged")
+    assert run_job(config(corpus, out, minilm_path, overwrite=True)).status == "complete"
+    t = table(out)
+    new = {task.file.file_path.removeprefix("file://") for task in t.scan().plan_files()}
+    assert not new & set(old)  # names of their own
+    assert all(Path(p).read_bytes() == data for p, data in old.items())  # the old snapshot's files untouched
+    travelled = vectors(t.scan(snapshot_id=first).to_arrow())
+    assert travelled.keys() == before.keys() and all(np.array_equal(travelled[k], before[k]) for k in before)
+
+
+def test_a_damaged_catalog_is_refused_and_rebuilt_by_the_flag_the_message_names(ray_cluster, tmp_path, minilm_path):
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    corpus_v1(corpus)
+    assert run_job(config(corpus, out, minilm_path)).status == "complete"
+    (out / "_iceberg" / "catalog.db").write_bytes(b"not a database at all" * 50)
+    with pytest.raises(UsageError) as caught:
+        run_job(config(corpus, out, minilm_path))
+    assert caught.value.exit_code == 2 and "catalog.db is damaged" in str(caught.value)
+    assert "Rerun the same command with --iceberg-rebuild" in str(caught.value)
+    assert (out / "_SUCCESS").exists()
+    rebuilt = run_job(config(corpus, out, minilm_path, iceberg_rebuild=True))
+    assert rebuilt.status == "noop" and "snapshot" in rebuilt.line()
+    assert len(ids(table(out).scan().to_arrow())) == 12
