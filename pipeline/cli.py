@@ -342,7 +342,15 @@ def _rate(config, plan, texts, cluster_gpus):
             device = "a GPU" if plan.device == "cuda" else "CPU"
         elif plan.device == "cuda" and plan.profile.lower() not in loaded.device_name.lower().replace(" ", "-"):
             device = f"{plan.profile} (the plan's profile)"
-        stale = loaded.stale(model_sha=model_sha, torch_version=torch.__version__, device_name=None)
+        stale = loaded.stale(
+            model_sha=model_sha,
+            torch_version=torch.__version__,
+            device_name=None,
+            dtype=plan.dtype,
+            attention=config.attention,
+            batch_size=plan.batch_size,
+            max_length=config.max_length,
+        )
         if device:
             stale.append(f"device {loaded.device_name} (now {device})")
         if stale:

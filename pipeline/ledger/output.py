@@ -48,13 +48,13 @@ def fingerprints(shards: Sequence[Shard]) -> list[dict[str, Any]]:
     return [{"path": s.path, "size": s.size, "version": s.version} for s in shards]
 
 
-def _fingerprint(entry: Mapping[str, Any]) -> tuple[int, str]:
+def fingerprint(entry: Mapping[str, Any]) -> tuple[int, str]:
     return int(entry.get("size", -1)), str(entry.get("version", ""))
 
 
 def _merged(known: Mapping[str, Any] | None, now: Mapping[str, Any]) -> dict[str, Any]:
     """A shard's manifest entry: what a proof learned (rows, remainder) only while the shard is unchanged."""
-    if known and _fingerprint(known) == _fingerprint(now):
+    if known and fingerprint(known) == fingerprint(now):
         return {**known, **now}
     return dict(now)
 
@@ -196,7 +196,7 @@ class OutputState:
         # --update: a shard whose fingerprint changed is work even with no rows in any file (it was
         # empty), and so is one that vanished with no rows: the manifest must stop listing it, or
         # every later plain run is refused over it
-        changed = any(_fingerprint(known[s.path]) != s.fingerprint for s in shards if s.path in known)
+        changed = any(fingerprint(known[s.path]) != s.fingerprint for s in shards if s.path in known)
         listed = {s.path for s in shards}
         vanished = any(p not in listed for p in known)
         unchanged = not (new_shards or stale or changed or vanished)
@@ -361,7 +361,7 @@ class OutputState:
         if not recorded:
             return
         current = {s.path: s for s in shards}
-        changed = [p for p, e in known.items() if p in current and _fingerprint(e) != current[p].fingerprint]
+        changed = [p for p, e in known.items() if p in current and fingerprint(e) != current[p].fingerprint]
         vanished = [p for p in known if p not in current]
         if changed or vanished:
             parts = []

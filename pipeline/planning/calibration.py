@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import resource
 import time
 from collections.abc import Mapping, Sequence
@@ -82,14 +83,32 @@ class Calibration:
     def from_json(cls, raw: bytes, where: str) -> "Calibration":
         try:
             data = json.loads(raw)
-            if data.get("format") != FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r}")
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
+                raise ValueError(
+                    f"format {data.get('format') if isinstance(data, dict) else None!r}, expected {FORMAT!r}"
+                )
+            _check_fields(data)
             return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
         except (ValueError, TypeError, KeyError) as e:
-            raise UsageError(f"{where} is not a calibration file ({type(e).__name__}: {e})") from e
+            raise UsageError(
+                f"{where} is not a usable calibration file ({type(e).__name__}: {str(e)[:200]}); make a new one with "
+                "`e5-embed plan --calibrate --calibration FILE`"
+            ) from e
 
-    def stale(self, *, model_sha: str | None, torch_version: str, device_name: str | None) -> list[str]:
-        """Why this calibration does not describe the run at hand (empty: it does)."""
+    def stale(
+        self,
+        *,
+        model_sha: str | None,
+        torch_version: str,
+        device_name: str | None,
+        dtype: str | None = None,
+        attention: str | None = None,
+        batch_size: int | None = None,
+        max_length: int | None = None,
+    ) -> list[str]:
+        """Why this calibration does not describe the run at hand (empty: it does): another model,
+        torch or device, or another compute dtype, attention mode or batch shape (each changes the
+        rate: bf16 runs ~2-4x float32 on a GPU, packed ~1.7x padded)."""
         reasons = []
         if model_sha is not None and self.model_sha != model_sha:
             reasons.append(f"model {self.model_sha} (now {model_sha})")
@@ -97,7 +116,53 @@ class Calibration:
             reasons.append(f"torch {self.torch} (now {torch_version})")
         if device_name is not None and self.device_name != device_name:
             reasons.append(f"device {self.device_name} (now {device_name})")
+        for name, now in (("dtype", dtype), ("attention", attention), ("batch size", batch_size),
+                          ("max length", max_length)):  # fmt: skip
+            was = getattr(self, name.replace(" ", "_"))
+            if now is not None and was != now:
+                reasons.append(f"{name} {was} (now {now})")
         return reasons
+
+
+def _number(data: Mapping[str, Any], key: str, *, positive: bool = False, below: float | None = None) -> None:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{key} is {value!r}, not a finite number")
+    if value < 0 or (positive and value == 0) or (below is not None and value >= below):
+        bounds = "> 0" if positive else ">= 0"
+        raise ValueError(f"{key} is {value!r}, must be {bounds}" + (f" and < {below:g}" if below else ""))
+
+
+def _check_fields(data: Mapping[str, Any]) -> None:
+    """Every field of a calibration file checked before a plan uses it: a rate that is NaN, infinite,
+    zero, negative or a string, a negative spread, an unknown dtype or attention mode."""
+    from pipeline.stages.e5 import ATTENTION_MODES, DTYPES
+
+    for key in ("measured_at", "device_name", "model", "torch"):
+        if not isinstance(data.get(key), str):
+            raise ValueError(f"{key} is {data.get(key)!r}, not a string")
+    if data.get("device_kind") not in ("cuda", "cpu"):
+        raise ValueError(f"device_kind is {data.get('device_kind')!r}, not cuda or cpu")
+    if data.get("dtype") not in DTYPES or data.get("dtype") == "auto":
+        raise ValueError(f"dtype is {data.get('dtype')!r}, not one of {', '.join(DTYPES[1:])}")
+    if data.get("attention") not in ATTENTION_MODES:
+        raise ValueError(f"attention is {data.get('attention')!r}, not one of {', '.join(ATTENTION_MODES)}")
+    for key in ("batch_size", "max_length", "repeats", "sample_records"):
+        if isinstance(data.get(key), bool) or not isinstance(data.get(key), int) or data[key] < 1:
+            raise ValueError(f"{key} is {data.get(key)!r}, not a positive integer")
+    for key in ("tokens_per_s", "sample_mean_tokens"):
+        _number(data, key, positive=True)
+    for key in ("peak_memory_gb", "tokenize_cpu_s_per_m_tokens", "seconds"):
+        _number(data, key)
+    _number(data, "spread", below=1.0)
+    _number(data, "padding_share", below=1.0)
+    if "setup_s" in data:
+        _number(data, "setup_s")
+    repeats = data.get("per_repeat")
+    if not isinstance(repeats, list) or not repeats:
+        raise ValueError(f"per_repeat is {repeats!r}, not a list of rates")
+    for i, _ in enumerate(repeats):
+        _number({f"per_repeat[{i}]": repeats[i]}, f"per_repeat[{i}]", positive=True)
 
 
 def save(calibration: Calibration, uri: str, storage_options: Mapping[str, Any]) -> None:
@@ -313,19 +378,34 @@ def calibrated_rate(calibration: Calibration) -> RateSource:
     return RateSource(calibration.tokens_per_s, calibration.provenance(), calibration.spread, measured=True)
 
 
+MIN_RATE_TOKENS = 20_000  # fewer tokens than this measure the encoders' start-up, not their rate
+
+
 def run_rate(manifest_runs: Sequence[Mapping[str, Any]], output: str) -> RateSource:
-    """The encode rate per encoder of the last complete run recorded in an output's manifest."""
+    """The encode rate per encoder of the last complete run recorded in an output's manifest that
+    encoded enough to measure one (``MIN_RATE_TOKENS``): its tokens over its embed phase. A later run
+    that encoded too little (a small ``--update``) is passed over, and the source says so."""
+    passed: list[str] = []
     for run in reversed(manifest_runs):
         plan = run.get("plan") or {}
         actors = plan.get("gpu_actors") or 0
         per_gpu = max(1, int(plan.get("actors_per_gpu") or 1))
         encoders = actors / per_gpu if plan.get("device") == "cuda" else actors
-        if run.get("status") == "complete" and run.get("tokens_per_s") and encoders:
-            rate = float(run["tokens_per_s"]) / encoders
-            return RateSource(
-                rate,
-                f"from run {run.get('run_id')} of {output} ({str(run.get('ended_at'))[:10]}, "
-                f"{run.get('tokens')} tokens over {run.get('wall_s')} s, whole run)",
-                measured=True,
-            )
-    raise UsageError(f"{output} records no complete run with a measured rate; run it, or calibrate")
+        if run.get("status") != "complete" or not encoders:
+            continue
+        tokens = int(run.get("tokens") or 0)
+        seconds = float((run.get("phases") or {}).get("embed") or 0.0)
+        if tokens < MIN_RATE_TOKENS or not seconds > 0:
+            passed.append(f"run {run.get('run_id')} encoded {tokens:,} tokens, too few to measure a rate")
+            continue
+        later = f"; {'; '.join(passed)}" if passed else ""
+        return RateSource(
+            tokens / seconds / encoders,
+            f"from run {run.get('run_id')} of {output} ({str(run.get('ended_at'))[:10]}, {tokens:,} tokens over "
+            f"{seconds:g} s of its embed phase){later}",
+            measured=True,
+        )
+    raise UsageError(
+        f"{output} records no complete run that encoded at least {MIN_RATE_TOKENS:,} tokens, enough to measure a "
+        f"rate ({'; '.join(passed) or 'none complete'}); plan with --calibrate --calibration FILE instead"
+    )

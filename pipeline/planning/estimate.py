@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import UsageError
 from pipeline.io.listing import Shard
 from pipeline.io.records import FieldSpec
 from pipeline.io.sources import ShardReader
@@ -244,7 +246,9 @@ def add_cost(
     cost at the price on GPUs; ranges from the rate's measured spread. A calibrated rate counts real
     tokens under the calibration corpus's padding: it is carried over to this corpus's padding
     share (the encoder's work is its token slots, padded or not)."""
-    if encoders < 1 or rate is None or rate.tokens_per_s <= 0:
+    if rate is not None and rate.measured and not (math.isfinite(rate.tokens_per_s) and rate.tokens_per_s > 0):
+        raise UsageError(f"the measured rate {rate.tokens_per_s!r} tokens/s ({rate.source}) cannot plan a run")
+    if encoders < 1 or rate is None or not rate.tokens_per_s > 0:
         estimate.notes.append("no encoder rate for this plan: no time or cost estimate")
         return estimate
     per_encoder = rate.tokens_per_s

@@ -5,6 +5,7 @@ the cost ranges the plan prints."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -91,31 +92,34 @@ def test_a_stale_calibration_says_why_and_a_foreign_file_is_refused(tmp_path):
     reasons = c.stale(model_sha="git:" + "b" * 40, torch_version="2.14.1", device_name="NVIDIA A100")
     assert [r.split()[0] for r in reasons] == ["model", "torch", "device"]
     (tmp_path / "x.json").write_text(json.dumps({"format": "something else"}))
-    with pytest.raises(UsageError, match="not a calibration file"):
+    with pytest.raises(UsageError, match="not a usable calibration file"):
         cal.load(str(tmp_path / "x.json"), {})
     with pytest.raises(UsageError, match="no calibration file.*--calibrate"):
         cal.load(str(tmp_path / "missing.json"), {})
 
 
 def test_the_rate_of_a_finished_run_per_gpu():
+    gpu = {"device": "cuda", "gpu_actors": 8, "actors_per_gpu": 2}
     runs = [
-        {
-            "status": "complete",
-            "tokens_per_s": 3_000_000.0,
-            "run_id": "r1",
-            "plan": {"device": "cuda", "gpu_actors": 8, "actors_per_gpu": 2},
-        },
-        {
-            "status": "failed",
-            "tokens_per_s": 10.0,
-            "run_id": "r2",
-            "plan": {"device": "cuda", "gpu_actors": 8, "actors_per_gpu": 2},
-        },
+        {"status": "complete", "tokens": 30_000_000, "phases": {"embed": 10.0}, "run_id": "r1", "plan": gpu},
+        {"status": "failed", "tokens": 900, "phases": {"embed": 1.0}, "run_id": "r2", "plan": gpu},
     ]
     rate = cal.run_rate(runs, "s3://b/out")
     assert rate.tokens_per_s == 750_000.0 and rate.source.startswith("from run r1 of s3://b/out") and rate.measured
     with pytest.raises(UsageError, match="no complete run"):
         cal.run_rate(runs[1:], "s3://b/out")
+
+
+def test_a_small_update_is_passed_over_for_the_last_run_that_encoded_enough_and_said():
+    """An --update that encoded 34 tokens measured its start-up, not a rate (it planned at 0 tokens/s)."""
+    cpu = {"device": "cpu", "gpu_actors": 2, "actors_per_gpu": 1}
+    full = {"status": "complete", "tokens": 200_000, "phases": {"embed": 20.0}, "run_id": "full", "plan": cpu}
+    small = {"status": "complete", "tokens": 34, "phases": {"embed": 9.0}, "run_id": "small", "plan": cpu}
+    rate = cal.run_rate([full, small], "out")
+    assert rate.tokens_per_s == 5_000.0
+    assert rate.source.startswith("from run full of out") and "run small encoded 34 tokens, too few" in rate.source
+    with pytest.raises(UsageError, match=r"at least 20,000 tokens.*run small encoded 34.*--calibrate"):
+        cal.run_rate([small], "out")
 
 
 def test_cost_and_wall_time_come_as_a_range_from_the_spread():
@@ -142,3 +146,44 @@ def test_cost_and_wall_time_come_as_a_range_from_the_spread():
     lean = CorpusEstimate(**{**estimate.__dict__, "notes": [], "padding_share": 0.0})
     add_cost(lean, encoders=10, rate=rate, calibrated_padding=0.2)
     assert lean.rate_tokens_per_s == pytest.approx(10 * 1e6 / 0.8)
+
+
+@pytest.mark.parametrize(
+    "field,bad",
+    [
+        ("tokens_per_s", float("nan")),
+        ("tokens_per_s", float("inf")),
+        ("tokens_per_s", 0),
+        ("tokens_per_s", -5.0),
+        ("tokens_per_s", "fast"),
+        ("spread", -3.0),
+        ("padding_share", 1.5),
+        ("batch_size", "512"),
+        ("batch_size", True),
+        ("dtype", "fp8"),
+        ("attention", "sparse"),
+        ("device_kind", "tpu"),
+        ("per_repeat", []),
+        ("per_repeat", [1.0, float("nan")]),
+        ("model", None),
+    ],
+)
+def test_a_calibration_file_with_a_field_out_of_range_is_refused_by_name(tmp_path, field, bad):
+    good = asdict(_calibration())
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({**good, field: bad}))  # NaN and Infinity as JSON writes them
+    with pytest.raises(UsageError, match=rf"not a usable calibration file.*{field.split('[')[0]}.*--calibrate"):
+        cal.load(str(path), {})
+
+
+def test_a_calibration_made_with_another_dtype_attention_or_batch_shape_is_stale():
+    c = _calibration(dtype="bfloat16", attention="packed", batch_size=256, max_length=512)
+    same = dict(dtype="bfloat16", attention="packed", batch_size=256, max_length=512)
+    assert c.stale(model_sha=c.model_sha, torch_version=c.torch, device_name=None, **same) == []
+    for key, now, said in [
+        ("dtype", "float32", "dtype bfloat16 (now float32)"),
+        ("attention", "padded", "attention packed (now padded)"),
+        ("batch_size", 512, "batch size 256 (now 512)"),
+        ("max_length", 128, "max length 512 (now 128)"),
+    ]:
+        assert c.stale(model_sha=c.model_sha, torch_version=c.torch, device_name=None, **{**same, key: now}) == [said]

@@ -30,3 +30,48 @@ def test_plan_update_predicts_what_the_update_encodes(ray_cluster, tmp_path, min
     assert update["records_to_encode"] == summary.rows_embedded == 9  # 2 edited + 2 added in s1, 5 in s3
     assert update["records_carried"] == summary.rows_reused == 17  # s1's unchanged records
     assert update["records_rejected"] == 1  # s1's blank record: read, rejected again
+
+
+def test_plan_update_counts_an_empty_shard_that_grew_and_the_rows_a_stopped_run_left(
+    ray_cluster, tmp_path, minilm_path, capsys
+):
+    """Two things the run reads that a plan looking only at new and stale shards missed: a shard
+    that was empty and gained records (no rows in any file, so no stale file names it), and the
+    rows of an unfinished output (a run stopped by its budget: no _SUCCESS, some files written)."""
+    import pyarrow.parquet as pq
+
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    corpus.mkdir()
+
+    def shard(name: str, n: int, word: str) -> None:
+        (corpus / name).write_text(
+            "".join(json.dumps({"id": f"{word}{i}", "text": f"{word} record {i}"}) + "\n" for i in range(n))
+        )
+
+    shard("s0.jsonl", 20, "lake")
+    shard("s5.jsonl", 0, "hill")
+    config = JobConfig(inputs=(str(corpus),), output=str(out), model=minilm_path, progress=False, rows_per_file=8)
+    assert run_job(config).status == "complete"
+    shard("s5.jsonl", 15, "hill")  # the empty shard gains 15 records
+    argv = ["plan", "--input", str(corpus), "--model", minilm_path, "--output", str(out), "--update"]
+    argv += ["--gpus", "0", "--cpus", "2", "--json"]
+
+    def planned() -> dict:
+        capsys.readouterr()
+        assert cli.main(argv) == 0
+        return json.loads(capsys.readouterr().out)["estimate"]["update"]
+
+    update = planned()
+    assert (update["shards_to_read"], update["changed_shards"]) == (1, 1)
+    summary = run_job(config.replace(update=True))
+    assert update["records_to_encode"] == summary.rows_embedded == 15
+
+    # an unfinished output: a data file and _SUCCESS gone, as a budget stop leaves it (whole files only)
+    victim = sorted(out.glob("part-*.parquet"))[0]
+    left = pq.read_metadata(victim).num_rows
+    victim.unlink()
+    (out / "_SUCCESS").unlink()
+    update = planned()
+    assert update["unfinished_shards"] >= 1 and update["shards_to_read"] >= 1
+    summary = run_job(config.replace(update=True))
+    assert update["records_to_encode"] == summary.rows_embedded == left
