@@ -26,7 +26,7 @@ from pipeline.backend.datasink import EmbeddingDatasink
 from pipeline.backend.datasource import ShardDatasource
 from pipeline.backend.duplicates import duplicate_ids_on_cluster
 from pipeline.backend.progress import Telemetry
-from pipeline.backend.status import StatusReporter
+from pipeline.backend.status import BUDGET_CHECK_S, StatusReporter
 from pipeline.config import BudgetOptions, JobConfig, field_spec
 from pipeline.errors import E5EmbedError, JobError, UsageError, is_refused, step_failed
 from pipeline.io import coverage, schemas
@@ -405,7 +405,7 @@ def _records(
     )
 
 
-def _budget(options: BudgetOptions, plan: ResourcePlan) -> Budget | None:
+def _budget(options: BudgetOptions, plan: ResourcePlan, rows_per_block: int) -> Budget | None:
     on_gpu = plan.device == "cuda"
     return Budget.of(
         max_gpu_hours=options.max_gpu_hours,
@@ -415,6 +415,10 @@ def _budget(options: BudgetOptions, plan: ResourcePlan) -> Budget | None:
         margin=options.budget_margin,
         warmup_s=options.budget_warmup_s,
         on_gpu=on_gpu,
+        # from passing the cap to the readers stopping: the next budget check, then the readers' next look
+        reaction_s=BUDGET_CHECK_S + StopSignal.poll_s,
+        # what is read by then is still encoded: about a block per read task and per encoder
+        in_flight_records=rows_per_block * (2 + int(plan.gpu_actors)),
     )
 
 
@@ -458,7 +462,7 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
         device=config.device,
         chunk=config.chunking.settings(),
     )
-    budget = _budget(config.budget, plan)
+    budget = _budget(config.budget, plan, config.rows_per_block)
 
     def stop_for_budget(reason: str) -> None:  # the status thread: past the cap, stop reading
         ctx.stop_reason = reason

@@ -172,6 +172,7 @@ class StatusReporter:
             encoding_s=None if self._encoding_since is None else now - self._encoding_since,
             records_left=left,
             records_per_s=recent.get("encoded", 0.0),
+            records_to_do=todo,
         )
         described = self.projection.describe(self.budget)
         run_id = self.telemetry.run_id

@@ -2,9 +2,13 @@
 
 Encoder-hours are what the run pays for: the planned encoders (GPUs; on a cluster without GPUs,
 the CPU encode actors) times the time since the pipeline started. Once encoding has gone on for
-``warmup_s``, the run projects its total: what it spent, plus the encoders' time for the records
-left at the recent encode rate. When the projection exceeds the cap less its margin, the run stops
-at a consistent point (``pipeline.ledger.stop``) before spending past the cap.
+``warmup_s`` (at most a quarter of the cap's time: a small cap is not spent warming up), the run
+projects its total: what it spent, plus the encoders' time for the records left at the recent
+encode rate. A stop is not instant: the next budget check, the readers' next look at the stop
+request, and the records already read (``in_flight_records``) still being encoded all cost
+encoder time, so the run asks to stop once what it will have spent *by the time it stops*, or its
+projection, passes the cap less its margin; it then stops at a consistent point
+(``pipeline.ledger.stop``) before spending past the cap.
 """
 
 from __future__ import annotations
@@ -19,6 +23,18 @@ class Budget:
     margin: float = 0.1  # stop when the projection passes max_hours x (1 - margin)
     warmup_s: float = 30.0  # seconds of encoding before any projection is trusted
     what: str = "GPU-hours"
+    reaction_s: float = 4.0  # from passing the cap to the readers stopping: a budget check and a stop poll
+    in_flight_records: int = 0  # read before the stop and encoded after it (blocks the pipeline holds)
+
+    @property
+    def limit(self) -> float:
+        return self.max_hours * (1 - self.margin)
+
+    @property
+    def warmup(self) -> float:
+        """Seconds of encoding before the projection is trusted: ``warmup_s``, at most a quarter of
+        the cap's time per encoder."""
+        return min(self.warmup_s, 0.25 * self.max_hours * 3600 / self.encoders)
 
     @classmethod
     def of(
@@ -31,6 +47,8 @@ class Budget:
         margin: float,
         warmup_s: float,
         on_gpu: bool,
+        reaction_s: float = 4.0,
+        in_flight_records: int = 0,
     ) -> "Budget | None":
         caps = [h for h in (max_gpu_hours, (max_cost / gpu_hour_price) if max_cost and gpu_hour_price else None) if h]
         if not caps:
@@ -41,6 +59,8 @@ class Budget:
             margin=margin,
             warmup_s=warmup_s,
             what="GPU-hours" if on_gpu else "encoder-hours (CPU encode actors)",
+            reaction_s=reaction_s,
+            in_flight_records=in_flight_records,
         )
 
 
@@ -49,12 +69,14 @@ class Projection:
     spent_hours: float
     projected_hours: float | None  # None: not yet (warm-up) or no rate
     records_left: float | None
+    at_stop_hours: float = 0.0  # what will have been spent if a stop were asked for now
+    records_to_do: float | None = None  # this run's records in all, as estimated now (the left ones plus encoded)
 
     def describe(self, budget: Budget) -> str:
         projected = "not yet" if self.projected_hours is None else f"{self.projected_hours:.4g}"
         return (
             f"{budget.what}: {self.spent_hours:.4g} spent, {projected} projected, cap {budget.max_hours:.4g} "
-            f"(stops past {budget.max_hours * (1 - budget.margin):.4g}: margin {budget.margin:.0%})"
+            f"(stops past {budget.limit:.4g}: margin {budget.margin:.0%})"
         )
 
 
@@ -65,17 +87,22 @@ def project(
     encoding_s: float | None,
     records_left: float | None,
     records_per_s: float,
+    records_to_do: float | None = None,
 ) -> Projection:
     """``elapsed_s``: since the pipeline started (the encoders are held); ``encoding_s``: since the
     first encoded batch (None: none yet); ``records_left`` at ``records_per_s`` (the recent rate)."""
     spent = budget.encoders * elapsed_s / 3600
-    if encoding_s is None or encoding_s < budget.warmup_s or records_left is None or records_per_s <= 0:
-        return Projection(spent, None, records_left)
-    return Projection(spent, spent + budget.encoders * records_left / records_per_s / 3600, records_left)
+    drain_s = budget.in_flight_records / records_per_s if records_per_s > 0 else 0.0
+    at_stop = spent + budget.encoders * (budget.reaction_s + drain_s) / 3600
+    if encoding_s is None or encoding_s < budget.warmup or records_left is None or records_per_s <= 0:
+        return Projection(spent, None, records_left, at_stop, records_to_do)
+    projected = spent + budget.encoders * records_left / records_per_s / 3600
+    return Projection(spent, projected, records_left, at_stop, records_to_do)
 
 
 def over(budget: Budget, projection: Projection) -> bool:
-    limit = budget.max_hours * (1 - budget.margin)
-    return projection.spent_hours > limit or (
-        projection.projected_hours is not None and projection.projected_hours > limit
+    """Time to ask for the stop: by the time the run stops it would pass the cap less its margin, or
+    the whole run is projected to."""
+    return max(projection.spent_hours, projection.at_stop_hours) > budget.limit or (
+        projection.projected_hours is not None and projection.projected_hours > budget.limit
     )

@@ -34,6 +34,26 @@ def test_the_projection_by_hand():
     assert "cap 1" in Projection(0.5, 0.7, 10).describe(budget)
 
 
+@pytest.mark.unit
+def test_a_small_cap_stops_early_enough_to_pay_for_the_stop_itself():
+    """The overshoot once seen: a 0.003 h cap (10.8 s of one encoder) with the default 30 s warm-up
+    never projected, and the spent-only check fired at 9.72 s; the next check, the readers' next
+    look and the blocks already read took it to 12.1 s. Now the warm-up is at most a quarter of the
+    cap's time, and the stop is asked for once what will be spent by the time it lands passes."""
+    budget = Budget(max_hours=0.003, encoders=1, margin=0.1, warmup_s=30, reaction_s=4.0, in_flight_records=64)
+    assert budget.warmup == pytest.approx(0.25 * 10.8)
+    # 6 s in, 3 s of encoding: 20 records/s, 64 in flight (3.2 s) + 4 s reaction -> 13.2 s at stop > 9.72
+    assert over(budget, project(budget, elapsed_s=6.0, encoding_s=3.0, records_left=None, records_per_s=20.0))
+    # the same moment without the stop's own cost counted was not over: the overshoot
+    bare = Budget(max_hours=0.003, encoders=1, margin=0.1, warmup_s=30, reaction_s=0.0, in_flight_records=0)
+    assert not over(bare, project(bare, elapsed_s=6.0, encoding_s=3.0, records_left=None, records_per_s=20.0))
+    # a projection after the (capped) warm-up: 64 records left at 20/s end well inside the cap
+    ok = project(budget, elapsed_s=3.0, encoding_s=2.8, records_left=20, records_per_s=200.0)
+    assert ok.projected_hours is not None and not over(budget, ok)
+    # a big cap keeps its configured warm-up
+    assert Budget(max_hours=10.0, encoders=8, warmup_s=30).warmup == 30
+
+
 @pytest.mark.e2e  # a stop and a resume, a minute on 2 cores: with the other kill/resume tests
 def test_a_run_past_its_budget_stops_whole_and_a_rerun_resumes_exactly_once(ray_cluster, tmp_path, minilm_path):
     from e5tools.sample_text import passages
@@ -61,6 +81,8 @@ def test_a_run_past_its_budget_stops_whole_and_a_rerun_resumes_exactly_once(ray_
     manifest = json.loads((out / "_manifest.json").read_text())
     stopped = manifest["runs"][-1]
     assert stopped["status"] == "stopped" and stopped["budget"]["cap"] == pytest.approx(2 / 3600)
+    todo = stopped["budget"]["records_to_do"]  # the estimate the stop rested on, against the truth: 1,200
+    assert todo is None or 0.5 * len(texts) <= todo <= 1.5 * len(texts), todo
     done = [i for f in out.glob("part-*.parquet") for i in pq.read_table(f, columns=["id"])["id"].to_pylist()]
     assert len(done) < len(texts)  # stopped before the end...
     assert len(done) == len(set(done))  # ...with whole files
