@@ -416,7 +416,7 @@ class BudgetOptions:
     )
     budget_warmup_s: float = setting(
         30.0,
-        help="seconds of encoding before the budget trusts its projection",
+        help="seconds of encoding before the budget trusts its projection (at most a quarter of the cap's time)",
         type=float,
         check=seconds(allow_zero=True),
     )
