@@ -296,6 +296,7 @@ def _rate(config, plan, texts, cluster_gpus):
 
     from pipeline.planning import calibration as cal
     from pipeline.stages.model import ModelSource
+    from pipeline.stages.packed import planned_attention
 
     if config.calibrate:
         if not config.calibration:
@@ -347,7 +348,7 @@ def _rate(config, plan, texts, cluster_gpus):
             torch_version=torch.__version__,
             device_name=None,
             dtype=plan.dtype,
-            attention=config.attention,
+            attention=planned_attention(config.attention, plan.device, plan.dtype, config.shape_buckets),
             batch_size=plan.batch_size,
             max_length=config.max_length,
         )

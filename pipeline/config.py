@@ -214,9 +214,10 @@ class EncodingOptions:
         check=boolean,
     )
     attention: str = setting(
-        "padded",
-        help="encoder micro-batches: padded (SDPA over a padding mask) or packed (rows end to end, variable-length "
-        "attention on CUDA; same embeddings, a GPU fast-path candidate: measure with `e5-embed bench`)",
+        "auto",
+        help="encoder micro-batches: auto (packed where its fast kernel runs: CUDA, compute capability 8.0+, "
+        "bf16/fp16, torch's varlen attention; padded elsewhere), padded (SDPA over a padding mask) or packed (rows "
+        "end to end, variable-length attention; same embeddings within the parity tolerance)",
         choices=ATTENTION_MODES,
         check=one_of(ATTENTION_MODES),
         commands=BOTH,

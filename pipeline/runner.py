@@ -48,7 +48,9 @@ from pipeline.ledger.table import Published, publish
 from pipeline.planning.budget import Budget
 from pipeline.planning.plan import ClusterSpec, PlanRequest, ResourcePlan, make_plan
 from pipeline.planning.scheduler_config import load_scheduler_config
+from pipeline.stages.encoder_clock import encoder_split
 from pipeline.stages.model import ModelInfo, ModelSource
+from pipeline.stages.packed import planned_attention
 
 logger = logging.getLogger(__name__)
 
@@ -295,6 +297,13 @@ def _run_leased(ctx: RunContext) -> RunSummary:
         with phases("plan"):
             plan = _plan(config, ctx.info)
         run.plan = plan.to_dict()
+        # what the encoders are expected to run (auto resolves on each actor: its timeline says what ran)
+        run.plan["attention"] = config.attention
+        run.plan["attention_planned"] = planned_attention(
+            config.attention, plan.device, plan.dtype, config.shape_buckets
+        )
+        logger.info("attention: %s (%s expected on %s in %s)", config.attention, run.plan["attention_planned"],
+                    plan.device, plan.dtype)  # fmt: skip
         # the compute dtype as resolved ("auto": bf16/fp16 on GPUs, float32 on CPU), before any write
         ctx.metadata.update(compute_dtype=plan.dtype, device=plan.device)
         state.check_compute(work, ctx.metadata)
@@ -527,7 +536,11 @@ def _timeline(run: RunRecord, telemetry: Telemetry, ran: PipelineStats) -> None:
     and the run goes on (it is a report, not a result)."""
     try:
         run.timeline = timeline.build(
-            telemetry.timeline(), ran.operators, window_s=ran.ended - ran.started, cpus=ran.cpus
+            telemetry.timeline(),
+            ran.operators,
+            window_s=ran.ended - ran.started,
+            cpus=ran.cpus,
+            encoder=encoder_split(telemetry.snapshot() or {}),
         )
         logger.info("%s", timeline.describe(run.timeline))
     except Exception as e:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.backend import metrics
+from pipeline.stages.encoder_clock import KEYS as ENCODER_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ PROGRESS_KEYS = (
     "tokens",
     "windows",
     "oom_splits",
+    *ENCODER_KEYS,
 )
 # stage name -> the progress key its rows count under
 STAGE_PROGRESS = {"tokenize": "tokenized", "chunktokenize": "tokenized", "encode": "encoded"}
@@ -156,7 +158,14 @@ class Telemetry:
         return self._ask("first", timeout_s) or {}
 
     def stage_batch(
-        self, stage: str, rows: int, started: float, ended: float, oom_splits: int = 0, tokens: int = 0
+        self,
+        stage: str,
+        rows: int,
+        started: float,
+        ended: float,
+        oom_splits: int = 0,
+        tokens: int = 0,
+        extra: Mapping[str, int] | None = None,
     ) -> None:
         """One batch out of a stage (wall-clock start and end): counted where the work happens, not
         when its file is committed; one call on the progress actor (counts and the timeline's span)."""
@@ -167,6 +176,7 @@ class Telemetry:
         values = {STAGE_PROGRESS.get(stage, stage): rows, "oom_splits": oom_splits}  # oom: the run record too
         if stage == "encode":
             values["encoded_tokens"] = tokens
+        values.update(extra or {})  # the encoder's own clocks (pipeline.stages.encoder_clock.KEYS)
         self._tell("batch", {k: v for k, v in values.items() if v}, stage, _worker(), started, ended)
 
     def timeline(self, timeout_s: float = 10.0) -> dict[str, Any]:

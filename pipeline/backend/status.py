@@ -13,6 +13,7 @@ from typing import Any
 from pipeline.backend import metrics
 from pipeline.backend.progress import Telemetry
 from pipeline.planning.budget import Budget, Projection, over, project
+from pipeline.stages.encoder_clock import encoder_split
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,13 @@ def status_line(
     else:
         eta = "unknown"
     of = f" of {int(todo):,}" if total_records else ""
+    split = encoder_split(dict(values))
+    busy = "" if split is None else f" (encoder device busy {split['device_busy_share']:.0%})"
     return (
         f"progress: {values.get('tokenized', 0):,} tokenized, {encoded:,} encoded, {committed:,} committed "
         f"({values.get('embedded', 0):,} embedded, {values.get('rejected', 0):,} rejected){of} records, "
         f"{read_rows:,} read ({min(share, 1.0):.0%} of {unit}), {recent.get('encoded_tokens', 0):,.0f} tokens/s "
-        f"encoding, ETA {eta}"
+        f"encoding{busy}, ETA {eta}"
     )
 
 

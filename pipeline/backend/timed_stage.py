@@ -40,8 +40,15 @@ class TimedStage:
         if self.telemetry is not None:
             oom = int(getattr(self.stage, "oom_splits", 0))
             tokens = _tokens(out) if self.stage_name == "encode" else 0
+            clock = getattr(self.stage, "clock", None)  # the encoder's own time split (EncoderClock)
             self.telemetry.stage_batch(
-                self.stage_name, batch.num_rows, started, time.time(), oom - self._oom_seen, tokens
+                self.stage_name,
+                batch.num_rows,
+                started,
+                time.time(),
+                oom - self._oom_seen,
+                tokens,
+                extra=clock.take() if clock is not None else None,
             )
             self._oom_seen = oom
         return out

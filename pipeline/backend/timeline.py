@@ -1,11 +1,14 @@
 """Where a run's wall time went: each role's busy and idle time, and what Ray Data waited on.
 
-Two independent sources, side by side:
+Three independent sources, side by side:
 
 - **The job's own timers** (``progress.WorkSpans``): every read task, stage batch and write task
   tells the progress actor its wall-clock span. A role's ``busy_s`` over ``workers x window_s`` is
   how busy its processes were; ``idle_s`` is the rest (waiting for input, for output room, or for
   a CPU).
+- **The encoder's own clocks** (``pipeline.stages.encoder_clock``): CUDA events per micro-batch
+  (host-to-device copy, compute, device-to-host), the host's time between them and the actors'
+  wait for their next batch: where the GPU waits, and its busy share, in every run's record.
 - **Ray Data's operator stats** (``Dataset._get_stats_summary`` after the write): per operator,
   the task time, the time tasks waited to be scheduled (``scheduling_wait_s``: a worker or a CPU
   reservation), the time the executor held back submissions (``submission_backpressure_s``: the
@@ -66,9 +69,17 @@ def operator_stats(dataset: Any) -> list[dict[str, Any]]:
     return out
 
 
-def build(spans: Mapping[str, Any], operators: list[dict[str, Any]], *, window_s: float, cpus: float) -> dict[str, Any]:
+def build(
+    spans: Mapping[str, Any],
+    operators: list[dict[str, Any]],
+    *,
+    window_s: float,
+    cpus: float,
+    encoder: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The run's timeline: ``spans`` from ``Telemetry.timeline()``, ``operators`` from
-    ``operator_stats``, over the pipeline's ``window_s`` on ``cpus`` CPUs."""
+    ``operator_stats``, over the pipeline's ``window_s`` on ``cpus`` CPUs; ``encoder``: the encode
+    actors' own time split (``encoder_clock.encoder_split``)."""
     roles = {}
     for role in ROLES:
         span = (spans.get("roles") or {}).get(role)
@@ -103,6 +114,7 @@ def build(spans: Mapping[str, Any], operators: list[dict[str, Any]], *, window_s
         # the stages' and tasks' own work over the CPUs (the driver and Ray's processes not counted)
         "work_utilization": round(work / cpus, 3) if cpus else None,
         "roles": roles,
+        "encoder": dict(encoder) if encoder else None,
         "operators": operators,
         "progress_calls": int(spans.get("progress_calls", 0)),
     }
@@ -124,6 +136,16 @@ def describe(timeline: Mapping[str, Any]) -> str:
         elif r.get("cores_busy") is not None:
             line += f": {r['cores_busy']:.2f} cores on average"
         lines.append(line + (" <- busiest stage" if role == timeline.get("busiest") else ""))
+    enc = timeline.get("encoder")
+    if enc:
+        lines.append(
+            f"  encoder (its own clocks): device busy {enc['device_busy_share']:.0%} of the encoders' time "
+            f"(compute {enc['compute_share']:.0%}), waiting for input {enc['wait_share']:.0%}; "
+            f"h2d {enc['h2d_s']:.1f} s, compute {enc['compute_s']:.1f} s, d2h {enc['d2h_s']:.1f} s, host between "
+            f"{enc['host_s']:.1f} s, waiting {enc['wait_s']:.1f} s over {enc['micro_batches']:,} micro-batches"
+            + ("" if enc.get("padding_share") is None else f"; padding {enc['padding_share']:.0%} of token slots")
+            + f"; attention {enc['attention']}"
+        )
     for op in timeline["operators"]:
         waits = ", ".join(
             f"{key} {op[key]:.1f} s"

@@ -136,7 +136,7 @@ def _number(data: Mapping[str, Any], key: str, *, positive: bool = False, below:
 def _check_fields(data: Mapping[str, Any]) -> None:
     """Every field of a calibration file checked before a plan uses it: a rate that is NaN, infinite,
     zero, negative or a string, a negative spread, an unknown dtype or attention mode."""
-    from pipeline.stages.e5 import ATTENTION_MODES, DTYPES
+    from pipeline.stages.e5 import ATTENTIONS, DTYPES
 
     for key in ("measured_at", "device_name", "model", "torch"):
         if not isinstance(data.get(key), str):
@@ -145,8 +145,8 @@ def _check_fields(data: Mapping[str, Any]) -> None:
         raise ValueError(f"device_kind is {data.get('device_kind')!r}, not cuda or cpu")
     if data.get("dtype") not in DTYPES or data.get("dtype") == "auto":
         raise ValueError(f"dtype is {data.get('dtype')!r}, not one of {', '.join(DTYPES[1:])}")
-    if data.get("attention") not in ATTENTION_MODES:
-        raise ValueError(f"attention is {data.get('attention')!r}, not one of {', '.join(ATTENTION_MODES)}")
+    if data.get("attention") not in ATTENTIONS:  # what the encoder ran (auto resolved)
+        raise ValueError(f"attention is {data.get('attention')!r}, not one of {', '.join(ATTENTIONS)}")
     for key in ("batch_size", "max_length", "repeats", "sample_records"):
         if isinstance(data.get(key), bool) or not isinstance(data.get(key), int) or data[key] < 1:
             raise ValueError(f"{key} is {data.get(key)!r}, not a positive integer")
@@ -248,7 +248,7 @@ def measure(
     rows_per_call: int,
     dtype: str = "auto",
     device: str = "auto",
-    attention: str = "padded",
+    attention: str = "auto",
     shape_buckets: tuple[int, ...] | None = None,
     torch_threads: int | None = None,
     max_seconds: float = DEFAULT_MAX_SECONDS,

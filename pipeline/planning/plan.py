@@ -120,7 +120,7 @@ class ResourcePlan:
         output_dtype: str,
         rows_per_block: int,
         compile_model: bool,
-        attention: str = "padded",
+        attention: str = "auto",
         shape_buckets: tuple[int, ...] | None = None,
         device: str = "auto",
         chunk: ChunkSettings | None = None,

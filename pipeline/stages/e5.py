@@ -11,5 +11,8 @@ DEFAULT_MODEL = "intfloat/e5-base-v2"
 PREFIXES = {"passage": "passage: ", "query": "query: ", "none": ""}  # the card's prefixes, by name
 DTYPES = ("auto", "float32", "float16", "bfloat16")  # compute dtype (auto: bf16/fp16 on GPU, float32 on CPU)
 OUTPUT_DTYPES = ("float32", "float16")  # the stored embedding's dtype
-ATTENTION_MODES = ("padded", "packed")  # padded micro-batches (SDPA) or packed rows (varlen attention)
+# auto: packed where its fast kernel runs (CUDA, compute capability 8.0+, bf16/fp16, torch's varlen
+# attention), padded elsewhere; padded micro-batches (SDPA) or packed rows (varlen attention)
+ATTENTION_MODES = ("auto", "padded", "packed")
+ATTENTIONS = ("padded", "packed")  # what an encoder actually runs (``auto`` resolves to one of them)
 DEVICES = ("auto", "cuda", "cpu")

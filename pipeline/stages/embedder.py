@@ -69,7 +69,7 @@ class Embedder:
         device: str = "cpu",
         output_dtype: str = "float32",
         compile_model: bool = False,
-        attention: str = "padded",
+        attention: str = "auto",
         shape_buckets: tuple[int, ...] | None = None,
     ):
         if prefix not in PREFIXES:

@@ -21,8 +21,9 @@ import pyarrow.compute as pc
 from pipeline.errors import JobError, UsageError
 from pipeline.io import schemas
 from pipeline.stages.e5 import ATTENTION_MODES
+from pipeline.stages.encoder_clock import EncoderClock
 from pipeline.stages.model import ModelSource, resolve_device, resolve_dtype
-from pipeline.stages.packed import PackedEncoder, packed_unavailable
+from pipeline.stages.packed import PackedEncoder, resolve_attention
 from pipeline.stages.spec import Needs
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class EncodeSettings:
     expect_gpu: bool = False  # the plan gave this actor a GPU
     compile_model: bool = False  # torch.compile the encoder
     memory_fraction: float | None = None  # share of the GPU this actor may use (several actors per GPU)
-    attention: str = "padded"  # padded micro-batches (SDPA) or packed rows (varlen attention)
+    attention: str = "auto"  # auto (packed where its fast kernel runs), padded (SDPA) or packed (varlen)
     shape_buckets: tuple[int, ...] | None = None  # compile for these padded widths only (static shapes)
 
 
@@ -79,7 +80,7 @@ class EncodeStage:
         expect_gpu: bool = False,
         compile_model: bool = False,
         memory_fraction: float | None = None,
-        attention: str = "padded",
+        attention: str = "auto",
         shape_buckets: tuple[int, ...] | None = None,
     ):
         """Cheap: the settings are checked and the device decided; nothing is loaded or compiled
@@ -106,13 +107,15 @@ class EncodeStage:
                 f"compute in {self.dtype}); the output records one compute dtype, so pass --dtype {self.dtype} "
                 "(or a scheduler profile with bf16: false for this GPU)"
             )
-        if attention == "packed":
+        if attention != "padded":
             import torch
 
-            reason = packed_unavailable(torch, self.device, self.dtype)
-            if reason:  # loudly, never a per-row fallback (rows x layers kernel launches per micro-batch)
-                logger.warning("--attention packed: %s; this actor encodes padded micro-batches instead", reason)
-                attention = "padded"
+            asked = attention
+            attention, why = resolve_attention(asked, torch, self.device, self.dtype, shape_buckets)
+            if asked == "packed" and attention != "packed":  # loudly, never a per-row fallback
+                logger.warning("--attention packed: %s; this actor encodes padded micro-batches instead", why)
+            elif asked == "auto":
+                logger.info("--attention auto: %s (%s)", attention, why)
         self.source = model
         self.batch_size = batch_size
         self.output_dtype = output_dtype
@@ -156,6 +159,7 @@ class EncodeStage:
         else:
             self.forward = model
         self.packed = PackedEncoder(model) if self.attention == "packed" else None
+        self.clock = EncoderClock(self.device, torch)
         self.model = model
         logger.info(
             "encode actor ready: model=%s device=%s dtype=%s batch_size=%d compiled=%s",
@@ -167,9 +171,17 @@ class EncodeStage:
         )
         if self.shape_buckets:
             self._warm_buckets()
+        self.clock.take()  # the warm-up is start-up, not the run's encoding
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.setup()
+        self.clock.call_started()
+        try:
+            return self._encode_batch(batch)
+        finally:
+            self.clock.call_ended()
+
+    def _encode_batch(self, batch: pa.Table) -> pa.Table:
         ids_col = (
             batch["input_ids"].combine_chunks()
             if isinstance(batch["input_ids"], pa.ChunkedArray)
@@ -357,19 +369,27 @@ class EncodeStage:
         ids_t = torch.from_numpy(ids)
         with torch.inference_mode():
             if self.device == "cuda":
-                ids_t = ids_t.pin_memory().to(self.device, non_blocking=True)
-            return self._to_host(self.packed(ids_t, lengths))
+                ids_t = ids_t.pin_memory()
+            marks = self.clock.start(token_slots=len(ids), packed=True)
+            if self.device == "cuda":
+                ids_t = ids_t.to(self.device, non_blocking=True)
+            self.clock.mark(marks)
+            return self._to_host(self.packed(ids_t, lengths), marks)
 
-    def _to_host(self, pooled) -> _InFlight:
+    def _to_host(self, pooled, marks=None) -> _InFlight:
         """The pooled embeddings to host memory: at once on CPU; on CUDA a queued copy to pinned memory."""
         torch = self._torch
+        self.clock.mark(marks)  # computed (on CUDA: once the stream gets here)
         if self.device != "cuda":
-            return _InFlight(host=pooled.numpy())
+            host = pooled.numpy()
+            self.clock.mark(marks)
+            return _InFlight(host=host, clock=self.clock, marks=marks)
         host = torch.empty(pooled.shape, dtype=torch.float32, pin_memory=True)
         host.copy_(pooled, non_blocking=True)
+        self.clock.mark(marks)
         done = torch.cuda.Event()
         done.record()
-        return _InFlight(host=host, done=done)
+        return _InFlight(host=host, done=done, clock=self.clock, marks=marks)
 
     def _launch(self, input_ids: np.ndarray, mask: np.ndarray) -> _InFlight:
         """Queue forward, pooling and the copy back to host; on CUDA this returns before they finish."""
@@ -380,10 +400,14 @@ class EncodeStage:
         mask_t = torch.from_numpy(mask)
         with torch.inference_mode():
             if self.device == "cuda":
-                ids_t = ids_t.pin_memory().to(self.device, non_blocking=True)
-                mask_t = mask_t.pin_memory().to(self.device, non_blocking=True)
+                ids_t, mask_t = ids_t.pin_memory(), mask_t.pin_memory()
+            marks = self.clock.start(token_slots=input_ids.size, packed=False)
+            if self.device == "cuda":
+                ids_t = ids_t.to(self.device, non_blocking=True)
+                mask_t = mask_t.to(self.device, non_blocking=True)
+            self.clock.mark(marks)
             hidden = self.forward(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
-            return self._to_host(l2_normalize(average_pool(hidden.float(), mask_t)))
+            return self._to_host(l2_normalize(average_pool(hidden.float(), mask_t)), marks)
 
 
 def _gather(
@@ -415,10 +439,15 @@ class _InFlight:
 
     host: Any
     done: Any = None  # torch.cuda.Event, recorded after the copy was queued
+    clock: Any = None  # the actor's EncoderClock, told the micro-batch's times once it is done
+    marks: Any = None
 
     def result(self) -> np.ndarray:
         if self.done is not None:
             self.done.synchronize()
             self.done = None
             self.host = self.host.numpy()
+        if self.clock is not None:
+            self.clock.finished(self.marks)
+            self.clock = None
         return self.host

@@ -38,6 +38,31 @@ def packed_unavailable(torch: Any, device: str, dtype: str) -> str | None:
     return None
 
 
+def resolve_attention(asked: str, torch: Any, device: str, dtype: str, shape_buckets: Any = None) -> tuple[str, str]:
+    """What an encoder runs for ``--attention asked``, and why. ``auto``: packed where its fast
+    kernel runs, padded elsewhere (CPU, float32, an older GPU or torch; shape buckets pad to fixed
+    shapes). An explicit ``packed`` on a GPU without the fast kernel falls back to padded, loudly."""
+    if asked == "padded":
+        return "padded", "asked for"
+    if shape_buckets:
+        return "padded", "shape buckets pad to fixed shapes"
+    reason = packed_unavailable(torch, device, dtype)
+    if asked == "packed":
+        return ("padded", reason) if reason else ("packed", "asked for")
+    if device != "cuda":
+        return "padded", f"not on CUDA ({device}): packed attention's fast kernel is CUDA's"
+    return ("padded", reason) if reason else ("packed", "flash varlen attention runs here")
+
+
+def planned_attention(asked: str, device: str, dtype: str, shape_buckets: Any = None) -> str:
+    """What the plan expects the encoders to run (the driver cannot see a GPU's compute capability:
+    auto on CUDA in bf16/fp16 is expected packed; a calibration is compared with this)."""
+    if asked != "auto":
+        return asked
+    packed = device == "cuda" and dtype in ("float16", "bfloat16") and not shape_buckets
+    return "packed" if packed else "padded"
+
+
 class PackedEncoder:
     """Runs a loaded BertModel/XLMRobertaModel (eval) over packed rows; returns L2-normalised means."""
 

@@ -55,7 +55,7 @@ def test_packed_out_of_memory_splits_rows_and_matches(minilm_path):
 
 
 def test_an_unknown_attention_mode_lists_the_valid_ones(minilm_path):
-    with pytest.raises(ValueError, match="padded, packed"):
+    with pytest.raises(ValueError, match="auto, padded, packed"):
         EncodeStage(model=ModelSource(name_or_path=minilm_path), batch_size=2, device="cpu", attention="flash")
 
 
@@ -109,3 +109,51 @@ def test_packed_on_a_gpu_without_flash_falls_back_to_padded_loudly(monkeypatch, 
         ).attention
         == "packed"
     )
+
+
+@pytest.mark.parametrize(
+    "capability, device, dtype, buckets, runs, why",
+    [
+        ((9, 0), "cuda", "bfloat16", None, "packed", "flash varlen attention runs here"),
+        ((8, 0), "cuda", "float16", None, "packed", "flash varlen attention runs here"),
+        ((7, 5), "cuda", "float16", None, "padded", "compute capability 8.0+"),  # a T4
+        ((9, 0), "cuda", "float32", None, "padded", "needs float16 or bfloat16"),
+        ((9, 0), "cuda", "bfloat16", (128, 512), "padded", "shape buckets pad to fixed shapes"),
+        ((9, 0), "cpu", "float32", None, "padded", "not on CUDA (cpu)"),
+    ],
+)
+def test_attention_auto_is_packed_exactly_where_its_fast_kernel_runs(
+    monkeypatch, minilm_path, caplog, capability, device, dtype, buckets, runs, why
+):
+    """The new default. The capability is faked (no GPU here, said so); the choice is logged and is
+    what the actor runs (and what its timeline's micro-batches report)."""
+    import logging
+
+    import torch
+
+    import pipeline.stages.encode as encode
+    from pipeline.stages.packed import planned_attention, resolve_attention
+
+    _FakeGpu(monkeypatch, capability)
+    chosen, reason = resolve_attention("auto", torch, device, dtype, buckets)
+    assert chosen == runs and why in reason
+    monkeypatch.setattr(encode, "resolve_device", lambda d: device)
+    with caplog.at_level(logging.INFO, logger="pipeline.stages.encode"):
+        stage = EncodeStage(model=ModelSource(name_or_path=minilm_path), batch_size=2, device=device, dtype=dtype,
+                            shape_buckets=buckets)  # fmt: skip
+    assert stage.attention == runs
+    assert any(r.getMessage().startswith(f"--attention auto: {runs} (") for r in caplog.records)
+    # the plan's expectation (the driver sees no capability): packed on CUDA in half precision
+    expected = "packed" if device == "cuda" and dtype != "float32" and not buckets else "padded"
+    assert planned_attention("auto", device, dtype, buckets) == expected
+    assert planned_attention("padded", device, dtype, buckets) == "padded"
+
+
+def test_auto_is_the_default_and_explicit_modes_stay(minilm_path):
+    from pipeline.config import JobConfig
+
+    assert JobConfig(inputs=("x",), output="y").attention == "auto"
+    cpu = dict(model=ModelSource(name_or_path=minilm_path), batch_size=2, device="cpu")
+    assert EncodeStage(**cpu).attention == "padded"  # auto on CPU
+    assert EncodeStage(**cpu, attention="packed").attention == "packed"  # the CPU parity path, when asked
+    assert EncodeStage(**cpu, attention="padded").attention == "padded"
