@@ -393,26 +393,38 @@ def run_pipeline(
         cmd += ["--batch-size", str(batch_size)]
     seconds, _, peak = run_sampled(cmd, {**os.environ, "RAY_ADDRESS": ""}, _tree_rss_mb, interval_s=0.2)
     manifest = json.loads((out / "_manifest.json").read_text())
-    manifest["steady_tokens_per_s"] = steady_tokens_per_s(out)
     return seconds, manifest, peak
 
 
-def steady_tokens_per_s(out: Path) -> float | None:
-    """Tokens/s between the first and the last data file landing: the rate once start-up is paid.
+def marginal(small: tuple[float, dict[str, Any]], large: tuple[float, dict[str, Any]]) -> dict[str, Any]:
+    """The whole job's marginal rate between two corpus sizes, each run as users run it (a process:
+    launch, imports, Ray, the actors' start, the last files): real tokens (no padding counted) over
+    the wall seconds the larger run added; start-up is the rest (the smaller run's seconds its
+    tokens at the marginal rate do not explain), and the smaller run's own record names its parts.
+    The larger run's encoders say how busy the device was and how much of its slots was padding."""
+    (s_small, m_small), (s_large, m_large) = small, large
+    added_tokens, added_s = m_large["tokens"] - m_small["tokens"], s_large - s_small
+    rate = added_tokens / added_s if added_s > 0 and added_tokens > 0 else None
+    run_small, run_large = m_small["runs"][-1], m_large["runs"][-1]
+    encoder = (run_large.get("timeline") or {}).get("encoder") or {}
+    from pipeline.backend.timeline import startup
 
-    The tokens of the first file are left out (they were encoded before its timestamp). None with
-    fewer than three files, too few intervals to mean anything.
-    """
-    import pyarrow.parquet as pq
-
-    from pipeline.io import schemas
-
-    files = sorted(out.glob("part-*.parquet"), key=lambda f: f.stat().st_mtime)
-    if len(files) < 3:
-        return None
-    tokens = [json.loads(pq.read_schema(f).metadata[schemas.STATS_KEY])["tokens"] for f in files]
-    elapsed = files[-1].stat().st_mtime - files[0].stat().st_mtime
-    return sum(tokens[1:]) / elapsed if elapsed > 0 else None
+    return {
+        "sizes": [
+            {"records": m["rows_written"], "tokens": m["tokens"], "wall_s": round(s, 2)}
+            for s, m in ((s_small, m_small), (s_large, m_large))
+        ],
+        "marginal_tokens_per_s": None if rate is None else round(rate, 1),
+        "startup_s": None if rate is None else round(s_small - m_small["tokens"] / rate, 2),
+        "startup_parts_small_run": startup(run_small.get("phases") or {}),
+        "padding_share": encoder.get("padding_share"),
+        "device_busy_share": encoder.get("device_busy_share"),
+        "wait_share": encoder.get("wait_share"),
+        "attention": encoder.get("attention"),
+        "how": "real tokens added / wall seconds added, between two whole-job runs (every process); "
+        "start-up = the smaller run's wall less its tokens at that rate; busy and padding shares from the "
+        "larger run's encoders' own clocks (CUDA events on a GPU)",
+    }
 
 
 def _versions() -> dict[str, str]:
@@ -458,6 +470,7 @@ def run_benchmark(
     cpu_side: tuple[int, int] | None = None,
     actors_per_gpu: int | None = None,
     pipeline_attention: str | None = None,
+    marginal_factor: int = 4,
     out_dir: str = "bench-results",
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -576,13 +589,18 @@ def run_benchmark(
         )
         embeddings["st_encode"] = emb
     memory: dict[str, Any] = {}
-    steady_state: dict[str, Any] = {}
+    margin: dict[str, Any] = {}
     if "pipeline" in rows:
         pipeline_flags = ("--actors-per-gpu", str(actors_per_gpu)) if actors_per_gpu else ()
         pipeline_flags += ("--attention", pipeline_attention) if pipeline_attention else ()
         s, manifest, rss = run_pipeline(model, texts, batch_size, workdir, extra=pipeline_flags)
+        large_docs = marginal_factor * docs
+        s_large, manifest_large, rss_large = run_pipeline(
+            model, make_corpus(large_docs, seed + 1), batch_size, workdir, extra=pipeline_flags
+        )
+        margin = marginal((s, manifest), (s_large, manifest_large))
         tokens_total = tokens_total or manifest["tokens"]  # pipeline alone: its own count
-        steady = manifest["steady_tokens_per_s"]
+        rate = margin["marginal_tokens_per_s"]
         results["pipeline"] = Row(
             "pipeline",
             s,
@@ -594,21 +612,20 @@ def run_benchmark(
             "whole job incl. Ray start-up; peak host = sum of RSS over the job's processes"
             + (f"; --actors-per-gpu {actors_per_gpu}" if actors_per_gpu else "")
             + (f"; --attention {pipeline_attention}" if pipeline_attention else "")
-            + (f"; steady state (between output files) {steady:.0f} tokens/s" if steady else ""),
+            + (
+                f"; marginal {rate:.0f} tokens/s ({docs}->{large_docs} docs), start-up {margin['startup_s']:.1f} s"
+                if rate
+                else ""
+            ),
         )
-        steady_state = {
-            "pipeline_tokens_per_s": round(steady, 1) if steady else None,
-            "how": "tokens of output files 2..n / time from the first file to the last",
-        }
         if memory_check:
-            s4, manifest4, rss4 = run_pipeline(model, make_corpus(4 * docs, seed + 1), batch_size, workdir)
             memory = {
                 "docs_1x": docs,
                 "peak_host_mb_1x": round(rss, 1),
-                "docs_4x": 4 * docs,
-                "peak_host_mb_4x": round(rss4, 1),
-                "ratio_4x_over_1x": round(rss4 / rss, 3),
-                "seconds_4x": round(s4, 2),
+                f"docs_{marginal_factor}x": large_docs,
+                f"peak_host_mb_{marginal_factor}x": round(rss_large, 1),
+                f"ratio_{marginal_factor}x_over_1x": round(rss_large / rss, 3),
+                f"seconds_{marginal_factor}x": round(s_large, 2),
             }
 
     tokenize_rates = run_tokenize_rates(model, texts, max_length)
@@ -650,7 +667,7 @@ def run_benchmark(
         "rows": {k: results[k].to_dict(fpt, peak_flops) for k in ROWS if k in results},
         "parity": parity,
         "memory_check": memory,
-        "steady_state": steady_state,
+        "marginal": margin,
         "longdoc": retrieval,
         "tokenize": tokenize_rates,
         "cpu_side": cpu_side_report,
@@ -715,18 +732,24 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append("")
     if report["ratios"]:
         lines.append("Ratios (tokens/s): " + ", ".join(f"{k} = {v}x" for k, v in report["ratios"].items()))
-    if report["steady_state"].get("pipeline_tokens_per_s"):
+    m = report.get("marginal") or {}
+    if m.get("marginal_tokens_per_s"):
+        small, large = m["sizes"]
+        busy = "" if m.get("device_busy_share") is None else f", encoder device busy {m['device_busy_share']:.0%}"
+        pad = "" if m.get("padding_share") is None else f", padding {m['padding_share']:.0%} of token slots"
         lines.append(
-            f"Pipeline steady state: {report['steady_state']['pipeline_tokens_per_s']:.0f} tokens/s "
-            f"({report['steady_state']['how']})"
+            f"Whole job, marginal: {m['marginal_tokens_per_s']:.0f} tokens/s between {small['records']} and "
+            f"{large['records']} records ({small['wall_s']} s and {large['wall_s']} s); start-up "
+            f"{m['startup_s']:.1f} s{busy}{pad}, attention {m.get('attention')} ({m['how']})"
         )
     for key, value in report["parity"].items():
         lines.append(f"Parity: {key.replace('_', ' ')} = {value:.6f}")
     if report["memory_check"]:
         m = report["memory_check"]
+        big = next(k for k in m if k.startswith("docs_") and k != "docs_1x").removeprefix("docs_")
         lines.append(
             f"Memory: pipeline peak host {m['peak_host_mb_1x']} MB at {m['docs_1x']} docs, "
-            f"{m['peak_host_mb_4x']} MB at {m['docs_4x']} docs (ratio {m['ratio_4x_over_1x']})"
+            f"{m[f'peak_host_mb_{big}']} MB at {m[f'docs_{big}']} docs (ratio {m[f'ratio_{big}_over_1x']})"
         )
     if report.get("tokenize"):
         t = report["tokenize"]

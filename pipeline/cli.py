@@ -94,7 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated rows: reference, st_encode, encode, encode_compiled, encode_packed, "
         "encode_buckets, pipeline (default: reference, st_encode, encode, pipeline)",
     )
-    bench.add_argument("--memory-check", action="store_true", help="also run the pipeline on 4x the corpus")
+    bench.add_argument(
+        "--memory-check", action="store_true", help="also the pipeline's peak host memory at both sizes it runs"
+    )
+    bench.add_argument(
+        "--marginal-factor",
+        type=int,
+        default=4,
+        help="the pipeline row runs the whole job at --docs and this many times --docs: the marginal rate "
+        "between them, start-up apart (default 4)",
+    )
     bench.add_argument(
         "--longdoc",
         action="store_true",
@@ -391,6 +400,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError(f"--rows: unknown {', '.join(unknown)}; valid: {', '.join(ROWS)}")
     if args.docs < 1:
         raise UsageError("--docs must be >= 1")
+    if args.marginal_factor < 2:
+        raise UsageError(
+            "--marginal-factor must be >= 2 (two corpus sizes to take a marginal rate between), "
+            f"not {args.marginal_factor}"
+        )
     cpu_side = None
     if args.cpu_side:
         try:
@@ -415,6 +429,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         rows=rows,
         memory_check=args.memory_check,
+        marginal_factor=args.marginal_factor,
         longdoc=args.longdoc,
         cpu_side=cpu_side,
         actors_per_gpu=args.actors_per_gpu,

@@ -7,6 +7,7 @@ through the Ray backend -> repair, prove complete and record the run (ledger) ->
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -162,6 +163,9 @@ class Phases:
         self.values: dict[str, float] = {}
         self.t0 = time.monotonic()
         self.t0_wall = time.time()
+        launched = timeline.process_started_at()  # the interpreter's start: imports are start-up too
+        if launched is not None:
+            self.values["launched_before_s"] = round(max(0.0, self.t0_wall - launched), 3)
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -289,11 +293,12 @@ def _run_leased(ctx: RunContext) -> RunSummary:
             len(work.shards),
             len(ctx.shards),
         )
-    with (
-        ray_session(config.ray_address),
-        GpuCapacity(min_gpus=config.gpus_to_wait_for, timeout_s=config.gpu_wait_s) as capacity,
-    ):
-        capacity.wait()
+    with contextlib.ExitStack() as session:
+        with phases("ray_start"):
+            session.enter_context(ray_session(config.ray_address))
+        capacity = session.enter_context(GpuCapacity(min_gpus=config.gpus_to_wait_for, timeout_s=config.gpu_wait_s))
+        with phases("gpu_wait"):
+            capacity.wait()
         with phases("plan"):
             plan = _plan(config, ctx.info)
         run.plan = plan.to_dict()
@@ -457,6 +462,7 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
     if not work.shards:
         return Counters()
     config, lease, phases = ctx.config, ctx.lease, ctx.phases
+    phases.at("embed_started_at", time.time())
     telemetry = Telemetry.start(run.run_id)
     sink = _sink(ctx, work, telemetry)
     shard_log = ShardLog(config.output, config.storage_options, fence=sink.fence)
@@ -510,6 +516,8 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
         first = telemetry.first_seen()
         for stage in ("tokenize", "chunktokenize", "encode"):
             phases.at(f"first_{stage}_batch_at", first.get(stage))
+        if first.get("encode") is not None:
+            logger.info("%s", timeline.describe_startup(phases.values))
         run.oom_splits = int((telemetry.snapshot() or {}).get("oom_splits", 0))
         if run.oom_splits:
             logger.warning("%d encode micro-batch(es) split after running out of device memory", run.oom_splits)

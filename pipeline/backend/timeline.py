@@ -166,3 +166,48 @@ def _span(first: float | None, last: float | None) -> float | None:
 
 def _number(value: Any) -> float | None:
     return round(float(value), 3) if isinstance(value, (int, float)) else None
+
+
+# the run's steps before its first encoded batch, in order (``Phases`` names)
+STARTUP_STEPS = ("model", "list_inputs", "lease", "prepare_output", "ray_start", "gpu_wait", "plan", "carry_over")
+
+
+def process_started_at() -> float | None:
+    """This process's start (wall clock) from ``/proc`` (Linux), None elsewhere: the interpreter's
+    start and the imports are part of a run's start-up."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime, clock ticks since boot
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        import os
+
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def startup(phases: Mapping[str, float]) -> dict[str, float] | None:
+    """From launch to the first encoded batch, in named parts (seconds): the process's start and
+    imports, the run's steps before the pipeline, then the pipeline's own start (read, tokenize,
+    the encode actors' start and model load) until the first batch reached the encoder. None when
+    no batch was encoded."""
+    first = phases.get("first_encode_batch_at")
+    embed = phases.get("embed_started_at")
+    if first is None or embed is None:
+        return None
+    parts = {"launch_and_imports": phases.get("launched_before_s", 0.0)}
+    parts |= {step: phases[step] for step in STARTUP_STEPS if phases.get(step)}
+    parts["pipeline_to_first_encoded_batch"] = round(max(0.0, first - embed), 3)
+    between = embed - sum(v for k, v in parts.items() if k in STARTUP_STEPS)
+    parts["other_driver_steps"] = round(max(0.0, between), 3)  # the steps not timed on their own
+    parts["total"] = round(parts["launch_and_imports"] + first, 3)
+    return parts
+
+
+def describe_startup(phases: Mapping[str, float]) -> str:
+    parts = startup(phases)
+    if parts is None:
+        return "start-up: no batch was encoded"
+    named = ", ".join(f"{k} {v:.1f}" for k, v in parts.items() if k != "total" and v >= 0.05)
+    return f"start-up: {parts['total']:.1f} s from launch to the first encoded batch ({named})"

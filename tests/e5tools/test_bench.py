@@ -74,6 +74,11 @@ def test_every_row_and_memory_check_are_well_formed(tmp_path):
     for name in ("encode", "encode_compiled", "encode_packed", "encode_buckets"):  # random weights: the spread
         assert report["parity"][f"{name}_vs_reference_parity_error"] <= 1e-3, name
     assert report["memory_check"]["docs_4x"] == 96 and report["memory_check"]["ratio_4x_over_1x"] > 0
+    margin = report["marginal"]  # the whole job at 24 and 96 docs: its marginal rate, start-up apart
+    assert [s["records"] for s in margin["sizes"]] == [24, 96]
+    assert margin["marginal_tokens_per_s"] is None or margin["marginal_tokens_per_s"] > 0
+    assert margin["startup_parts_small_run"]["total"] > 0 and margin["attention"] == "packed"
+    assert 0 < margin["device_busy_share"] <= 1 and margin["padding_share"] == 0  # packed: no padding
     assert set(report["ratios"]) >= {
         "encode/reference",
         "encode/st_encode",
@@ -95,25 +100,28 @@ def test_every_row_and_memory_check_are_well_formed(tmp_path):
 
 
 @pytest.mark.unit
-def test_steady_state_rate_leaves_out_start_up(tmp_path):
-    import os
+def test_the_marginal_rate_is_the_tokens_a_larger_run_added_over_the_seconds_it_added():
+    """The whole job's rate between two sizes: start-up cancels out (the retired 'steady state from
+    file times' counted bursts of writes as the rate); start-up is what the rate does not explain."""
+    from e5tools.bench import marginal
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    def manifest(records, tokens, phases=None, encoder=None):
+        run = {"phases": phases or {}, "timeline": {"encoder": encoder} if encoder else None}
+        return {"rows_written": records, "tokens": tokens, "runs": [run]}
 
-    from e5tools.bench import steady_tokens_per_s
-    from pipeline.io import schemas
-
-    def part(name, tokens, mtime):
-        table = pa.table({"x": [1]}).replace_schema_metadata({schemas.STATS_KEY: json.dumps({"tokens": tokens})})
-        pq.write_table(table, tmp_path / name)
-        os.utime(tmp_path / name, (mtime, mtime))
-
-    part("part-a.parquet", 1000, 100.0)  # landed after start-up: its tokens are not counted
-    part("part-b.parquet", 300, 102.0)
-    assert steady_tokens_per_s(tmp_path) is None  # two files: too few
-    part("part-c.parquet", 500, 104.0)
-    assert steady_tokens_per_s(tmp_path) == (300 + 500) / 4.0
+    phases = {"launched_before_s": 2.0, "model": 0.5, "plan": 0.2, "embed_started_at": 3.0,
+              "first_encode_batch_at": 7.0}  # fmt: skip
+    small = (20.0, manifest(1000, 150_000, phases))  # 20 s: 15 s start-up + 150k tokens at 30k/s
+    large = (35.0, manifest(4000, 600_000, encoder={"padding_share": 0.1, "device_busy_share": 0.8,
+                                                    "wait_share": 0.15, "attention": "padded"}))  # fmt: skip
+    m = marginal(small, large)
+    assert m["marginal_tokens_per_s"] == 30_000.0 and m["startup_s"] == 15.0
+    assert (m["padding_share"], m["device_busy_share"], m["attention"]) == (0.1, 0.8, "padded")
+    parts = m["startup_parts_small_run"]
+    assert parts["total"] == 9.0 and parts["launch_and_imports"] == 2.0
+    assert parts["pipeline_to_first_encoded_batch"] == 4.0 and parts["other_driver_steps"] == pytest.approx(2.3)
+    assert [s["records"] for s in m["sizes"]] == [1000, 4000]
+    assert marginal(large, large)["marginal_tokens_per_s"] is None  # no second size: no rate, not a guess
 
 
 @pytest.mark.unit
