@@ -17,9 +17,10 @@
 #                 path, padded and packed: the attention kernel that ran, the GPU's idle share
 #   bench/        reference, sentence-transformers fp16, encode, encode_compiled, encode_packed,
 #                 encode_buckets, pipeline on the same 20k docs
-#   actors1/ actors2/  the pipeline on 50k docs with 1 and 2 encode actors per GPU
-#   sustained/    the pipeline alone on 200k docs (~30M tokens): steady-state throughput
-#                 (SUSTAINED_ATTENTION=packed: the whole job with --attention packed, not yet measured on a GPU)
+#   actors1/ actors2/  the pipeline at 50k and 100k docs with 1 and 2 encode actors per GPU (marginal rates)
+#   sustained/    the whole job at 100k and 400k docs (~15M and ~60M tokens, --attention auto: packed on an
+#                 H100/H200): its marginal rate, start-up apart, the encoders' busy and padding shares
+#                 (SUSTAINED_ATTENTION=padded|packed picks another; SUSTAINED_FACTOR the second size)
 # DEVICE=cpu DOCS=40 ACTORS_DOCS=40 SUSTAINED_DOCS=80 bash jobs/gpu_check.sh  rehearses it on a CPU machine.
 # tests/jobs/test_gpu_scripts.py runs the steps with code of their own once (STEPS="versions memory profile
 # bench", BENCH_ROWS=reference) and parses the rest (bash -n): the actors and sustained steps are
@@ -72,10 +73,10 @@ fi
 if [[ $steps == *" actors "* ]]; then
   for n in ${ACTORS:-1 2}; do
     "$py" -m pipeline bench --device "$device" --docs "${ACTORS_DOCS:-50000}" --rows pipeline \
-      --actors-per-gpu "$n" --out "$out/actors$n"
+      --marginal-factor 2 --actors-per-gpu "$n" --out "$out/actors$n"
   done
 fi
 if [[ $steps == *" sustained "* ]]; then
-  "$py" -m pipeline bench --device "$device" --docs "${SUSTAINED_DOCS:-200000}" --rows pipeline --out "$out/sustained" \
-    ${SUSTAINED_ATTENTION:+--pipeline-attention "$SUSTAINED_ATTENTION"}
+  "$py" -m pipeline bench --device "$device" --docs "${SUSTAINED_DOCS:-100000}" --rows pipeline --out "$out/sustained" \
+    --marginal-factor "${SUSTAINED_FACTOR:-4}" ${SUSTAINED_ATTENTION:+--pipeline-attention "$SUSTAINED_ATTENTION"}
 fi

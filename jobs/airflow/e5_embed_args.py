@@ -74,6 +74,7 @@ RUN_FLAGS: dict[str, bool] = {
     "--iceberg-table": True,
     "--iceberg-catalog": True,  # a name only: the catalog's settings are the cluster's (PYICEBERG_CATALOG__*)
     "--iceberg-keep-snapshots": True,
+    "--iceberg-rebuild": False,
     "--ray-address": True,
     "--no-progress": False,
     "--debug": False,

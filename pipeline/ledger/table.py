@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -147,11 +148,11 @@ def open_catalog(settings: TableSettings, storage: Storage, fence=lambda: None) 
                 **_file_io_properties(storage),
             )
 
-        from sqlalchemy.exc import DatabaseError
-
         try:
             catalog = embedded()
-        except DatabaseError as e:  # not a database any more (cut short, overwritten)
+        except Exception as e:  # not a database any more (cut short, overwritten): SQLAlchemy wraps sqlite3's error
+            if not isinstance(getattr(e, "orig", None), sqlite3.DatabaseError):
+                raise
             if not settings.rebuild:
                 raise UsageError(
                     f"the table's embedded catalog {storage.display(remote)} is damaged ({str(e.orig)[:100]}); the "
