@@ -259,7 +259,8 @@ def _estimate(config, plan, *, cluster_gpus: int | None):
         shards,
         storage_options=options,
         fields=fields,
-        model=ModelSource(name_or_path=config.model, storage_options=options),
+        # the revision run will tokenize with (plan and run must agree on the tokenizer)
+        model=ModelSource(name_or_path=config.model, revision=config.revision, storage_options=options),
         prefix=PREFIXES[config.prefix],
         max_length=config.max_length,
         chunk=chunk,
@@ -286,11 +287,10 @@ def _estimate(config, plan, *, cluster_gpus: int | None):
         estimate.tokens_embedded *= share
         estimate.notes.append(update.describe() + "; tokens, time and cost are the update's")
     on_gpu = plan.device == "cuda"
-    encoders = plan.gpu_actors // plan.actors_per_gpu if on_gpu else plan.gpu_actors
     rate, calibration = _rate(config, plan, texts, cluster_gpus)
     return add_cost(
         estimate,
-        encoders=encoders,
+        encoders=plan.encoders,
         rate=rate,
         on_gpu=on_gpu,
         gpu_hour_price=config.gpu_hour_price,

@@ -238,3 +238,27 @@ def carry_over(
         joined = joined.map_batches(_one_row_each, batch_format="pyarrow", batch_size=None)
     joined.write_datasink(sink)
     return sink.totals.rows_written
+
+
+def carry_over_pass(
+    *,
+    pool: Sequence[PoolFile],
+    records: ShardDatasource,
+    sink: EmbeddingDatasink,
+    storage_options: Mapping[str, Any],
+    embedding_type: pa.DataType,
+    expected: Mapping[str, Any],
+    chunked_schema: pa.Schema | None,
+) -> int:
+    """Write the records that match a pool row by ``text_hash`` with that row's vector; the rows
+    written. (``chunked_schema``: a chunked output's record schema; None when truncating.)"""
+    vectors = PoolDatasource(
+        files=list(pool),
+        storage_options=dict(storage_options),
+        embedding_type=embedding_type,
+        chunked=chunked_schema is not None,
+        expected=dict(expected),
+    )
+    return carry_over(
+        records=records, pool=vectors, pool_rows=sum(f.rows for f in pool), sink=sink, record_schema=chunked_schema
+    )

@@ -74,8 +74,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
-class StatusReporter:
-    """A driver thread that logs ``status_line`` every ``interval_s`` until stopped.
+class RunMonitor:
+    """The run's monitor: a driver thread that logs ``status_line`` every ``interval_s`` until stopped, and with a
+    budget projects the run's encoder-hours on every check and asks the run to stop (``on_over``,
+    once) before it would pass the cap: the run's budget keeper as well as its status line.
 
     ``count_records`` (if given) runs once on a thread of its own; when it returns a total, the
     lines state progress in records from then on. If it fails, they keep to bytes (said once).
@@ -110,7 +112,7 @@ class StatusReporter:
         )
         self._t0 = time.monotonic()
 
-    def __enter__(self) -> StatusReporter:
+    def __enter__(self) -> RunMonitor:
         self._thread.start()
         if self._counter is not None:
             self._counter.start()
@@ -211,3 +213,15 @@ def _rates(
     (t0, first), (t1, last) = (history[0] if len(history) > 1 else since), history[-1]
     span = t1 - t0
     return {k: (last.get(k, 0) - first.get(k, 0)) / span if span > 0 else 0.0 for k in ("encoded", "encoded_tokens")}
+
+
+def count_records(storage_options: Mapping[str, Any], shards: Sequence[Any], stop: threading.Event) -> int | None:
+    """The shards' exact record total where the format stores it (all Parquet), for the status line."""
+    from pipeline.errors import JobError
+    from pipeline.io.record_counts import parquet_rows
+    from pipeline.io.storage import scrub
+
+    try:
+        return parquet_rows(dict(storage_options), list(shards), stop=stop)
+    except Exception as e:
+        raise JobError(scrub(f"{type(e).__name__}: {e}", storage_options)[:500]) from e

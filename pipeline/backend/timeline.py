@@ -21,7 +21,9 @@ failure.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -211,3 +213,55 @@ def describe_startup(phases: Mapping[str, float]) -> str:
         return "start-up: no batch was encoded"
     named = ", ".join(f"{k} {v:.1f}" for k, v in parts.items() if k != "total" and v >= 0.05)
     return f"start-up: {parts['total']:.1f} s from launch to the first encoded batch ({named})"
+
+
+class Phases:
+    """Seconds per named step of a run (``with phases("list_inputs"): ...``), for the run record."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+        self.t0 = time.monotonic()
+        self.t0_wall = time.time()
+        launched = process_started_at()  # the interpreter's start: imports are start-up too
+        if launched is not None:
+            self.values["launched_before_s"] = round(max(0.0, self.t0_wall - launched), 3)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.values[name] = round(self.values.get(name, 0.0) + time.monotonic() - start, 3)
+
+    def at(self, name: str, wall_time: float | None) -> None:
+        """A moment, as seconds since the run started (e.g. the first batch reaching the encoder)."""
+        if wall_time is not None:
+            self.values[name] = round(wall_time - self.t0_wall, 3)
+
+
+def record(run: Any, telemetry: Any, ran: Any) -> None:
+    """The run record's timeline (``ran``: the pipeline's stats), and its lines in the log; a
+    timeline that cannot be made is said, and the run goes on (it is a report, not a result)."""
+    from pipeline.stages.encoder_clock import encoder_split
+
+    try:
+        run.timeline = build(
+            telemetry.timeline(),
+            ran.operators,
+            window_s=ran.ended - ran.started,
+            cpus=ran.cpus,
+            encoder=encoder_split(telemetry.snapshot() or {}),
+        )
+        logger.info("%s", describe(run.timeline))
+    except Exception as e:
+        logger.warning("no timeline for this run: %s: %s", type(e).__name__, e)
+
+
+def record_firsts(phases: Phases, telemetry: Any) -> None:
+    """When the first batch reached each stage (seconds after the run's start), and the start-up line."""
+    first = telemetry.first_seen()
+    for stage in ("tokenize", "chunktokenize", "encode"):
+        phases.at(f"first_{stage}_batch_at", first.get(stage))
+    if first.get("encode") is not None:
+        logger.info("%s", describe_startup(phases.values))

@@ -95,6 +95,19 @@ def unversioned(shards: Sequence[Shard]) -> list[Shard]:
     return [s for s in shards if not s.version]
 
 
+def warn_unversioned(listing: "Listing") -> None:
+    """Change detection cannot rest on a version for these: said, never switched off silently."""
+    blind = unversioned(listing.shards)
+    if blind:
+        logger.warning(
+            "%d input shard(s) come from a store that gives no ETag, generation or modification time "
+            "(e.g. %s): a rewrite that keeps a shard's size cannot be detected between runs; the "
+            "manifest records them as unversioned_shards",
+            len(blind),
+            strip_uri_credentials(blind[0].uri),
+        )
+
+
 def _list_input(storage: Storage) -> tuple[str, dict[str, Any], bool]:
     """(root, {path: info}, single_file) for one --input, literally.
 

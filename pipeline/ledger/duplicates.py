@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -78,3 +79,26 @@ def on_driver(storage: Storage, files: Sequence[str], chunked: bool) -> Duplicat
             if h in wanted and i not in examples:
                 examples.append(str(i))
     return DuplicateReport(int(len(repeated)), examples[:EXAMPLES])
+
+
+def report_duplicate_ids(
+    storage: Storage,
+    totals: Any,
+    on_cluster: Callable[[Storage, Sequence[str], bool, int], DuplicateReport] | None,
+    *,
+    chunked: bool,
+) -> DuplicateReport:
+    """``find_duplicate_ids`` over the output's data files (``totals``), said in the log when any."""
+    from pipeline.io.storage import escape_controls
+
+    duplicates = find_duplicate_ids(
+        storage, totals.data_paths, totals.counters.rows_written, on_cluster=on_cluster, chunked=chunked
+    )
+    if duplicates.duplicate_ids:
+        logger.warning(
+            "%d id(s) occur more than once in %s (all rows kept), e.g. %s",
+            duplicates.duplicate_ids,
+            storage.describe(),
+            ", ".join(escape_controls(e) for e in duplicates.examples[:3]),
+        )
+    return duplicates

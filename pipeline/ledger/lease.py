@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pipeline.errors import JobError, UsageError
+from pipeline.errors import E5EmbedError, JobError, UsageError, step_failed
 from pipeline.io.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,19 @@ class Lease:
         self._write_lock = threading.Lock()  # renew and release never write the record at once
 
     # ------------------------------------------------------------------ taking it
+
+    @classmethod
+    def take(cls, storage: Storage, options: Any, *, replace_damaged: bool = False) -> "Lease":
+        """A new run's lease on ``storage`` (``options``: the job's ``LeaseOptions``); a store that
+        cannot take a small object: the store's moment (exit 1) or a config error (exit 2)."""
+        lease = cls(storage, run_id=new_run_id(), ttl_s=options.lease_ttl_s)
+        try:
+            lease.acquire(wait_s=options.lease_wait_s, replace_damaged=replace_damaged)
+        except E5EmbedError:  # held by a live run (exit 1), damaged (exit 2)
+            raise
+        except Exception as e:
+            raise step_failed(f"cannot write to output {storage.describe()}", e) from e
+        return lease
 
     def acquire(self, wait_s: float = 0.0, poll_s: float = 2.0, *, replace_damaged: bool = False) -> LeaseRecord:
         """Take the lease, waiting up to ``wait_s`` for a live holder; else raise LeaseHeld.

@@ -14,6 +14,7 @@ projection, passes the cap less its margin; it then stops at a consistent point
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,4 +106,21 @@ def over(budget: Budget, projection: Projection) -> bool:
     the whole run is projected to."""
     return max(projection.spent_hours, projection.at_stop_hours) > budget.limit or (
         projection.projected_hours is not None and projection.projected_hours > budget.limit
+    )
+
+
+def for_plan(options: Any, plan: Any, *, rows_per_block: int, reaction_s: float) -> Budget | None:
+    """The run's budget from its ``BudgetOptions`` and plan (None without a cap): encoders as the plan
+    counts them; ``reaction_s`` from passing the cap to the readers stopping; what is read by then is
+    still encoded, about a block per read task and per encode actor."""
+    return Budget.of(
+        max_gpu_hours=options.max_gpu_hours,
+        max_cost=options.max_cost,
+        gpu_hour_price=options.gpu_hour_price,
+        encoders=plan.encoders,
+        margin=options.budget_margin,
+        warmup_s=options.budget_warmup_s,
+        on_gpu=plan.device == "cuda",
+        reaction_s=reaction_s,
+        in_flight_records=rows_per_block * (2 + int(plan.gpu_actors)),
     )

@@ -236,7 +236,7 @@ def estimate_corpus(
 def add_cost(
     estimate: CorpusEstimate,
     *,
-    encoders: int,
+    encoders: float,
     rate: RateSource | None,
     on_gpu: bool = True,
     gpu_hour_price: float | None = None,
@@ -248,7 +248,7 @@ def add_cost(
     share (the encoder's work is its token slots, padded or not)."""
     if rate is not None and rate.measured and not (math.isfinite(rate.tokens_per_s) and rate.tokens_per_s > 0):
         raise UsageError(f"the measured rate {rate.tokens_per_s!r} tokens/s ({rate.source}) cannot plan a run")
-    if encoders < 1 or rate is None or not rate.tokens_per_s > 0:
+    if encoders <= 0 or rate is None or not rate.tokens_per_s > 0:
         estimate.notes.append("no encoder rate for this plan: no time or cost estimate")
         return estimate
     per_encoder = rate.tokens_per_s

@@ -112,6 +112,15 @@ class ResourcePlan:
     cpu_cores_per_gpu: float | None = None  # the cluster's CPUs per GPU after Ray's reserve
     notes: tuple[str, ...] = ()
 
+    @property
+    def encoders(self) -> float:
+        """What a run pays for and its rates are per: GPUs (``gpu_actors`` over ``actors_per_gpu``, a
+        share of one when a plan caps actors below one per GPU), or on a cluster without GPUs the
+        CPU encode actors (``gpu_actors`` counts those too)."""
+        if self.device == "cuda":
+            return self.gpu_actors / max(1, self.actors_per_gpu)
+        return float(self.gpu_actors)
+
     def stage_specs(
         self,
         *,

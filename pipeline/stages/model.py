@@ -332,6 +332,15 @@ class ModelSource:
             raise UsageError(f"cannot tell the commit of model {self.name_or_path!r} (snapshot folder {sha!r})")
         return ModelSource(name_or_path=self.name_or_path, revision=sha), "git:" + sha
 
+    def pin_for_run(self, prefix_name: str, prefix_text: str) -> tuple["ModelSource", str]:
+        """The model pinned on the driver (``pinned``), after a clear exit 2 for a missing or
+        unreadable one, and checked against what its folder declares (pooling, prompts)."""
+        self.info()
+        model, model_sha = self.pinned()
+        model.check_declared(prefix_name, prefix_text)
+        logger.info("model %s at %s", self.name_or_path, model_sha)
+        return model, model_sha
+
     def check_declared(self, prefix_name: str, prefix_text: str) -> None:
         """Refuse a model folder whose sentence-transformers files declare another pooling or prompt."""
         import json

@@ -58,7 +58,8 @@ def test_metric_names_are_prometheus_names():
 
 
 PROGRESS = re.compile(
-    r"progress: ([\d,]+) tokenized, ([\d,]+) encoded, ([\d,]+) committed .* ([\d,]+) tokens/s encoding, ETA (.*)"
+    r"progress: ([\d,]+) tokenized, ([\d,]+) encoded, ([\d,]+) committed .* ([\d,]+) tokens/s encoding"
+    r"(?: \(encoder device busy \d+%\))?, ETA (.*)"
 )
 
 
@@ -105,10 +106,27 @@ def test_a_run_logs_status_lines(ray_cluster, tmp_path, minilm_path, caplog, fmt
     else:  # one file: encoding shows (records and tokens/s) before the file is written
         assert any(e > 0 and c == 0 and rate > 0 for _, e, c, rate, _ in counts), lines
         assert any(" of 120 records" in line and "of input records" in line for line in lines), lines
-    phases = json.loads((tmp_path / "out" / "_manifest.json").read_text())["runs"][-1]["phases"]
-    steps = ("model", "list_inputs", "lease", "prepare_output", "plan", "embed", "reconcile", "duplicate_ids")
+    # once something is encoded the line says how busy the encoders' device was (their own clocks)
+    assert all("encoder device busy" in line for line, (_, e, _, _, _) in zip(lines, counts) if e > 0), lines
+    run = json.loads((tmp_path / "out" / "_manifest.json").read_text())["runs"][-1]
+    phases = run["phases"]
+    steps = (
+        "model",
+        "list_inputs",
+        "lease",
+        "prepare_output",
+        "ray_start",
+        "plan",
+        "embed",
+        "reconcile",
+        "duplicate_ids",
+    )
     assert all(phases[k] >= 0 for k in steps)
     assert 0 < phases["first_tokenize_batch_at"] <= phases["first_encode_batch_at"] < summary.wall_s
+    assert phases["embed_started_at"] < phases["first_tokenize_batch_at"] and phases["launched_before_s"] >= 0
+    encoder = run["timeline"]["encoder"]  # every run's record: where the encoders' time went
+    assert encoder["attention"] == "padded" and encoder["micro_batches"] >= 120 / 4
+    assert 0 < encoder["device_busy_share"] <= 1 and 0 <= encoder["padding_share"] < 1
 
 
 @pytest.mark.unit
@@ -120,13 +138,13 @@ def test_the_budget_projection_is_in_the_metrics_and_stops_the_run_once(monkeypa
 
     from pipeline.backend import metrics
     from pipeline.backend.progress import Telemetry
-    from pipeline.backend.status import StatusReporter
+    from pipeline.backend.status import RunMonitor
     from pipeline.planning.budget import Budget
 
     gauges: dict[str, float] = {}
     monkeypatch.setattr(metrics, "set_gauge", lambda name, value, run_id, **tags: gauges.__setitem__(name, value))
     stops: list[str] = []
-    reporter = StatusReporter(
+    reporter = RunMonitor(
         Telemetry(run_id="r1"),
         total_bytes=100,
         budget=Budget(max_hours=2.5, encoders=4, margin=0.1, warmup_s=0),

@@ -86,20 +86,20 @@ def test_runs_publish_one_snapshot_each_and_readers_are_isolated(ray_cluster, tm
     pinned = table(out).scan(snapshot_id=before)  # a reader that started before the update
     write_shard(corpus / "s1.jsonl", [(f"b{i}", f"second shard record {i} about hills, edited") for i in range(2)])
     seen_during: list[list[str]] = []
-    import pipeline.runner as runner
+    import pipeline.ledger.iceberg as iceberg  # the publisher's step: the update has written, not committed
 
-    real_publish = runner.publish
+    real_publish = iceberg.publish
 
     def read_while_running(*args, **kwargs):  # the update has written and retired files, not committed
         seen_during.append(ids(pinned.to_arrow()))
         seen_during.append(ids(table(out).scan().to_arrow()))  # a new reader, before the commit
         return real_publish(*args, **kwargs)
 
-    runner.publish = read_while_running
+    iceberg.publish = read_while_running
     try:
         update = run_job(config(corpus, out, minilm_path, update=True))
     finally:
-        runner.publish = real_publish
+        iceberg.publish = real_publish
     assert update.status == "complete"
     assert seen_during == [ids(old), ids(old)]
     t = table(out)

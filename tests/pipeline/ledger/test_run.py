@@ -1,0 +1,178 @@
+"""A whole run's bookkeeping without Ray (pipeline.ledger.run.OutputRun): the job's own reader,
+tokenizer, encoder and sink, in-process, stand in for the Ray pipeline; every ledger decision is
+the one the runner takes. Begin, fix the vectors' identity, write, tidy, prove, mark, publish; a
+failure recorded with the totals the output holds; an --update's carried and removed rows; a file
+that appears between the proof and the mark; the publisher's one-table rule before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipeline.config import JobConfig, field_spec
+from pipeline.errors import JobError, UsageError
+from pipeline.io.counters import Counters
+from pipeline.io.listing import list_inputs
+from pipeline.io.sink import write_rows
+from pipeline.io.sources import read_shards
+from pipeline.io.storage import Storage
+from pipeline.ledger.duplicates import DuplicateReport
+from pipeline.ledger.iceberg import IcebergPublisher
+from pipeline.ledger.manifest import is_complete
+from pipeline.ledger.output import OutputState
+from pipeline.ledger.run import OutputRun
+from pipeline.ledger.shard_log import ShardLog
+from pipeline.stages.encode import EncodeStage
+from pipeline.stages.model import ModelSource, offline_info
+from pipeline.stages.tokenize import TokenizeStage
+
+pytestmark = pytest.mark.unit
+
+
+def write_shard(path: Path, records: list[tuple[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in records))
+
+
+class Job:
+    """One output's runs, the Ray pipeline replaced by the same stages called in this process."""
+
+    def __init__(self, tmp_path: Path, model: str, **kw):
+        self.corpus, self.out = tmp_path / "corpus", tmp_path / "out"
+        self.config = JobConfig(inputs=(str(self.corpus),), output=str(self.out), model=model, rows_per_file=4, **kw)
+        self.info = offline_info(model)
+        self.model = ModelSource(name_or_path=model)
+
+    def begin(self) -> tuple[OutputRun, object]:
+        pinned, sha = self.model.pinned()
+        self.pinned = pinned
+        listing = list_inputs(self.config.inputs, {})
+        output = OutputRun(
+            OutputState(Storage(str(self.out)), retain=self.config.iceberg_table is not None),
+            run_id=f"run-{len(list(self.out.glob('_lease*')))}",
+            metadata=self.config.output_settings().metadata(self.info, sha),
+            publisher=IcebergPublisher.for_job(self.config, self.info),
+        )
+        return output, output.begin(self.config.output_settings(), listing)
+
+    def embed(self, output: OutputRun, work, *, fail_after: int | None = None) -> Counters:
+        """What the pipeline does for ``work``: read, tokenize, encode, write (files and shard records)."""
+        tokenize = TokenizeStage(model=self.pinned, prefix="passage: ", max_length=512)
+        encode = EncodeStage(model=self.pinned, batch_size=8, device="cpu", dtype="float32")
+        written = Counters()
+        log = ShardLog(str(self.out), {})
+        blocks = read_shards({}, work.shards, field_spec(self.config, prefix="passage: "), 4, work.skip,
+                             on_shard_end=log)  # fmt: skip
+        for i, block in enumerate(blocks):
+            if fail_after is not None and i >= fail_after:
+                raise RuntimeError("the pipeline failed (injected)")
+            embedded = encode(tokenize(block))
+            written = Counters.total([written, write_rows(
+                Storage(str(self.out)), embedded, metadata=dict(output.metadata), dim=self.info.hidden_size,
+                output_dtype="float32", rows_per_file=4, versions={s.path: s.version_key for s in work.shards},
+                name_salt=work.manifest.name_salt,
+            )])  # fmt: skip
+        return written
+
+    def run(self, **kw):
+        output, work = self.begin()
+        if work.noop:
+            return output, None
+        run = output.new_record("now", {})
+        output.fix_compute("float32", "cpu")
+        written = self.embed(output, work, **kw)
+        totals = output.tidy(run)
+        proven = output.prove(run, written, totals, DuplicateReport(0), allow_remainders=False,
+                              max_bad_fraction=0.0, stopped=False, storage_options={})  # fmt: skip
+        output.refuse_incomplete(proven, None, 0.0, "(line)")
+        output.mark_complete(totals)
+        return output, output.publish(totals.data_paths)
+
+
+def manifest(job: Job) -> dict:
+    return json.loads((job.out / "_manifest.json").read_text())
+
+
+def test_a_whole_run_and_a_rerun_kept_by_the_ledger_alone(tmp_path, minilm_path):
+    job = Job(tmp_path, minilm_path, iceberg_table="embeddings.docs")
+    write_shard(job.corpus / "s0.jsonl", [(f"a{i}", f"lakes and rivers {i}") for i in range(6)])
+    write_shard(job.corpus / "s1.jsonl", [(f"b{i}", f"hills and valleys {i}") for i in range(5)])
+    output, line = job.run()
+    assert is_complete(output.state.storage) and "table embeddings.docs (e5_embed): snapshot" in line
+    m = manifest(job)
+    assert (m["rows_written"], m["complete"], m["runs"][-1]["status"]) == (11, True, "complete")
+    assert m["metadata"]["compute_dtype"] == "float32" and m["published"]["through_run"] == m["runs"][-1]["run_id"]
+    with pytest.raises(TypeError):  # the vectors' identity is fixed once, never edited in place
+        output.metadata["compute_dtype"] = "bfloat16"
+    again, work = job.begin()
+    assert work.noop and again.publish_current().endswith("already at snapshot " + str(m["published"]["snapshot_id"])
+                                                          + ", 3 file(s)")  # fmt: skip
+
+
+def test_a_failed_pipeline_is_recorded_with_what_the_output_holds_then_a_rerun_finishes(tmp_path, minilm_path):
+    job = Job(tmp_path, minilm_path)
+    write_shard(job.corpus / "s0.jsonl", [(f"a{i}", f"record {i}") for i in range(12)])
+    output, work = job.begin()
+    run = output.new_record("now", {})
+    output.fix_compute("float32", "cpu")
+    with pytest.raises(RuntimeError):
+        job.embed(output, work, fail_after=2)  # two blocks of 4 written, then the failure
+    output.failed(run, Counters(rows_written=8), "pipeline failed: injected")
+    m = manifest(job)
+    assert (m["runs"][-1]["status"], m["rows_written"], m["complete"]) == ("failed", 8, False)
+    assert not is_complete(output.state.storage)
+    _, work = job.begin()
+    assert work.rows_skipped == 8  # the footers say what is done
+    rerun, _ = job.run()
+    assert manifest(job)["rows_written"] == 12 and is_complete(rerun.state.storage)
+
+
+def test_an_update_counts_carried_and_removed_rows_and_retires_on_a_published_output(tmp_path, minilm_path):
+    job = Job(tmp_path, minilm_path, iceberg_table="embeddings.docs")
+    write_shard(job.corpus / "s0.jsonl", [(f"a{i}", f"text {i}") for i in range(8)])
+    job.run()
+    write_shard(job.corpus / "s0.jsonl", [(f"a{i}", f"text {i}") for i in range(5)])  # 3 records deleted
+    job.config = job.config.replace(update=True)
+    output, work = job.begin()
+    assert output.touched == {work.stale[0][1][0]} and len(work.shards) == 1
+    run = output.new_record("now", {})
+    output.fix_compute("float32", "cpu")
+    written = job.embed(output, work)
+    totals = output.tidy(run)
+    assert run.rows_removed == 8 and run.rows_reused == 0  # no carry-over pass here: every row re-encoded
+    assert written.rows_written == 5 and totals.counters.rows_written == 5
+    assert set(manifest(job)["retired_files"])  # a published output retires, never deletes
+    assert manifest(job)["name_salt"]  # and new names never take a retired one
+
+
+def test_a_file_that_appears_between_the_proof_and_the_mark_takes_the_mark_back(tmp_path, minilm_path):
+    job = Job(tmp_path, minilm_path)
+    write_shard(job.corpus / "s0.jsonl", [(f"a{i}", f"text {i}") for i in range(4)])
+    output, work = job.begin()
+    run = output.new_record("now", {})
+    output.fix_compute("float32", "cpu")
+    written = job.embed(output, work)
+    totals = output.tidy(run)
+    output.prove(run, written, totals, DuplicateReport(0), allow_remainders=False, max_bad_fraction=0.0,
+                 stopped=False, storage_options={})  # fmt: skip
+    stray = job.out / "part-stray.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": [1]}), stray)  # someone's file lands after the proof
+    with pytest.raises(JobError, match="part-stray"):
+        output.mark_complete(totals)
+    assert not is_complete(output.state.storage)
+
+
+def test_the_one_table_rule_is_checked_before_any_work(tmp_path, minilm_path):
+    job = Job(tmp_path, minilm_path, iceberg_table="embeddings.docs")
+    write_shard(job.corpus / "s0.jsonl", [("a0", "one record")])
+    job.run()
+    job.config = job.config.replace(iceberg_table="embeddings.other")
+    write_shard(job.corpus / "s1.jsonl", [("b0", "new work to do")])
+    with pytest.raises(UsageError, match=r"rerun with --iceberg-table embeddings\.docs,"):
+        job.begin()
+    assert not (job.out / "part-").exists() and len(list(job.out.glob("part-*.parquet"))) == 1
