@@ -2,6 +2,7 @@
 #   make demo   - the whole job offline (local S3 + local Ray + bundled corpus and model)
 #   make test      - the fast tiers (unit + integration): minutes; what a developer runs on each change
 #   make test-unit - the unit tier alone (no Ray, no S3 server, no subprocess)
+#   make test-scenario - the scenario tier: operator stories, several whole in-process runs on one output
 #   make test-all  - every tier (+ e2e: whole-job subprocesses, kills, Ray Jobs, Airflow; + rehearsal:
 #                    bench, scale, GPU scripts, the wheel): what CI runs (.ci/run)
 #   make test-soak - the extra kill/resume seeds (marker `soak`), on demand
@@ -38,6 +39,9 @@ test: install
 test-unit: install
 	$(PYTEST) -m unit --durations=$(DURATIONS)
 
+test-scenario: install
+	$(PYTEST) -m scenario --durations=$(DURATIONS)
+
 test-all: install
 	$(PYTEST) -m "not soak" --durations=$(DURATIONS)
 
@@ -47,4 +51,4 @@ test-soak: install
 test-gpu: install
 	$(PYTEST) -m gpu --durations=$(DURATIONS)
 
-.PHONY: install demo lint test test-unit test-all test-soak test-gpu
+.PHONY: install demo lint test test-unit test-scenario test-all test-soak test-gpu

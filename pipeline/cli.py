@@ -122,6 +122,35 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
     _common(bench)
     bench.set_defaults(handler=cmd_bench)
+    verify = sub.add_parser(
+        "verify",
+        help="audit a finished output: every input record embedded once or rejected, sampled vectors "
+        "recomputed by the model card's algorithm",
+        description="Read-only: the completeness proof made again from the files' own rows against the recorded "
+        "listing, and N sampled vectors recomputed (float32, CPU, the card's mean pooling) from their source "
+        "rows. Exit 0: it holds; 2: a defect (named) or a usage error; 1: it could not finish.",
+    )
+    verify.add_argument("--output", required=True, help="the output to audit (a run's --output)")
+    verify.add_argument("--iceberg-table", help="audit this table's snapshot of the output (NAMESPACE.TABLE)")
+    verify.add_argument("--iceberg-catalog", help="the table's catalog by name (default: the output's embedded one)")
+    verify.add_argument("--snapshot", type=int, help="the table's snapshot id (default: its current one)")
+    verify.add_argument(
+        "--sample", type=int, help="rows whose vectors are recomputed (default 100, or every row of a smaller output)"
+    )
+    verify.add_argument("--seed", type=int, default=0, help="the sample's seed (the same seed draws the same rows)")
+    verify.add_argument(
+        "--threshold",
+        type=float,
+        help="the lowest cosine a stored vector may have to the card's (default by the output's compute dtype: "
+        "float32 0.9999, bf16/fp16 0.999)",
+    )
+    verify.add_argument("--model", help="a local copy of the recorded model (must hash to the recorded digest)")
+    verify.add_argument("--storage-options", default="", metavar="JSON", help="fsspec storage options (JSON or @FILE)")
+    verify.add_argument("--ray-address", help="recompute on this Ray cluster's workers (large samples)")
+    verify.add_argument("--max-seconds", type=float, default=3600.0, help="bound on the recomputation on a cluster")
+    verify.add_argument("--json", action="store_true", help="every figure as JSON on stdout")
+    _common(verify)
+    verify.set_defaults(handler=cmd_verify)
     demo = sub.add_parser(
         "demo",
         help="offline demo: local S3 (moto), local Ray, bundled corpus and model",
@@ -189,6 +218,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_job(config)
     sys.stdout.write(summary.line() + "\n")
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from pipeline.config import parse_storage_options
+    from pipeline.io.storage import register_secrets
+    from pipeline.verify.audit import VerifyRequest, verify
+
+    options = parse_storage_options(args.storage_options) if args.storage_options else {}
+    register_secrets(options, (args.output,))
+    request = VerifyRequest(
+        output=args.output, storage_options=options, iceberg_table=args.iceberg_table,
+        iceberg_catalog=args.iceberg_catalog, snapshot=args.snapshot, sample=args.sample, seed=args.seed,
+        threshold=args.threshold, model=args.model, ray_address=args.ray_address, max_seconds=args.max_seconds,
+    )  # fmt: skip
+    on_cluster = None
+    if args.ray_address:
+        from pipeline.backend.verify_tasks import recompute_on_cluster as on_cluster
+    audit = verify(request, on_cluster)
+    sys.stdout.write((audit.to_json() if args.json else audit.line()) + "\n")
+    for defect in audit.defects[:20]:
+        sys.stderr.write(f"e5-embed verify: defect: {scrub(defect)}\n")
+    return audit.exit_code
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

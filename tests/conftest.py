@@ -25,6 +25,7 @@ from e5tools.sample_text import MULTILINGUAL_SENTENCES
 TIERS = {
     "unit": "no Ray, no S3 server, no subprocess",
     "integration": "the one session Ray cluster and S3 server; whole runs in-process",
+    "scenario": "the session cluster and S3 server: an operator's story, several whole runs on one output",
     "e2e": "whole-job subprocesses: kills, Ray Jobs, Airflow, the CLI as users run it",
     "rehearsal": "benchmarks, scale and GPU-script rehearsals, the wheel install, torch.compile",
     "gpu": "a CUDA device (skipped, and said in the summary, where there is none)",

@@ -17,6 +17,7 @@ LAYERS = [
     {"pipeline.settings", "pipeline.config", "pipeline.flags"},
     {"pipeline.ledger"},
     {"pipeline.planning"},
+    {"pipeline.verify"},
     {"pipeline.backend"},
     {"pipeline.runner"},
     {"pipeline.cli", "pipeline.__main__"},

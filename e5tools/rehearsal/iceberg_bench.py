@@ -33,7 +33,7 @@ ROWS = 8
 METADATA = {"model": "intfloat/e5-base-v2", "model_sha": "git:" + "0" * 40, "prefix": "passage: ", "dim": DIM}
 
 
-def _file(storage: Storage, source: str, rng: np.random.Generator, version: str = "1:v") -> str:
+def data_file(storage: Storage, source: str, rng: np.random.Generator, version: str = "1:v") -> str:
     vectors = rng.standard_normal((ROWS, DIM)).astype(np.float32)
     table = pa.table(
         {
@@ -58,7 +58,7 @@ def measure(n_files: int, replace: int = 0) -> dict:
     try:
         storage = Storage(root)
         rng = np.random.default_rng(n_files)
-        paths = [_file(storage, f"shard-{i:06d}.jsonl", rng) for i in range(n_files)]
+        paths = [data_file(storage, f"shard-{i:06d}.jsonl", rng) for i in range(n_files)]
         settings = TableSettings(table="bench.docs", catalog=None, keep_snapshots=10)
         expected = schemas.output_schema(DIM)
         t0 = time.perf_counter()
@@ -75,7 +75,7 @@ def measure(n_files: int, replace: int = 0) -> dict:
         publish(settings, storage, METADATA, expected, paths, {"run-id": "noop"})
         result["unchanged_publish_s"] = round(time.perf_counter() - t0, 3)
         if replace:
-            new = [_file(storage, f"shard-{i:06d}.jsonl", rng, "2:v") for i in range(replace)]  # new versions
+            new = [data_file(storage, f"shard-{i:06d}.jsonl", rng, "2:v") for i in range(replace)]  # new versions
             kept = paths[replace:] + new
             t0 = time.perf_counter()
             done = publish(settings, storage, METADATA, expected, kept, {"run-id": "update"}, retired=paths[:replace])

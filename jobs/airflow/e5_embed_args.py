@@ -136,6 +136,20 @@ def build_entrypoint(params: Mapping[str, Any]) -> str:
     return shlex.join(args + _check_extra(tokens))
 
 
+def build_verify_entrypoint(params: Mapping[str, Any]) -> str:
+    """The optional verify task's Ray job: ``e5-embed verify`` on the run's output (and its table),
+    ``verify_sample`` rows recomputed; it exits 2 on a defect, which fails the task and the DAG run."""
+    sample = params.get("verify_sample")
+    if sample is None or isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
+        raise BadParams(f"verify_sample must be a whole number >= 0 (got {sample!r})")
+    args = ["python", "-m", "pipeline", "verify", "--output", str(params["output"]), "--sample", str(sample)]
+    if params.get("iceberg_table"):  # the snapshot the run published
+        args += ["--iceberg-table", str(params["iceberg_table"])]
+        if params.get("iceberg_catalog"):
+            args += ["--iceberg-catalog", str(params["iceberg_catalog"])]
+    return shlex.join(args)
+
+
 def deployment_runtime_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """The Ray ``runtime_env`` of every job this deployment submits: set by whoever deploys the DAG
     (``E5_EMBED_WORKING_DIR``: a local path or an ``s3://…`` zip of the project), never by a

@@ -5,7 +5,9 @@ batch_size, dtype, iceberg_table and iceberg_catalog (publish the proven run as 
 snapshot; the catalog is named, its settings are the cluster's PYICEBERG_CATALOG__* variables),
 config (a job YAML inside the working dir; it may not set ray_address or storage_options),
 extra_args (``e5-embed run`` flags only: split with shlex, checked against the
-run flags, re-joined; see e5_embed_args.py). What runs on the cluster is the deployment's: the
+run flags, re-joined; see e5_embed_args.py), verify_sample (after the run, ``e5-embed verify``
+recomputes that many sampled vectors and re-proves the output; a defect fails the DAG run; null:
+no verify task). What runs on the cluster is the deployment's: the
 Ray ``runtime_env`` comes from ``E5_EMBED_WORKING_DIR`` here, never from a trigger (params are
 not templated into it). The cluster comes from one Airflow connection fixed by the deployment
 (``E5_EMBED_RAY_CONN_ID``, default ``ray_default``; host/port: Ray dashboard, password: the
@@ -21,7 +23,7 @@ from datetime import datetime, timedelta
 
 sys.path.insert(0, os.path.dirname(__file__))  # ray_job.py next to this file
 
-from e5_embed_args import build_entrypoint, deployment_runtime_env  # noqa: E402
+from e5_embed_args import build_entrypoint, build_verify_entrypoint, deployment_runtime_env  # noqa: E402
 from ray_job import RayJobOperator  # noqa: E402
 
 try:
@@ -29,6 +31,10 @@ try:
 except ImportError:  # Airflow 2
     from airflow import DAG
     from airflow.models.param import Param
+try:
+    from airflow.providers.standard.operators.python import ShortCircuitOperator
+except ImportError:  # Airflow 2
+    from airflow.operators.python import ShortCircuitOperator
 
 
 RAY_CONN_ID = os.environ.get("E5_EMBED_RAY_CONN_ID", "ray_default")
@@ -52,11 +58,14 @@ with DAG(
         "iceberg_catalog": Param(None, type=["null", "string"], description="pyiceberg catalog (default: embedded)"),
         "config": Param(None, type=["null", "string"], description="job YAML inside the working dir"),
         "extra_args": Param("", type="string", description="more e5-embed run flags (checked; no shell)"),
+        "verify_sample": Param(
+            None, type=["null", "integer"], minimum=0, description="after the run: verify, recomputing N vectors"
+        ),
     },
     render_template_as_native_obj=True,
-    user_defined_filters={"build_entrypoint": build_entrypoint},
+    user_defined_filters={"build_entrypoint": build_entrypoint, "build_verify_entrypoint": build_verify_entrypoint},
 ) as dag:
-    RayJobOperator(
+    embed = RayJobOperator(
         task_id="embed",
         conn_id=RAY_CONN_ID,
         entrypoint="{{ params | build_entrypoint }}",
@@ -65,3 +74,18 @@ with DAG(
         retry_delay=timedelta(minutes=2),
         poll_interval=float(os.environ.get("E5_EMBED_POLL_INTERVAL", "30")),
     )
+    wanted = ShortCircuitOperator(
+        task_id="verify_requested",
+        python_callable=lambda params: params.get("verify_sample") is not None,
+        ignore_downstream_trigger_rules=True,
+    )
+    verify = RayJobOperator(
+        task_id="verify",
+        conn_id=RAY_CONN_ID,
+        entrypoint="{{ params | build_verify_entrypoint }}",
+        runtime_env=deployment_runtime_env(os.environ),
+        retries=int(os.environ.get("E5_EMBED_TASK_RETRIES", "3")),
+        retry_delay=timedelta(minutes=2),
+        poll_interval=float(os.environ.get("E5_EMBED_POLL_INTERVAL", "30")),
+    )
+    embed >> wanted >> verify

@@ -127,6 +127,8 @@ class RayJobOperator(BaseOperator):
     def execute(self, context: Context) -> str:
         client, address = job_client(self.conn_id)
         base = submission_id_for(context["dag"].dag_id, context["run_id"])
+        if self.task_id != "embed":  # another task of the same run (verify): a job of its own
+            base = submission_id_for(context["dag"].dag_id, f"{context['run_id']}__{self.task_id}")
         submission_id = self._attach_or_submit(client, base)
         self.submission_id = submission_id
         self.log.info("Ray job %s on %s (dashboard: %s/#/jobs/%s)", submission_id, address, address, submission_id)

@@ -110,3 +110,16 @@ def test_the_runtime_env_is_the_deployments_never_a_triggers():
     ray_job = (Path(__file__).resolve().parents[2] / "jobs" / "airflow" / "ray_job.py").read_text()
     assert "params.working_dir" not in dag and '"working_dir": Param' not in dag
     assert 'template_fields: Sequence[str] = ("entrypoint",)' in ray_job  # params are not rendered into it
+
+
+def test_the_verify_task_runs_verify_on_the_runs_output_with_every_value_one_argument():
+    from e5_embed_args import BadParams, build_verify_entrypoint
+
+    params = {"output": "s3://b/out; rm -rf / #", "verify_sample": 50, "iceberg_table": "e.docs"}
+    argv = shlex.split(build_verify_entrypoint(params))
+    assert argv[:4] == ["python", "-m", "pipeline", "verify"]
+    assert argv[argv.index("--output") + 1] == "s3://b/out; rm -rf / #"  # one argument, never shell text
+    assert argv[argv.index("--sample") + 1] == "50" and argv[argv.index("--iceberg-table") + 1] == "e.docs"
+    for bad in (-1, "5; ls", True, 2.5):
+        with pytest.raises(BadParams, match="verify_sample must be a whole number"):
+            build_verify_entrypoint({**params, "verify_sample": bad})

@@ -85,6 +85,7 @@ def test_dag_runs_the_job_fails_on_failure_and_retries_reattach(airflow_python, 
             **common,
             "input": str(corpus),
             "output": str(tmp_path / "out"),
+            "verify_sample": 4,  # the optional verify task, after the run
             "working_dir": str(smuggled.parent),
             "runtime_env": {"working_dir": str(smuggled.parent)},
         },
@@ -130,6 +131,7 @@ def test_dag_runs_the_job_fails_on_failure_and_retries_reattach(airflow_python, 
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["good_state"] == "success", report
+    assert report["verify_job"] == "SUCCEEDED", report  # e5-embed verify ran on the output, and held
     got = pads.dataset(str(tmp_path / "out"), format="parquet").to_table(columns=["id"])["id"].to_pylist()
     assert sorted(got) == sorted(f"a{i}" for i in range(16))
     assert report["bad_state"] == "failed"

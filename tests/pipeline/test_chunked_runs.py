@@ -80,7 +80,7 @@ def check_chunked_output(table: pa.Table, records: list[dict], model_path: str, 
     assert [rows[i]["n_tokens"] for i in picked] == lengths.tolist()
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_chunked_local_run_keeps_the_contract_and_its_settings(ray_cluster, tmp_path, minilm_path):
     records = corpus_records()
     write_jsonl(tmp_path / "corpus" / "a.jsonl", records[:12])
@@ -138,7 +138,7 @@ def test_chunked_local_run_keeps_the_contract_and_its_settings(ray_cluster, tmp_
     check_chunked_output(table, changed, minilm_path, tokens=128)
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_chunked_s3_run_keeps_the_contract(ray_cluster, s3fs_client, bucket, minilm_path):
     fs = s3fs_client
     records = corpus_records(n=12, seed=3)

@@ -83,7 +83,7 @@ def test_two_runs_at_once_one_writes_the_other_refuses_or_waits(tmp_path, minilm
     assert all(len(pq.read_table(p)) <= 8 for p in out.glob("part-*.parquet"))  # only the first run's files
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_a_shard_added_after_completion_is_embedded_on_rerun(ray_cluster, tmp_path, minilm_path):
     ids = write_corpus(tmp_path / "corpus", shards=2, per_shard=20)
     out = tmp_path / "out"
@@ -99,7 +99,7 @@ def test_a_shard_added_after_completion_is_embedded_on_rerun(ray_cluster, tmp_pa
     assert run_job(config(tmp_path / "corpus", out, minilm_path)).status == "noop"  # nothing changed now
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_a_shard_changed_or_gone_is_refused_until_overwrite(ray_cluster, tmp_path, minilm_path):
     write_corpus(tmp_path / "corpus", shards=2, per_shard=20)
     out = tmp_path / "out"
@@ -123,7 +123,7 @@ def test_a_shard_changed_or_gone_is_refused_until_overwrite(ray_cluster, tmp_pat
     assert_exactly(out, {json.loads(line)["id"] for line in lines})
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_a_cut_shard_fails_the_job_unless_remainders_are_accepted(ray_cluster, tmp_path, minilm_path):
     """A .jsonl.gz cut to 20% of its bytes used to pass as '1 rejected' with _SUCCESS."""
     corpus = tmp_path / "corpus"
@@ -157,7 +157,7 @@ def test_a_cut_shard_fails_the_job_unless_remainders_are_accepted(ray_cluster, t
     assert (out / "_SUCCESS").exists()
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_output_paths_with_glob_characters_are_literal_on_s3(ray_cluster, s3fs_client, bucket, minilm_path):
     fs = s3fs_client
     for s in range(2):
@@ -178,7 +178,7 @@ def test_output_paths_with_glob_characters_are_literal_on_s3(ray_cluster, s3fs_c
     assert sorted(got["id"].to_pylist()) == sorted(f"g{s}-{i}" for s in range(2) for i in range(6))
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_interrupted_overwrite_never_leaves_success_and_spares_foreign_files(
     ray_cluster, tmp_path, minilm_path, monkeypatch
 ):
@@ -223,7 +223,7 @@ def test_output_inside_input_and_input_inside_output_are_refused(tmp_path, minil
         run_job(config(f"{tmp_path}/./corpus/", f"{tmp_path}/corpus//emb", minilm_path))
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_within_file_duplicate_rows_are_repaired_on_rerun(ray_cluster, tmp_path, minilm_path):
     ids = write_corpus(tmp_path / "corpus", shards=1, per_shard=10)
     out = tmp_path / "out"
@@ -245,7 +245,7 @@ def test_within_file_duplicate_rows_are_repaired_on_rerun(ray_cluster, tmp_path,
     assert json.loads((out / "_manifest.json").read_text())["repaired_files"] == 1
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_secrets_nested_in_options_or_in_uris_reach_no_log_error_or_output(
     ray_cluster, s3_server, s3fs_client, bucket, tmp_path, minilm_path, caplog
 ):
@@ -289,7 +289,7 @@ def test_secrets_nested_in_options_or_in_uris_reach_no_log_error_or_output(
         assert value not in err and value not in caplog.text
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_a_model_changed_between_crash_and_resume_is_refused(ray_cluster, tmp_path, minilm_path):
     import shutil
 
@@ -310,7 +310,7 @@ def test_a_model_changed_between_crash_and_resume_is_refused(ray_cluster, tmp_pa
         run_job(config(tmp_path / "corpus", out, str(model)))
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_damaged_bookkeeping_is_named_and_overwrite_recovers(ray_cluster, tmp_path, minilm_path, caplog):
     """A truncated manifest, shard record or lease file: a plain rerun exits 2 naming the file and
     the way out, and --overwrite recovers. A deleted manifest does not hide mixed settings (another

@@ -44,7 +44,7 @@ def embeddings(out: Path, key=("id",)) -> dict:
 # ---------------------------------------------------------------------------- silent wrong data
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_nul_characters_never_let_two_chunked_records_share_a_fingerprint(ray_cluster, tmp_path, minilm_path):
     """title="data", text="base\\0systems ..." and title="data\\0base", text="systems ..." hashed alike
     under the NUL join, though the model reads "data basesystems" and "database systems": --update
@@ -66,7 +66,7 @@ def test_nul_characters_never_let_two_chunked_records_share_a_fingerprint(ray_cl
         assert float(np.dot(got[key], vector)) > 0.9999, key
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_a_reuse_source_overwritten_after_its_check_lends_nothing(ray_cluster, tmp_path, minilm_path, monkeypatch):
     """The source was checked, then overwritten by another model under the same file names before
     its rows were read: each file's footer is checked again as it is read."""
@@ -96,7 +96,7 @@ def test_a_reuse_source_overwritten_after_its_check_lends_nothing(ray_cluster, t
     assert not list(out.glob("part-*.parquet"))  # not one row of the other model's
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_no_success_over_a_foreign_part_file_and_the_advice_works(ray_cluster, tmp_path, minilm_path):
     """A part-*.parquet someone else put in the output: a reader globbing part-*.parquet would take
     its rows for the output's. The run refuses completion naming it; after the advice (delete it,
@@ -123,7 +123,7 @@ def test_no_success_over_a_foreign_part_file_and_the_advice_works(ray_cluster, t
     assert pl.read_parquet(glob).height == len(records)
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_a_damaged_reuse_source_is_a_usage_error_naming_the_source_and_the_file(ray_cluster, tmp_path, minilm_path):
     corpus, source, out = tmp_path / "corpus", tmp_path / "source", tmp_path / "out"
     write_jsonl(corpus / "a.jsonl", [{"id": f"d{i}", "text": f"record number {i}"} for i in range(10)])
@@ -139,7 +139,7 @@ def test_a_damaged_reuse_source_is_a_usage_error_naming_the_source_and_the_file(
 # ---------------------------------------------------------------------------- recovery with a way out
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_a_vanished_empty_shard_does_not_block_later_runs(ray_cluster, tmp_path, minilm_path):
     """An empty shard deleted after a complete run: the plain run's refusal says --update; --update
     must then really clear it (it said "nothing to do" and left it in the manifest, so every later
@@ -159,7 +159,7 @@ def test_a_vanished_empty_shard_does_not_block_later_runs(ray_cluster, tmp_path,
     assert (summary.status, summary.rows_embedded) == ("complete", 3)
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_the_pipeline_error_survives_a_failure_to_record_it(ray_cluster, tmp_path, minilm_path, monkeypatch):
     """The pipeline failed, then reading the output to record the failed run failed too: the
     first cause is kept (chained) and both are reported."""
@@ -192,7 +192,7 @@ def _down_for(proxy_keys: str):
     return lambda method, path: proxy_keys in path
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 @pytest.mark.parametrize("step", ["list inputs", "read the manifest", "read a --reuse-from source"])
 def test_a_store_down_for_a_moment_at_start_up_is_exit_1(
     ray_cluster, s3_server, s3fs_client, bucket, tmp_path, minilm_path, step
@@ -223,7 +223,7 @@ def test_a_store_down_for_a_moment_at_start_up_is_exit_1(
     ] in str(caught.value)
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_writes_refused_by_the_store_say_so_with_the_path_in_one_line_and_exit_2(
     ray_cluster, s3_server, bucket, tmp_path, minilm_path
 ):
@@ -282,7 +282,7 @@ def test_a_hub_that_fails_for_a_moment_is_exit_1_and_a_missing_model_exit_2(tmp_
     assert done.stderr.strip().splitlines()[-1].startswith(f"e5-embed: {label}: cannot fetch model 'acme/e5-test'")
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_a_data_file_deleted_from_a_complete_output_is_embedded_again_not_a_noop(ray_cluster, tmp_path, minilm_path):
     """A data file deleted after completion: the rerun said "already complete" with its rows
     missing under _SUCCESS. Its files are not those the proof was made over: it is checked again."""

@@ -85,7 +85,7 @@ def assert_as_fresh(out: Path, corpus: Path, embedder) -> None:
     assert cos.min() >= 0.9999, cos.min()
 
 
-@pytest.mark.integration
+@pytest.mark.scenario
 def test_reuse_from_then_update_encode_only_what_changed_and_end_as_a_fresh_run(
     ray_cluster, tmp_path, minilm_path, embedder
 ):

@@ -23,6 +23,12 @@ def main(dag_folder: str, conf_json: str) -> None:
     run = e5_embed_dag.dag.test(run_conf=conf["good"])
     result["good_state"] = str(getattr(run.state, "value", run.state))
     result["good_run_id"] = run.run_id
+    # the optional verify task ran as its own Ray job on the run's output (verify_sample in the conf)
+    from ray_job import job_client as _client
+
+    verify_id = submission_id_for("e5_embed", f"{run.run_id}__verify")
+    verify_jobs = {j.submission_id: str(j.status).split(".")[-1] for j in _client("ray_default")[0].list_jobs()}
+    result["verify_job"] = verify_jobs.get(verify_id)
 
     bad = e5_embed_dag.dag.test(run_conf=conf["bad"])
     result["bad_state"] = str(getattr(bad.state, "value", bad.state))

@@ -16,7 +16,7 @@ from pipeline.config import JobConfig
 from pipeline.errors import JobError, TransientError, UsageError
 from pipeline.runner import run_job
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.scenario
 
 TABLE = "embeddings.docs"
 

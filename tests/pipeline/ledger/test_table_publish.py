@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e5tools.rehearsal.iceberg_bench import DIM, METADATA, _file
+from e5tools.rehearsal.iceberg_bench import DIM, METADATA, data_file
 from pipeline.config import TableSettings
 from pipeline.errors import E5EmbedError, UsageError
 from pipeline.io import schemas
@@ -66,9 +66,9 @@ class Output:
         self.root = root
         self.storage = Storage(str(root))
         self.rng = np.random.default_rng(0)
-        self.base = [_file(self.storage, "base.jsonl", self.rng)]
+        self.base = [data_file(self.storage, "base.jsonl", self.rng)]
         self.generation = 0
-        self.current = _file(self.storage, "changing.jsonl", self.rng, version=f"{self.generation}:v")
+        self.current = data_file(self.storage, "changing.jsonl", self.rng, version=f"{self.generation}:v")
         self.retired: list[str] = []
 
     def files(self) -> list[str]:
@@ -78,7 +78,7 @@ class Output:
         """An --update: the changing shard's file retired, its new version written."""
         self.retired.append(self.current)
         self.generation += 1
-        self.current = _file(self.storage, "changing.jsonl", self.rng, version=f"{self.generation}:v")
+        self.current = data_file(self.storage, "changing.jsonl", self.rng, version=f"{self.generation}:v")
 
     def publish(self, keep: int, **kw):
         done = publish(

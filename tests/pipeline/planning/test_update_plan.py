@@ -12,7 +12,7 @@ from pipeline.config import JobConfig
 from pipeline.runner import run_job
 from tests.pipeline.test_update import change_to_v2, corpus_v1, write_docs
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.scenario
 
 
 def test_plan_update_predicts_what_the_update_encodes(ray_cluster, tmp_path, minilm_path, capsys):
