@@ -378,7 +378,7 @@ def calibrated_rate(calibration: Calibration) -> RateSource:
     return RateSource(calibration.tokens_per_s, calibration.provenance(), calibration.spread, measured=True)
 
 
-MIN_RATE_TOKENS = 20_000  # fewer tokens than this measure the encoders' start-up, not their rate
+MIN_RATE_TOKENS = 10_000  # fewer tokens than this measure the encoders' start-up, not their rate
 
 
 def run_rate(manifest_runs: Sequence[Mapping[str, Any]], output: str) -> RateSource:

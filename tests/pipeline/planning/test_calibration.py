@@ -118,7 +118,7 @@ def test_a_small_update_is_passed_over_for_the_last_run_that_encoded_enough_and_
     rate = cal.run_rate([full, small], "out")
     assert rate.tokens_per_s == 5_000.0
     assert rate.source.startswith("from run full of out") and "run small encoded 34 tokens, too few" in rate.source
-    with pytest.raises(UsageError, match=r"at least 20,000 tokens.*run small encoded 34.*--calibrate"):
+    with pytest.raises(UsageError, match=r"at least 10,000 tokens.*run small encoded 34.*--calibrate"):
         cal.run_rate([small], "out")
 
 
