@@ -398,27 +398,9 @@ def _rate(config, plan, texts, cluster_gpus):
         _, model_sha = ModelSource(
             name_or_path=config.model, revision=config.revision, storage_options=config.storage_options
         ).pinned()
-        device = None
-        if (plan.device == "cuda") != (loaded.device_kind == "cuda"):
-            device = "a GPU" if plan.device == "cuda" else "CPU"
-        elif plan.device == "cuda" and plan.profile.lower() not in loaded.device_name.lower().replace(" ", "-"):
-            device = f"{plan.profile} (the plan's profile)"
-        stale = loaded.stale(
-            model_sha=model_sha,
-            torch_version=torch.__version__,
-            device_name=None,
-            dtype=plan.dtype,
-            attention=planned_attention(config.attention, plan.device, plan.dtype, config.shape_buckets),
-            batch_size=plan.batch_size,
-            max_length=config.max_length,
-        )
-        if device:
-            stale.append(f"device {loaded.device_name} (now {device})")
-        if stale:
-            raise UsageError(
-                f"the calibration {config.calibration} was made with {'; '.join(stale)}: it does not describe "
-                "this plan; calibrate again (--calibrate)"
-            )
+        attention = planned_attention(config.attention, plan.device, plan.dtype, config.shape_buckets)
+        cal.check_describes(loaded, config.calibration, plan, model_sha=model_sha, attention=attention,
+                            max_length=config.max_length, torch_version=torch.__version__)  # fmt: skip
         return cal.calibrated_rate(loaded), loaded
     if config.from_run:
         from pipeline.io.storage import Storage

@@ -124,6 +124,38 @@ class Calibration:
         return reasons
 
 
+def check_describes(
+    calibration: Calibration,
+    where: str,
+    plan: Any,
+    *,
+    model_sha: str | None,
+    attention: str,
+    max_length: int,
+    torch_version: str,
+) -> None:
+    """Refuse (exit 2, saying each difference) a calibration that does not describe ``plan``: another
+    model, torch, device class or GPU profile, dtype, attention, batch size or max length."""
+    stale = calibration.stale(
+        model_sha=model_sha,
+        torch_version=torch_version,
+        device_name=None,
+        dtype=plan.dtype,
+        attention=attention,
+        batch_size=plan.batch_size,
+        max_length=max_length,
+    )
+    if (plan.device == "cuda") != (calibration.device_kind == "cuda"):
+        stale.append(f"device {calibration.device_name} (now {'a GPU' if plan.device == 'cuda' else 'CPU'})")
+    elif plan.device == "cuda" and plan.profile.lower() not in calibration.device_name.lower().replace(" ", "-"):
+        stale.append(f"device {calibration.device_name} (now {plan.profile} (the plan's profile))")
+    if stale:
+        raise UsageError(
+            f"the calibration {where} was made with {'; '.join(stale)}: it does not describe this plan; calibrate "
+            "again (--calibrate)"
+        )
+
+
 def _number(data: Mapping[str, Any], key: str, *, positive: bool = False, below: float | None = None) -> None:
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

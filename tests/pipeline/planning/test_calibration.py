@@ -187,3 +187,18 @@ def test_a_calibration_made_with_another_dtype_attention_or_batch_shape_is_stale
         ("max_length", 128, "max length 512 (now 128)"),
     ]:
         assert c.stale(model_sha=c.model_sha, torch_version=c.torch, device_name=None, **{**same, key: now}) == [said]
+
+
+def test_the_plan_refuses_a_calibration_that_does_not_describe_it_saying_each_difference():
+    from types import SimpleNamespace
+
+    c = _calibration()  # an H100, bf16, padded, 512 x 512
+    gpu = SimpleNamespace(device="cuda", profile="H100", dtype="bfloat16", batch_size=512)
+    kw = dict(model_sha=c.model_sha, attention="padded", max_length=512, torch_version=c.torch)
+    cal.check_describes(c, "cal.json", gpu, **kw)  # it does
+    cpu = SimpleNamespace(device="cpu", profile="cpu", dtype="float32", batch_size=512)
+    with pytest.raises(UsageError, match=r"cal\.json was made with dtype bfloat16 \(now float32\); device NVIDIA H100"
+                                         r" 80GB HBM3 \(now CPU\): it does not describe this plan"):  # fmt: skip
+        cal.check_describes(c, "cal.json", cpu, **kw)
+    with pytest.raises(UsageError, match=r"now H200 \(the plan's profile\)"):
+        cal.check_describes(c, "cal.json", SimpleNamespace(**{**vars(gpu), "profile": "H200"}), **kw)
