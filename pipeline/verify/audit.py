@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import UsageError
+from pipeline.errors import E5EmbedError, UsageError, step_failed
 from pipeline.io.storage import Storage
 from pipeline.ledger.manifest import Manifest, is_complete
 from pipeline.ledger.table import CATALOG_DB, CATALOG_DIR, EMBEDDED
@@ -108,6 +108,15 @@ def verify(request: VerifyRequest, on_cluster: Callable[..., vectors.VectorRepor
     (``pipeline.backend.verify_tasks.recompute_on_cluster``), used with ``ray_address``."""
     started = time.monotonic()
     storage = Storage(request.output, request.storage_options)
+    try:
+        return _verify(request, storage, on_cluster, started)
+    except E5EmbedError:
+        raise
+    except Exception as e:  # the store or the network: exit 1 when a retry may finish it, else 2
+        raise step_failed(f"verify could not read {request.output}", e) from e
+
+
+def _verify(request: VerifyRequest, storage: Storage, on_cluster, started: float) -> Audit:
     manifest = Manifest.load(storage)
     if manifest is None:
         raise UsageError(f"{request.output} is not an e5-embed output (no _manifest.json): pass the --output of a run")
