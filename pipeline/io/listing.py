@@ -90,6 +90,12 @@ def version_of(info: Mapping[str, Any]) -> str:
     return ""
 
 
+def current_fingerprint(storage: Storage, path: str) -> tuple[int, str]:
+    """A shard's (size, version) as the store says now (compared with ``Shard.fingerprint``)."""
+    info = storage.info(path)
+    return int(info.get("size") or 0), version_of(info)
+
+
 def unversioned(shards: Sequence[Shard]) -> list[Shard]:
     """Shards whose store gave no version: a rewrite that keeps their size cannot be detected."""
     return [s for s in shards if not s.version]

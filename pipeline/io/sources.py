@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import JobError, is_transient
-from pipeline.io.listing import Shard, version_of
+from pipeline.io.listing import Shard, current_fingerprint
 from pipeline.io.records import (
     BlockBuilder,
     FieldSpec,
@@ -131,8 +131,7 @@ class ShardReader:
     def _verify_fingerprint(self) -> None:
         if not self.check_fingerprint:
             return  # an unversioned shard still has its size checked
-        info = self.storage.info(self.shard.path)
-        now = (int(info.get("size") or 0), version_of(info))
+        now = current_fingerprint(self.storage, self.shard.path)
         if now != self.shard.fingerprint:
             raise ShardReadError(
                 f"input shard {self.shard.uri} changed after it was listed "

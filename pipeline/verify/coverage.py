@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import posixpath
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pipeline.io.listing import Shard
 from pipeline.io.sink import REJECTS_DIR
 from pipeline.io.storage import Storage
 from pipeline.ledger.completeness import prove
+from pipeline.ledger.files import OutputFiles
 from pipeline.ledger.identity import PRODUCER, VECTOR_KEYS, identity
 from pipeline.ledger.manifest import Manifest
 from pipeline.ledger.shard_log import ShardRecord
@@ -69,32 +69,17 @@ def recorded_shards(manifest: Manifest) -> tuple[list[Shard], dict[str, ShardRec
     return shards, records
 
 
-def output_files(storage: Storage, manifest: Manifest, table_files: set[str] | None) -> list[tuple[str, bool]]:
-    """(path, is_rejects) of what the output holds: its data files (a table snapshot's, when
-    given) and its rejects files; retired files are not the output's."""
-    retired = set(manifest.retired_files)
-
-    def listed(folder: str) -> list[str]:
-        return [
-            p
-            for p, _ in storage.list_files(folder)
-            if posixpath.basename(p).startswith("part-") and p.endswith(".parquet") and p not in retired
-        ]
-
-    data = sorted(table_files) if table_files is not None else listed("")
-    return [(p, False) for p in data] + [(p, True) for p in listed(REJECTS_DIR)]
-
-
 def check(
     storage: Storage, manifest: Manifest, *, table_files: set[str] | None = None, chunked: bool = False
 ) -> CoverageReport:
     """The proof again, from the columns; ``table_files``: a snapshot's data files (storage paths)."""
     report = CoverageReport()
-    files = output_files(storage, manifest, table_files)
+    held = OutputFiles(storage, retired=manifest.retired_files)  # retired files are not the output's any more
     if table_files is not None:
-        folder = {p for p, _ in storage.list_files("") if posixpath.basename(p).startswith("part-")}
-        for path in sorted(table_files - folder):
+        for path in sorted(table_files - set(OutputFiles(storage).names())):
             report.defects.append(f"the snapshot reads {storage.display(path)}, which is not in the output's folder")
+    data = sorted(table_files) if table_files is not None else held.names()
+    files = [(p, False) for p in data] + [(p, True) for p in held.names(REJECTS_DIR)]
     expected = {k: identity(manifest.metadata, k) for k in VECTOR_KEYS}
 
     def read(item: tuple[str, bool]) -> tuple[str, bool, Any, coverage.Ranges, coverage.Ranges, int, int]:

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.io.listing import Shard, detect_format, version_of
+from pipeline.io.listing import Shard, current_fingerprint, detect_format
 from pipeline.io.records import FieldSpec
 from pipeline.io.sources import ShardReader
 from pipeline.io.storage import Storage
@@ -96,10 +96,9 @@ def draw(storage: Storage, files: Sequence[DataFile], n: int, seed: int, chunked
     return out
 
 
-def _shard(manifest: Manifest, path: str, protocol: str) -> Shard | None:
-    entry = next((e for e in manifest.input_shards if e["path"] == path), None)
-    if entry is None:
-        return None
+def _shard(manifest: Manifest, entry: Mapping[str, Any], protocol: str) -> Shard:
+    """The recorded shard, as the reader opens it."""
+    path = entry["path"]
     fmt, compression = detect_format(path, manifest.metadata.get("input_format") or "auto")
     return Shard(path=path, relpath="", size=int(entry["size"]), format=fmt or "", compression=compression,
                  protocol=protocol, version=str(entry["version"]))  # fmt: skip
@@ -126,25 +125,25 @@ def recompute(
     by_source: dict[str, list[Sampled]] = {}
     for s in sampled:
         by_source.setdefault(s.source, []).append(s)
+    entries = {e["path"]: e for e in manifest.input_shards}
     texts, stored, names = [], [], []
     for source, rows in sorted(by_source.items()):
-        shard = _shard(manifest, source, protocol)
-        if shard is None:
+        if source not in entries:
             report.defects.append(f"rows of {source}, which the recorded listing does not hold (e.g. id {rows[0].id})")
             continue
+        shard = _shard(manifest, entries[source], protocol)
         storage = Storage(shard.uri, storage_options)
         try:
-            now = version_of(storage.info(shard.path))
-            size = int(storage.info(shard.path).get("size", -1))
+            now = current_fingerprint(storage, shard.path)  # the reader's own check, asked before reading
         except FileNotFoundError:
-            now, size = None, -1
-        if (size, now) != shard.fingerprint:
+            now = None
+        if now != shard.fingerprint:
             report.changed_since += len(rows)  # the input moved on: not a wrong vector
             continue
         wanted: dict[int, list[Sampled]] = {}
         for s in rows:
             wanted.setdefault(s.row, []).append(s)
-        total = int(next(e for e in manifest.input_shards if e["path"] == source).get("rows") or 0)
+        total = int(entries[source].get("rows") or 0)
         for record in ShardReader(storage, shard, fields, _all_but(sorted(wanted), total)):
             for s in wanted.get(record["row"], ()):
                 text = _model_input(record, s, fields.prefix, chunked, report)

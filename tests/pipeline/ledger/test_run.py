@@ -77,16 +77,21 @@ class Job:
             )])  # fmt: skip
         return written
 
-    def run(self, **kw):
-        output, work = self.begin()
-        if work.noop:
-            return output, None
+    def prove(self, output: OutputRun, work, **kw):
+        """The runner's steps up to the proof: the run recorded, nothing marked yet."""
         run = output.new_record("now", {})
         output.fix_compute("float32", "cpu")
         written = self.embed(output, work, **kw)
         totals = output.tidy(run)
         proven = output.prove(run, written, totals, DuplicateReport(0), allow_remainders=False,
                               max_bad_fraction=0.0, stopped=False, storage_options={})  # fmt: skip
+        return proven, totals
+
+    def run(self, **kw):
+        output, work = self.begin()
+        if work.noop:
+            return output, None
+        proven, totals = self.prove(output, work, **kw)
         output.refuse_incomplete(proven, None, 0.0, "(line)")
         output.mark_complete(totals)
         return output, output.publish(totals.data_paths)
@@ -152,12 +157,7 @@ def test_a_file_that_appears_between_the_proof_and_the_mark_takes_the_mark_back(
     job = Job(tmp_path, minilm_path)
     write_shard(job.corpus / "s0.jsonl", [(f"a{i}", f"text {i}") for i in range(4)])
     output, work = job.begin()
-    run = output.new_record("now", {})
-    output.fix_compute("float32", "cpu")
-    written = job.embed(output, work)
-    totals = output.tidy(run)
-    output.prove(run, written, totals, DuplicateReport(0), allow_remainders=False, max_bad_fraction=0.0,
-                 stopped=False, storage_options={})  # fmt: skip
+    _, totals = job.prove(output, work)
     stray = job.out / "part-stray.parquet"
     import pyarrow.parquet as pq
 

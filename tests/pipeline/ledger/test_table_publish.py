@@ -155,14 +155,13 @@ def test_a_kill_or_failed_write_anywhere_in_a_publish_leaves_the_saved_table_rea
     elif point == "after_deletes":
         after("delete_released", Killed("the files deleted, the manifest not saved"))
 
-    fence = lambda: None  # noqa: E731
+    state = {"publishing": False}  # lease_lost: the lease goes once the released files are known
+
+    def fence():
+        if point == "lease_lost" and state["publishing"]:
+            raise LeaseLost("lost (injected) just before the catalog's put-back")
+
     if point == "lease_lost":
-        state = {"publishing": False}
-
-        def fence():  # noqa: F811
-            if state["publishing"]:
-                raise LeaseLost("lost (injected) just before the catalog's put-back")
-
         real_released = tablemod._released
 
         def released_then_lose(*args, **kwargs):

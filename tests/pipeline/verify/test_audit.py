@@ -55,8 +55,8 @@ def made(ray_cluster, tmp_path_factory, minilm_path) -> Path:
     return root / "out"
 
 
-def copy(made: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "out"
+def copy(made: Path, tmp_path: Path, name: str = "out") -> Path:
+    out = tmp_path / name
     shutil.copytree(made, out)
     manifest = json.loads((out / "_manifest.json").read_text())
     manifest["retired_files"] = [p.replace(str(made), str(out)) for p in manifest["retired_files"]]
@@ -231,3 +231,10 @@ def test_a_chunked_output_is_verified_window_by_window(ray_cluster, tmp_path, mi
     assert code == 0, (report.get("defects"), err)
     assert report["vectors"]["checked"] == windows > 2 and report["vectors"]["min_cosine"] >= 0.9999
     assert report["coverage"]["rows_embedded"] == 2  # records, not windows
+
+
+def test_an_output_path_with_glob_characters_is_read_literally(made, tmp_path, capsys):
+    out = copy(made, tmp_path, "o7[ab]*")
+    (tmp_path / "o7a").mkdir()  # what the pattern would match, were it globbed
+    code, report, err = verify(out, capsys, "--sample", "3")
+    assert code == 0 and report["coverage"]["rows_embedded"] == 12, err
