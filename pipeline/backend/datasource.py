@@ -13,8 +13,8 @@ from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.backend.progress import Telemetry
 from pipeline.io import schemas
-from pipeline.io.listing import Shard
 from pipeline.io.records import FieldSpec
+from pipeline.io.shard import Shard
 from pipeline.io.sources import DEFAULT_MAX_RECORD_BYTES, read_shards
 from pipeline.ledger.shard_log import ShardLog
 

@@ -218,10 +218,10 @@ def _rates(
 def count_records(storage_options: Mapping[str, Any], shards: Sequence[Any], stop: threading.Event) -> int | None:
     """The shards' exact record total where the format stores it (all Parquet), for the status line."""
     from pipeline.errors import JobError
-    from pipeline.io.record_counts import parquet_rows
+    from pipeline.io.record_counts import exact_rows
     from pipeline.io.storage import scrub
 
     try:
-        return parquet_rows(dict(storage_options), list(shards), stop=stop)
+        return exact_rows(dict(storage_options), list(shards), stop=stop)
     except Exception as e:
         raise JobError(scrub(f"{type(e).__name__}: {e}", storage_options)[:500]) from e

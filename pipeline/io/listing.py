@@ -13,48 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import E5EmbedError, UsageError, step_failed
-from pipeline.io.formats import FORMAT_BY_EXTENSION
+from pipeline.io.formats import INPUT_FORMATS, detect_format
+from pipeline.io.shard import Shard
 from pipeline.io.storage import Storage, escape_controls, has_pattern, strip_uri_credentials
 
 logger = logging.getLogger(__name__)
-
-
-COMPRESSION_BY_EXTENSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
-
-
-@dataclass(frozen=True)
-class Shard:
-    path: str  # filesystem path as fsspec names it (bucket/key for S3)
-    relpath: str  # relative to the input root: the stable part of derived ids
-    size: int
-    format: str
-    compression: str | None
-    protocol: str = "file"
-    version: str = ""  # ETag / generation / mtime at listing time: (size, version) is the fingerprint
-
-    @property
-    def uri(self) -> str:
-        return f"{self.protocol}://{self.path}"
-
-    @property
-    def fingerprint(self) -> tuple[int, str]:
-        return (self.size, self.version)
-
-    @property
-    def version_key(self) -> str:
-        """The fingerprint as one string: what data files record for the rows they hold of it."""
-        return f"{self.size}:{self.version}"
-
-
-def detect_format(path: str, override: str = "auto") -> tuple[str | None, str | None]:
-    """(format, compression) from the file name; format None when unknown."""
-    name = posixpath.basename(path).lower()
-    stem, ext = posixpath.splitext(name)
-    compression = COMPRESSION_BY_EXTENSION.get(ext)
-    if compression:
-        ext = posixpath.splitext(stem)[1]
-    fmt = override if override != "auto" else FORMAT_BY_EXTENSION.get(ext)
-    return fmt, compression
 
 
 def _is_side_file(path: str) -> bool:
@@ -194,7 +157,7 @@ def list_inputs(
                 if single_file:
                     raise UsageError(
                         f"cannot tell the format of {strip_uri_credentials(uri)}; "
-                        "pass --input-format text|jsonl|parquet"
+                        f"pass --input-format {'|'.join(INPUT_FORMATS[1:])}"
                     )
                 unknown.append(p)
                 continue

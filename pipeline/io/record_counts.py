@@ -1,7 +1,8 @@
-"""Exact record totals where the format stores them: Parquet footers hold each file's row count.
+"""Exact record totals where the format stores them (``Format.counts_rows``: Parquet footers hold
+each file's row count).
 
 Text and JSONL shards say nothing about their records until read, so a run over them states its
-progress in input bytes; a run over Parquet shards can state it in records. Footers are read by a
+progress in input bytes; a run over Parquet shards can state it in records. Counts are read by a
 few daemon threads (one ranged read per shard), off the job's path: they hold no per-shard state
 beyond a counter, stop between shards when asked, and never hold up the driver's exit.
 """
@@ -12,30 +13,27 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from pipeline.io.listing import Shard
+from pipeline.io.formats import format_of
+from pipeline.io.shard import Shard
 from pipeline.io.storage import Storage
 
-FOOTER_READERS = 16
+COUNT_READERS = 16
 
 
-def _footer_rows(storage_options: Mapping[str, Any], shard: Shard) -> int:
-    storage = Storage(shard.uri, storage_options)
-    with storage.open(shard.path) as f:
-        return pq.ParquetFile(f).metadata.num_rows
+def _stored_rows(storage_options: Mapping[str, Any], shard: Shard) -> int:
+    return format_of(shard).count(Storage(shard.uri, storage_options), shard)
 
 
-def parquet_rows(
+def exact_rows(
     storage_options: Mapping[str, Any],
     shards: Sequence[Shard],
     *,
-    workers: int = FOOTER_READERS,
+    workers: int = COUNT_READERS,
     stop: threading.Event | None = None,
 ) -> int | None:
-    """The shards' total rows from their Parquet footers; None unless every shard is Parquet, or when
-    ``stop`` is set before the count is complete. A footer that cannot be read raises."""
-    if not shards or any(s.format != "parquet" for s in shards):
+    """The shards' total rows as their files store them; None unless every shard's format counts
+    its rows, or when ``stop`` is set before the count is complete. A count that cannot be read raises."""
+    if not shards or not all(format_of(s).counts_rows for s in shards):
         return None
     stop = stop or threading.Event()
     pending = iter(shards)
@@ -51,7 +49,7 @@ def parquet_rows(
                     shard = None if errors else next(pending, None)
                 if shard is None:
                     break
-                rows += _footer_rows(storage_options, shard)
+                rows += _stored_rows(storage_options, shard)
         except Exception as e:
             with lock:
                 errors.append(e)
@@ -59,7 +57,7 @@ def parquet_rows(
             totals.append(rows)
 
     threads = [
-        threading.Thread(target=count, name=f"e5-embed-footers-{i}", daemon=True)
+        threading.Thread(target=count, name=f"e5-embed-counts-{i}", daemon=True)
         for i in range(max(1, min(workers, len(shards))))
     ]
     for t in threads:

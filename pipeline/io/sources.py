@@ -2,8 +2,8 @@
 without ever failing on one bad record (each becomes a reject with its reason), retries transient
 I/O, checks the shard did not change since it was listed, and resumes past rows already written.
 Plain functions over files: the Ray Data datasource (``pipeline.backend.datasource``) is a thin
-shell over ``read_shards``. Listing is ``io.listing``; decompression and lines ``io.streams``;
-one record ``io.records``.
+shell over ``read_shards``. Listing is ``io.listing``; each format's rows ``io.formats``;
+decompression and lines ``io.streams``; one record ``io.records``.
 
 Ray's built-in ``read_json``/``read_text`` stop the whole job on one broken line
 and don't expose row numbers, which stable ids and exactly-once resume need, so
@@ -18,26 +18,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline.errors import JobError, is_transient
-from pipeline.io.listing import Shard, current_fingerprint
-from pipeline.io.records import (
-    BlockBuilder,
-    FieldSpec,
-    Invalid,
-    check_text,
-    parse_json,
-    raw_decode,
-    record_from_json,
-    reject_row,
-    title_of,
-)
+from pipeline.io.formats import Row, format_of
+from pipeline.io.listing import current_fingerprint
+from pipeline.io.records import BlockBuilder, FieldSpec
+from pipeline.io.shard import Shard
 from pipeline.io.storage import Storage, escape_controls
-from pipeline.io.streams import UTF8_BOM, CorruptStream, TooLong, shard_chunks, split_lines
+from pipeline.io.streams import CorruptStream
 
 logger = logging.getLogger(__name__)
 
@@ -138,133 +127,9 @@ class ShardReader:
                 f"(size/version {self.shard.fingerprint} -> {now}); rerun to pick it up"
             )
 
-    def _rows(self, start: int) -> Iterator[tuple[int, dict | None]]:
+    def _rows(self, start: int) -> Iterator[Row]:
         """(row, record) from ``start`` on; record None for rows before ``start`` (not parsed)."""
-        if self.shard.format == "parquet":
-            yield from self._parquet_rows(start)
-            return
-        with self.storage.open(self.shard.path) as f:
-            for row, line in enumerate(split_lines(shard_chunks(f, self.shard), self.max_record_bytes)):
-                if row < start:
-                    yield row, None
-                    continue
-                if row == 0 and isinstance(line, bytes) and line.startswith(UTF8_BOM):
-                    line = line[len(UTF8_BOM) :]
-                yield row, self._parse_line(line, row)
-
-    def _parse_line(self, line: bytes | TooLong, row: int) -> dict:
-        if isinstance(line, TooLong):
-            return reject_row(
-                row, f"record larger than --max-record-bytes ({line.size} > {self.max_record_bytes} bytes)"
-            )
-        try:
-            decoded = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            return reject_row(row, f"invalid UTF-8 at byte {e.start}")
-        if self.shard.format == "text":
-            text, reason = check_text(decoded, "line")
-            return {"row": row, "id": None, "text": text, "reject_reason": reason}
-        # The common case: one value, nothing around it; anything else takes json.loads' path and its
-        # reject reasons. (Nesting right at Python's recursion limit may parse here one or two levels
-        # deeper than json.loads would, as it always varied with the caller's stack depth.)
-        try:
-            obj, end = raw_decode(decoded)
-            if end != len(decoded):
-                obj = parse_json(decoded)
-        except Exception:
-            obj = parse_json(decoded)
-        if isinstance(obj, Invalid):
-            return reject_row(row, obj.reason)
-        try:
-            record_id, text, reason = record_from_json(obj, self.fields)
-            title = title_of(obj, self.fields) if reason is None else None
-        except Exception as e:  # a record must never fail its shard
-            return reject_row(row, f"unusable record: {type(e).__name__}: {str(e)[:200]}")
-        return {"row": row, "id": record_id, "text": text, "title": title, "reject_reason": reason}
-
-    def _parquet_rows(self, start: int) -> Iterator[tuple[int, dict | None]]:
-        row = 0
-        with self.storage.open(self.shard.path) as f:
-            try:
-                pf = pq.ParquetFile(f)
-                names = set(pf.schema_arrow.names)
-                total = pf.metadata.num_rows
-            except pa.ArrowInvalid as e:
-                raise CorruptStream(f"parquet: {e}") from e
-            if self.fields.text_field not in names:
-                for row in range(total):
-                    yield (
-                        row,
-                        {
-                            "row": row,
-                            "id": None,
-                            "text": None,
-                            "reject_reason": f"parquet shard has no column {self.fields.text_field!r}",
-                        },
-                    )
-                return
-            wanted = [
-                c for c in (self.fields.id_field, self.fields.text_field, self.fields.title_field) if c and c in names
-            ]
-            batches = pf.iter_batches(columns=wanted, batch_size=8192)
-            while True:
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    return
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                    raise CorruptStream(f"parquet: {e}") from e
-                if row + batch.num_rows <= start:
-                    for _ in range(batch.num_rows):
-                        yield row, None
-                        row += 1
-                    continue
-                batch, oversized = self._cut_oversized(batch)
-                for i, obj in enumerate(batch.to_pylist()):
-                    if row < start:
-                        yield row, None
-                    elif i in oversized:  # never turned into a Python string, never tokenized
-                        reason = (
-                            f"record larger than --max-record-bytes ({oversized[i]} > {self.max_record_bytes} bytes)"
-                        )
-                        yield row, {"row": row, "id": None, "text": None, "title": None, "reject_reason": reason}
-                    else:
-                        try:
-                            record_id, text, reason = record_from_json(obj, self.fields)
-                            title = title_of(obj, self.fields) if reason is None else None
-                        except Exception as e:
-                            record_id, text, reason = None, None, f"unusable record: {type(e).__name__}"
-                            title = None
-                        yield row, {"row": row, "id": record_id, "text": text, "title": title, "reject_reason": reason}
-                    row += 1
-
-    def _cut_oversized(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[int, int]]:
-        """Rows whose text (and title) bytes pass ``max_record_bytes``: their values nulled in the
-        batch (before any Python string is made of them) and their sizes by index, to be rejects
-        with that reason, as in the line formats. (Parquet keeps a value inside one page: reading
-        it cannot be avoided, embedding it can.)"""
-        sizes = None
-        for name in (self.fields.text_field, self.fields.title_field):
-            if not name or name not in batch.schema.names:
-                continue
-            column = batch.column(name)
-            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-                continue
-            length = pc.fill_null(pc.binary_length(column), 0).cast(pa.int64())
-            sizes = length if sizes is None else pc.add(sizes, length)
-        if sizes is None:
-            return batch, {}
-        over = pc.greater(sizes, self.max_record_bytes)
-        if not pc.any(over).as_py():
-            return batch, {}
-        index = np.flatnonzero(over.to_numpy(zero_copy_only=False))
-        found = {int(i): int(sizes[int(i)].as_py()) for i in index}
-        for name in (self.fields.text_field, self.fields.title_field):
-            if name and name in batch.schema.names:
-                column = batch.column(name)
-                nulled = pc.if_else(over, pa.nulls(len(column), column.type), column)
-                batch = batch.set_column(batch.schema.get_field_index(name), name, nulled)
-        return batch, found
+        return format_of(self.shard).rows(self.storage, self.shard, self.fields, start, self.max_record_bytes)
 
 
 class _RowFilter:

@@ -8,7 +8,7 @@ import zlib
 from collections.abc import Iterator
 
 from pipeline.errors import JobError, TransientError
-from pipeline.io.listing import Shard
+from pipeline.io.shard import Shard
 
 # A shard is read in chunks of this many (compressed) bytes; decompressed output per step is
 # bounded by the same amount for gzip, and by one zstd block window for zstd.

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.io import coverage
-from pipeline.io.listing import Shard
+from pipeline.io.shard import Shard
 from pipeline.ledger.shard_log import ShardRecord
 
 SHOWN = 5  # shards named in a failure message

@@ -24,7 +24,7 @@ from pipeline.config import OutputSettings
 from pipeline.errors import E5EmbedError, UsageError, step_failed
 from pipeline.io import coverage
 from pipeline.io.counters import Counters
-from pipeline.io.listing import Shard
+from pipeline.io.shard import Shard
 from pipeline.io.sink import REJECTS_DIR
 from pipeline.io.storage import Storage
 from pipeline.ledger.completeness import Proof, fully_covered, prove

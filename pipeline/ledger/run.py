@@ -27,7 +27,8 @@ from typing import Any
 from pipeline.config import OutputSettings
 from pipeline.errors import JobError, UsageError
 from pipeline.io.counters import Counters
-from pipeline.io.listing import Listing, Shard, unversioned
+from pipeline.io.listing import Listing, unversioned
+from pipeline.io.shard import Shard
 from pipeline.io.storage import scrub
 from pipeline.ledger.completeness import Proof
 from pipeline.ledger.duplicates import DuplicateReport

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pipeline.errors import UsageError
-from pipeline.io.listing import Shard
+from pipeline.io.shard import Shard
 from pipeline.io.storage import Storage
 from pipeline.ledger.lease import LeaseFence
 

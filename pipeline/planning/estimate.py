@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import UsageError
-from pipeline.io.listing import Shard
 from pipeline.io.records import FieldSpec
+from pipeline.io.shard import Shard
 from pipeline.io.sources import ShardReader
 from pipeline.io.storage import Storage
 from pipeline.planning.calibration import RateSource, padding_share

@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError
 from pipeline.io import coverage
-from pipeline.io.listing import Shard
 from pipeline.io.records import FieldSpec
+from pipeline.io.shard import Shard
 from pipeline.io.sources import ShardReader
 from pipeline.io.storage import Storage
 from pipeline.io.text_hash import text_hash

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline.io import coverage, schemas
-from pipeline.io.listing import Shard
+from pipeline.io.shard import Shard
 from pipeline.io.sink import REJECTS_DIR
 from pipeline.io.storage import Storage
 from pipeline.ledger.completeness import prove

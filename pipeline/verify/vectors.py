@@ -19,8 +19,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.io.listing import Shard, current_fingerprint, detect_format
+from pipeline.io.formats import detect_format
+from pipeline.io.listing import current_fingerprint
 from pipeline.io.records import FieldSpec
+from pipeline.io.shard import Shard
 from pipeline.io.sources import ShardReader
 from pipeline.io.storage import Storage
 from pipeline.io.text_hash import text_hash

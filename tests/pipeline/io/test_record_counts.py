@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.io.listing import list_shards
-from pipeline.io.record_counts import parquet_rows
+from pipeline.io.record_counts import exact_rows
 
 pytestmark = pytest.mark.unit
 
@@ -19,28 +19,28 @@ def _parquet(path, rows):
 def test_footers_give_the_exact_total(tmp_path):
     for i, n in enumerate([0, 1, 17, 40]):
         _parquet(tmp_path / f"p{i}.parquet", n)
-    assert parquet_rows({}, list_shards([str(tmp_path)], {}), workers=3) == 58
+    assert exact_rows({}, list_shards([str(tmp_path)], {}), workers=3) == 58
 
 
 def test_no_total_unless_every_shard_is_parquet(tmp_path):
     _parquet(tmp_path / "a.parquet", 3)
     (tmp_path / "b.jsonl").write_text('{"text": "x"}\n')
-    assert parquet_rows({}, list_shards([str(tmp_path)], {})) is None
-    assert parquet_rows({}, []) is None
+    assert exact_rows({}, list_shards([str(tmp_path)], {})) is None
+    assert exact_rows({}, []) is None
 
 
 def test_a_stop_gives_no_total(tmp_path):
     _parquet(tmp_path / "a.parquet", 3)
     stop = threading.Event()
     stop.set()
-    assert parquet_rows({}, list_shards([str(tmp_path)], {}), stop=stop) is None
+    assert exact_rows({}, list_shards([str(tmp_path)], {}), stop=stop) is None
 
 
 def test_an_unreadable_footer_raises(tmp_path):
     _parquet(tmp_path / "a.parquet", 3)
     (tmp_path / "b.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(Exception, match="(?i)parquet|magic"):
-        parquet_rows({}, list_shards([str(tmp_path)], {}))
+        exact_rows({}, list_shards([str(tmp_path)], {}))
 
 
 def test_a_stop_mid_count_reads_no_further_footer(tmp_path, monkeypatch):
@@ -54,8 +54,8 @@ def test_a_stop_mid_count_reads_no_further_footer(tmp_path, monkeypatch):
         stop.set()
         return 2
 
-    monkeypatch.setattr("pipeline.io.record_counts._footer_rows", footer_rows)
-    assert parquet_rows({}, list_shards([str(tmp_path)], {}), workers=1, stop=stop) is None
+    monkeypatch.setattr("pipeline.io.record_counts._stored_rows", footer_rows)
+    assert exact_rows({}, list_shards([str(tmp_path)], {}), workers=1, stop=stop) is None
     assert len(reads) == 1
 
 
@@ -68,5 +68,5 @@ def test_the_footer_readers_are_daemons(tmp_path, monkeypatch):
         seen.append(threading.current_thread().daemon)
         return 2
 
-    monkeypatch.setattr("pipeline.io.record_counts._footer_rows", footer_rows)
-    assert parquet_rows({}, list_shards([str(tmp_path)], {})) == 2 and seen == [True]
+    monkeypatch.setattr("pipeline.io.record_counts._stored_rows", footer_rows)
+    assert exact_rows({}, list_shards([str(tmp_path)], {})) == 2 and seen == [True]

@@ -10,8 +10,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 from pipeline.backend.datasource import read_groups
 from pipeline.errors import UsageError
-from pipeline.io.listing import Shard, detect_format, list_inputs, list_shards
+from pipeline.io.formats import detect_format
+from pipeline.io.listing import list_inputs, list_shards
 from pipeline.io.records import FieldSpec
+from pipeline.io.shard import Shard
 from pipeline.io.sources import ShardReader, ShardReadError, read_shards
 from pipeline.io.storage import Storage
 from tests.rewrites import rewrite_keeping_size_and_mtime

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.io.listing import Shard
+from pipeline.io.shard import Shard
 from pipeline.ledger.completeness import fully_covered, prove
 from pipeline.ledger.shard_log import ShardRecord
 

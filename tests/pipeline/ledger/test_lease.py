@@ -131,7 +131,7 @@ def test_a_released_lease_fences_its_writers(storage):
 
 
 def test_shard_records_are_fenced_like_data_files(storage):
-    from pipeline.io.listing import Shard
+    from pipeline.io.shard import Shard
     from pipeline.ledger.shard_log import SHARDS_DIR, ShardLog
 
     stale = Lease(storage, run_id="stale", ttl_s=60)
