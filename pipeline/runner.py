@@ -246,11 +246,7 @@ def _embed(ctx: RunContext, plan: ResourcePlan, work: Work, run: RunRecord) -> C
     phases.at("embed_started_at", time.time())
     telemetry = Telemetry.start(run.run_id)
     sink = _sink(ctx, work, telemetry)
-    stages = plan.stage_specs(
-        model=ctx.model, prefix=config.prefix_text, output_dtype=config.output_dtype,
-        rows_per_block=config.rows_per_block, compile_model=config.compile, attention=config.attention,
-        shape_buckets=config.shape_buckets, device=config.device, chunk=config.chunking.settings(),
-    )  # fmt: skip
+    stages = plan.stage_specs(ctx.model, config)
     budget = budgets.for_plan(
         config.budget, plan, rows_per_block=config.rows_per_block, reaction_s=BUDGET_CHECK_S + StopSignal.poll_s
     )

@@ -134,7 +134,7 @@ def apply_stage(ds, spec: StageSpec, telemetry: Telemetry | None = None, stop: C
     if env:
         remote_args["runtime_env"] = {"env_vars": env}
     return ds.map_batches(
-        timed(spec.stage, spec.name.removesuffix("Stage").lower()),
+        timed(spec.stage, spec.role),
         fn_constructor_args=(spec.stage, telemetry, stop),
         fn_constructor_kwargs=spec.kwargs(),
         batch_size=spec.batch_size,

@@ -20,6 +20,7 @@ from typing import Any
 
 from pipeline.backend import metrics
 from pipeline.stages.encoder_clock import KEYS as ENCODER_KEYS
+from pipeline.stages.spec import ENCODE, TOKENIZE
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ PROGRESS_KEYS = (
     *ENCODER_KEYS,
 )
 # stage name -> the progress key its rows count under
-STAGE_PROGRESS = {"tokenize": "tokenized", "chunktokenize": "tokenized", "encode": "encoded"}
+STAGE_PROGRESS = {TOKENIZE: "tokenized", ENCODE: "encoded"}
 
 
 def _progress_actor_class():
@@ -174,7 +175,7 @@ class Telemetry:
         self._inc("e5_embed_stage_seconds", ended - started, stage=stage)
         self._inc("e5_embed_oom_splits", oom_splits)
         values = {STAGE_PROGRESS.get(stage, stage): rows, "oom_splits": oom_splits}  # oom: the run record too
-        if stage == "encode":
+        if stage == ENCODE:
             values["encoded_tokens"] = tokens
         values.update(extra or {})  # the encoder's own clocks (pipeline.stages.encoder_clock.KEYS)
         self._tell("batch", {k: v for k, v in values.items() if v}, stage, _worker(), started, ended)

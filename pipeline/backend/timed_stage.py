@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.backend.progress import Telemetry
+from pipeline.stages.spec import ENCODE
 
 
 class TimedStage:
@@ -39,7 +40,7 @@ class TimedStage:
         out = self.stage(batch)
         if self.telemetry is not None:
             oom = int(getattr(self.stage, "oom_splits", 0))
-            tokens = _tokens(out) if self.stage_name == "encode" else 0
+            tokens = _tokens(out) if self.stage_name == ENCODE else 0
             clock = getattr(self.stage, "clock", None)  # the encoder's own time split (EncoderClock)
             self.telemetry.stage_batch(
                 self.stage_name,
@@ -67,6 +68,7 @@ def _tokens(table) -> int:
     return int(pc.sum(column).as_py() or 0)
 
 
-def timed(stage_cls: type, name: str) -> type:
-    """A TimedStage subclass named after the stage (Ray Data names operators by class)."""
-    return type(stage_cls.__name__, (TimedStage,), {"stage_name": name, "__module__": __name__})
+def timed(stage_cls: type, role: str) -> type:
+    """A TimedStage subclass named after the stage (Ray Data names operators by class), reporting as
+    its ``role``."""
+    return type(stage_cls.__name__, (TimedStage,), {"stage_name": role, "__module__": __name__})

@@ -26,9 +26,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from pipeline.stages.spec import ENCODE, TOKENIZE
+
 logger = logging.getLogger(__name__)
 
-ROLES = ("read", "tokenize", "chunktokenize", "encode", "write")
+ROLES = ("read", TOKENIZE, ENCODE, "write")
 TASK_ROLES = ("read", "write")  # Ray tasks on whichever worker is free, not a pool held for the run
 # Ray Data's per-operator metrics the timeline keeps (extra_metrics key -> timeline key)
 OPERATOR_METRICS = {
@@ -261,7 +263,7 @@ def record(run: Any, telemetry: Any, ran: Any) -> None:
 def record_firsts(phases: Phases, telemetry: Any) -> None:
     """When the first batch reached each stage (seconds after the run's start), and the start-up line."""
     first = telemetry.first_seen()
-    for stage in ("tokenize", "chunktokenize", "encode"):
+    for stage in (TOKENIZE, ENCODE):
         phases.at(f"first_{stage}_batch_at", first.get(stage))
-    if first.get("encode") is not None:
+    if first.get(ENCODE) is not None:
         logger.info("%s", describe_startup(phases.values))

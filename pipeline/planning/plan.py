@@ -17,12 +17,11 @@ from typing import Any
 from pipeline.config import JobConfig, PlanConfig
 from pipeline.errors import UsageError
 from pipeline.planning.scheduler_config import SchedulerConfig
-from pipeline.stages.chunk_tokenize import ChunkTokenizeSettings, ChunkTokenizeStage
-from pipeline.stages.chunking import ChunkSettings
-from pipeline.stages.encode import EncodeSettings, EncodeStage
+from pipeline.stages.chunk_tokenize import ChunkTokenizeStage
+from pipeline.stages.encode import EncodeStage
 from pipeline.stages.model import KNOWN_SHAPES, ModelInfo, ModelSource
 from pipeline.stages.spec import Resources, StageSpec
-from pipeline.stages.tokenize import TokenizeSettings, TokenizeStage
+from pipeline.stages.tokenize import TokenizeStage
 
 logger = logging.getLogger(__name__)
 
@@ -121,29 +120,19 @@ class ResourcePlan:
             return self.gpu_actors / max(1, self.actors_per_gpu)
         return float(self.gpu_actors)
 
-    def stage_specs(
-        self,
-        *,
-        model: ModelSource,
-        prefix: str,
-        output_dtype: str,
-        rows_per_block: int,
-        compile_model: bool,
-        attention: str = "auto",
-        shape_buckets: tuple[int, ...] | None = None,
-        device: str = "auto",
-        chunk: ChunkSettings | None = None,
-    ) -> tuple[StageSpec, StageSpec]:
-        """The tokenize and encode stages as the backend runs them: typed settings, resources, batch.
+    def stage_specs(self, model: ModelSource, job: JobConfig) -> tuple[StageSpec, StageSpec]:
+        """The tokenize and encode stages as the backend runs them: their settings (from the plan and
+        the job's groups: embedding, chunking, encoding, writing), resources and batch sizes.
 
-        Encode actors get the plan's dtype and the asked-for ``device`` (``auto`` resolves on the actor;
-        an actor the plan gave a GPU that sees no CUDA device fails). With ``chunk``, records are cut
+        Encode actors get the plan's dtype and the asked-for device (``auto`` resolves on the actor;
+        an actor the plan gave a GPU that sees no CUDA device fails). With chunking, records are cut
         into windows instead of truncated (one row per record still, its windows as lists)."""
+        chunk, encoding = job.chunking.settings(), job.encoding
         # Chunked runs: a Ray batch is records, each a list of windows; an eighth of the rows keeps a
         # batch of long documents (up to --max-chunks-per-record windows each) within host memory,
         # while the encoder still sees fixed-size micro-batches of windows.
         per_call = self.rows_per_encode_call if chunk is None else max(self.batch_size, self.rows_per_encode_call // 8)
-        tokenize_rows = min(rows_per_block, TOKENIZE_BATCH_ROWS if chunk is None else TOKENIZE_BATCH_ROWS // 8)
+        tokenize_rows = min(encoding.rows_per_block, TOKENIZE_BATCH_ROWS if chunk is None else TOKENIZE_BATCH_ROWS // 8)
         tokenizer = TokenizeStage if chunk is None else ChunkTokenizeStage
         # the pool starts at the size the encoders need (the plan sized it), not at one actor
         tokenize_resources = Resources.sized(
@@ -152,32 +141,30 @@ class ResourcePlan:
             gpu_share=0.0,
             actors=(self.tokenizer_actors, self.tokenizer_actors),
         )
-        threads = tokenize_resources.threads(tokenizer.needs)
+        cut = {"max_length": self.max_length} if chunk is None else {"chunk": chunk}
         tokenize = StageSpec(
             stage=tokenizer,
-            settings=(
-                TokenizeSettings(model=model, prefix=prefix, max_length=self.max_length, threads=threads)
-                if chunk is None
-                else ChunkTokenizeSettings(model=model, prefix=prefix, chunk=chunk, threads=threads)
-            ),
+            settings={
+                "model": model, "prefix": job.prefix_text, "threads": tokenize_resources.threads(tokenizer.needs), **cut
+            },
             resources=tokenize_resources,
             batch_size=tokenize_rows,
-        )
+        )  # fmt: skip
         encode = StageSpec(
             stage=EncodeStage,
-            settings=EncodeSettings(
-                model=model,
-                batch_size=self.batch_size,
-                dtype=self.dtype,
-                device=device,
-                output_dtype=output_dtype,
-                torch_threads=self.torch_threads,
-                expect_gpu=self.device == "cuda",
-                memory_fraction=round(1.0 / self.actors_per_gpu, 4) if self.actors_per_gpu > 1 else None,
-                compile_model=compile_model,
-                attention=attention,
-                shape_buckets=shape_buckets,
-            ),
+            settings={
+                "model": model,
+                "batch_size": self.batch_size,
+                "dtype": self.dtype,
+                "device": encoding.device,
+                "output_dtype": job.output_dtype,
+                "torch_threads": self.torch_threads,
+                "expect_gpu": self.device == "cuda",
+                "memory_fraction": round(1.0 / self.actors_per_gpu, 4) if self.actors_per_gpu > 1 else None,
+                "compile_model": encoding.compile,
+                "attention": encoding.attention,
+                "shape_buckets": encoding.shape_buckets,
+            },
             resources=Resources.sized(
                 EncodeStage.needs,
                 num_cpus=self.encode_num_cpus,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,13 +20,12 @@ from pipeline.errors import UsageError
 from pipeline.io import schemas
 from pipeline.stages.chunking import MIN_TEXT_TOKENS, ChunkSettings, windows
 from pipeline.stages.model import ModelSource
-from pipeline.stages.spec import Needs
+from pipeline.stages.spec import TOKENIZE, Needs
 from pipeline.stages.tokenize import CHARS_PER_TOKEN_CUTOFF, cut_at_whitespace, cut_characters, limit_threads
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, kw_only=True)
 class ChunkTokenizeSettings:
     """The ChunkTokenizeStage's constructor arguments, as the plan fixes them."""
 
@@ -40,6 +38,7 @@ class ChunkTokenizeSettings:
 class ChunkTokenizeStage:
     """A callable class over RECORDS tables (one tokenizer per instance): CHUNK_TOKENIZED out."""
 
+    role = TOKENIZE
     needs = Needs(threads_from_cpus=True)  # the Rust tokenizer's pool: the actor's CPUs
 
     def __init__(self, *, model: ModelSource, prefix: str, chunk: ChunkSettings, threads: int | None = None):

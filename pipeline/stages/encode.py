@@ -24,7 +24,7 @@ from pipeline.stages.e5 import ATTENTION_MODES
 from pipeline.stages.encoder_clock import EncoderClock
 from pipeline.stages.model import ModelSource, resolve_device, resolve_dtype
 from pipeline.stages.packed import PackedEncoder, resolve_attention
-from pipeline.stages.spec import Needs
+from pipeline.stages.spec import ENCODE, Needs
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ ALLOC_FAILURES = (
 )
 
 
-@dataclass(frozen=True, kw_only=True)
 class EncodeSettings:
     """The EncodeStage's constructor arguments, as the plan fixes them."""
 
@@ -65,6 +64,7 @@ class EncodeStage:
     # a GPU (or a share of one) per actor where the cluster has them; the caching allocator set for
     # ragged batches (fewer fragmentation OOMs) in the actor's process before its first CUDA call.
     # In-process use on a GPU (Embedder, the GPU scripts): the process's owner sets CUDA_PROCESS_ENV.
+    role = ENCODE
     needs = Needs(accelerator=True, gpu_process_env=CUDA_PROCESS_ENV)
 
     def __init__(

@@ -1,9 +1,11 @@
 """What a stage declares, and the typed spec the plan makes of it for a backend to run.
 
 A stage is a plain class over Arrow tables: ``Stage(**settings)(table) -> table``. It knows
-nothing of Ray. The plan pairs it with typed settings, resources and a batch size in a
-``StageSpec``; the backend adapter (``pipeline.backend.dataset``) is the only code that turns a
-spec into a Ray Data ``map_batches`` call. Settings are checked against the stage's constructor
+nothing of Ray. It declares its ``role`` (what telemetry, progress and the timeline call it: a
+class rename changes nothing there) and its ``needs``; its settings are its constructor's keyword
+arguments, declared there once. The plan pairs it with those settings, resources and a batch size
+in a ``StageSpec``; the backend adapter (``pipeline.backend.dataset``) is the only code that turns
+a spec into a Ray Data ``map_batches`` call. Settings are checked against the stage's constructor
 when the spec is made, so a renamed parameter fails at plan time on the driver, not when an
 actor starts.
 """
@@ -12,8 +14,14 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+
+# The roles a stage plays (``Stage.role``): telemetry's, progress's and the timeline's names for it.
+TOKENIZE = "tokenize"  # records in, token ids out (truncated or cut into windows)
+ENCODE = "encode"  # token ids in, embeddings out: the accelerator's stage
+ROLES = (TOKENIZE, ENCODE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,16 +70,19 @@ class Resources:
 class StageSpec:
     """One stage as the backend runs it."""
 
-    stage: type  # the stage class: ``stage(**kwargs())`` once per actor, then called on each batch
-    settings: Any  # a frozen dataclass whose fields are the stage's constructor arguments
+    stage: type  # the stage class: ``stage(**settings)`` once per actor, then called on each batch
+    settings: Mapping[str, Any]  # the stage's constructor arguments (checked against it here)
     resources: Resources
     batch_size: int  # rows per call
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "settings", dict(self.settings))  # the spec's own copy
+        if getattr(self.stage, "role", None) not in ROLES:
+            raise TypeError(f"{self.stage.__name__}.role must be one of {', '.join(ROLES)}")
         try:
-            inspect.signature(self.stage).bind(**self.kwargs())
+            inspect.signature(self.stage).bind(**self.settings)
         except TypeError as e:
-            raise TypeError(f"{type(self.settings).__name__} does not fit {self.stage.__name__}: {e}") from e
+            raise TypeError(f"the settings do not fit {self.stage.__name__}: {e}") from e
         if self.batch_size < 1:
             raise ValueError(f"{self.stage.__name__}: batch_size must be >= 1, got {self.batch_size}")
 
@@ -79,5 +90,9 @@ class StageSpec:
     def name(self) -> str:
         return self.stage.__name__
 
+    @property
+    def role(self) -> str:
+        return self.stage.role
+
     def kwargs(self) -> dict[str, Any]:
-        return {f.name: getattr(self.settings, f.name) for f in fields(self.settings)}
+        return dict(self.settings)

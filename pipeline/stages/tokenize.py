@@ -10,7 +10,6 @@ import copy
 import itertools
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,7 @@ import pyarrow.compute as pc
 
 from pipeline.io import schemas
 from pipeline.stages.model import ModelSource
-from pipeline.stages.spec import Needs
+from pipeline.stages.spec import TOKENIZE, Needs
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +28,6 @@ logger = logging.getLogger(__name__)
 CHARS_PER_TOKEN_CUTOFF = 24
 
 
-@dataclass(frozen=True, kw_only=True)
 class TokenizeSettings:
     """The TokenizeStage's constructor arguments, as the plan fixes them."""
 
@@ -42,6 +40,7 @@ class TokenizeSettings:
 class TokenizeStage:
     """A callable class over RECORDS tables (one tokenizer per instance): TOKENIZED out."""
 
+    role = TOKENIZE
     needs = Needs(threads_from_cpus=True)  # the Rust tokenizer's pool: the actor's CPUs
 
     def __init__(self, *, model: ModelSource, prefix: str, max_length: int, threads: int | None = None):

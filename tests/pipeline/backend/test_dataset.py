@@ -1,7 +1,6 @@
 """The Ray session's environment for a cluster the job starts itself."""
 
 import os
-from dataclasses import dataclass
 
 import pytest
 
@@ -78,22 +77,12 @@ def test_gpu_actors_are_started_with_the_encode_stages_process_env_and_the_jobs_
         spec = StageSpec(stage=stage, settings=settings, resources=Resources(num_gpus=gpus), batch_size=8)
         return apply_stage(Recorder(), spec).kwargs.get("runtime_env")
 
-    @dataclass(frozen=True)
-    class Encode:
-        model: ModelSource
-        batch_size: int
-
-    @dataclass(frozen=True)
-    class Tokenize:
-        model: ModelSource
-        prefix: str
-        max_length: int
-
-    encode = Encode(ModelSource(name_or_path="m"), 8)
+    encode = {"model": ModelSource(name_or_path="m"), "batch_size": 8}
+    tokenize = {"model": ModelSource(name_or_path="m"), "prefix": "passage: ", "max_length": 512}
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     assert remote_env(EncodeStage, encode, 0.5) == {"env_vars": {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}}
     assert remote_env(EncodeStage, encode, 0) is None  # a CPU encode actor: no CUDA, no extra env
-    assert remote_env(TokenizeStage, Tokenize(ModelSource(name_or_path="m"), "passage: ", 512), 0) is None
+    assert remote_env(TokenizeStage, tokenize, 0) is None
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "backend:cudaMallocAsync")  # the job's own choice
     assert remote_env(EncodeStage, encode, 0.5) is None
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import JobConfig
 from pipeline.errors import UsageError
 from pipeline.planning.plan import GB, ClusterSpec, PlanRequest, estimate_peak_gpu_memory_gb, make_plan
 from pipeline.planning.scheduler_config import Profile, SchedulerConfig, load_scheduler_config
@@ -145,13 +146,9 @@ def test_encode_actors_run_torch_on_the_cpus_they_reserve(scheduler):
     gpu = plan_for(scheduler, gpus=8, accelerator="H100")
     assert (gpu.encode_num_cpus, gpu.torch_threads) == (1.0, 1)
     assert (
-        gpu.stage_specs(
-            model=ModelSource(name_or_path="m"),
-            prefix="",
-            output_dtype="float32",
-            rows_per_block=64,
-            compile_model=False,
-        )[1].settings.torch_threads
+        gpu.stage_specs(ModelSource(name_or_path="m"), JobConfig(inputs=("in",), output="out"))[1].settings[
+            "torch_threads"
+        ]
         == 1
     )
     assert plan_for(scheduler, gpus=8, accelerator="H100", encode_threads=3).torch_threads == 3

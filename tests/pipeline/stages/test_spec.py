@@ -1,15 +1,16 @@
 """Stage specs are checked against the stage's constructor when the plan makes them."""
 
-from dataclasses import dataclass
-
 import pytest
 
-from pipeline.stages.spec import Resources, StageSpec
+from pipeline.config import JobConfig
+from pipeline.stages.spec import ENCODE, Resources, StageSpec
 
 pytestmark = pytest.mark.unit
 
 
 class Upper:
+    role = ENCODE
+
     def __init__(self, *, column: str, factor: int = 1):
         self.column, self.factor = column, factor
 
@@ -17,22 +18,19 @@ class Upper:
         return table
 
 
-@dataclass(frozen=True, kw_only=True)
-class UpperSettings:
-    column: str
-    factor: int = 2
-
-
-@dataclass(frozen=True, kw_only=True)
-class RenamedSettings:  # 'column' renamed on one side only
-    col: str
+class Nameless(Upper):
+    role = None  # plays no role telemetry knows
 
 
 def test_a_spec_binds_its_settings_to_the_stage_at_plan_time():
-    spec = StageSpec(stage=Upper, settings=UpperSettings(column="text"), resources=Resources(), batch_size=8)
-    assert spec.kwargs() == {"column": "text", "factor": 2} and spec.name == "Upper"
-    with pytest.raises(TypeError, match="RenamedSettings does not fit Upper"):
-        StageSpec(stage=Upper, settings=RenamedSettings(col="text"), resources=Resources(), batch_size=8)
+    settings = {"column": "text", "factor": 2}
+    spec = StageSpec(stage=Upper, settings=settings, resources=Resources(), batch_size=8)
+    settings["factor"] = 3  # the spec holds its own copy
+    assert spec.kwargs() == {"column": "text", "factor": 2} and spec.name == "Upper" and spec.role == ENCODE
+    with pytest.raises(TypeError, match="the settings do not fit Upper"):  # 'column' renamed on one side only
+        StageSpec(stage=Upper, settings={"col": "text"}, resources=Resources(), batch_size=8)
+    with pytest.raises(TypeError, match="Nameless.role must be one of tokenize, encode"):
+        StageSpec(stage=Nameless, settings={"column": "text"}, resources=Resources(), batch_size=8)
     with pytest.raises(ValueError):
         Resources(min_actors=3, max_actors=2)
 
@@ -44,9 +42,7 @@ def test_the_plan_makes_specs_its_stages_accept(minilm_path):
 
     source = ModelSource(name_or_path=minilm_path)
     plan = make_plan(ClusterSpec(gpus=0, cpus=4), source.info(), PlanRequest(), load_scheduler_config())
-    tokenize, encode = plan.stage_specs(
-        model=source, prefix="passage: ", output_dtype="float32", rows_per_block=4096, compile_model=False
-    )
+    tokenize, encode = plan.stage_specs(source, JobConfig(inputs=("in",), output="out"))
     assert tokenize.batch_size == 1024 and encode.batch_size == plan.rows_per_encode_call
     assert encode.kwargs()["dtype"] == plan.dtype == "float32" and encode.resources.num_gpus == 0
 
@@ -61,9 +57,7 @@ def test_chunked_runs_get_the_chunk_tokenizer_and_smaller_ray_batches(minilm_pat
     source = ModelSource(name_or_path=minilm_path)
     plan = make_plan(ClusterSpec(gpus=0, cpus=4), source.info(), PlanRequest(), load_scheduler_config())
     chunk = ChunkSettings(tokens=256)
-    tokenize, encode = plan.stage_specs(
-        model=source, prefix="passage: ", output_dtype="float32", rows_per_block=4096, compile_model=False, chunk=chunk
-    )
+    tokenize, encode = plan.stage_specs(source, JobConfig(inputs=("in",), output="out", chunk_tokens=256))
     assert tokenize.stage is ChunkTokenizeStage and tokenize.kwargs()["chunk"] == chunk
     assert tokenize.batch_size == 128  # records, each a list of windows
     assert plan.batch_size <= encode.batch_size == max(plan.batch_size, plan.rows_per_encode_call // 8)
