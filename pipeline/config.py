@@ -20,6 +20,7 @@ from pipeline import settings
 from pipeline.errors import UsageError
 from pipeline.io import schemas, text_hash
 from pipeline.io.formats import INPUT_FORMATS
+from pipeline.io.layout import Layout
 from pipeline.io.records import FieldSpec
 from pipeline.io.storage import normalize_uri, register_secrets, safe_uri, secrets_registered, uri_credentials
 from pipeline.settings import (
@@ -659,6 +660,11 @@ class JobConfig(_Composed):
     def prefix_text(self) -> str:
         return PREFIXES[self.prefix]
 
+    @property
+    def layout(self) -> Layout:
+        """One row per record (truncated) or per window (--chunk-tokens), chosen here once."""
+        return Layout.of_chunk_tokens(self.chunk_tokens)
+
     def output_settings(self) -> "OutputSettings":
         """The ledger's group: what the output's files are made with, and how an existing output is treated."""
         return OutputSettings(
@@ -717,7 +723,7 @@ def field_spec(values: Any, *, prefix: str = "") -> FieldSpec:
         text_field=values.text_field,
         id_field=values.id_field,
         title_field=values.title_field,
-        title_apart=values.chunk_tokens is not None,  # windows: every window gets the title
+        title_apart=Layout.of_chunk_tokens(values.chunk_tokens).title_apart,  # every window gets the title
         prefix=prefix,
     )
 

@@ -29,7 +29,7 @@ from pipeline.backend.status import BUDGET_CHECK_S, RunMonitor, count_records
 from pipeline.backend.timeline import Phases
 from pipeline.config import JobConfig, field_spec
 from pipeline.errors import JobError, UsageError, is_refused
-from pipeline.io import coverage, schemas
+from pipeline.io import coverage
 from pipeline.io.counters import Counters
 from pipeline.io.listing import Listing, list_inputs, warn_unversioned
 from pipeline.io.storage import Storage, scrub
@@ -159,7 +159,7 @@ def _run_leased(ctx: RunContext) -> RunSummary:
         totals = output.tidy(run)
         with phases("duplicate_ids"):  # inside the session: its cluster path needs Ray
             duplicates = report_duplicate_ids(
-                output.state.storage, totals, duplicate_ids_on_cluster, chunked=config.chunk_tokens is not None
+                output.state.storage, totals, duplicate_ids_on_cluster, layout=config.layout
             )
     proven = output.prove(
         run, written, totals, duplicates, allow_remainders=config.skip_corrupt_remainders,
@@ -182,7 +182,6 @@ def _carry_over(ctx: RunContext, work: Work) -> tuple[int, Work]:
         pool += reuse_from_pool(config.reuse_from, config.output, config.storage_options, output.metadata, VECTOR_KEYS)
     if not pool or not work.shards:
         return 0, work
-    dim, dtype = ctx.info.hidden_size, config.output_dtype
     try:
         written = carry_over_pass(
             pool=pool,
@@ -190,9 +189,8 @@ def _carry_over(ctx: RunContext, work: Work) -> tuple[int, Work]:
             # metrics only (no progress actor): e5_embed_records{outcome="reused"}
             sink=_sink(ctx, work, Telemetry(run_id=lease.run_id), outcome="reused"),
             storage_options=config.storage_options,
-            embedding_type=schemas.embedding_type(dim, dtype),
             expected={k: output.metadata.get(k) for k in VECTOR_KEYS},
-            chunked_schema=schemas.chunk_embedded_schema(dim, dtype) if config.chunk_tokens is not None else None,
+            layout=config.layout,
         )
     except Exception as e:
         if isinstance(e, LeaseLost) or lease.lost:

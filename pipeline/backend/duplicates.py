@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from pipeline.io.layout import TRUNCATE, Layout
 from pipeline.io.storage import Storage
 from pipeline.ledger.duplicates import EXAMPLES, DuplicateReport
 
@@ -13,9 +14,10 @@ MAX_PARTITIONS = 200
 
 
 def duplicate_ids_on_cluster(
-    storage: Storage, files: Sequence[str], chunked: bool = False, rows: int | None = None
+    storage: Storage, files: Sequence[str], layout: Layout = TRUNCATE, rows: int | None = None
 ) -> DuplicateReport:
-    """In chunked outputs only each record's first window (``chunk == 0``) counts. The hash
+    """Only the row that stands for a record counts (``layout.first_row``: in windowed outputs its
+    first window). The hash
     aggregation has one partition per ``IDS_PER_PARTITION`` of the output's ``rows`` (a small output
     does not start Ray Data's default 200 aggregators)."""
     import ray
@@ -23,8 +25,9 @@ def duplicate_ids_on_cluster(
 
     # the projection is pushed down into the read (Ray Data's optimizer): no vector is read
     ids = ray.data.read_parquet(list(files), filesystem=storage.arrow_filesystem())
-    if chunked:
-        ids = ids.select_columns(["id", "chunk"]).filter(expr=col("chunk") == 0)
+    if layout.first_row is not None:
+        column, value = layout.first_row
+        ids = ids.select_columns(["id", column]).filter(expr=col(column) == value)
     ids = ids.select_columns(["id"])
     partitions = None if rows is None else max(1, min(MAX_PARTITIONS, math.ceil(rows / IDS_PER_PARTITION)))
     counts = ids.groupby("id", num_partitions=partitions).count()

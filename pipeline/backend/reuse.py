@@ -33,6 +33,7 @@ from pipeline.backend.datasink import EmbeddingDatasink
 from pipeline.backend.datasource import ShardDatasource
 from pipeline.errors import JobError
 from pipeline.io import coverage, schemas
+from pipeline.io.layout import TRUNCATE, Layout
 from pipeline.io.storage import Storage, safe_uri
 from pipeline.ledger.identity import identity
 from pipeline.ledger.reuse import PoolFile
@@ -64,13 +65,13 @@ def _pool_rows(
     storage_options: Mapping[str, Any],
     files: Sequence[PoolFile],
     embedding_type: pa.DataType,
-    chunked: bool,
+    layout: Layout,
     expected: Mapping[str, Any],
 ) -> pa.Table:
     """One read task: the pool rows of ``files``, one per text_hash (per text_hash and window in
     chunked outputs: a record's windows follow from its text and the chunk settings). Each file's
     footer is checked against ``expected`` (the run's vector identity) as it is read."""
-    schema = _pool_schema(embedding_type, chunked)
+    schema = _pool_schema(embedding_type, layout)
     tables = []
     for pool_file in files:
         storage = Storage(pool_file.uri, storage_options)
@@ -80,16 +81,16 @@ def _pool_rows(
         if pool_file.sources is not None:
             table = table.filter(pc.is_in(table["source"], pa.array(pool_file.sources, pa.string())))
         table = table.select([n for n in schema.names if n != "windows"])
-        if chunked:  # how many windows the record has: a regrouped record must have them all
+        if layout.windowed:  # how many windows the record has: a regrouped record must have them all
             counts = table.group_by("text_hash").aggregate([("chunk", "max")])
             windows = pc.add(counts["chunk_max"], 1).cast(pa.int32())
             table = table.append_column("windows", windows.take(pc.index_in(table["text_hash"], counts["text_hash"])))
         tables.append(table.select(schema.names).cast(schema))
     table = pa.concat_tables(tables) if tables else schema.empty_table()
-    return table.take(pa.array(_first_of_each(table, chunked), pa.int64()))
+    return table.take(pa.array(_first_of_each(table, layout), pa.int64()))
 
 
-def _first_of_each(table: pa.Table, chunked: bool) -> np.ndarray:
+def _first_of_each(table: pa.Table, layout: Layout) -> np.ndarray:
     """Indices of the first row of each distinct text_hash (and chunk)."""
     if table.num_rows == 0:
         return np.zeros(0, dtype=np.int64)
@@ -97,14 +98,14 @@ def _first_of_each(table: pa.Table, chunked: bool) -> np.ndarray:
     width = array.type.byte_width
     raw = np.frombuffer(array.buffers()[1], dtype=np.uint8)[array.offset * width : (array.offset + len(array)) * width]
     keys = raw.reshape(-1, width)
-    if chunked:
+    if layout.windowed:
         chunk = table["chunk"].to_numpy().astype("<i4").view(np.uint8).reshape(-1, 4)
         keys = np.concatenate([keys, chunk], axis=1)
     _, first = np.unique(np.ascontiguousarray(keys).view(f"V{keys.shape[1]}").ravel(), return_index=True)
     return np.sort(first)
 
 
-def _pool_schema(embedding_type: pa.DataType, chunked: bool = False) -> pa.Schema:
+def _pool_schema(embedding_type: pa.DataType, layout: Layout) -> pa.Schema:
     from pipeline.io.text_hash import TEXT_HASH_TYPE
 
     fields = [
@@ -113,7 +114,7 @@ def _pool_schema(embedding_type: pa.DataType, chunked: bool = False) -> pa.Schem
         pa.field("n_tokens", pa.int32()),
         pa.field("truncated", pa.bool_()),
     ]
-    if chunked:
+    if layout.windowed:
         fields += [
             pa.field("chunk", pa.int32()),
             pa.field("char_start", pa.int64()),
@@ -130,7 +131,7 @@ class PoolDatasource(Datasource):
     files: Sequence[PoolFile]
     storage_options: Mapping[str, Any]
     embedding_type: pa.DataType
-    chunked: bool = False  # the pool files hold one row per window (--chunk-tokens)
+    layout: Layout = TRUNCATE  # the pool files' rows: one per record, or per window (--chunk-tokens)
     expected: Mapping[str, Any] = field(default_factory=dict)  # the vector identity every file must carry
 
     def estimate_inmemory_data_size(self) -> int | None:
@@ -143,7 +144,7 @@ class PoolDatasource(Datasource):
         tasks = []
         for start in range(0, len(self.files), FILES_PER_POOL_TASK):
             group = tuple(self.files[start : start + FILES_PER_POOL_TASK])
-            args = (dict(self.storage_options), group, self.embedding_type, self.chunked, dict(self.expected))
+            args = (dict(self.storage_options), group, self.embedding_type, self.layout, dict(self.expected))
             meta = BlockMetadata(
                 num_rows=None, size_bytes=None, exec_stats=None, input_files=tuple(f.path for f in group)
             )
@@ -151,7 +152,7 @@ class PoolDatasource(Datasource):
                 ReadTask(
                     lambda a=args: [_pool_rows(*a)],
                     meta,
-                    schema=_pool_schema(self.embedding_type, self.chunked),
+                    schema=_pool_schema(self.embedding_type, self.layout),
                     per_task_row_limit=per_task_row_limit,
                 )
             )
@@ -230,7 +231,7 @@ def carry_over(
     vectors = ray.data.read_datasource(pool)
     partitions = max(1, min(200, math.ceil(pool_rows / ROWS_PER_JOIN_PARTITION)))
     joined = keys.join(vectors, join_type="inner", num_partitions=partitions, on=("text_hash",))
-    if pool.chunked:
+    if pool.layout.windowed:
         joined = joined.map_batches(
             _windows_as_records, fn_kwargs={"schema": record_schema}, batch_format="pyarrow", batch_size=None
         )
@@ -246,19 +247,19 @@ def carry_over_pass(
     records: ShardDatasource,
     sink: EmbeddingDatasink,
     storage_options: Mapping[str, Any],
-    embedding_type: pa.DataType,
     expected: Mapping[str, Any],
-    chunked_schema: pa.Schema | None,
+    layout: Layout,
 ) -> int:
-    """Write the records that match a pool row by ``text_hash`` with that row's vector; the rows
-    written. (``chunked_schema``: a chunked output's record schema; None when truncating.)"""
+    """Write the records that match a pool row by ``text_hash`` with that row's vector (in the
+    sink's embedding shape, in ``layout``'s rows); the rows written."""
     vectors = PoolDatasource(
         files=list(pool),
         storage_options=dict(storage_options),
-        embedding_type=embedding_type,
-        chunked=chunked_schema is not None,
+        embedding_type=schemas.embedding_type(sink.dim, sink.output_dtype),
+        layout=layout,
         expected=dict(expected),
     )
+    record_schema = layout.embedded_schema(sink.dim, sink.output_dtype) if layout.windowed else None
     return carry_over(
-        records=records, pool=vectors, pool_rows=sum(f.rows for f in pool), sink=sink, record_schema=chunked_schema
+        records=records, pool=vectors, pool_rows=sum(f.rows for f in pool), sink=sink, record_schema=record_schema
     )

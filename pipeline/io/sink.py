@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import JobError
 from pipeline.io import coverage, schemas
 from pipeline.io.counters import Counters
+from pipeline.io.layout import Layout
 from pipeline.io.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -112,20 +113,18 @@ def write_rows(
     # Sorted by input position, so each file covers few, contiguous row ranges.
     table = table.sort_by([("source", "ascending"), ("row", "ascending")])
     is_reject = pc.is_valid(table["reject_reason"])
-    chunked = "char_start" in table.column_names
-    if chunked:  # one row per window; a file's cut falls between records, never inside one
-        schema = schemas.chunk_output_schema(dim, output_dtype)
-        good = table.filter(pc.invert(is_reject))
-    else:
-        schema = schemas.output_schema(dim, output_dtype)
-        good = table.filter(pc.invert(is_reject)).select(schema.names).cast(schema)
+    layout = Layout.of_rows(table.column_names)
+    schema = layout.output_schema(dim, output_dtype)
+    good = table.filter(pc.invert(is_reject))
+    if not layout.windowed:  # windowed rows become the file's rows per window below, cut between records
+        good = good.select(schema.names).cast(schema)
     bad = table.filter(is_reject)
     rejects = pa.Table.from_arrays([bad["source"], bad["row"], bad["id"], bad["reject_reason"]], schema=schemas.REJECTS)
     written = Counters()
     for folder, rows in (("", good), (REJECTS_DIR, rejects)):
         for start in range(0, rows.num_rows, rows_per_file):
             part = rows.slice(start, rows_per_file)
-            if chunked and not folder:
+            if layout.windowed and not folder:
                 part = explode_windows(part, schema)
             counters = Counters.of_table(part)
             stats = counters.footer() | ({"carried": counters.rows_written} if carried and not folder else {})

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow.dataset as pads
 
+from pipeline.io.layout import TRUNCATE, Layout
 from pipeline.io.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -37,26 +38,26 @@ def find_duplicate_ids(
     storage: Storage,
     files: Sequence[str],
     total_rows: int,
-    on_cluster: Callable[[Storage, Sequence[str], bool, int], DuplicateReport] | None = None,
+    on_cluster: Callable[[Storage, Sequence[str], Layout, int], DuplicateReport] | None = None,
     *,
-    chunked: bool = False,
+    layout: Layout = TRUNCATE,
 ) -> DuplicateReport:
     """Count ids that occur more than once; above DRIVER_CHECK_MAX_ROWS with ``on_cluster``
     (the backend's aggregation, ``pipeline.backend.duplicates``). In ``chunked`` outputs a
-    record's windows share its id: only first windows (``chunk == 0``) are counted."""
+    record's windows share its id: only the row that stands for a record (``layout.first_row``) counts."""
     if not files:
         return DuplicateReport(0)
     if total_rows <= DRIVER_CHECK_MAX_ROWS or on_cluster is None:
-        return on_driver(storage, files, chunked)
-    return on_cluster(storage, files, chunked, total_rows)
+        return on_driver(storage, files, layout)
+    return on_cluster(storage, files, layout, total_rows)
 
 
-def on_driver(storage: Storage, files: Sequence[str], chunked: bool) -> DuplicateReport:
+def on_driver(storage: Storage, files: Sequence[str], layout: Layout) -> DuplicateReport:
     """The check in this process: 8 bytes kept per id, files read one at a time."""
     import pandas as pd
 
     dataset = pads.dataset(list(files), filesystem=storage.arrow_filesystem(), format="parquet")
-    where = pads.field("chunk") == 0 if chunked else None
+    where = None if layout.first_row is None else pads.field(layout.first_row[0]) == layout.first_row[1]
     # one file at a time, 8 bytes per id kept: memory grows by the hashes only (16 MB per 2M ids)
     scan = dict(columns=["id"], filter=where, batch_size=1 << 16, batch_readahead=0, fragment_readahead=1)
     hashes = [
@@ -84,15 +85,15 @@ def on_driver(storage: Storage, files: Sequence[str], chunked: bool) -> Duplicat
 def report_duplicate_ids(
     storage: Storage,
     totals: Any,
-    on_cluster: Callable[[Storage, Sequence[str], bool, int], DuplicateReport] | None,
+    on_cluster: Callable[[Storage, Sequence[str], Layout, int], DuplicateReport] | None,
     *,
-    chunked: bool,
+    layout: Layout,
 ) -> DuplicateReport:
     """``find_duplicate_ids`` over the output's data files (``totals``), said in the log when any."""
     from pipeline.io.storage import escape_controls
 
     duplicates = find_duplicate_ids(
-        storage, totals.data_paths, totals.counters.rows_written, on_cluster=on_cluster, chunked=chunked
+        storage, totals.data_paths, totals.counters.rows_written, on_cluster=on_cluster, layout=layout
     )
     if duplicates.duplicate_ids:
         logger.warning(

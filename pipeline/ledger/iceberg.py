@@ -28,14 +28,10 @@ class IcebergPublisher:
     @classmethod
     def for_job(cls, config: Any, info: Any) -> "IcebergPublisher | None":
         """The job's publisher (None without ``--iceberg-table``): the table holds the output's schema."""
-        from pipeline.io import schemas
-
         settings = config.table_settings()
         if settings is None:
             return None
-        dim, dtype = info.hidden_size, config.output_dtype
-        chunked = config.chunk_tokens is not None
-        return cls(settings, schemas.chunk_output_schema(dim, dtype) if chunked else schemas.output_schema(dim, dtype))
+        return cls(settings, config.layout.output_schema(info.hidden_size, config.output_dtype))
 
     @property
     def catalog(self) -> str:

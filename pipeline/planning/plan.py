@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.config import JobConfig, PlanConfig
 from pipeline.errors import UsageError
+from pipeline.io.layout import CHUNK, TRUNCATE
 from pipeline.planning.scheduler_config import SchedulerConfig
 from pipeline.stages.chunk_tokenize import ChunkTokenizeStage
 from pipeline.stages.encode import EncodeStage
@@ -24,6 +25,9 @@ from pipeline.stages.spec import Resources, StageSpec
 from pipeline.stages.tokenize import TokenizeStage
 
 logger = logging.getLogger(__name__)
+
+# the tokenizer stage of each output layout: truncate each record, or cut it into windows
+TOKENIZERS = {TRUNCATE: TokenizeStage, CHUNK: ChunkTokenizeStage}
 
 GB = 1024**3
 CPU_BATCH_SIZE = 32
@@ -127,13 +131,14 @@ class ResourcePlan:
         Encode actors get the plan's dtype and the asked-for device (``auto`` resolves on the actor;
         an actor the plan gave a GPU that sees no CUDA device fails). With chunking, records are cut
         into windows instead of truncated (one row per record still, its windows as lists)."""
-        chunk, encoding = job.chunking.settings(), job.encoding
-        # Chunked runs: a Ray batch is records, each a list of windows; an eighth of the rows keeps a
-        # batch of long documents (up to --max-chunks-per-record windows each) within host memory,
-        # while the encoder still sees fixed-size micro-batches of windows.
-        per_call = self.rows_per_encode_call if chunk is None else max(self.batch_size, self.rows_per_encode_call // 8)
-        tokenize_rows = min(encoding.rows_per_block, TOKENIZE_BATCH_ROWS if chunk is None else TOKENIZE_BATCH_ROWS // 8)
-        tokenizer = TokenizeStage if chunk is None else ChunkTokenizeStage
+        layout, encoding = job.layout, job.encoding
+        # Windowed runs: a Ray batch is records, each a list of windows; a share of the rows keeps a
+        # batch of long documents within host memory, while the encoder still sees fixed-size
+        # micro-batches of windows.
+        share = layout.records_per_batch_share
+        per_call = max(self.batch_size, self.rows_per_encode_call // share) if share > 1 else self.rows_per_encode_call
+        tokenize_rows = min(encoding.rows_per_block, TOKENIZE_BATCH_ROWS // share)
+        tokenizer = TOKENIZERS[layout]
         # the pool starts at the size the encoders need (the plan sized it), not at one actor
         tokenize_resources = Resources.sized(
             tokenizer.needs,
@@ -141,7 +146,7 @@ class ResourcePlan:
             gpu_share=0.0,
             actors=(self.tokenizer_actors, self.tokenizer_actors),
         )
-        cut = {"max_length": self.max_length} if chunk is None else {"chunk": chunk}
+        cut = {"chunk": job.chunking.settings()} if layout.windowed else {"max_length": self.max_length}
         tokenize = StageSpec(
             stage=tokenizer,
             settings={

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import E5EmbedError, UsageError, step_failed
+from pipeline.io.layout import Layout
 from pipeline.io.storage import Storage
 from pipeline.ledger.manifest import Manifest, is_complete
 from pipeline.ledger.table import CATALOG_DB, CATALOG_DIR, EMBEDDED
@@ -125,9 +126,9 @@ def _verify(request: VerifyRequest, storage: Storage, on_cluster, started: float
             f"{request.output} is not complete (no _SUCCESS): finish it with `e5-embed run` on the same --input and "
             f"--output, then verify"
         )
-    chunked = manifest.metadata.get("chunking") is not None
+    layout = Layout.of_metadata(manifest.metadata)
     snapshot, table_files = _table_files(request, storage)
-    covered = coverage.check(storage, manifest, table_files=table_files, chunked=chunked)
+    covered = coverage.check(storage, manifest, table_files=table_files, layout=layout)
     held = sum(f.rows for f in covered.data_files)
     n = min(DEFAULT_SAMPLE, held) if request.sample is None else request.sample
     if n > held:
@@ -135,7 +136,7 @@ def _verify(request: VerifyRequest, storage: Storage, on_cluster, started: float
             f"--sample {request.sample} is more than the {held:,} rows the output holds: pass --sample {held}"
         )
     model_folder = _model_folder(request, manifest)
-    sampled = vectors.draw(storage, covered.data_files, n, request.seed, chunked)
+    sampled = vectors.draw(storage, covered.data_files, n, request.seed, layout)
     protocol = _protocol(manifest)
     if request.ray_address and sampled:
         if on_cluster is None:

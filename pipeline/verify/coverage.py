@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipeline.io import coverage, schemas
+from pipeline.io.layout import TRUNCATE, Layout
 from pipeline.io.shard import Shard
 from pipeline.io.sink import REJECTS_DIR
 from pipeline.io.storage import Storage
@@ -70,7 +71,7 @@ def recorded_shards(manifest: Manifest) -> tuple[list[Shard], dict[str, ShardRec
 
 
 def check(
-    storage: Storage, manifest: Manifest, *, table_files: set[str] | None = None, chunked: bool = False
+    storage: Storage, manifest: Manifest, *, table_files: set[str] | None = None, layout: Layout = TRUNCATE
 ) -> CoverageReport:
     """The proof again, from the columns; ``table_files``: a snapshot's data files (storage paths)."""
     report = CoverageReport()
@@ -87,13 +88,13 @@ def check(
         with storage.open(path) as f:
             parquet = pq.ParquetFile(f)
             meta = parquet.schema_arrow.metadata or {}
-            columns = ["source", "row"] + (["chunk"] if chunked and not is_rejects else [])
-            table = parquet.read(columns=columns)
-        stored_rows = table.num_rows  # every row the file holds (windows, in chunked outputs)
-        if chunked and not is_rejects:  # one row per window: a record is its first window
+            first = None if is_rejects else layout.first_row  # the row that stands for its record
+            table = parquet.read(columns=["source", "row"] + ([first[0]] if first else []))
+        stored_rows = table.num_rows  # every row the file holds (windows, in windowed outputs)
+        if first is not None:
             import pyarrow.compute as pc
 
-            table = table.filter(pc.equal(table["chunk"], 0))
+            table = table.filter(pc.equal(table[first[0]], first[1]))
         produced = json.loads(meta.get(schemas.METADATA_KEY) or b"{}")
         footer = coverage.decode(meta.get(schemas.COVERAGE_KEY))
         return path, is_rejects, produced, footer, coverage.ranges_of(table), table.num_rows, stored_rows

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io.formats import detect_format
+from pipeline.io.layout import Layout
 from pipeline.io.listing import current_fingerprint
 from pipeline.io.records import FieldSpec
 from pipeline.io.shard import Shard
@@ -76,12 +77,12 @@ class Sampled:
     window: tuple[int, int] | None  # chunked outputs: the window's characters
 
 
-def draw(storage: Storage, files: Sequence[DataFile], n: int, seed: int, chunked: bool) -> list[Sampled]:
+def draw(storage: Storage, files: Sequence[DataFile], n: int, seed: int, layout: Layout) -> list[Sampled]:
     """``n`` rows drawn uniformly without replacement over every data file's rows (seeded)."""
     total = sum(f.rows for f in files)
     picks = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False)) if n else np.array([], int)
     out, start = [], 0
-    columns = ["id", "source", "row", "embedding", "text_hash"] + (["char_start", "char_end"] if chunked else [])
+    columns = ["id", "source", "row", "embedding", "text_hash", *layout.span_columns]
     for f in files:
         mine = picks[(picks >= start) & (picks < start + f.rows)] - start
         start += f.rows
@@ -91,7 +92,7 @@ def draw(storage: Storage, files: Sequence[DataFile], n: int, seed: int, chunked
             table = pq.read_table(fh, columns=columns)
         rows = table.take(pa.array(mine)).to_pylist()
         for r in rows:
-            window = (r["char_start"], r["char_end"]) if chunked else None
+            window = tuple(r[c] for c in layout.span_columns) or None
             out.append(
                 Sampled(r["id"], r["source"], r["row"], np.asarray(r["embedding"], np.float32), r["text_hash"], window)
             )
@@ -117,12 +118,12 @@ def recompute(
 ) -> VectorReport:
     """Each sampled row's source read again and its vector recomputed by the card's algorithm."""
     meta = manifest.metadata
-    chunked = meta.get("chunking") is not None
+    layout = Layout.of_metadata(meta)
     compute = meta.get("compute_dtype") or "float32"
     report = VectorReport(sampled=len(sampled), threshold=threshold or THRESHOLDS.get(compute, 0.999))
     fields = FieldSpec(
         text_field=meta.get("text_field") or "text", id_field=meta.get("id_field") or "id",
-        title_field=meta.get("title_field"), title_apart=chunked, prefix=meta.get("prefix") or "",
+        title_field=meta.get("title_field"), title_apart=layout.title_apart, prefix=meta.get("prefix") or "",
     )  # fmt: skip
     by_source: dict[str, list[Sampled]] = {}
     for s in sampled:
@@ -148,7 +149,7 @@ def recompute(
         total = int(entries[source].get("rows") or 0)
         for record in ShardReader(storage, shard, fields, _all_but(sorted(wanted), total)):
             for s in wanted.get(record["row"], ()):
-                text = _model_input(record, s, fields.prefix, chunked, report)
+                text = _model_input(record, s, fields, report)
                 if text is not None:
                     texts.append(text)
                     stored.append(s.vector)
@@ -173,7 +174,7 @@ def recompute(
     return report
 
 
-def _model_input(record: Mapping[str, Any], s: Sampled, prefix: str, chunked: bool, report: VectorReport) -> str | None:
+def _model_input(record: Mapping[str, Any], s: Sampled, fields: FieldSpec, report: VectorReport) -> str | None:
     """What the model read for this stored row, from its record read again (None: a defect, said)."""
     where = f"{s.source} row {s.row} (id {s.id})"
     if record["reject_reason"] is not None:
@@ -182,11 +183,12 @@ def _model_input(record: Mapping[str, Any], s: Sampled, prefix: str, chunked: bo
     if record["id"] != s.id:
         report.defects.append(f"{where}: the stored id is not the record's ({record['id']!r})")
         return None
-    title = (record.get("title") or "") if chunked else None
+    prefix = fields.prefix
+    title = (record.get("title") or "") if fields.title_apart else None
     if s.text_hash is not None and text_hash(prefix, record["text"], title) != s.text_hash:
         report.defects.append(f"{where}: the stored text fingerprint is not the record's text's")
         return None
-    if not chunked:
+    if s.window is None:  # the whole record
         return prefix + record["text"]
     head = f"{prefix}{title} " if title else prefix  # a window: prefix + title + " " + its characters
     return head + record["text"][s.window[0] : s.window[1]]

@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.backend.reuse import _first_of_each, _one_row_each, _windows_as_records
 from pipeline.io import schemas
+from pipeline.io.layout import TRUNCATE
 
 pytestmark = pytest.mark.unit
 DIM = 4
@@ -51,4 +52,4 @@ def test_joined_rows_are_one_per_input_row_and_the_pool_one_per_text():
     )
     out = _one_row_each(block)
     assert out["row"].to_pylist() == [0, 1] and out["reject_reason"].null_count == 2
-    assert list(_first_of_each(block, chunked=False)) == [0, 2]
+    assert list(_first_of_each(block, TRUNCATE)) == [0, 2]

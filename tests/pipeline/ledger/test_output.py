@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.io import coverage, schemas
+from pipeline.io.layout import CHUNK
 from pipeline.io.sink import file_stats
 from pipeline.io.sink import put_file as _put_file
 from pipeline.io.storage import Storage
@@ -122,8 +123,8 @@ def test_duplicate_ids_in_chunked_files_count_records_not_windows(tmp_path):
     a = chunk_table("s", [0, 1])
     b = chunk_table("t", [0]).set_column(0, "id", pa.array(["s:1"] * 3))  # another record with id s:1
     paths = [put_file(storage, "", t, {}, file_stats(t)) for t in (a, b)]
-    assert find_duplicate_ids(storage, paths[:1], 2, chunked=True).duplicate_ids == 0
-    report = find_duplicate_ids(storage, paths, 3, chunked=True)
+    assert find_duplicate_ids(storage, paths[:1], 2, layout=CHUNK).duplicate_ids == 0
+    report = find_duplicate_ids(storage, paths, 3, layout=CHUNK)
     assert report.duplicate_ids == 1 and report.examples == ["s:1"]
 
 
@@ -174,7 +175,7 @@ def test_duplicate_ids_on_the_cluster_path(ray_cluster, tmp_path):
     chunked = [put_file(storage, "c", t, {}, file_stats(t)) for t in (chunk_table("s", [0, 1]), chunk_table("t", [5]))]
     chunked.append(put_file(storage, "c", chunk_table("u", [1]).set_column(0, "id", pa.array(["s:1"] * 3)), {}, {}))
     # one aggregation for both: windows sharing their record's id (s:0's) count once, a real repeat (s:1) is found
-    report = duplicate_ids_on_cluster(storage, chunked, True, 4)
+    report = duplicate_ids_on_cluster(storage, chunked, CHUNK, 4)
     assert report.duplicate_ids == 1 and report.examples == ["s:1"]
 
 
