@@ -230,7 +230,8 @@ class OutputState:
 
     def check_compute(self, work: Work, metadata: Mapping[str, Any]) -> None:
         """After the plan resolved the compute dtype: the output's vectors were all computed in it.
-        A GPU run (bf16) and a CPU run (float32) of one output would otherwise mix their vectors."""
+        A GPU run (bf16) and a CPU run (float32) of one output would otherwise mix their vectors.
+        A check only: the run records what it computes in (``OutputRun.fix_compute``)."""
         now = metadata.get("compute_dtype")
         for made, what in work.made_compute.items():
             if made == now:
@@ -246,7 +247,6 @@ class OutputState:
                 f"(on {metadata.get('device')}), and the two differ beyond rounding; run where it was made, "
                 f"pass --dtype {made}, or use --overwrite or another --output"
             )
-        work.manifest.metadata.update({k: metadata[k] for k in ("compute_dtype", "device") if k in metadata})
 
     def _files_moved(self, manifest: Manifest, files: Sequence[OutputFile]) -> bool:
         """A complete output whose files (``files``, the scan just made, and foreign ones) are not

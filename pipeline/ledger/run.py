@@ -100,8 +100,11 @@ class OutputRun:
     def fix_compute(self, compute_dtype: str, device: str) -> Mapping[str, Any]:
         """The vectors' identity, complete once the plan resolved the compute dtype: checked against
         what the output holds, recorded in the manifest; the one mapping every later write carries."""
-        self.metadata = MappingProxyType({**self.metadata, "compute_dtype": compute_dtype, "device": device})
+        fixed = {"compute_dtype": compute_dtype, "device": device}
+        self.metadata = MappingProxyType({**self.metadata, **fixed})
         self.state.check_compute(self._work, self.metadata)
+        manifest = self._work.manifest  # the record this run saves says what it computes in
+        manifest.metadata = {**manifest.metadata, **fixed}
         return self.metadata
 
     def new_record(self, started_at: str, phases: dict[str, float]) -> RunRecord:
