@@ -883,6 +883,7 @@ class OutputSettings:
             # every row's fingerprint of what the model read (its scheme depends on chunking)
             "text_hash": text_hash.scheme(self.chunking is not None),
             "producer": schemas.PRODUCER,
+            "format_version": schemas.FORMAT_VERSION,  # how a later build reads it: ledger.compatibility
         }
         if len(meta["inputs"]) > 1:  # one input: ids relative to it, as they always were
             # several inputs: relative to their common root, so two inputs' part-0 files cannot collide;

@@ -22,6 +22,9 @@ COVERAGE_KEY = b"e5_embed_coverage"
 STATS_KEY = b"e5_embed_stats"
 VERSIONS_KEY = b"e5_embed_versions"  # {source: the shard's size:version when its rows were read}
 PRODUCER = "e5-embed"  # every file this tool writes says so in its metadata; nothing else is touched
+# the output format's version, in every file's metadata and the manifest (how older outputs are
+# read: pipeline.ledger.compatibility)
+FORMAT_VERSION = 1
 
 _KEY_FIELDS = [
     pa.field("id", pa.string()),

@@ -27,6 +27,7 @@ from pipeline.io.counters import Counters
 from pipeline.io.shard import Shard
 from pipeline.io.sink import REJECTS_DIR
 from pipeline.io.storage import Storage
+from pipeline.ledger import compatibility
 from pipeline.ledger.completeness import Proof, fully_covered, prove
 from pipeline.ledger.files import OutputFile, OutputFiles, Totals
 from pipeline.ledger.identity import IDENTITY_KEYS, PRODUCER, identity, normalized_inputs, refuse_legacy_chunked
@@ -237,11 +238,7 @@ class OutputState:
             if made == now:
                 continue
             if made is None:
-                raise UsageError(
-                    f"{what} was made before the compute dtype was recorded (--dtype auto: bf16 on a GPU, "
-                    f"float32 on CPU), so its vectors cannot be shown to be {now} like this run's; "
-                    "use --overwrite or another --output"
-                )
+                compatibility.refuse_lacking({}, "compute_dtype", f"{what} was made")
             raise UsageError(
                 f"{what} holds vectors computed in {made}; this run would compute in {now} "
                 f"(on {metadata.get('device')}), and the two differ beyond rounding; run where it was made, "
@@ -337,20 +334,15 @@ class OutputState:
     def _check_identity(self, existing: Mapping[str, Any], metadata: Mapping[str, Any], what: str) -> None:
         """``what`` (the output, or one of its files) was made with ``existing`` settings: refuse others."""
         refuse_legacy_chunked(existing, what)
-        if existing.get("model_sha") is None and metadata.get("model_sha") is not None:
-            # made before model digests were recorded: any model of the same name would pass
-            raise UsageError(
-                f"{what} before this job recorded model digests, so the model that made it cannot be "
-                f"checked against {metadata.get('model_sha')}; use --overwrite or another --output"
-            )
+        if metadata.get("model_sha") is not None:  # lacking a digest, any model of the same name would pass
+            compatibility.refuse_lacking(existing, "model_sha", what)
         mismatched = [
             k
             for k in IDENTITY_KEYS
             if identity(existing, k) != identity(metadata, k)
             # "auto" resolves with the plan: checked then (check_compute)
             and not (k == "compute_dtype" and identity(metadata, k) is None)
-            # outputs made before input_format was recorded are resumed without it
-            and not (k == "input_format" and k not in existing)
+            and not compatibility.matches_any(existing, k)
         ]
         if mismatched:
             diffs = "; ".join(f"{k}: {existing.get(k)!r} -> {metadata.get(k)!r}" for k in mismatched)

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.errors import E5EmbedError, UsageError, step_failed
 from pipeline.io.storage import Storage, normalize_uri, safe_uri
+from pipeline.ledger import compatibility
 from pipeline.ledger.files import OutputFiles
 from pipeline.ledger.identity import identity, refuse_legacy_chunked
 from pipeline.ledger.manifest import Manifest
@@ -79,11 +80,7 @@ def reuse_from_pool(
 def _check_compatible(
     uri: str, where: str, made: Mapping[str, Any], metadata: Mapping[str, Any], vector_keys: Sequence[str]
 ) -> None:
-    if not made.get("text_hash"):
-        raise UsageError(
-            f"--reuse-from {safe_uri(uri)}: {where} was made before rows carried a text_hash, so its vectors "
-            "cannot be matched to texts; it cannot be a reuse source (embed it again, or leave it out)"
-        )
+    compatibility.refuse_lacking(made, "text_hash", f"--reuse-from {safe_uri(uri)}: {where} was made")
     refuse_legacy_chunked(made, f"--reuse-from {safe_uri(uri)}: {where} was made")
     differ = [k for k in vector_keys if identity(made, k) != identity(metadata, k)]
     if differ:
