@@ -15,17 +15,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline import __version__, flags
-from pipeline.config import (
-    ATTENTION_MODES,
-    DEVICES,
-    PREFIXES,
-    JobConfig,
-    field_spec,
-    parse_storage_options,
-    plan_config_from_args,
-)
+from pipeline.config import JobConfig, field_spec, parse_storage_options, plan_config_from_args
 from pipeline.errors import E5EmbedError, UsageError
 from pipeline.io.storage import ScrubFilter, scrub
+from pipeline.stages.e5 import ATTENTION_MODES, DEVICES, PREFIXES
 
 logger = logging.getLogger("pipeline")
 

@@ -14,8 +14,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.config import GROUPS, PlanOptions
 from pipeline.errors import UsageError
+from pipeline.options import GROUPS, PlanOptions
 from pipeline.settings import Flag, flags_of
 
 FLAGS: tuple[Flag, ...] = tuple(f for group in GROUPS.values() for f in flags_of(group)) + flags_of(PlanOptions)

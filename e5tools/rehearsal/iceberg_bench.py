@@ -22,11 +22,11 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import TableSettings
 from pipeline.io import schemas
 from pipeline.io.sink import put_file
 from pipeline.io.storage import Storage
 from pipeline.ledger.table import CATALOG_DIR, publish
+from pipeline.output_settings import TableSettings
 
 DIM = 768
 ROWS = 8

@@ -10,11 +10,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.config import TableSettings
 from pipeline.errors import UsageError
 from pipeline.io.storage import Storage
 from pipeline.ledger.manifest import Manifest
 from pipeline.ledger.table import EMBEDDED, Published, publish
+from pipeline.output_settings import TableSettings
 
 logger = logging.getLogger(__name__)
 

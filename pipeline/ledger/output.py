@@ -20,7 +20,6 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.config import OutputSettings
 from pipeline.errors import E5EmbedError, UsageError, step_failed
 from pipeline.io import coverage
 from pipeline.io.counters import Counters
@@ -37,6 +36,7 @@ from pipeline.ledger.manifest import Manifest, RunRecord, is_complete, remove_su
 from pipeline.ledger.shard_log import SHARDS_DIR, ShardRecord, read_records
 from pipeline.ledger.stop import clear_stop
 from pipeline.ledger.table import CATALOG_DB, CATALOG_DIR
+from pipeline.output_settings import OutputSettings
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from pipeline.config import OutputSettings
 from pipeline.errors import JobError, UsageError
 from pipeline.io.counters import Counters
 from pipeline.io.listing import Listing, unversioned
@@ -36,6 +35,7 @@ from pipeline.ledger.files import Totals
 from pipeline.ledger.manifest import RunRecord, mark_success, remove_success
 from pipeline.ledger.output import OutputState, Work
 from pipeline.ledger.publisher import PublishedLike, Publisher
+from pipeline.output_settings import OutputSettings
 
 logger = logging.getLogger(__name__)
 

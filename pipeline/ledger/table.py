@@ -42,10 +42,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.config import TableSettings
 from pipeline.errors import E5EmbedError, UsageError, step_failed
 from pipeline.io.storage import Storage, normalize_uri, scrub
 from pipeline.ledger.identity import VECTOR_KEYS, identity
+from pipeline.output_settings import TableSettings
 
 logger = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from e5tools.rehearsal.iceberg_bench import DIM, METADATA, data_file
-from pipeline.config import TableSettings
 from pipeline.errors import E5EmbedError, UsageError
 from pipeline.io import schemas
 from pipeline.io.storage import Storage
 from pipeline.ledger import table as tablemod
 from pipeline.ledger.lease import LeaseLost
 from pipeline.ledger.table import publish
+from pipeline.output_settings import TableSettings
 
 pytestmark = pytest.mark.unit
 
