@@ -24,7 +24,7 @@ from pipeline.errors import JobError, UsageError
 from pipeline.io.storage import ScrubFilter, Storage
 from pipeline.runner import run_job
 from tests.clirun import run_cli
-from tests.pipeline.test_fault_tolerance import output_ids, write_corpus
+from tests.local_jobs import job_config, output_ids, write_corpus
 from tests.rewrites import rewrite_keeping_size_and_mtime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,8 +43,7 @@ def cli(*args: str, **kw) -> subprocess.Popen:
     )
 
 
-def config(corpus, out, model, **kw) -> JobConfig:
-    return JobConfig(inputs=(str(corpus),), output=str(out), model=model, progress=False, **kw)
+config = job_config
 
 
 def assert_exactly(out: Path, ids: set[str]) -> None:

@@ -19,24 +19,10 @@ from pipeline.config import JobConfig
 from pipeline.errors import JobError
 from pipeline.runner import run_job
 from tests.faulty_proxy import FaultyProxy
+from tests.local_jobs import output_ids, write_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
-
-
-def write_corpus(folder: Path, shards: int = 4, per_shard: int = 60) -> set[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    ids = set()
-    for s in range(shards):
-        with open(folder / f"shard-{s}.jsonl", "w") as f:
-            for i in range(per_shard):
-                f.write(json.dumps({"id": f"d{s}-{i}", "text": f"passage {s} {i} " + "words " * (i % 40)}) + "\n")
-                ids.add(f"d{s}-{i}")
-    return ids
-
-
-def output_ids(out: Path) -> list[str]:
-    return pads.dataset(str(out), format="parquet").to_table(columns=["id"])["id"].to_pylist()
 
 
 def start_job(corpus: Path, out: Path, model: str) -> subprocess.Popen:

@@ -6,6 +6,7 @@ except where the CLI's exit code (or a fresh Hub client) is what is tested."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -17,11 +18,11 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import JobConfig
 from pipeline.errors import JobError, TransientError, UsageError
 from pipeline.io import schemas
 from pipeline.runner import run_job
 from tests.faulty_proxy import FaultyProxy
+from tests.local_jobs import job_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,8 +32,7 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def config(corpus, out, model: str, **kw) -> JobConfig:
-    return JobConfig(inputs=(str(corpus),), output=str(out), model=model, progress=False, rows_per_file=8, **kw)
+config = functools.partial(job_config, rows_per_file=8)
 
 
 def embeddings(out: Path, key=("id",)) -> dict:

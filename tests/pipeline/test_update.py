@@ -5,6 +5,7 @@ real weights, in-process runs."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -12,9 +13,9 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from pipeline.config import JobConfig
 from pipeline.errors import JobError, UsageError
 from pipeline.runner import run_job
+from tests.local_jobs import job_config
 
 
 def write_docs(folder: Path, docs: dict[str, list[tuple[str, str]]]) -> None:
@@ -54,16 +55,7 @@ def vectors(out: Path) -> dict[str, np.ndarray]:
     return dict(zip(ids, emb))
 
 
-def config(corpus: Path, out: Path, model: str, **kw) -> JobConfig:
-    return JobConfig(
-        inputs=(str(corpus),),
-        output=str(out),
-        model=model,
-        progress=False,
-        rows_per_file=16,
-        max_bad_fraction=0.5,
-        **kw,
-    )
+config = functools.partial(job_config, rows_per_file=16, max_bad_fraction=0.5)
 
 
 @pytest.fixture(scope="module")

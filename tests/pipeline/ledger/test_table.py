@@ -5,6 +5,7 @@ and killed processes are in test_table_e2e.py."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -12,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.config import JobConfig
 from pipeline.errors import JobError, TransientError, UsageError
 from pipeline.runner import run_job
+from tests.local_jobs import job_config
 
 pytestmark = pytest.mark.scenario
 
@@ -26,10 +27,7 @@ def write_shard(path: Path, records: list[tuple[str, str]]) -> None:
     path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in records))
 
 
-def config(corpus: Path, out, model: str, **kw) -> JobConfig:
-    return JobConfig(
-        inputs=(str(corpus),), output=str(out), model=model, progress=False, rows_per_file=4, iceberg_table=TABLE, **kw
-    )
+config = functools.partial(job_config, rows_per_file=4, iceberg_table=TABLE)
 
 
 def table(out: Path):
