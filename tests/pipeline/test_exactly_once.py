@@ -83,22 +83,6 @@ def test_two_runs_at_once_one_writes_the_other_refuses_or_waits(tmp_path, minilm
 
 
 @pytest.mark.scenario
-def test_a_shard_added_after_completion_is_embedded_on_rerun(ray_cluster, tmp_path, minilm_path):
-    ids = write_corpus(tmp_path / "corpus", shards=2, per_shard=20)
-    out = tmp_path / "out"
-    assert run_job(config(tmp_path / "corpus", out, minilm_path)).status == "complete"
-    (tmp_path / "corpus" / "day-2.jsonl").write_text(
-        "".join(json.dumps({"id": f"n{i}", "text": f"new text {i}"}) + "\n" for i in range(7))
-    )
-    again = run_job(config(tmp_path / "corpus", out, minilm_path))
-    assert again.status == "complete" and again.rows_embedded == 7 and again.rows_skipped == 40
-    assert_exactly(out, ids | {f"n{i}" for i in range(7)})
-    manifest = json.loads((out / "_manifest.json").read_text())
-    assert manifest["runs"][-1]["new_shards"] == 1 and (out / "_SUCCESS").exists()
-    assert run_job(config(tmp_path / "corpus", out, minilm_path)).status == "noop"  # nothing changed now
-
-
-@pytest.mark.scenario
 def test_a_shard_changed_or_gone_is_refused_until_overwrite(ray_cluster, tmp_path, minilm_path):
     write_corpus(tmp_path / "corpus", shards=2, per_shard=20)
     out = tmp_path / "out"

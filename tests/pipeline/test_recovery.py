@@ -280,20 +280,3 @@ def test_a_hub_that_fails_for_a_moment_is_exit_1_and_a_missing_model_exit_2(tmp_
         done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == code, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith(f"e5-embed: {label}: cannot fetch model 'acme/e5-test'")
-
-
-@pytest.mark.scenario
-def test_a_data_file_deleted_from_a_complete_output_is_embedded_again_not_a_noop(ray_cluster, tmp_path, minilm_path):
-    """A data file deleted after completion: the rerun said "already complete" with its rows
-    missing under _SUCCESS. Its files are not those the proof was made over: it is checked again."""
-    corpus, out = tmp_path / "corpus", tmp_path / "out"
-    records = [{"id": f"d{i}", "text": f"record number {i}"} for i in range(24)]
-    write_jsonl(corpus / "a.jsonl", records)
-    assert run_job(config(corpus, out, minilm_path)).status == "complete"
-    victim = sorted(out.glob("part-*.parquet"))[0]
-    lost = pq.read_table(victim).num_rows
-    victim.unlink()
-    summary = run_job(config(corpus, out, minilm_path))
-    assert summary.status == "complete" and summary.rows_embedded == lost and (out / "_SUCCESS").exists()
-    assert sorted(embeddings(out)) == sorted((r["id"],) for r in records)
-    assert run_job(config(corpus, out, minilm_path)).status == "noop"  # unchanged since: a no-op again

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 
 from pipeline.config import JobConfig, field_spec
@@ -28,6 +29,7 @@ from pipeline.ledger.shard_log import ShardLog
 from pipeline.stages.encode import EncodeStage
 from pipeline.stages.model import ModelSource, offline_info
 from pipeline.stages.tokenize import TokenizeStage
+from tests.local_jobs import output_ids, write_corpus
 
 pytestmark = pytest.mark.unit
 
@@ -91,6 +93,10 @@ class Job:
         output, work = self.begin()
         if work.noop:
             return output, None
+        return self.finish(output, work, **kw)
+
+    def finish(self, output: OutputRun, work, **kw):
+        """The rest of a run that began: embed what is left, prove, mark, publish."""
         proven, totals = self.prove(output, work, **kw)
         output.refuse_incomplete(proven, None, 0.0, "(line)")
         output.mark_complete(totals)
@@ -176,3 +182,37 @@ def test_the_one_table_rule_is_checked_before_any_work(tmp_path, minilm_path):
     with pytest.raises(UsageError, match=r"rerun with --iceberg-table embeddings\.docs,"):
         job.begin()
     assert not (job.out / "part-").exists() and len(list(job.out.glob("part-*.parquet"))) == 1
+
+
+def test_a_shard_added_after_completion_is_embedded_on_rerun_alone(tmp_path, minilm_path):
+    """(Was a scenario test through Ray: only the ledger decides this.) A complete output and a new
+    shard: the rerun reads the new shard alone, records it as new, ends complete; then a no-op."""
+    job = Job(tmp_path, minilm_path)
+    ids = write_corpus(job.corpus, shards=2, per_shard=20)
+    job.run()
+    write_shard(job.corpus / "day-2.jsonl", [(f"n{i}", f"new text {i}") for i in range(7)])
+    output, work = job.begin()
+    assert not work.noop and work.new_shards == 1 and work.rows_skipped == 40
+    assert [s.relpath for s in work.shards] == ["day-2.jsonl"]
+    output, work = job.finish(output, work)
+    assert sorted(output_ids(job.out)) == sorted(ids | {f"n{i}" for i in range(7)})
+    m = manifest(job)
+    assert m["complete"] and m["runs"][-1]["new_shards"] == 1 and m["runs"][-1]["rows_embedded"] == 7
+    assert job.begin()[1].noop  # nothing changed now
+
+
+def test_a_data_file_deleted_from_a_complete_output_is_embedded_again_not_a_noop(tmp_path, minilm_path):
+    """(Was a scenario test through Ray.) A data file deleted after completion: its files are not
+    those the proof was made over, so the output is checked again and the lost rows re-embedded."""
+    job = Job(tmp_path, minilm_path)
+    write_shard(job.corpus / "a.jsonl", [(f"d{i}", f"record number {i}") for i in range(24)])
+    job.run()
+    victim = sorted(job.out.glob("part-*.parquet"))[0]
+    lost = pa.parquet.read_table(victim).num_rows
+    victim.unlink()
+    output, work = job.begin()
+    assert not work.noop and work.rows_skipped == 24 - lost
+    job.finish(output, work)
+    assert sorted(output_ids(job.out)) == sorted(f"d{i}" for i in range(24))
+    assert manifest(job)["runs"][-1]["rows_embedded"] == lost and is_complete(output.state.storage)
+    assert job.begin()[1].noop  # unchanged since: a no-op again
