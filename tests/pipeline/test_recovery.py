@@ -140,26 +140,6 @@ def test_a_damaged_reuse_source_is_a_usage_error_naming_the_source_and_the_file(
 
 
 @pytest.mark.scenario
-def test_a_vanished_empty_shard_does_not_block_later_runs(ray_cluster, tmp_path, minilm_path):
-    """An empty shard deleted after a complete run: the plain run's refusal says --update; --update
-    must then really clear it (it said "nothing to do" and left it in the manifest, so every later
-    plain run, the next day's incremental one included, was refused for good)."""
-    corpus, out = tmp_path / "corpus", tmp_path / "out"
-    write_jsonl(corpus / "s0.jsonl", [{"id": f"d{i}", "text": f"record number {i}"} for i in range(6)])
-    (corpus / "empty.jsonl").write_text("")
-    assert run_job(config(corpus, out, minilm_path)).status == "complete"
-    (corpus / "empty.jsonl").unlink()
-    with pytest.raises(UsageError, match=r"no longer listed: .*empty\.jsonl.*use --update"):
-        run_job(config(corpus, out, minilm_path))
-    assert run_job(config(corpus, out, minilm_path, update=True)).status == "complete"  # the advice
-    manifest = json.loads((out / "_manifest.json").read_text())
-    assert [Path(e["path"]).name for e in manifest["input_shards"]] == ["s0.jsonl"]
-    write_jsonl(corpus / "s1.jsonl", [{"id": f"n{i}", "text": f"a new record {i}"} for i in range(3)])
-    summary = run_job(config(corpus, out, minilm_path))  # the next day's incremental run
-    assert (summary.status, summary.rows_embedded) == ("complete", 3)
-
-
-@pytest.mark.scenario
 def test_the_pipeline_error_survives_a_failure_to_record_it(ray_cluster, tmp_path, minilm_path, monkeypatch):
     """The pipeline failed, then reading the output to record the failed run failed too: the
     first cause is kept (chained) and both are reported."""

@@ -216,3 +216,25 @@ def test_a_data_file_deleted_from_a_complete_output_is_embedded_again_not_a_noop
     assert sorted(output_ids(job.out)) == sorted(f"d{i}" for i in range(24))
     assert manifest(job)["runs"][-1]["rows_embedded"] == lost and is_complete(output.state.storage)
     assert job.begin()[1].noop  # unchanged since: a no-op again
+
+
+def test_a_vanished_empty_shard_does_not_block_later_runs(tmp_path, minilm_path):
+    """(Was a scenario test through Ray.) An empty shard deleted after a complete run: the plain
+    run's refusal says --update; --update then really clears it, and the next day's incremental run
+    is not refused for good."""
+    job = Job(tmp_path, minilm_path)
+    write_shard(job.corpus / "s0.jsonl", [(f"d{i}", f"record number {i}") for i in range(6)])
+    (job.corpus / "empty.jsonl").write_text("")
+    job.run()
+    (job.corpus / "empty.jsonl").unlink()
+    with pytest.raises(UsageError, match=r"no longer listed: .*empty\.jsonl.*use --update"):
+        job.begin()
+    plain = job.config
+    job.config = plain.replace(update=True)  # the advice
+    job.run()
+    assert [Path(e["path"]).name for e in manifest(job)["input_shards"]] == ["s0.jsonl"]
+    assert manifest(job)["complete"]
+    job.config = plain
+    write_shard(job.corpus / "s1.jsonl", [(f"n{i}", f"a new record {i}") for i in range(3)])
+    job.run()  # the next day's incremental run
+    assert manifest(job)["runs"][-1]["rows_embedded"] == 3 and manifest(job)["complete"]
