@@ -100,12 +100,13 @@ def duplicate_check_cost(output: Path, rows: int) -> dict[str, Any]:
     from pipeline.backend.dataset import ray_session
     from pipeline.backend.duplicates import duplicate_ids_on_cluster
     from pipeline.io.storage import Storage
+    from pipeline.io.layout import TRUNCATE
     from pipeline.ledger.duplicates import on_driver
 
     storage = Storage(str(output))
     files = [str(p) for p in sorted(output.glob("part-*.parquet"))]
     t0 = time.perf_counter()
-    driver = on_driver(storage, files, False)
+    driver = on_driver(storage, files, TRUNCATE)
     driver_s = time.perf_counter() - t0
     with ray_session(None):  # this process's Ray if it has one (tests), else a local one, stopped after
         t0 = time.perf_counter()
