@@ -99,8 +99,8 @@ def manifest_cost(output: Path, runs: int) -> dict[str, Any]:
 def duplicate_check_cost(output: Path, rows: int) -> dict[str, Any]:
     from pipeline.backend.dataset import ray_session
     from pipeline.backend.duplicates import duplicate_ids_on_cluster
-    from pipeline.io.storage import Storage
     from pipeline.io.layout import TRUNCATE
+    from pipeline.io.storage import Storage
     from pipeline.ledger.duplicates import on_driver
 
     storage = Storage(str(output))
