@@ -220,13 +220,16 @@ def describe_startup(phases: Mapping[str, float]) -> str:
 class Phases:
     """Seconds per named step of a run (``with phases("list_inputs"): ...``), for the run record."""
 
+    _launch_counted = False  # the process's launch belongs to its first run only (a notebook, a test session)
+
     def __init__(self) -> None:
         self.values: dict[str, float] = {}
         self.t0 = time.monotonic()
         self.t0_wall = time.time()
-        launched = process_started_at()  # the interpreter's start: imports are start-up too
-        if launched is not None:
+        launched = None if Phases._launch_counted else process_started_at()
+        if launched is not None:  # the interpreter's start: imports are start-up too
             self.values["launched_before_s"] = round(max(0.0, self.t0_wall - launched), 3)
+        Phases._launch_counted = True
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:

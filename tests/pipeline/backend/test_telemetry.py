@@ -123,7 +123,8 @@ def test_a_run_logs_status_lines(ray_cluster, tmp_path, minilm_path, caplog, fmt
     )
     assert all(phases[k] >= 0 for k in steps)
     assert 0 < phases["first_tokenize_batch_at"] <= phases["first_encode_batch_at"] < summary.wall_s
-    assert phases["embed_started_at"] < phases["first_tokenize_batch_at"] and phases["launched_before_s"] >= 0
+    assert phases["embed_started_at"] < phases["first_tokenize_batch_at"]
+    assert phases.get("launched_before_s", 0) >= 0  # only the process's first run counts its launch
     encoder = run["timeline"]["encoder"]  # every run's record: where the encoders' time went
     assert encoder["attention"] == "padded" and encoder["micro_batches"] >= 120 / 4
     assert 0 < encoder["device_busy_share"] <= 1 and 0 <= encoder["padding_share"] < 1

@@ -101,3 +101,17 @@ def test_a_ray_without_the_stats_gives_none_and_says_so(caplog):
     with caplog.at_level("INFO", logger="pipeline.backend.timeline"):
         assert operator_stats(SimpleNamespace()) == []  # no _write_ds: an older or newer Ray Data
     assert "Ray Data's operator stats are not available here" in caplog.text
+
+
+def test_only_a_process_first_run_counts_its_launch(monkeypatch):
+    """A second run in one process (a notebook, a test session, verify after run) did not launch the
+    process: its start-up must not carry the process's age as 'launch_and_imports'."""
+    from pipeline.backend import timeline
+
+    monkeypatch.setattr(timeline.Phases, "_launch_counted", False)
+    monkeypatch.setattr(timeline, "process_started_at", lambda: timeline.time.time() - 5.0)
+    first, second = timeline.Phases(), timeline.Phases()
+    assert 4.9 <= first.values["launched_before_s"] <= 6 and "launched_before_s" not in second.values
+    second.at("embed_started_at", second.t0_wall + 1.0)
+    second.at("first_encode_batch_at", second.t0_wall + 3.0)
+    assert timeline.startup(second.values)["launch_and_imports"] == 0.0
