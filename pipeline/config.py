@@ -97,7 +97,7 @@ class JobConfig(ComposedSettings):
     @property
     def layout(self) -> Layout:
         """One row per record (truncated) or per window (--chunk-tokens), chosen here once."""
-        return Layout.of_chunk_tokens(self.chunk_tokens)
+        return Layout.of_chunking(self.chunk_tokens)
 
     def output_settings(self) -> "OutputSettings":
         """The ledger's group: what the output's files are made with, and how an existing output is treated."""
@@ -157,7 +157,7 @@ def field_spec(values: Any, *, prefix: str = "") -> FieldSpec:
         text_field=values.text_field,
         id_field=values.id_field,
         title_field=values.title_field,
-        title_apart=Layout.of_chunk_tokens(values.chunk_tokens).title_apart,  # every window gets the title
+        title_apart=Layout.of_chunking(values.chunk_tokens).title_apart,  # every window gets the title
         prefix=prefix,
     )
 

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.io import schemas, text_hash
+from pipeline.io import schemas
+from pipeline.io.layout import Layout
 from pipeline.io.storage import normalize_uri
 from pipeline.stages.chunking import ChunkSettings
 from pipeline.stages.model import ModelInfo
@@ -55,7 +56,7 @@ class OutputSettings:
             "inputs": sorted({normalize_uri(i) for i in self.inputs}),
             "model_sha": model_sha,  # the Hub commit (git:<sha>) or the local folder's content digest
             # every row's fingerprint of what the model read (its scheme depends on chunking)
-            "text_hash": text_hash.scheme(self.chunking is not None),
+            "text_hash": Layout.of_chunking(self.chunking).text_hash_scheme,
             "producer": schemas.PRODUCER,
             "format_version": schemas.FORMAT_VERSION,  # how a later build reads it: ledger.compatibility
         }

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.io import schemas
+from pipeline.io import schemas, text_hash
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,11 @@ class Layout:
         """The columns saying which characters of the text a row embeds (none: the whole text)."""
         return ("char_start", "char_end") if self.windowed else ()
 
+    @property
+    def text_hash_scheme(self) -> str:
+        """The fingerprint of what the model reads, as the output records it (``io.text_hash``)."""
+        return text_hash.scheme(self.title_apart)
+
     def embedded_schema(self, dim: int, output_dtype: str = "float32") -> pa.Schema:
         """What the encode stage emits: a row per record (windows as lists when windowed)."""
         return (schemas.chunk_embedded_schema if self.windowed else schemas.embedded_schema)(dim, output_dtype)
@@ -66,11 +71,12 @@ class Layout:
     @classmethod
     def of_metadata(cls, metadata: Mapping[str, Any]) -> Layout:
         """The layout an output was made with, from its recorded settings."""
-        return CHUNK if metadata.get("chunking") is not None else TRUNCATE
+        return cls.of_chunking(metadata.get("chunking"))
 
     @classmethod
-    def of_chunk_tokens(cls, chunk_tokens: int | None) -> Layout:
-        return TRUNCATE if chunk_tokens is None else CHUNK
+    def of_chunking(cls, chunking: Any) -> Layout:
+        """From the window settings (``--chunk-tokens`` and its companions, or their record): none, truncate."""
+        return TRUNCATE if chunking is None else CHUNK
 
 
 TRUNCATE = Layout("truncate", windowed=False)

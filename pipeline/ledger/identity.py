@@ -11,6 +11,7 @@ from typing import Any
 
 from pipeline.errors import UsageError
 from pipeline.io import schemas, text_hash
+from pipeline.io.layout import Layout
 from pipeline.io.storage import normalize_uri
 
 # What makes two outputs' vectors interchangeable for rows of equal text_hash (--reuse-from):
@@ -51,7 +52,7 @@ def normalized_inputs(inputs: Sequence[str]) -> list[str]:
 def identity(metadata: Mapping[str, Any], key: str) -> Any:
     value = metadata.get(key)
     if key == "text_hash":  # the legacy scheme name, read as what it meant
-        return text_hash.recorded_scheme(value, metadata.get("chunking") is not None)
+        return text_hash.recorded_scheme(value, Layout.of_metadata(metadata).windowed)
     if key == "compute_dtype" and value is None:  # made before it was recorded: known only if asked for
         asked = metadata.get("dtype")
         return None if asked in (None, "auto") else asked
@@ -61,7 +62,7 @@ def identity(metadata: Mapping[str, Any], key: str) -> Any:
 def refuse_legacy_chunked(made: Mapping[str, Any], what: str) -> None:
     """A chunked output made with the first chunked text_hash (title NUL text): its fingerprints
     are ambiguous, so no row of it may be matched by text_hash again."""
-    if text_hash.legacy_chunked(made.get("text_hash"), made.get("chunking") is not None):
+    if text_hash.legacy_chunked(made.get("text_hash"), Layout.of_metadata(made).windowed):
         raise UsageError(
             f"{what} with the first chunked text_hash scheme ({text_hash.LEGACY_SCHEME!r}), under which a "
             "title and a text holding NUL characters can share a fingerprint with another record; its "

@@ -4,7 +4,7 @@ way from a job's settings, an output's metadata and the encoder's rows."""
 import pytest
 
 from pipeline.config import JobConfig, field_spec
-from pipeline.io import schemas
+from pipeline.io import schemas, text_hash
 from pipeline.io.layout import CHUNK, TRUNCATE, Layout
 
 pytestmark = pytest.mark.unit
@@ -18,6 +18,7 @@ def test_each_layout_supplies_its_schemas_keys_and_spans():
     assert (TRUNCATE.first_row, CHUNK.first_row) == (None, ("chunk", 0))
     assert (TRUNCATE.span_columns, CHUNK.span_columns) == ((), ("char_start", "char_end"))
     assert set(CHUNK.record_key) | set(CHUNK.span_columns) <= set(CHUNK.output_schema(8).names)
+    assert (TRUNCATE.text_hash_scheme, CHUNK.text_hash_scheme) == (text_hash.SCHEME, text_hash.CHUNKED_SCHEME)
 
 
 def test_the_layout_is_the_same_from_the_job_the_metadata_and_the_rows():
@@ -28,6 +29,7 @@ def test_the_layout_is_the_same_from_the_job_the_metadata_and_the_rows():
         made = job.output_settings().metadata(_info(), "sha")
         assert Layout.of_metadata(made) is layout
         assert Layout.of_rows(layout.embedded_schema(8).names) is layout
+        assert made["text_hash"] == layout.text_hash_scheme
 
 
 def _info():
