@@ -90,9 +90,14 @@ def matches_any(metadata: Mapping[str, Any], key: str) -> bool:
 def refuse_lacking(metadata: Mapping[str, Any], key: str, what: str) -> None:
     """``what`` ("<an output or one of its files> was made") lacks ``key`` (or holds no value for
     it), which its use needs: refused with the table's words and way out."""
+    if BY_KEY[key].refused is not None and metadata.get(key) in (None, ""):
+        refuse(key, what)
+
+
+def refuse(key: str, what: str) -> None:
+    """``what`` ("... was made") is known to lack ``key``: the table's words and way out."""
     fact = BY_KEY[key]
-    if fact.refused is not None and metadata.get(key) in (None, ""):
-        raise UsageError(f"{what} before {fact.before}: {fact.lacking}; {fact.refused}")
+    raise UsageError(f"{what} before {fact.before}: {fact.lacking}; {fact.refused}")
 
 
 def describe() -> list[tuple[str, str, str]]:

@@ -238,7 +238,7 @@ class OutputState:
             if made == now:
                 continue
             if made is None:
-                compatibility.refuse_lacking({}, "compute_dtype", f"{what} was made")
+                compatibility.refuse("compute_dtype", f"{what} was made")
             raise UsageError(
                 f"{what} holds vectors computed in {made}; this run would compute in {now} "
                 f"(on {metadata.get('device')}), and the two differ beyond rounding; run where it was made, "
