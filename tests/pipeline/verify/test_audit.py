@@ -238,3 +238,25 @@ def test_an_output_path_with_glob_characters_is_read_literally(made, tmp_path, c
     (tmp_path / "o7a").mkdir()  # what the pattern would match, were it globbed
     code, report, err = verify(out, capsys, "--sample", "3")
     assert code == 0 and report["coverage"]["rows_embedded"] == 12, err
+
+
+def test_a_store_that_fails_while_verify_reads_is_exit_1_with_a_way_out(
+    ray_cluster, s3_server, bucket, tmp_path, minilm_path, capsys
+):
+    """The output's store stops answering for its data files while verify reads them: exit 1 (a
+    retry may finish it), one line naming the output; never exit 0, never a defect (exit 2)."""
+    from tests.faulty_proxy import FaultyProxy
+
+    write_corpus(tmp_path / "corpus")
+    out = f"s3://{bucket}/verified/"
+    config = JobConfig(inputs=(str(tmp_path / "corpus"),), output=out, model=minilm_path, progress=False,
+                       rows_per_file=4, max_bad_fraction=0.5)  # fmt: skip
+    assert run_job(config).status == "complete"
+    assert verify(out, capsys)[0] == 0  # the store answering: it holds
+    down = lambda method, path: method == "GET" and "/part-" in path  # noqa: E731
+    with FaultyProxy(s3_server.host, s3_server.port, fail_every=0, fail_when=down) as proxy:
+        options = {"endpoint_url": proxy.endpoint_url, "config_kwargs": {"retries": {"max_attempts": 2}}}
+        code, report, err = verify(out, capsys, "--storage-options", json.dumps(options))
+        assert proxy.injected > 0
+    assert code == 1 and not report, err
+    assert len(err.strip().splitlines()) == 1 and "verify could not read" in err and "verified" in err
