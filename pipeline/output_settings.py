@@ -58,7 +58,7 @@ class OutputSettings:
             # every row's fingerprint of what the model read (its scheme depends on chunking)
             "text_hash": Layout.of_chunking(self.chunking).text_hash_scheme,
             "producer": schemas.PRODUCER,
-            "format_version": schemas.FORMAT_VERSION,  # how a later build reads it: ledger.compatibility
+            schemas.FORMAT_VERSION_KEY: schemas.FORMAT_VERSION,  # how a later build reads it: ledger.compatibility
         }
         if len(meta["inputs"]) > 1:  # one input: ids relative to it, as they always were
             # several inputs: relative to their common root, so two inputs' part-0 files cannot collide;

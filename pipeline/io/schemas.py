@@ -25,6 +25,7 @@ PRODUCER = "e5-embed"  # every file this tool writes says so in its metadata; no
 # the output format's version, in every file's metadata and the manifest (how older outputs are
 # read: pipeline.ledger.compatibility)
 FORMAT_VERSION = 1
+FORMAT_VERSION_KEY = "format_version"
 
 _KEY_FIELDS = [
     pa.field("id", pa.string()),

@@ -17,8 +17,7 @@ from typing import Any
 
 from pipeline.errors import UsageError
 from pipeline.io.schemas import FORMAT_VERSION  # what this build writes
-
-KEY = "format_version"
+from pipeline.io.schemas import FORMAT_VERSION_KEY as KEY
 
 
 @dataclass(frozen=True)
@@ -103,3 +102,8 @@ def refuse(key: str, what: str) -> None:
 def describe() -> list[tuple[str, str, str]]:
     """(fact, what an output without it lacks, how it is read) for the docs' table."""
     return [(f.key, f.lacking, f"refused for {f.refused}" if f.refused else f"read as {f.reads_as}") for f in FACTS]
+
+
+def markdown_rows() -> list[str]:
+    """The docs' table rows (docs/exactly-once.md, "Compatibility"; a test keeps them equal)."""
+    return [f"| `{key}` | {lacking} | {how} |" for key, lacking, how in describe()]

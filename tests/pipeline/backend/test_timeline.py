@@ -109,9 +109,10 @@ def test_only_a_process_first_run_counts_its_launch(monkeypatch):
     from pipeline.backend import timeline
 
     monkeypatch.setattr(timeline.Phases, "_launch_counted", False)
-    monkeypatch.setattr(timeline, "process_started_at", lambda: timeline.time.time() - 5.0)
+    monkeypatch.setattr(timeline, "process_started_at", lambda: 1000.0)  # launched at a fixed moment
     first, second = timeline.Phases(), timeline.Phases()
-    assert 4.9 <= first.values["launched_before_s"] <= 6 and "launched_before_s" not in second.values
+    assert first.values["launched_before_s"] == round(first.t0_wall - 1000.0, 3)
+    assert "launched_before_s" not in second.values
     second.at("embed_started_at", second.t0_wall + 1.0)
     second.at("first_encode_batch_at", second.t0_wall + 3.0)
     assert timeline.startup(second.values)["launch_and_imports"] == 0.0

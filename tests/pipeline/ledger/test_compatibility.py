@@ -42,3 +42,13 @@ def test_an_output_made_before_a_fact_is_read_or_refused_as_the_table_says():
 def test_every_fact_says_how_an_output_without_it_is_read():
     for fact, lacking, how in compatibility.describe():
         assert lacking and how.startswith(("refused for", "read as")), fact
+
+
+def test_the_docs_table_is_the_table():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "exactly-once.md").read_text()
+    section = doc.split("### Compatibility", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert rows == compatibility.markdown_rows()
+    assert f"(now\n{compatibility.FORMAT_VERSION})" in section or f"(now {compatibility.FORMAT_VERSION})" in section

@@ -208,6 +208,33 @@ def test_a_multi_input_output_made_before_common_root_ids_is_refused_not_mixed(t
 
 
 @pytest.mark.unit
+def test_an_output_older_than_input_format_resumes_and_a_current_one_without_it_is_refused(tmp_path):
+    """The compatibility table at work in the identity check: an output made before input_format was
+    recorded (no format_version either) resumes whatever the format; an output of the current
+    version whose record lacks it was changed by hand, and differs."""
+    from pipeline.config import JobConfig
+    from pipeline.errors import UsageError
+    from pipeline.io.listing import list_shards
+    from pipeline.stages.model import offline_info
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "part-0.txt").write_text("x\n")
+    config = JobConfig(inputs=(str(tmp_path / "in"),), output=str(tmp_path / "out"), model="intfloat/e5-small-v2")
+    meta = config.output_settings().metadata(offline_info("intfloat/e5-small-v2"), "git:" + "a" * 40)
+    shards = list_shards(config.inputs, {})
+    OutputState(Storage(config.output)).prepare(config.output_settings(), meta, shards)  # an output in progress
+    manifest_path = tmp_path / "out" / "_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["metadata"].pop("input_format")
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(UsageError, match="different settings.*input_format"):  # version 1 records it
+        OutputState(Storage(config.output)).prepare(config.output_settings(), meta, shards)
+    manifest["metadata"].pop("format_version")  # as the builds before the version wrote it
+    manifest_path.write_text(json.dumps(manifest))
+    OutputState(Storage(config.output)).prepare(config.output_settings(), meta, shards)  # resumed without it
+
+
+@pytest.mark.unit
 def test_the_fence_runs_before_each_file_a_write_task_publishes(tmp_path):
     """A write task of 4 files whose lease is lost after its first file publishes nothing more."""
     from pipeline.io.sink import write_rows
