@@ -102,6 +102,7 @@ class JobConfig(ComposedSettings):
     def output_settings(self) -> "OutputSettings":
         """The ledger's group: what the output's files are made with, and how an existing output is treated."""
         return OutputSettings(
+            output=self.output,
             inputs=tuple(self.inputs),
             model=self.model,
             revision=self.revision,
@@ -116,6 +117,9 @@ class JobConfig(ComposedSettings):
             chunking=self.chunking.settings(),
             overwrite=self.overwrite,
             update=self.update,
+            reuse_from=tuple(self.reuse_from),
+            skip_corrupt_remainders=self.skip_corrupt_remainders,
+            max_bad_fraction=self.max_bad_fraction,
         )
 
     def table_settings(self) -> "TableSettings | None":

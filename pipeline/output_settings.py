@@ -18,9 +18,11 @@ from pipeline.stages.model import ModelInfo
 @dataclass(frozen=True, kw_only=True)
 class OutputSettings:
     """The job settings the ledger (``pipeline.ledger``) reads, and nothing else: the identity every
-    output file records (model, prefix, lengths, dtypes, fields, inputs, windows), and how an
-    existing output is treated (``--overwrite``, ``--update``). Made by ``JobConfig.output_settings``."""
+    output file records (model, prefix, lengths, dtypes, fields, inputs, windows), how an existing
+    output is treated (``--overwrite``, ``--update``, ``--reuse-from``), and what it takes to call
+    it complete. Made by ``JobConfig.output_settings``."""
 
+    output: str
     inputs: tuple[str, ...]
     model: str
     revision: str | None
@@ -35,6 +37,9 @@ class OutputSettings:
     chunking: ChunkSettings | None  # None: records are truncated
     overwrite: bool = False
     update: bool = False
+    reuse_from: tuple[str, ...] = ()  # other outputs that lend vectors by text_hash
+    skip_corrupt_remainders: bool = False  # a shard cut part-way counts as read to where it broke
+    max_bad_fraction: float = 0.0  # the rejected share above which the output is not complete
 
     def metadata(self, info: ModelInfo, model_sha: str | None = None) -> dict[str, Any]:
         """The ``e5_embed`` metadata every file of the output and its manifest record: what it is made

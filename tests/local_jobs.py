@@ -1,5 +1,6 @@
 """What the whole-run tests share: a job's settings over a local corpus and output, a corpus of
-JSONL shards with known ids, and the ids an output holds."""
+JSONL shards with known ids, the ids an output holds; and ``Job``, one output's runs with the Ray
+pipeline replaced by the same stages called in this process (the ledger's and runner's unit tests)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,20 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 
-from pipeline.config import JobConfig
+from pipeline.config import JobConfig, field_spec
+from pipeline.io.counters import Counters
+from pipeline.io.listing import list_inputs
+from pipeline.io.sink import write_rows
+from pipeline.io.sources import read_shards
+from pipeline.io.storage import Storage
+from pipeline.ledger.duplicates import DuplicateReport
+from pipeline.ledger.iceberg import IcebergPublisher
+from pipeline.ledger.output import OutputState
+from pipeline.ledger.run import OutputRun
+from pipeline.ledger.shard_log import ShardLog
+from pipeline.stages.encode import EncodeStage
+from pipeline.stages.model import ModelSource, offline_info
+from pipeline.stages.tokenize import TokenizeStage
 
 
 def job_config(corpus: Path, out: Path, model: str, **kw) -> JobConfig:
@@ -31,3 +45,76 @@ def write_corpus(folder: Path, shards: int = 4, per_shard: int = 60) -> set[str]
 def output_ids(out: Path) -> list[str]:
     """Every id the output's data files hold (rejects are under ``_rejects/``, not read here)."""
     return pads.dataset(str(out), format="parquet").to_table(columns=["id"])["id"].to_pylist()
+
+
+def write_shard(path: Path, records: list[tuple[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in records))
+
+
+class Job:
+    """One output's runs, the Ray pipeline replaced by the same stages called in this process."""
+
+    def __init__(self, tmp_path: Path, model: str, **kw):
+        self.corpus, self.out = tmp_path / "corpus", tmp_path / "out"
+        self.config = JobConfig(inputs=(str(self.corpus),), output=str(self.out), model=model, rows_per_file=4, **kw)
+        self.info = offline_info(model)
+        self.model = ModelSource(name_or_path=model)
+
+    def begin(self) -> tuple[OutputRun, object]:
+        pinned, sha = self.model.pinned()
+        self.pinned = pinned
+        listing = list_inputs(self.config.inputs, {})
+        settings = self.config.output_settings()
+        output = OutputRun(
+            OutputState(Storage(str(self.out)), retain=self.config.iceberg_table is not None),
+            settings=settings,
+            listing=listing,
+            run_id=f"run-{len(list(self.out.glob('_lease*')))}",
+            metadata=settings.metadata(self.info, sha),
+            publisher=IcebergPublisher.for_job(self.config, self.info),
+        )
+        return output, output.begin()
+
+    def embed(self, output: OutputRun, work, *, fail_after: int | None = None) -> Counters:
+        """What the pipeline does for ``work``: read, tokenize, encode, write (files and shard records)."""
+        tokenize = TokenizeStage(model=self.pinned, prefix="passage: ", max_length=512)
+        encode = EncodeStage(model=self.pinned, batch_size=8, device="cpu", dtype="float32")
+        written = Counters()
+        log = ShardLog(str(self.out), {})
+        blocks = read_shards({}, work.shards, field_spec(self.config, prefix="passage: "), 4, work.skip,
+                             on_shard_end=log)  # fmt: skip
+        for i, block in enumerate(blocks):
+            if fail_after is not None and i >= fail_after:
+                raise RuntimeError("the pipeline failed (injected)")
+            embedded = encode(tokenize(block))
+            written = Counters.total([written, write_rows(
+                Storage(str(self.out)), embedded, metadata=dict(output.metadata), dim=self.info.hidden_size,
+                output_dtype="float32", rows_per_file=4, versions={s.path: s.version_key for s in work.shards},
+                name_salt=work.manifest.name_salt,
+            )])  # fmt: skip
+        return written
+
+    def prove(self, output: OutputRun, work, **kw):
+        """The runner's steps up to the proof: the run recorded, nothing marked yet."""
+        run = output.new_record({})
+        output.fix_compute("float32", "cpu")
+        written = self.embed(output, work, **kw)
+        totals = output.tidy(run)
+        proven = output.prove(run, written, totals, DuplicateReport(0), stopped=False)
+        return proven, totals
+
+    def run(self, **kw):
+        output, work = self.begin()
+        if work.noop:
+            return output, None
+        return self.finish(output, work, **kw)
+
+    def finish(self, output: OutputRun, work, **kw):
+        """The rest of a run that began: embed what is left, prove, mark, publish."""
+        run = output.new_record({})
+        output.fix_compute("float32", "cpu")
+        written = self.embed(output, work, **kw)
+        totals = output.tidy(run)
+        summary = output.finish(run, written, totals, output.duplicates(totals))
+        return output, summary.published

@@ -26,20 +26,26 @@ from typing import Any
 
 from pipeline.errors import JobError, UsageError
 from pipeline.io.counters import Counters
+from pipeline.io.layout import Layout
 from pipeline.io.listing import Listing, unversioned
 from pipeline.io.shard import Shard
-from pipeline.io.storage import scrub
+from pipeline.io.storage import Storage, scrub
 from pipeline.ledger.completeness import Proof
-from pipeline.ledger.duplicates import DuplicateReport
+from pipeline.ledger.duplicates import DuplicateReport, report_duplicate_ids
 from pipeline.ledger.files import Totals
+from pipeline.ledger.identity import VECTOR_KEYS
 from pipeline.ledger.manifest import RunRecord, mark_success, remove_success
 from pipeline.ledger.output import OutputState, Work
 from pipeline.ledger.publisher import PublishedLike, Publisher
+from pipeline.ledger.reuse import PoolFile, reuse_from_pool, update_pool
+from pipeline.ledger.summary import RunSummary
 from pipeline.output_settings import OutputSettings
 
 logger = logging.getLogger(__name__)
 
 Timer = Callable[[str], Any]  # ``phases(name)``: a context manager timing one step
+# the duplicate-id count as a Ray pass (``pipeline.backend.duplicates.duplicate_ids_on_cluster``)
+CountOnCluster = Callable[[Storage, Sequence[str], Layout, int], DuplicateReport]
 
 
 def now() -> str:
@@ -62,6 +68,8 @@ class OutputRun:
         self,
         state: OutputState,
         *,
+        settings: OutputSettings,
+        listing: Listing,
         run_id: str,
         metadata: Mapping[str, Any],
         publisher: Publisher | None = None,
@@ -69,13 +77,16 @@ class OutputRun:
         started: float | None = None,
     ):
         self.state = state
+        self.settings = settings
+        self.listing = listing
         self.run_id = run_id
         self.metadata: Mapping[str, Any] = MappingProxyType(dict(metadata))
         self.publisher = publisher
         self._timer = timer
         self._started = time.monotonic() if started is None else started
+        self.started_at = now()
         self.work: Work | None = None
-        self.shards: list[Shard] = []
+        self.shards: list[Shard] = list(listing.shards)
         self.touched: frozenset[str] = frozenset()  # --update: sources whose earlier rows are replaced
         self.published: PublishedLike | None = None
 
@@ -84,12 +95,12 @@ class OutputRun:
 
     # ------------------------------------------------------------------ before the Ray work
 
-    def begin(self, settings: OutputSettings, listing: Listing) -> Work:
+    def begin(self) -> Work:
         """Check the output against this run's settings and inputs (and the publisher's rule); say
         what is left to do."""
-        self.shards = list(listing.shards)
         with self._timed("prepare_output"):
-            work = self.state.prepare(settings, self.metadata, self.shards)
+            work = self.state.prepare(self.settings, self.metadata, self.shards)
+        listing = self.listing
         work.manifest.note_listing(listing.ignored, listing.side_files, len(unversioned(self.shards)))
         if self.publisher is not None:
             self.publisher.check(work.manifest, self.state.storage.describe())
@@ -107,15 +118,40 @@ class OutputRun:
         manifest.metadata = {**manifest.metadata, **fixed}
         return self.metadata
 
-    def new_record(self, started_at: str, phases: dict[str, float]) -> RunRecord:
+    def noop(self) -> RunSummary:
+        """Nothing left to do: the output is complete (the publisher catches up if it is behind)."""
+        message = f"{self._work.manifest.rows_written} rows; pass --overwrite to start over"
+        return RunSummary(status="noop", output=self.settings.output, message=message, published=self.publish_current())
+
+    def new_record(self, phases: dict[str, float]) -> RunRecord:
+        """This run's record (``phases``: the step timings, filled in as the run goes)."""
         work = self._work
+        if work.rows_skipped:
+            logger.info(
+                "resuming: %d input rows are already in %s; %d of %d shard(s) left to read",
+                work.rows_skipped, self.settings.output, len(work.shards), len(self.shards),
+            )  # fmt: skip
         return RunRecord(
             run_id=self.run_id,
-            started_at=started_at,
+            started_at=self.started_at,
             rows_skipped=work.rows_skipped,
             new_shards=work.new_shards,
             phases=phases,
         )
+
+    def carry_pool(self) -> list[PoolFile]:
+        """The data files that lend vectors by text_hash: the stale files of an ``--update`` and every
+        file of the ``--reuse-from`` outputs (each checked to be made compatibly). Empty when there
+        is nothing to carry or nothing left to read."""
+        work, settings = self._work, self.settings
+        if not work.shards:
+            return []
+        pool = update_pool(self.state, work) if settings.update else []
+        if settings.reuse_from:
+            pool += reuse_from_pool(
+                settings.reuse_from, settings.output, self.state.storage.storage_options, self.metadata, VECTOR_KEYS
+            )
+        return pool
 
     def carried(self) -> tuple[int, Work]:
         """After a carry-over pass wrote vectors: the rows it carried (from the footers: a row written
@@ -124,7 +160,9 @@ class OutputRun:
         left = dataclasses.replace(before)
         self.state.plan_reads(left, self.shards)
         self.work = left
-        return left.rows_skipped - before.rows_skipped, left
+        reused = left.rows_skipped - before.rows_skipped
+        logger.info("carried %d vector(s) over by text_hash; encoding only the records left", reused)
+        return reused, left
 
     # ------------------------------------------------------------------ after the Ray work
 
@@ -141,6 +179,11 @@ class OutputRun:
         run.rows_removed = max(0, stale_rows - run.rows_reused)
         return totals
 
+    def duplicates(self, totals: Totals, on_cluster: CountOnCluster | None = None) -> DuplicateReport:
+        """Ids held by more than one row of the output (``on_cluster``: the count as a Ray pass)."""
+        layout = Layout.of_chunking(self.settings.chunking)
+        return report_duplicate_ids(self.state.storage, totals, on_cluster, layout=layout)
+
     def failed(self, run: RunRecord, written: Counters, error: str) -> None:
         """The pipeline failed: record the run with the output's totals as they are. Stale rows share
         (source, row) with the new ones: never "repair" those while any remain."""
@@ -156,34 +199,25 @@ class OutputRun:
         self.state.record_run(self._work.manifest, run, totals.counters, totals.repaired_files)
 
     def prove(
-        self,
-        run: RunRecord,
-        written: Counters,
-        totals: Totals,
-        duplicates: DuplicateReport,
-        *,
-        allow_remainders: bool,
-        max_bad_fraction: float,
-        stopped: bool,
-        storage_options: Mapping[str, Any],
+        self, run: RunRecord, written: Counters, totals: Totals, duplicates: DuplicateReport, *, stopped: bool
     ) -> Proven:
         """Prove the output complete (or say why not) and record the run; nothing is marked yet."""
-        manifest = self._work.manifest
+        manifest, settings = self._work.manifest, self.settings
         manifest.note_duplicates(duplicates.duplicate_ids, duplicates.examples)
         proof, bad_fraction = self.state.finish(
             manifest=manifest,
             shards=self.shards,
             totals=totals,
-            allow_remainders=allow_remainders,
-            max_bad_fraction=max_bad_fraction,
+            allow_remainders=settings.skip_corrupt_remainders,
+            max_bad_fraction=settings.max_bad_fraction,
         )
         run.status = "complete" if manifest.complete else ("stopped" if stopped else "failed")
         if not proof.ok:
-            run.error = scrub(f"not complete: {proof.describe()}", storage_options)[:2000]
+            run.error = scrub(f"not complete: {proof.describe()}", self.state.storage.storage_options)[:2000]
         self.record(run, written, totals)
         return Proven(proof, bad_fraction, manifest.complete)
 
-    def refuse_incomplete(self, proven: Proven, stop_reason: str | None, max_bad_fraction: float, line: str) -> None:
+    def refuse_incomplete(self, proven: Proven, stop_reason: str | None, line: str) -> None:
         """No ``_SUCCESS`` for an output that is not complete: exit 1 saying why and what gets out."""
         output, proof = self.state.storage.describe(), proven.proof
         if not proof.ok and stop_reason:
@@ -198,7 +232,7 @@ class OutputRun:
             total = manifest.rows_written + manifest.rows_rejected
             raise JobError(
                 f"{manifest.rows_rejected} of {total} records rejected ({proven.bad_fraction:.4%}), more than "
-                f"--max-bad-fraction {max_bad_fraction:g}; see {output}/_rejects/. " + line
+                f"--max-bad-fraction {self.settings.max_bad_fraction:g}; see {output}/_rejects/. " + line
             )
         if proof.skipped_remainders:
             logger.warning(
@@ -206,6 +240,26 @@ class OutputRun:
                 len(proof.skipped_remainders),
                 ", ".join(r.path for r in proof.skipped_remainders[:5]),
             )
+
+    def finish(
+        self,
+        run: RunRecord,
+        written: Counters,
+        totals: Totals,
+        duplicates: DuplicateReport,
+        *,
+        stop_reason: str | None = None,
+    ) -> RunSummary:
+        """Prove and record the run, then mark the output complete and publish it, or refuse (exit 1)
+        saying why it is not complete and what gets out. ``stop_reason``: the run stopped itself."""
+        proven = self.prove(run, written, totals, duplicates, stopped=stop_reason is not None)
+        summary = RunSummary(
+            status=run.status, output=self.settings.output, run=run, duplicate_ids=duplicates.duplicate_ids
+        )
+        self.refuse_incomplete(proven, stop_reason, summary.line())
+        self.mark_complete(totals)
+        summary.published = self.publish(totals.data_paths)
+        return summary
 
     def mark_complete(self, totals: Totals) -> None:
         """``_SUCCESS``, only over the files the proof was made over: checked before, and again

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli
+from pipeline.backend.session import PipelineFailed
 from pipeline.errors import E5EmbedError, JobError, TransientError, UsageError, is_transient, step_failed
 from pipeline.io.sources import ShardReadError
 from pipeline.io.streams import CorruptStream, ShortRead
@@ -38,6 +39,7 @@ def test_every_exception_the_product_defines_is_in_the_family():
         LeaseDamaged,
         ShardReadError,
         CorruptStream,
+        PipelineFailed,
     }
     assert all(issubclass(c, E5EmbedError) for c in family)
     names = {c.__name__ for c in family} | {"E5EmbedError"}

@@ -70,14 +70,14 @@ def test_nul_characters_never_let_two_chunked_records_share_a_fingerprint(ray_cl
 def test_a_reuse_source_overwritten_after_its_check_lends_nothing(ray_cluster, tmp_path, minilm_path, monkeypatch):
     """The source was checked, then overwritten by another model under the same file names before
     its rows were read: each file's footer is checked again as it is read."""
-    import pipeline.runner as runner
+    import pipeline.ledger.run as ledger_run
 
     corpus, source, out = tmp_path / "corpus", tmp_path / "source", tmp_path / "out"
     write_jsonl(
         corpus / "a.jsonl", [{"id": f"d{i}", "text": f"record number {i} about topic {i % 3}"} for i in range(12)]
     )
     assert run_job(config(corpus, source, minilm_path)).status == "complete"
-    real = runner.reuse_from_pool
+    real = ledger_run.reuse_from_pool
 
     def checked_then_overwritten(*args, **kwargs):
         pool = real(*args, **kwargs)
@@ -89,7 +89,7 @@ def test_a_reuse_source_overwritten_after_its_check_lends_nothing(ray_cluster, t
             pq.write_table(table.replace_schema_metadata(meta), f)
         return pool
 
-    monkeypatch.setattr(runner, "reuse_from_pool", checked_then_overwritten)
+    monkeypatch.setattr(ledger_run, "reuse_from_pool", checked_then_overwritten)
     with pytest.raises(JobError, match="changed after it was checked.*model_sha"):
         run_job(config(corpus, out, minilm_path, reuse_from=(str(source),)))
     assert not (out / "_SUCCESS").exists()
@@ -134,34 +134,6 @@ def test_a_damaged_reuse_source_is_a_usage_error_naming_the_source_and_the_file(
         run_job(config(corpus, out, minilm_path, reuse_from=(str(source),)))
     message = str(caught.value)
     assert caught.value.exit_code == 2 and str(source) in message and damaged.name in message
-
-
-# ---------------------------------------------------------------------------- recovery with a way out
-
-
-@pytest.mark.scenario
-def test_the_pipeline_error_survives_a_failure_to_record_it(ray_cluster, tmp_path, minilm_path, monkeypatch):
-    """The pipeline failed, then reading the output to record the failed run failed too: the
-    first cause is kept (chained) and both are reported."""
-    import pipeline.runner as runner
-    from pipeline.ledger.output import OutputState
-
-    corpus, out = tmp_path / "corpus", tmp_path / "out"
-    write_jsonl(corpus / "a.jsonl", [{"id": f"d{i}", "text": f"record number {i}"} for i in range(4)])
-
-    def pipeline_fails(*args, **kwargs):
-        raise RuntimeError("encode exploded (injected)")
-
-    def store_gone(self, metadata):
-        raise OSError("the store went away while the run was recorded (injected)")
-
-    monkeypatch.setattr(runner, "run_pipeline", pipeline_fails)
-    monkeypatch.setattr(OutputState, "reconcile", store_gone)
-    with pytest.raises(JobError) as caught:
-        run_job(config(corpus, out, minilm_path))
-    message = str(caught.value)
-    assert "encode exploded" in message and "store went away" in message
-    assert isinstance(caught.value.__cause__, RuntimeError)
 
 
 # ---------------------------------------------------------------------------- exit codes that tell the truth

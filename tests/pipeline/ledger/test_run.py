@@ -13,94 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 
-from pipeline.config import JobConfig, field_spec
 from pipeline.errors import JobError, UsageError
 from pipeline.io.counters import Counters
-from pipeline.io.listing import list_inputs
-from pipeline.io.sink import write_rows
-from pipeline.io.sources import read_shards
-from pipeline.io.storage import Storage
-from pipeline.ledger.duplicates import DuplicateReport
-from pipeline.ledger.iceberg import IcebergPublisher
 from pipeline.ledger.manifest import is_complete
-from pipeline.ledger.output import OutputState
-from pipeline.ledger.run import OutputRun
-from pipeline.ledger.shard_log import ShardLog
-from pipeline.stages.encode import EncodeStage
-from pipeline.stages.model import ModelSource, offline_info
-from pipeline.stages.tokenize import TokenizeStage
-from tests.local_jobs import output_ids, write_corpus
+from tests.local_jobs import Job, output_ids, write_corpus, write_shard
 
 pytestmark = pytest.mark.unit
-
-
-def write_shard(path: Path, records: list[tuple[str, str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in records))
-
-
-class Job:
-    """One output's runs, the Ray pipeline replaced by the same stages called in this process."""
-
-    def __init__(self, tmp_path: Path, model: str, **kw):
-        self.corpus, self.out = tmp_path / "corpus", tmp_path / "out"
-        self.config = JobConfig(inputs=(str(self.corpus),), output=str(self.out), model=model, rows_per_file=4, **kw)
-        self.info = offline_info(model)
-        self.model = ModelSource(name_or_path=model)
-
-    def begin(self) -> tuple[OutputRun, object]:
-        pinned, sha = self.model.pinned()
-        self.pinned = pinned
-        listing = list_inputs(self.config.inputs, {})
-        output = OutputRun(
-            OutputState(Storage(str(self.out)), retain=self.config.iceberg_table is not None),
-            run_id=f"run-{len(list(self.out.glob('_lease*')))}",
-            metadata=self.config.output_settings().metadata(self.info, sha),
-            publisher=IcebergPublisher.for_job(self.config, self.info),
-        )
-        return output, output.begin(self.config.output_settings(), listing)
-
-    def embed(self, output: OutputRun, work, *, fail_after: int | None = None) -> Counters:
-        """What the pipeline does for ``work``: read, tokenize, encode, write (files and shard records)."""
-        tokenize = TokenizeStage(model=self.pinned, prefix="passage: ", max_length=512)
-        encode = EncodeStage(model=self.pinned, batch_size=8, device="cpu", dtype="float32")
-        written = Counters()
-        log = ShardLog(str(self.out), {})
-        blocks = read_shards({}, work.shards, field_spec(self.config, prefix="passage: "), 4, work.skip,
-                             on_shard_end=log)  # fmt: skip
-        for i, block in enumerate(blocks):
-            if fail_after is not None and i >= fail_after:
-                raise RuntimeError("the pipeline failed (injected)")
-            embedded = encode(tokenize(block))
-            written = Counters.total([written, write_rows(
-                Storage(str(self.out)), embedded, metadata=dict(output.metadata), dim=self.info.hidden_size,
-                output_dtype="float32", rows_per_file=4, versions={s.path: s.version_key for s in work.shards},
-                name_salt=work.manifest.name_salt,
-            )])  # fmt: skip
-        return written
-
-    def prove(self, output: OutputRun, work, **kw):
-        """The runner's steps up to the proof: the run recorded, nothing marked yet."""
-        run = output.new_record("now", {})
-        output.fix_compute("float32", "cpu")
-        written = self.embed(output, work, **kw)
-        totals = output.tidy(run)
-        proven = output.prove(run, written, totals, DuplicateReport(0), allow_remainders=False,
-                              max_bad_fraction=0.0, stopped=False, storage_options={})  # fmt: skip
-        return proven, totals
-
-    def run(self, **kw):
-        output, work = self.begin()
-        if work.noop:
-            return output, None
-        return self.finish(output, work, **kw)
-
-    def finish(self, output: OutputRun, work, **kw):
-        """The rest of a run that began: embed what is left, prove, mark, publish."""
-        proven, totals = self.prove(output, work, **kw)
-        output.refuse_incomplete(proven, None, 0.0, "(line)")
-        output.mark_complete(totals)
-        return output, output.publish(totals.data_paths)
 
 
 def manifest(job: Job) -> dict:
@@ -127,7 +45,7 @@ def test_a_failed_pipeline_is_recorded_with_what_the_output_holds_then_a_rerun_f
     job = Job(tmp_path, minilm_path)
     write_shard(job.corpus / "s0.jsonl", [(f"a{i}", f"record {i}") for i in range(12)])
     output, work = job.begin()
-    run = output.new_record("now", {})
+    run = output.new_record({})
     output.fix_compute("float32", "cpu")
     with pytest.raises(RuntimeError):
         job.embed(output, work, fail_after=2)  # two blocks of 4 written, then the failure
@@ -149,7 +67,7 @@ def test_an_update_counts_carried_and_removed_rows_and_retires_on_a_published_ou
     job.config = job.config.replace(update=True)
     output, work = job.begin()
     assert output.touched == {work.stale[0][1][0]} and len(work.shards) == 1
-    run = output.new_record("now", {})
+    run = output.new_record({})
     output.fix_compute("float32", "cpu")
     written = job.embed(output, work)
     totals = output.tidy(run)
@@ -238,3 +156,23 @@ def test_a_vanished_empty_shard_does_not_block_later_runs(tmp_path, minilm_path)
     write_shard(job.corpus / "s1.jsonl", [(f"n{i}", f"a new record {i}") for i in range(3)])
     job.run()  # the next day's incremental run
     assert manifest(job)["runs"][-1]["rows_embedded"] == 3 and manifest(job)["complete"]
+
+
+def test_a_run_that_stopped_for_its_budget_is_recorded_stopped_and_refused_with_the_way_out(tmp_path, minilm_path):
+    """The budget stop's end, without Ray: whole files of what was encoded, the run recorded as
+    stopped, no _SUCCESS, and the message says how to resume; the rerun then finishes."""
+    job = Job(tmp_path, minilm_path)
+    write_shard(job.corpus / "s0.jsonl", [(f"a{i}", f"record {i}") for i in range(12)])
+    output, work = job.begin()
+    run = output.new_record({})
+    output.fix_compute("float32", "cpu")
+    with pytest.raises(RuntimeError):
+        job.embed(output, work, fail_after=1)  # the readers saw the stop after one block
+    totals = output.tidy(run)
+    with pytest.raises(JobError, match=r"stopped to keep to the budget \(cap reached\).*Rerun with a higher cap"):
+        output.finish(run, Counters(rows_written=4), totals, output.duplicates(totals), stop_reason="cap reached")
+    m = manifest(job)
+    assert (m["runs"][-1]["status"], m["rows_written"], m["complete"]) == ("stopped", 4, False)
+    assert not is_complete(output.state.storage)
+    rerun, _ = job.run()
+    assert manifest(job)["rows_written"] == 12 and is_complete(rerun.state.storage)
