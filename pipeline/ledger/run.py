@@ -1,8 +1,10 @@
 """One run on one output as a ledger transaction (``OutputRun``): begin, fix the vectors' identity,
-carry over, tidy, prove and mark complete — or record a failure — then publish.
+say what lends vectors and what a carry-over left, tidy, count duplicates, and finish (prove,
+refuse or mark complete, publish) — or record a failure.
 
-The runner arranges the Ray work (the pipeline, the carry-over pass, the cluster's duplicate-id
-count) and hands over what it counted; every decision about the output's state is made here:
+Made with the job's ledger settings (``OutputSettings``) and the listing before the leased part
+begins; the runner then only calls it, between the Ray work (``pipeline.backend.session``), handing
+over the work left and what the passes counted. Every decision about the output's state is made here:
 which rows are left, which totals to trust after a failure, what ``rows_reused`` and
 ``rows_removed`` mean for an ``--update``, the check/mark/remove sequence around ``_SUCCESS``, and
 the publisher's one-table rule. None of it needs Ray: ``tests/pipeline/ledger/test_run.py`` drives
