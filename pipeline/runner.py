@@ -14,11 +14,11 @@ handing the work left and the counters from one to the other.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-from pipeline.backend.duplicates import duplicate_ids_on_cluster
-from pipeline.backend.session import BackendSession, PipelineFailed
+from pipeline.backend.session import Backend, BackendSession, PipelineFailed
 from pipeline.backend.timeline import Phases
 from pipeline.config import JobConfig
 from pipeline.errors import JobError, UsageError
@@ -42,17 +42,18 @@ class RunContext:
     and the step timings."""
 
     output: OutputRun
-    backend: BackendSession
+    backend: Backend
     phases: Phases
 
 
-def run_job(config: JobConfig) -> RunSummary:
-    """Lease the output, see what is left, embed it, prove the output complete, record the run."""
+def run_job(config: JobConfig, *, backend: Callable[..., Backend] = BackendSession) -> RunSummary:
+    """Lease the output, see what is left, embed it, prove the output complete, record the run.
+    ``backend``: what runs the passes (made like ``BackendSession``, the Ray one; see ``Backend``)."""
     with config.secrets_registered():  # scrubbed from every message while the job runs
-        return _run(config)
+        return _run(config, backend)
 
 
-def _run(config: JobConfig) -> RunSummary:
+def _run(config: JobConfig, make_backend: Callable[..., Backend]) -> RunSummary:
     phases = Phases()
     check_locations(config)
     with phases("model"):
@@ -78,7 +79,7 @@ def _run(config: JobConfig) -> RunSummary:
         timer=phases,
         started=phases.t0,
     )
-    backend = BackendSession(config, model=model, info=info, lease=lease, phases=phases)
+    backend = make_backend(config, model=model, info=info, lease=lease, phases=phases)
     try:
         return _run_leased(RunContext(output=output, backend=backend, phases=phases))
     except KeyboardInterrupt as e:
@@ -122,7 +123,7 @@ def _run_leased(ctx: RunContext) -> RunSummary:
                 _record_failure(output, run, failed)
         totals = output.tidy(run)
         with phases("duplicate_ids"):  # inside the session: its cluster path needs Ray
-            duplicates = output.duplicates(totals, duplicate_ids_on_cluster)
+            duplicates = output.duplicates(totals, backend.count_duplicates)
     return output.finish(run, written, totals, duplicates, stop_reason=backend.stop_reason)
 
 

@@ -1,14 +1,19 @@
 """What the whole-run tests share: a job's settings over a local corpus and output, a corpus of
-JSONL shards with known ids, the ids an output holds; and ``Job``, one output's runs with the Ray
-pipeline replaced by the same stages called in this process (the ledger's and runner's unit tests)."""
+JSONL shards with known ids, the ids an output holds; ``InProcessBackend``, the runner's passes
+without Ray (``run_job(config, backend=InProcessBackend)``: the publisher's and the ledger's
+operator stories as unit tests); and ``Job``, one output's runs step by step, the same way."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow.dataset as pads
 
+from pipeline.backend.session import BackendSession
 from pipeline.config import JobConfig, field_spec
 from pipeline.io.counters import Counters
 from pipeline.io.listing import list_inputs
@@ -17,12 +22,53 @@ from pipeline.io.sources import read_shards
 from pipeline.io.storage import Storage
 from pipeline.ledger.duplicates import DuplicateReport
 from pipeline.ledger.iceberg import IcebergPublisher
-from pipeline.ledger.output import OutputState
+from pipeline.ledger.manifest import RunRecord
+from pipeline.ledger.output import OutputState, Work
+from pipeline.ledger.reuse import PoolFile
 from pipeline.ledger.run import OutputRun
 from pipeline.ledger.shard_log import ShardLog
+from pipeline.planning.plan import ClusterSpec, PlanRequest, ResourcePlan, make_plan
+from pipeline.planning.scheduler_config import load_scheduler_config
 from pipeline.stages.encode import EncodeStage
 from pipeline.stages.model import ModelSource, offline_info
 from pipeline.stages.tokenize import TokenizeStage
+
+
+class InProcessBackend(BackendSession):
+    """The runner's passes in this process, without Ray: the plan's own stages (made from its stage
+    specs) over the product's read tasks, written through its datasink behind the lease fence, one
+    block at a time. No carry-over pass (``--update`` and ``--reuse-from`` encode every row again:
+    the same vectors), no budget, no status line, and the duplicate ids counted on the driver.
+    For the stories that test the ledger and the publisher; the Ray path has its own tests."""
+
+    count_duplicates = None
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[InProcessBackend]:
+        yield self
+
+    def plan(self) -> ResourcePlan:
+        config = self.config
+        request = PlanRequest.from_job(config, rows_per_file=config.rows_per_file)
+        cluster = ClusterSpec(gpus=0, cpus=2, nodes=1)
+        return make_plan(cluster, self.info, request, load_scheduler_config(config.scheduler_config))
+
+    def carry_over(self, pool: Sequence[PoolFile], work: Work, metadata: Mapping[str, Any]) -> int:
+        return 0
+
+    def embed(self, plan: ResourcePlan, work: Work, run: RunRecord, metadata: Mapping[str, Any]) -> Counters:
+        if not work.shards:
+            return Counters()
+        sink = self._sink(work, metadata, telemetry=None)
+        stages = [spec.stage(**spec.settings) for spec in plan.stage_specs(self.model, self.config)]
+        shard_log = ShardLog(self.config.output, self.config.storage_options, fence=sink.fence)
+        written = []
+        for task in self._records(work, shard_log=shard_log).get_read_tasks(1):
+            for block in task():
+                for stage in stages:
+                    block = stage(block)
+                written.append(sink.write([block], None))
+        return Counters.total(Counters.from_dict(w) for w in written)
 
 
 def job_config(corpus: Path, out: Path, model: str, **kw) -> JobConfig:

@@ -14,8 +14,9 @@ import functools
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline.backend import timeline
 from pipeline.backend.capacity import GpuCapacity
@@ -23,6 +24,7 @@ from pipeline.backend.cluster import describe_cluster
 from pipeline.backend.dataset import describe_failure, failure_cause, ray_session, run_pipeline
 from pipeline.backend.datasink import EmbeddingDatasink
 from pipeline.backend.datasource import ShardDatasource
+from pipeline.backend.duplicates import duplicate_ids_on_cluster
 from pipeline.backend.progress import Telemetry
 from pipeline.backend.reuse import carry_over_pass
 from pipeline.backend.status import BUDGET_CHECK_S, RunMonitor, count_records
@@ -37,6 +39,7 @@ from pipeline.ledger.lease import Lease, LeaseLost
 from pipeline.ledger.manifest import RunRecord
 from pipeline.ledger.output import Work
 from pipeline.ledger.reuse import PoolFile
+from pipeline.ledger.run import CountOnCluster
 from pipeline.ledger.shard_log import ShardLog
 from pipeline.ledger.stop import StopSignal, request_stop
 from pipeline.planning import budget as budgets
@@ -59,9 +62,25 @@ class PipelineFailed(JobError):
         self.error, self.written, self.refused = error, written, refused
 
 
+class Backend(Protocol):
+    """What runs a run's passes, as the runner sequences them (``BackendSession`` is the Ray one).
+    Made with ``(config, *, model, info, lease, phases)``; cheap: nothing starts before ``opened``."""
+
+    stop_reason: str | None  # why the run stopped itself (its budget), once it did
+    count_duplicates: CountOnCluster | None  # the duplicate-id count as a pass (None: the driver counts)
+
+    def opened(self) -> AbstractContextManager[Any]: ...
+    def plan(self) -> ResourcePlan: ...
+    def describe(self, plan: ResourcePlan) -> dict[str, Any]: ...
+    def carry_over(self, pool: Sequence[PoolFile], work: Work, metadata: Mapping[str, Any]) -> int: ...
+    def embed(self, plan: ResourcePlan, work: Work, run: RunRecord, metadata: Mapping[str, Any]) -> Counters: ...
+
+
 class BackendSession:
     """The Ray side of one run (see the module's doc). ``stop_reason``: why the run stopped itself
     (its budget), once it did."""
+
+    count_duplicates: CountOnCluster | None = staticmethod(duplicate_ids_on_cluster)
 
     def __init__(self, config: JobConfig, *, model: ModelSource, info: ModelInfo, lease: Lease, phases: Phases):
         self.config, self.model, self.info, self.lease, self.phases = config, model, info, lease, phases

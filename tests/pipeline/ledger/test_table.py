@@ -1,5 +1,6 @@
 """Each proven run published to an Apache Iceberg table as one snapshot (pipeline.ledger.table):
-real runs on the session's local Ray cluster, the embedded SQLite catalog kept in the output,
+whole runs through the runner with their passes in this process (``InProcessBackend``), the
+embedded SQLite catalog kept in the output,
 real readers (pyiceberg's scan to Arrow, DuckDB over that Arrow). The shared PostgreSQL catalog
 and killed processes are in test_table_e2e.py."""
 
@@ -13,11 +14,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipeline import runner
 from pipeline.errors import JobError, TransientError, UsageError
-from pipeline.runner import run_job
-from tests.local_jobs import job_config
+from tests.local_jobs import InProcessBackend, job_config
 
-pytestmark = pytest.mark.scenario
+# the publisher's operator stories through the whole runner, its passes in this process (no Ray:
+# what is tested is the ledger and the table; the Ray path publishes in test_table_e2e/_rest)
+pytestmark = pytest.mark.unit
+run_job = functools.partial(runner.run_job, backend=InProcessBackend)
 
 TABLE = "embeddings.docs"
 
@@ -51,7 +55,7 @@ def corpus_v1(corpus: Path) -> None:
     write_shard(corpus / "s1.jsonl", [(f"b{i}", f"second shard record {i} about hills") for i in range(6)])
 
 
-def test_runs_publish_one_snapshot_each_and_readers_are_isolated(ray_cluster, tmp_path, minilm_path):
+def test_runs_publish_one_snapshot_each_and_readers_are_isolated(tmp_path, minilm_path):
     """First run: one append. A rerun: nothing. A new shard: one append of its files. --update:
     one overwrite (stale files out, new in). A reader pinned before the update reads exactly the old
     state during and after it; a new reader the new one; time travel returns the old vectors."""
@@ -121,9 +125,7 @@ def test_runs_publish_one_snapshot_each_and_readers_are_isolated(ray_cluster, tm
     assert manifest["retired_files"]  # the stale files the old snapshots read are kept for them
 
 
-def test_a_kill_between_the_proof_and_the_commit_then_a_rerun_commits_once(
-    ray_cluster, tmp_path, minilm_path, monkeypatch
-):
+def test_a_kill_between_the_proof_and_the_commit_then_a_rerun_commits_once(tmp_path, minilm_path, monkeypatch):
     import pipeline.ledger.table as tablemod
 
     corpus, out = tmp_path / "corpus", tmp_path / "out"
@@ -150,9 +152,7 @@ def test_a_kill_between_the_proof_and_the_commit_then_a_rerun_commits_once(
     assert len(table(out).snapshots()) == 1  # never a second append of the same files
 
 
-def test_a_kill_during_the_commit_leaves_the_table_as_it_was_then_the_rerun_commits(
-    ray_cluster, tmp_path, minilm_path, monkeypatch
-):
+def test_a_kill_during_the_commit_leaves_the_table_as_it_was_then_the_rerun_commits(tmp_path, minilm_path, monkeypatch):
     """The embedded catalog: the new metadata file is written, the catalog database is not put back."""
     import pipeline.ledger.table as tablemod
 
@@ -174,7 +174,7 @@ def test_a_kill_during_the_commit_leaves_the_table_as_it_was_then_the_rerun_comm
     assert len(t.snapshots()) == 1 and len(ids(t.scan().to_arrow())) == 12
 
 
-def test_a_commit_that_loses_the_race_is_computed_again_never_doubled(ray_cluster, tmp_path, minilm_path, monkeypatch):
+def test_a_commit_that_loses_the_race_is_computed_again_never_doubled(tmp_path, minilm_path, monkeypatch):
     """Another writer commits between our look at the table and our commit (the catalog's optimistic
     concurrency refuses ours): the change is computed again on the new state and committed once."""
     import pipeline.ledger.table as tablemod
@@ -203,7 +203,7 @@ def test_a_commit_that_loses_the_race_is_computed_again_never_doubled(ray_cluste
     assert len(ids(t.scan().to_arrow())) == 15
 
 
-def test_someone_elses_files_in_the_table_are_refused_by_name(ray_cluster, tmp_path, minilm_path):
+def test_someone_elses_files_in_the_table_are_refused_by_name(tmp_path, minilm_path):
     import pyarrow.parquet as pq
 
     corpus, out = tmp_path / "corpus", tmp_path / "out"
@@ -220,7 +220,7 @@ def test_someone_elses_files_in_the_table_are_refused_by_name(ray_cluster, tmp_p
     assert caught.value.exit_code == 2 and (out / "_SUCCESS").exists()
 
 
-def test_a_dropped_table_is_made_again_and_a_changed_schema_refused(ray_cluster, tmp_path, minilm_path):
+def test_a_dropped_table_is_made_again_and_a_changed_schema_refused(tmp_path, minilm_path):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     corpus_v1(corpus)
     assert run_job(config(corpus, out, minilm_path)).status == "complete"
@@ -238,9 +238,7 @@ def test_a_dropped_table_is_made_again_and_a_changed_schema_refused(ray_cluster,
         run_job(config(corpus, out, minilm_path))
 
 
-def test_another_model_or_output_into_the_same_table_is_refused(
-    ray_cluster, tmp_path, minilm_path, tiny_e5_path, monkeypatch
-):
+def test_another_model_or_output_into_the_same_table_is_refused(tmp_path, minilm_path, tiny_e5_path, monkeypatch):
     """A shared catalog (configured the pyiceberg way, by environment) is where two outputs could
     meet in one table: a second output, or another model, is refused by name."""
     corpus = tmp_path / "corpus"
@@ -256,9 +254,7 @@ def test_another_model_or_output_into_the_same_table_is_refused(
             run_job(config(corpus, other, model, iceberg_catalog="shared"))
 
 
-def test_an_unreachable_catalog_leaves_the_output_complete_and_a_rerun_only_commits(
-    ray_cluster, tmp_path, minilm_path, monkeypatch
-):
+def test_an_unreachable_catalog_leaves_the_output_complete_and_a_rerun_only_commits(tmp_path, minilm_path, monkeypatch):
     """A shared catalog whose server is down at commit time: exit 1 naming it, the output stays
     complete; once it is back, a rerun commits and embeds nothing."""
     corpus, out = tmp_path / "corpus", tmp_path / "out"
@@ -277,7 +273,7 @@ def test_an_unreachable_catalog_leaves_the_output_complete_and_a_rerun_only_comm
     assert rerun.status == "noop" and "table embeddings.docs (lake): snapshot" in rerun.line()
 
 
-def test_publishing_refuses_float16_and_a_second_table(ray_cluster, tmp_path, minilm_path, monkeypatch):
+def test_publishing_refuses_float16_and_a_second_table(tmp_path, minilm_path, monkeypatch):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     corpus_v1(corpus)
     with pytest.raises(UsageError, match="no 16-bit float type"):
@@ -298,9 +294,7 @@ def test_publishing_refuses_float16_and_a_second_table(ray_cluster, tmp_path, mi
     assert JobError  # the family: a refusal is a UsageError (exit 2), a failed commit a JobError (exit 1)
 
 
-def test_overwrite_replaces_everything_in_one_snapshot_and_expiry_frees_retired_files(
-    ray_cluster, tmp_path, minilm_path
-):
+def test_overwrite_replaces_everything_in_one_snapshot_and_expiry_frees_retired_files(tmp_path, minilm_path):
     """--overwrite: one overwrite snapshot, new files under names of their own (an old snapshot's
     files are never overwritten) and the old snapshot still readable. With 2 snapshots kept, the
     files only expired snapshots read are deleted, and the folder holds no retired file beyond them."""
@@ -330,41 +324,7 @@ def test_overwrite_replaces_everything_in_one_snapshot_and_expiry_frees_retired_
     assert ids(t.scan().to_arrow()) == sorted([f"a{i}" for i in range(6)] + ["b0", "b1"])
 
 
-def test_a_shard_that_vanishes_and_comes_back_with_the_same_etag_is_embedded_again(
-    ray_cluster, tmp_path, minilm_path, bucket, s3fs_client
-):
-    """On S3 a shard put back byte for byte has its old ETag: its rows get the same digest as the
-    file --update retired. Retiring a name changes the name salt, so the new file has a name of its
-    own; every later run, plain or --update, finds the output complete. (Four records a shard, four
-    rows a file: each file holds one shard's rows, so the returning rows' digest is the retired file's.)"""
-    corpus, out = f"s3://{bucket}/corpus", tmp_path / "out"
-    body = "".join(json.dumps({"id": f"b{i}", "text": f"second shard record {i}"}) + "\n" for i in range(4))
-    s3fs_client.pipe(
-        f"{bucket}/corpus/s0.jsonl",
-        b"".join((json.dumps({"id": f"a{i}", "text": f"first shard record {i}"}) + "\n").encode() for i in range(4)),
-    )
-    s3fs_client.pipe(f"{bucket}/corpus/s1.jsonl", body.encode())
-    s3fs_client.invalidate_cache()
-    assert run_job(config(corpus, out, minilm_path)).status == "complete"
-    s3fs_client.rm(f"{bucket}/corpus/s1.jsonl")
-    s3fs_client.invalidate_cache()
-    assert run_job(config(corpus, out, minilm_path, update=True)).status == "complete"
-    retired = set(json.loads((out / "_manifest.json").read_text())["retired_files"])
-    assert retired  # s1's file, kept for the first snapshot
-    s3fs_client.pipe(f"{bucket}/corpus/s1.jsonl", body.encode())  # back, identical: the same ETag
-    s3fs_client.invalidate_cache()
-    back = run_job(config(corpus, out, minilm_path, update=True))
-    assert back.status == "complete" and back.rows_embedded + back.rows_reused == 4
-    current = {task.file.file_path.removeprefix("file://") for task in table(out).scan().plan_files()}
-    assert not current & retired  # never a retired name
-    assert run_job(config(corpus, out, minilm_path)).status == "noop"
-    assert run_job(config(corpus, out, minilm_path, update=True)).status == "noop"
-    assert ids(table(out).scan().to_arrow()) == sorted([f"a{i}" for i in range(4)] + [f"b{i}" for i in range(4)])
-
-
-def test_overwrite_of_a_published_output_with_a_damaged_manifest_never_writes_over_its_files(
-    ray_cluster, tmp_path, minilm_path
-):
+def test_overwrite_of_a_published_output_with_a_damaged_manifest_never_writes_over_its_files(tmp_path, minilm_path):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     corpus_v1(corpus)
     assert run_job(config(corpus, out, minilm_path)).status == "complete"
@@ -385,7 +345,7 @@ def test_overwrite_of_a_published_output_with_a_damaged_manifest_never_writes_ov
     assert travelled.keys() == before.keys() and all(np.array_equal(travelled[k], before[k]) for k in before)
 
 
-def test_a_damaged_catalog_is_refused_and_rebuilt_by_the_flag_the_message_names(ray_cluster, tmp_path, minilm_path):
+def test_a_damaged_catalog_is_refused_and_rebuilt_by_the_flag_the_message_names(tmp_path, minilm_path):
     corpus, out = tmp_path / "corpus", tmp_path / "out"
     corpus_v1(corpus)
     assert run_job(config(corpus, out, minilm_path)).status == "complete"
