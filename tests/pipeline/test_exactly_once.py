@@ -1,11 +1,13 @@
 """Exactly-once under what operators do: overlapping runs, a changing corpus, cut shards, odd
-records and paths, interrupted --overwrite, secrets. Real processes, real local Ray, moto's S3.
+records and paths, interrupted --overwrite, secrets. Real processes, real local Ray, moto's S3;
+the stories that only the ledger decides (unit) run their passes in this process (InProcessBackend).
 
 Each test reproduces a way the job used to end with exit 0 and ``_SUCCESS`` over wrong data.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -24,11 +26,13 @@ from pipeline.errors import JobError, UsageError
 from pipeline.io.storage import ScrubFilter, Storage
 from pipeline.runner import run_job
 from tests.clirun import run_cli
-from tests.local_jobs import job_config, output_ids, write_corpus
+from tests.local_jobs import InProcessBackend, job_config, output_ids, write_corpus
 from tests.rewrites import rewrite_keeping_size_and_mtime
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
+# the stories only the ledger decides: whole runs through the runner, their passes in this process
+in_process = functools.partial(run_job, backend=InProcessBackend)
 
 
 def cli(*args: str, **kw) -> subprocess.Popen:
@@ -82,11 +86,11 @@ def test_two_runs_at_once_one_writes_the_other_refuses_or_waits(tmp_path, minilm
     assert all(len(pq.read_table(p)) <= 8 for p in out.glob("part-*.parquet"))  # only the first run's files
 
 
-@pytest.mark.scenario
-def test_a_shard_changed_or_gone_is_refused_until_overwrite(ray_cluster, tmp_path, minilm_path):
+@pytest.mark.unit  # the ledger decides: passes in this process
+def test_a_shard_changed_or_gone_is_refused_until_overwrite(tmp_path, minilm_path):
     write_corpus(tmp_path / "corpus", shards=2, per_shard=20)
     out = tmp_path / "out"
-    assert run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=8)).status == "complete"
+    assert in_process(config(tmp_path / "corpus", out, minilm_path, rows_per_file=8)).status == "complete"
     # the durable state of a crash part-way: no _SUCCESS, some files missing
     (out / "_SUCCESS").unlink()
     for path in sorted(out.glob("part-*.parquet"))[:2]:
@@ -95,19 +99,19 @@ def test_a_shard_changed_or_gone_is_refused_until_overwrite(ray_cluster, tmp_pat
     # in place with `cp -p`: same size, same mtime; only its inode/ctime can tell
     rewrite_keeping_size_and_mtime(tmp_path / "corpus" / "shard-1.jsonl", "cp -p")
     with pytest.raises(UsageError, match=r"1 changed since they were embedded: .*shard-1\.jsonl"):
-        run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=8))
+        in_process(config(tmp_path / "corpus", out, minilm_path, rows_per_file=8))
     assert not (out / "_SUCCESS").exists()
     (tmp_path / "corpus" / "shard-0.jsonl").unlink()
     with pytest.raises(UsageError, match=r"no longer listed: .*shard-0\.jsonl"):
-        run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=8))
-    summary = run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=8, overwrite=True))
+        in_process(config(tmp_path / "corpus", out, minilm_path, rows_per_file=8))
+    summary = in_process(config(tmp_path / "corpus", out, minilm_path, rows_per_file=8, overwrite=True))
     assert summary.status == "complete"
     lines = (tmp_path / "corpus" / "shard-1.jsonl").read_text().splitlines()
     assert_exactly(out, {json.loads(line)["id"] for line in lines})
 
 
-@pytest.mark.scenario
-def test_a_cut_shard_fails_the_job_unless_remainders_are_accepted(ray_cluster, tmp_path, minilm_path):
+@pytest.mark.unit  # the ledger decides: passes in this process
+def test_a_cut_shard_fails_the_job_unless_remainders_are_accepted(tmp_path, minilm_path):
     """A .jsonl.gz cut to 20% of its bytes used to pass as '1 rejected' with _SUCCESS."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -126,13 +130,13 @@ def test_a_cut_shard_fails_the_job_unless_remainders_are_accepted(ray_cluster, t
     (corpus / "hostile.jsonl").write_bytes(b"\n".join(hostile) + b"\n")
     out = tmp_path / "out"
     with pytest.raises(JobError, match=r"no _SUCCESS: 1 shard\(s\) with an undecodable remainder .*cut\.jsonl\.gz"):
-        run_job(config(corpus, out, minilm_path, max_bad_fraction=1.0))
+        in_process(config(corpus, out, minilm_path, max_bad_fraction=1.0))
     assert not (out / "_SUCCESS").exists()
     decoded = len(output_ids(out)) - 2
     assert 0 < decoded < 300
     rejects = pq.read_table(out / "_rejects").to_pylist()
     assert sorted(r["row"] for r in rejects) == [1, 2]  # the two odd records, one by one; no remainder "record"
-    summary = run_job(config(corpus, out, minilm_path, max_bad_fraction=1.0, skip_corrupt_remainders=True))
+    summary = in_process(config(corpus, out, minilm_path, max_bad_fraction=1.0, skip_corrupt_remainders=True))
     assert summary.status == "complete" and summary.rows_embedded == 0  # nothing re-read, nothing new
     manifest = json.loads((out / "_manifest.json").read_text())
     [remainder] = manifest["corrupt_remainders"]
@@ -161,13 +165,11 @@ def test_output_paths_with_glob_characters_are_literal_on_s3(ray_cluster, s3fs_c
     assert sorted(got["id"].to_pylist()) == sorted(f"g{s}-{i}" for s in range(2) for i in range(6))
 
 
-@pytest.mark.scenario
-def test_interrupted_overwrite_never_leaves_success_and_spares_foreign_files(
-    ray_cluster, tmp_path, minilm_path, monkeypatch
-):
+@pytest.mark.unit  # the ledger decides: passes in this process
+def test_interrupted_overwrite_never_leaves_success_and_spares_foreign_files(tmp_path, minilm_path, monkeypatch):
     ids = write_corpus(tmp_path / "corpus", shards=2, per_shard=12)
     out = tmp_path / "out"
-    assert run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=4)).status == "complete"
+    assert in_process(config(tmp_path / "corpus", out, minilm_path, rows_per_file=4)).status == "complete"
     foreign = out / "part-not-ours.parquet"  # someone else's file in the folder
     pq.write_table(pa.table({"x": [1, 2]}), foreign)
     real_delete, calls = Storage.delete, []
@@ -180,17 +182,17 @@ def test_interrupted_overwrite_never_leaves_success_and_spares_foreign_files(
 
     monkeypatch.setattr(Storage, "delete", crash_after_two)
     with pytest.raises(Exception, match="simulated crash"):
-        run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=4, overwrite=True))
+        in_process(config(tmp_path / "corpus", out, minilm_path, rows_per_file=4, overwrite=True))
     monkeypatch.setattr(Storage, "delete", real_delete)
     assert not (out / "_SUCCESS").exists()  # gone first, before any data
     with pytest.raises(UsageError, match="did not finish; run again with --overwrite"):
-        run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=4))
+        in_process(config(tmp_path / "corpus", out, minilm_path, rows_per_file=4))
     # the overwrite finishes its work but refuses _SUCCESS over someone else's part file (spared)
     with pytest.raises(UsageError, match=r"did not write \(e\.g\. .*part-not-ours\.parquet.*move or delete"):
-        run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=4, overwrite=True))
+        in_process(config(tmp_path / "corpus", out, minilm_path, rows_per_file=4, overwrite=True))
     assert foreign.exists() and not (out / "_SUCCESS").exists()
     foreign.rename(tmp_path / "part-not-ours.parquet")  # the advice, followed
-    assert run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=4)).status == "complete"
+    assert in_process(config(tmp_path / "corpus", out, minilm_path, rows_per_file=4)).status == "complete"
     got = [i for p in out.glob("part-*.parquet") for i in pq.read_table(p)["id"].to_pylist()]
     assert sorted(got) == sorted(ids)  # a glob under _SUCCESS reads exactly the output
 
@@ -206,11 +208,11 @@ def test_output_inside_input_and_input_inside_output_are_refused(tmp_path, minil
         run_job(config(f"{tmp_path}/./corpus/", f"{tmp_path}/corpus//emb", minilm_path))
 
 
-@pytest.mark.scenario
-def test_within_file_duplicate_rows_are_repaired_on_rerun(ray_cluster, tmp_path, minilm_path):
+@pytest.mark.unit  # the ledger decides: passes in this process
+def test_within_file_duplicate_rows_are_repaired_on_rerun(tmp_path, minilm_path):
     ids = write_corpus(tmp_path / "corpus", shards=1, per_shard=10)
     out = tmp_path / "out"
-    assert run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=5)).status == "complete"
+    assert in_process(config(tmp_path / "corpus", out, minilm_path, rows_per_file=5)).status == "complete"
     # a file holding rows 0,1,1,2,3 (and its sibling 4..) as a buggy or replayed writer might leave
     from pipeline.io.sink import file_stats, put_file
 
@@ -222,7 +224,7 @@ def test_within_file_duplicate_rows_are_repaired_on_rerun(ray_cluster, tmp_path,
     victim.unlink()
     put_file(Storage(str(out)), "", doubled, metadata, file_stats(doubled), versions)
     (out / "_SUCCESS").unlink()
-    summary = run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=5))
+    summary = in_process(config(tmp_path / "corpus", out, minilm_path, rows_per_file=5))
     assert summary.status == "complete"
     assert_exactly(out, ids)
     assert json.loads((out / "_manifest.json").read_text())["repaired_files"] == 1
@@ -272,29 +274,29 @@ def test_secrets_nested_in_options_or_in_uris_reach_no_log_error_or_output(
         assert value not in err and value not in caplog.text
 
 
-@pytest.mark.scenario
-def test_a_model_changed_between_crash_and_resume_is_refused(ray_cluster, tmp_path, minilm_path):
+@pytest.mark.unit  # the ledger decides: passes in this process
+def test_a_model_changed_between_crash_and_resume_is_refused(tmp_path, minilm_path):
     import shutil
 
     model = shutil.copytree(minilm_path, tmp_path / "model")
     write_corpus(tmp_path / "corpus", shards=1, per_shard=6)
     out = tmp_path / "out"
-    assert run_job(config(tmp_path / "corpus", out, str(model))).status == "complete"
+    assert in_process(config(tmp_path / "corpus", out, str(model))).status == "complete"
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["metadata"]["model_sha"].startswith("sha256:")
     (out / "_SUCCESS").unlink()  # the durable state of a crash before the end
     (model / "README.md").write_text("the weights were replaced upstream")
     with pytest.raises(UsageError, match="different settings.*model_sha"):
-        run_job(config(tmp_path / "corpus", out, str(model)))
+        in_process(config(tmp_path / "corpus", out, str(model)))
     # an output made before model digests were recorded: no model of the same name passes silently
     manifest["metadata"].pop("model_sha")
     (out / "_manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UsageError, match="made before this job recorded model digests"):
-        run_job(config(tmp_path / "corpus", out, str(model)))
+        in_process(config(tmp_path / "corpus", out, str(model)))
 
 
-@pytest.mark.scenario
-def test_damaged_bookkeeping_is_named_and_overwrite_recovers(ray_cluster, tmp_path, minilm_path, caplog):
+@pytest.mark.unit  # the ledger decides: passes in this process
+def test_damaged_bookkeeping_is_named_and_overwrite_recovers(tmp_path, minilm_path, caplog):
     """A truncated manifest, shard record or lease file: a plain rerun exits 2 naming the file and
     the way out, and --overwrite recovers. A deleted manifest does not hide mixed settings (another
     --prefix is refused): the footers are checked, and with the same settings the manifest is rebuilt
@@ -303,7 +305,7 @@ def test_damaged_bookkeeping_is_named_and_overwrite_recovers(ray_cluster, tmp_pa
     out = tmp_path / "out"
 
     def run(**kw):
-        return run_job(config(tmp_path / "corpus", out, minilm_path, rows_per_file=8, **kw))
+        return in_process(config(tmp_path / "corpus", out, minilm_path, rows_per_file=8, **kw))
 
     assert run().status == "complete"
     manifest = out / "_manifest.json"

@@ -2,7 +2,8 @@
 errors that say whether to retry. Each test tries to break one guarantee as an operator or an
 attacker would; where a refusal names an action, the test follows it and checks it succeeds.
 Real local Ray, real weights, moto's S3 server behind a fault-injecting proxy; in-process runs,
-except where the CLI's exit code (or a fresh Hub client) is what is tested."""
+except where the CLI's exit code (or a fresh Hub client) is what is tested; the stories only the
+ledger decides (unit) run their passes in this process too (InProcessBackend)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pipeline.errors import JobError, TransientError, UsageError
 from pipeline.io import schemas
 from pipeline.runner import run_job
 from tests.faulty_proxy import FaultyProxy
-from tests.local_jobs import job_config
+from tests.local_jobs import InProcessBackend, job_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,6 +34,8 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 config = functools.partial(job_config, rows_per_file=8)
+# the stories only the ledger decides: whole runs through the runner, their passes in this process
+in_process = functools.partial(run_job, backend=InProcessBackend)
 
 
 def embeddings(out: Path, key=("id",)) -> dict:
@@ -96,8 +99,8 @@ def test_a_reuse_source_overwritten_after_its_check_lends_nothing(ray_cluster, t
     assert not list(out.glob("part-*.parquet"))  # not one row of the other model's
 
 
-@pytest.mark.scenario
-def test_no_success_over_a_foreign_part_file_and_the_advice_works(ray_cluster, tmp_path, minilm_path):
+@pytest.mark.unit  # the ledger decides: passes in this process
+def test_no_success_over_a_foreign_part_file_and_the_advice_works(tmp_path, minilm_path):
     """A part-*.parquet someone else put in the output: a reader globbing part-*.parquet would take
     its rows for the output's. The run refuses completion naming it; after the advice (delete it,
     run again) the rerun completes and the glob reads exactly the corpus."""
@@ -107,10 +110,10 @@ def test_no_success_over_a_foreign_part_file_and_the_advice_works(ray_cluster, t
     out.mkdir()
     pq.write_table(pa.table({"id": ["intruder"], "embedding": [[0.0] * 384]}), out / "part-foreign.parquet")
     with pytest.raises(UsageError, match=r"did not write \(e\.g\. .*part-foreign\.parquet.*move or delete") as caught:
-        run_job(config(corpus, out, minilm_path))
+        in_process(config(corpus, out, minilm_path))
     assert caught.value.exit_code == 2 and not (out / "_SUCCESS").exists()
     (out / "part-foreign.parquet").unlink()
-    summary = run_job(config(corpus, out, minilm_path))
+    summary = in_process(config(corpus, out, minilm_path))
     assert summary.status == "complete" and (out / "_SUCCESS").exists()
     assert sorted(embeddings(out)) == sorted((r["id"],) for r in records)
     # readers as the README says (issue 38, F6): the data files are the top-level part-*.parquet;
@@ -123,15 +126,15 @@ def test_no_success_over_a_foreign_part_file_and_the_advice_works(ray_cluster, t
     assert pl.read_parquet(glob).height == len(records)
 
 
-@pytest.mark.scenario
-def test_a_damaged_reuse_source_is_a_usage_error_naming_the_source_and_the_file(ray_cluster, tmp_path, minilm_path):
+@pytest.mark.unit  # the ledger decides: passes in this process
+def test_a_damaged_reuse_source_is_a_usage_error_naming_the_source_and_the_file(tmp_path, minilm_path):
     corpus, source, out = tmp_path / "corpus", tmp_path / "source", tmp_path / "out"
     write_jsonl(corpus / "a.jsonl", [{"id": f"d{i}", "text": f"record number {i}"} for i in range(10)])
-    assert run_job(config(corpus, source, minilm_path)).status == "complete"
+    assert in_process(config(corpus, source, minilm_path)).status == "complete"
     damaged = sorted(source.glob("part-*.parquet"))[0]
     damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # cut short
     with pytest.raises(UsageError) as caught:
-        run_job(config(corpus, out, minilm_path, reuse_from=(str(source),)))
+        in_process(config(corpus, out, minilm_path, reuse_from=(str(source),)))
     message = str(caught.value)
     assert caught.value.exit_code == 2 and str(source) in message and damaged.name in message
 
