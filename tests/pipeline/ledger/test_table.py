@@ -16,7 +16,7 @@ import pytest
 
 from pipeline import runner
 from pipeline.errors import JobError, TransientError, UsageError
-from tests.local_jobs import InProcessBackend, job_config
+from tests.local_jobs import InProcessBackend, job_config, write_shard
 
 # the publisher's operator stories through the whole runner, its passes in this process (no Ray:
 # what is tested is the ledger and the table; the Ray path publishes in test_table_e2e/_rest)
@@ -24,11 +24,6 @@ pytestmark = pytest.mark.unit
 run_job = functools.partial(runner.run_job, backend=InProcessBackend)
 
 TABLE = "embeddings.docs"
-
-
-def write_shard(path: Path, records: list[tuple[str, str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in records))
 
 
 config = functools.partial(job_config, rows_per_file=4, iceberg_table=TABLE)

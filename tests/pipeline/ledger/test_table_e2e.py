@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.ledger.test_table import TABLE, corpus_v1, ids, write_shard
+from tests.local_jobs import write_shard
+from tests.pipeline.ledger.test_table import TABLE, corpus_v1, ids
 
 pytestmark = pytest.mark.e2e
 

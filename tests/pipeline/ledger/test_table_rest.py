@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.iceberg_rest import IcebergRestServer
-from tests.pipeline.ledger.test_table import TABLE, corpus_v1, ids, write_shard
+from tests.local_jobs import write_shard
+from tests.pipeline.ledger.test_table import TABLE, corpus_v1, ids
 
 ROOT = Path(__file__).resolve().parents[3]
 
