@@ -146,6 +146,7 @@ class BackendSession:
             return Counters()
         config, phases = self.config, self.phases
         phases.at("embed_started_at", time.time())
+        stages = plan.stage_specs(self.model, config)
         telemetry = Telemetry.start(run.run_id)
         sink = self._sink(work, metadata, telemetry)
         budget = budgets.for_plan(
@@ -163,8 +164,8 @@ class BackendSession:
         try:
             with status:
                 records = self._records(work, shard_log=shard_log, telemetry=telemetry, stop=stop)
-                ran = run_pipeline(records, plan.stage_specs(self.model, config), sink, io_num_cpus=plan.io_num_cpus,
-                                   telemetry=telemetry, progress=config.telemetry.progress)  # fmt: skip
+                ran = run_pipeline(records, stages, sink, io_num_cpus=plan.io_num_cpus, telemetry=telemetry,
+                                   progress=config.telemetry.progress)  # fmt: skip
             timeline.record(run, telemetry, ran)
         except Exception as e:
             self._raise_if_lease_lost(e)
