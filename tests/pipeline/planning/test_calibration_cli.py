@@ -45,7 +45,9 @@ def test_calibrate_then_plan_with_it_refuse_it_stale_and_plan_from_a_run(tmp_pat
     low, high = estimate["wall_hours_range"]
     assert low <= estimate["wall_hours"] <= high and estimate["encode_seconds"] > 0
 
-    stale = cli("plan", "--input", str(corpus), "--model", tiny_e5_path, "--calibration", str(calibration))
+    # the rest on a described cluster (the same 2-CPU node, no Ray to start): the live path is above
+    described = ("--gpus", "0", "--cpus", "2")
+    stale = cli("plan", "--input", str(corpus), "--model", tiny_e5_path, "--calibration", str(calibration), *described)
     assert stale.returncode == 2 and "does not describe this plan" in stale.stderr and "model sha256:" in stale.stderr
 
     guessed = cli("plan", "--input", str(corpus), "--model", minilm_path, "--gpus", "8", "--accelerator", "A100")
@@ -57,7 +59,7 @@ def test_calibrate_then_plan_with_it_refuse_it_stale_and_plan_from_a_run(tmp_pat
     out = tmp_path / "out"
     done = cli("run", "--input", str(corpus), "--output", str(out), "--model", minilm_path, "--no-progress")
     assert done.returncode == 0, done.stderr[-3000:]
-    from_run = cli("plan", "--input", str(corpus), "--model", minilm_path, "--from-run", str(out), "--json")
+    from_run = cli("plan", "--input", str(corpus), "--model", minilm_path, "--from-run", str(out), "--json", *described)
     assert from_run.returncode == 0, from_run.stderr[-3000:]
     run = json.loads((out / "_manifest.json").read_text())["runs"][-1]
     assert json.loads(from_run.stdout)["estimate"]["rate_source"].startswith(f"from run {run['run_id']} of {out}")
