@@ -28,7 +28,7 @@ from pipeline.ledger.iceberg import IcebergPublisher
 from pipeline.ledger.lease import Lease, LeaseLost
 from pipeline.ledger.manifest import RunRecord
 from pipeline.ledger.output import OutputState
-from pipeline.ledger.run import OutputRun
+from pipeline.ledger.run import OutputRun, now
 from pipeline.ledger.summary import RunSummary
 from pipeline.planning.locations import check_locations
 from pipeline.stages.model import ModelInfo, ModelSource
@@ -54,7 +54,7 @@ def run_job(config: JobConfig, *, backend: Callable[..., Backend] = BackendSessi
 
 
 def _run(config: JobConfig, make_backend: Callable[..., Backend]) -> RunSummary:
-    phases = Phases()
+    phases, started_at = Phases(), now()
     check_locations(config)
     with phases("model"):
         asked = ModelSource(name_or_path=config.model, revision=config.revision, storage_options=config.storage_options)
@@ -78,6 +78,7 @@ def _run(config: JobConfig, make_backend: Callable[..., Backend]) -> RunSummary:
         publisher=IcebergPublisher.for_job(config, info),
         timer=phases,
         started=phases.t0,
+        started_at=started_at,
     )
     backend = make_backend(config, model=model, info=info, lease=lease, phases=phases)
     try:

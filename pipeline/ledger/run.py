@@ -77,6 +77,7 @@ class OutputRun:
         publisher: Publisher | None = None,
         timer: Timer | None = None,
         started: float | None = None,
+        started_at: str | None = None,
     ):
         self.state = state
         self.settings = settings
@@ -86,7 +87,7 @@ class OutputRun:
         self.publisher = publisher
         self._timer = timer
         self._started = time.monotonic() if started is None else started
-        self.started_at = now()
+        self.started_at = started_at or now()  # the run record's start: the job's, when the runner says it
         self.work: Work | None = None
         self.shards: list[Shard] = list(listing.shards)
         self.touched: frozenset[str] = frozenset()  # --update: sources whose earlier rows are replaced
