@@ -112,9 +112,9 @@ def _run_leased(ctx: RunContext) -> RunSummary:
         plan = backend.plan()
         run.plan = backend.describe(plan)
         output.fix_compute(plan.dtype, plan.device)  # the compute dtype as resolved, before any write
-        pool = output.carry_pool()
-        if pool:
-            with phases("carry_over"):
+        with phases("carry_over"):  # --update / --reuse-from: vectors carried over by text_hash
+            pool = output.carry_pool()
+            if pool:
                 backend.carry_over(pool, work, output.metadata)
                 run.rows_reused, work = output.carried()
         with phases("embed"):
