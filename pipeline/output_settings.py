@@ -41,6 +41,11 @@ class OutputSettings:
     skip_corrupt_remainders: bool = False  # a shard cut part-way counts as read to where it broke
     max_bad_fraction: float = 0.0  # the rejected share above which the output is not complete
 
+    @property
+    def layout(self) -> Layout:
+        """One row per record (truncated) or per window (chunking), as ``JobConfig.layout``."""
+        return Layout.of_chunking(self.chunking)
+
     def metadata(self, info: ModelInfo, model_sha: str | None = None) -> dict[str, Any]:
         """The ``e5_embed`` metadata every file of the output and its manifest record: what it is made
         with (``pipeline.ledger.identity`` says which of it must match)."""
@@ -61,7 +66,7 @@ class OutputSettings:
             "inputs": sorted({normalize_uri(i) for i in self.inputs}),
             "model_sha": model_sha,  # the Hub commit (git:<sha>) or the local folder's content digest
             # every row's fingerprint of what the model read (its scheme depends on chunking)
-            "text_hash": Layout.of_chunking(self.chunking).text_hash_scheme,
+            "text_hash": self.layout.text_hash_scheme,
             "producer": schemas.PRODUCER,
             schemas.FORMAT_VERSION_KEY: schemas.FORMAT_VERSION,  # how a later build reads it: ledger.compatibility
         }

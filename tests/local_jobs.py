@@ -141,10 +141,15 @@ class Job:
             )])  # fmt: skip
         return written
 
-    def prove(self, output: OutputRun, work, **kw):
-        """The runner's steps up to the proof: the run recorded, nothing marked yet."""
+    def record(self, output: OutputRun) -> RunRecord:
+        """The runner's steps before the pipeline: the run's record, the compute dtype fixed."""
         run = output.new_record({})
         output.fix_compute("float32", "cpu")
+        return run
+
+    def prove(self, output: OutputRun, work, **kw):
+        """The runner's steps up to the proof: the run recorded, nothing marked yet."""
+        run = self.record(output)
         written = self.embed(output, work, **kw)
         totals = output.tidy(run)
         proven = output.prove(run, written, totals, DuplicateReport(0), stopped=False)
@@ -158,8 +163,7 @@ class Job:
 
     def finish(self, output: OutputRun, work, **kw):
         """The rest of a run that began: embed what is left, prove, mark, publish."""
-        run = output.new_record({})
-        output.fix_compute("float32", "cpu")
+        run = self.record(output)
         written = self.embed(output, work, **kw)
         totals = output.tidy(run)
         summary = output.finish(run, written, totals, output.duplicates(totals))

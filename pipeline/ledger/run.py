@@ -184,8 +184,7 @@ class OutputRun:
 
     def duplicates(self, totals: Totals, on_cluster: CountOnCluster | None = None) -> DuplicateReport:
         """Ids held by more than one row of the output (``on_cluster``: the count as a Ray pass)."""
-        layout = Layout.of_chunking(self.settings.chunking)
-        return report_duplicate_ids(self.state.storage, totals, on_cluster, layout=layout)
+        return report_duplicate_ids(self.state.storage, totals, on_cluster, layout=self.settings.layout)
 
     def failed(self, run: RunRecord, written: Counters, error: str) -> None:
         """The pipeline failed: record the run with the output's totals as they are. Stale rows share

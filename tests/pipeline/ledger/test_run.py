@@ -45,8 +45,7 @@ def test_a_failed_pipeline_is_recorded_with_what_the_output_holds_then_a_rerun_f
     job = Job(tmp_path, minilm_path)
     write_shard(job.corpus / "s0.jsonl", [(f"a{i}", f"record {i}") for i in range(12)])
     output, work = job.begin()
-    run = output.new_record({})
-    output.fix_compute("float32", "cpu")
+    run = job.record(output)
     with pytest.raises(RuntimeError):
         job.embed(output, work, fail_after=2)  # two blocks of 4 written, then the failure
     output.failed(run, Counters(rows_written=8), "pipeline failed: injected")
@@ -67,8 +66,7 @@ def test_an_update_counts_carried_and_removed_rows_and_retires_on_a_published_ou
     job.config = job.config.replace(update=True)
     output, work = job.begin()
     assert output.touched == {work.stale[0][1][0]} and len(work.shards) == 1
-    run = output.new_record({})
-    output.fix_compute("float32", "cpu")
+    run = job.record(output)
     written = job.embed(output, work)
     totals = output.tidy(run)
     assert run.rows_removed == 8 and run.rows_reused == 0  # no carry-over pass here: every row re-encoded
@@ -164,8 +162,7 @@ def test_a_run_that_stopped_for_its_budget_is_recorded_stopped_and_refused_with_
     job = Job(tmp_path, minilm_path)
     write_shard(job.corpus / "s0.jsonl", [(f"a{i}", f"record {i}") for i in range(12)])
     output, work = job.begin()
-    run = output.new_record({})
-    output.fix_compute("float32", "cpu")
+    run = job.record(output)
     with pytest.raises(RuntimeError):
         job.embed(output, work, fail_after=1)  # the readers saw the stop after one block
     totals = output.tidy(run)
